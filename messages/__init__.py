@@ -1,0 +1,1 @@
+"""Every message type and the external wire codec."""

@@ -1,0 +1,229 @@
+"""Messages between actors (and from Python services through Thespian).
+
+Nouns are facts or answers, past tense are events, imperatives are commands.
+Every request that expects an answer carries a ``correlation_id`` and every
+answer repeats it. All are frozen, slotted dataclasses of immutable values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ActorInfo",
+    "ChildUp",
+    "FactsRecorded",
+    "Init",
+    "ModelCandidate",
+    "ModelPublished",
+    "Peers",
+    "Ping",
+    "Pong",
+    "PredictRequest",
+    "Prediction",
+    "PredictionError",
+    "Ready",
+    "StartSystem",
+    "StatusReport",
+    "StatusRequest",
+    "SystemStarted",
+    "TrainRequest",
+    "TrainResult",
+]
+
+
+# --- lifecycle and supervision -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartSystem:
+    """Launcher -> root supervisor: build the tree from these settings."""
+
+    settings: Any  # config.settings.Settings (frozen)
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SystemStarted:
+    """Root -> launcher: every actor answered (or why not)."""
+
+    correlation_id: str
+    ok: bool
+    actors: tuple[ActorInfo, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """Supervisor -> child: who you are and the settings to run with.
+
+    ``spec`` is set only for a child that is itself a supervisor.
+    """
+
+    name: str
+    role: str
+    settings: Any  # config.settings.Settings
+    correlation_id: str
+    spec: Any = None  # supervision.spec.SupervisorSpec | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Child -> supervisor: initialised (state rebuilt from the stores) and serving."""
+
+    name: str
+    role: str
+    pid: int
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActorInfo:
+    """One actor as ``status`` shows it."""
+
+    name: str
+    role: str
+    pid: int
+    restarts: int
+    state: str  # "starting" | "running" | "restarting" | "stopped" | "failed"
+    supervisor: str
+    address: Any = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ChildUp:
+    """Supervisor -> parent (up to the root): a child's current state changed."""
+
+    info: ActorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """Root -> every worker: live addresses by role, sent whenever they change."""
+
+    by_role: tuple[tuple[str, tuple[Any, ...]], ...]
+
+    def of(self, role: str) -> tuple[Any, ...]:
+        """The live addresses of ``role`` (empty when none is up)."""
+        for name, addrs in self.by_role:
+            if name == role:
+                return addrs
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Liveness probe; the answer is a ``Pong`` with the same id."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Answer to ``Ping``."""
+
+    correlation_id: str
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Ask the root for the supervision tree."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    """The supervision tree as the root sees it."""
+
+    correlation_id: str
+    actors: tuple[ActorInfo, ...]
+    started_at_ms: int
+    dead_letters: int = 0
+
+
+# --- data flow -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FactsRecorded:
+    """Collector -> feature generator and learner: facts are committed up to here.
+
+    A hint only: the facts themselves are in the FactStore; receivers read past
+    their own watermark.
+    """
+
+    collector: str
+    readings: int
+    outcomes: int
+    watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrainRequest:
+    """Ask the learner for a training run now (``job`` overrides the configured one)."""
+
+    correlation_id: str
+    job: Any = None  # config.job.JobConfiguration | None
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCandidate:
+    """Learner -> publisher: a registered candidate version awaiting the gate."""
+
+    correlation_id: str
+    version: int
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """Answer to ``TrainRequest`` (and the publisher's verdict on its candidate)."""
+
+    correlation_id: str
+    version: int | None
+    published: bool
+    metrics: tuple[tuple[str, float], ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPublished:
+    """Publisher -> predictors: a new champion is in the registry."""
+
+    version: int
+    feature_collection_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class PredictRequest:
+    """Ask for a prediction: by ``location_id`` (latest online features) or ``features``."""
+
+    correlation_id: str
+    location_id: int | None = None
+    features: tuple[tuple[str, float], ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """A prediction; ``fallback`` marks an answer from the fallback model."""
+
+    correlation_id: str
+    label: bool
+    probability: float
+    model_version: int
+    feature_collection_id: int
+    fallback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionError:
+    """Why no prediction could be made (HTTP 400 or 503 at the edge)."""
+
+    correlation_id: str
+    reason: str
+    status: int = 400
