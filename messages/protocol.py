@@ -14,6 +14,8 @@ __all__ = [
     "ActorInfo",
     "ChildUp",
     "FactsRecorded",
+    "Forwarded",
+    "MessageFailed",
     "Init",
     "ModelCandidate",
     "ModelPublished",
@@ -178,6 +180,7 @@ class ModelCandidate:
     correlation_id: str
     version: int
     force: bool = False
+    reply_to: Any = None  # who asked for the run (``rml train``), answered by the publisher
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,3 +230,24 @@ class PredictionError:
     correlation_id: str
     reason: str
     status: int = 400
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """Root -> predictor: a request from outside; answer ``reply_to`` directly."""
+
+    message: Any
+    reply_to: Any
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFailed:
+    """Actor -> its supervisor: a message failed twice (a poison message) and was not applied.
+
+    The supervisor records it in the dead-letter table; nothing is dropped silently.
+    """
+
+    actor: str
+    message_type: str
+    message: str
+    error: str

@@ -1,0 +1,164 @@
+"""The thin shell every actor shares: dispatch by message type, poison handling, lifecycle.
+
+``ReactiveActor`` dispatches a message of type ``T`` to ``on_T(msg, sender)``.
+It reproduces Thespian's failure semantics itself (one retry, then a
+``PoisonMessage`` back to the sender) so that it can always return the
+actor's ``ThespianWatch``: Thespian drops the watch when ``receiveMessage``
+raises. ``Worker`` adds the lifecycle every supervised leaf follows: ``Init``
+-> ``on_start`` (rebuild state from the stores) -> ``Ready``; ``Peers``;
+``Ping``; ``ActorExitRequest`` -> ``on_stop``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from thespian.actors import (
+    Actor,
+    ActorExitRequest,
+    PoisonMessage,
+    ThespianWatch,
+    WakeupMessage,
+    WatchMessage,
+)
+
+import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
+from config.settings import Settings
+from daemon.logs import configure_logging, get_logger
+from messages.protocol import Init, MessageFailed, Peers, Ping, Pong, Ready
+
+__all__ = ["ReactiveActor", "Worker"]
+
+
+class ReactiveActor(Actor):  # type: ignore[misc]
+    """Dispatch to ``on_<MessageType>``; never lose the fd watch; report poison."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.name = type(self).__name__
+        self.log: Any = get_logger(actor=self.name)
+        self.watch_fds: tuple[int, ...] = ()
+        self.supervisor: Any = None
+        self._handlers: dict[type, Callable[[Any, Any], Any] | None] = {}
+
+    def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian's name)
+        try:
+            self._dispatch(message, sender)
+        except Exception:
+            self.log.warning("message_failed_once", message_type=type(message).__name__,
+                             exc_info=True)
+            try:
+                self._dispatch(copy.deepcopy(message), sender)
+            except Exception:
+                self._poisoned(message, sender, traceback.format_exc())
+        return ThespianWatch(list(self.watch_fds)) if self.watch_fds else None
+
+    def _dispatch(self, message: Any, sender: Any) -> None:
+        kind = type(message)
+        handler = self._handlers.get(kind, ...)
+        if handler is ...:
+            handler = None
+            for klass in kind.__mro__:
+                handler = getattr(self, f"on_{klass.__name__}", None)
+                if handler is not None:
+                    break
+            self._handlers[kind] = handler
+        if handler is None:
+            self.log.debug("message_ignored", message_type=kind.__name__)
+            return
+        handler(message, sender)
+
+    def _poisoned(self, message: Any, sender: Any, error: str) -> None:
+        """A message failed twice: tell the sender (Thespian's contract) and the supervisor."""
+        self.log.error("poison_message", message_type=type(message).__name__, error=error)
+        if isinstance(message, ActorExitRequest | PoisonMessage):
+            return
+        failed = MessageFailed(self.name, type(message).__name__, repr(message)[:2000], error)
+        if sender is not None and sender != self.supervisor:
+            self.send(sender, PoisonMessage(message, error))
+        if self.supervisor is not None:
+            self.send(self.supervisor, failed)
+
+    # Thespian system messages that every actor treats alike.
+
+    def on_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:  # noqa: N802
+        """Something we sent failed twice at its receiver: record it via the supervisor."""
+        poison = msg.poisonMessage
+        failed = MessageFailed(str(sender), type(poison).__name__, repr(poison)[:2000],
+                               str(msg.details))
+        if self.supervisor is not None:
+            self.send(self.supervisor, failed)
+        else:
+            self.on_MessageFailed(failed, sender)
+
+    def on_MessageFailed(self, msg: MessageFailed, sender: Any) -> None:  # noqa: N802
+        """Without a supervisor to tell, at least log it."""
+        self.log.error("dead_letter", failed_actor=msg.actor, message_type=msg.message_type,
+                       error=msg.error)
+
+
+class Worker(ReactiveActor):
+    """A supervised leaf: ``Init`` -> ``on_start`` -> ``Ready``; the rest is the subclass's."""
+
+    role = "worker"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: Settings | None = None
+        self.peers = Peers(())
+        self._init_id: str | None = None
+
+    # Hooks for subclasses.
+
+    def on_start(self, init: Init) -> None:
+        """Open stores and rebuild state from them (never from memory)."""
+
+    def on_stop(self) -> None:
+        """Release what ``on_start`` acquired (threads, sockets, stores)."""
+
+    def on_peers(self) -> None:
+        """The live addresses of other roles changed."""
+
+    def on_timer(self, payload: Any) -> None:
+        """A ``wakeupAfter`` fired."""
+
+    def on_readable(self, fds: list[int]) -> None:
+        """A watched file descriptor is readable."""
+
+    # Lifecycle messages.
+
+    def on_Init(self, msg: Init, sender: Any) -> None:  # noqa: N802
+        if self._init_id != msg.correlation_id:
+            self.name = msg.name
+            self.settings = msg.settings
+            self.supervisor = sender
+            configure_logging(msg.settings.log_dir, msg.settings.log_level, actor=msg.name)
+            self.log = get_logger(actor=msg.name, role=msg.role)
+            self.on_start(msg)
+            self._init_id = msg.correlation_id
+            self.log.info("actor_started")
+        self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
+
+    def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802
+        self.peers = msg
+        self.on_peers()
+
+    def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
+        self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
+
+    def on_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        self.on_timer(msg.payload)
+
+    def on_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:  # noqa: N802
+        self.on_readable(list(msg.ready))
+
+    def on_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
+        self.watch_fds = ()
+        try:
+            self.on_stop()
+        finally:
+            self.log.info("actor_stopped")

@@ -1,0 +1,187 @@
+"""Collector: owns an HTTP ingest edge; stores facts before it acknowledges them.
+
+Owns: an ``HttpEdge`` thread serving ``POST /readings``, ``POST /outcomes``,
+``GET /health``; a ``Waker`` it watches with ``ThespianWatch``.
+Receives: ``Init``, ``Peers``, wake-ups from its edge, timers.
+Sends: ``FactsRecorded`` hints (coalesced, a few a second at most) to the
+feature generator and the learner.
+
+The edge thread decodes, inserts and commits (durably) and only then answers:
+no actor hop on the hot path. The actor only hears that something was stored.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from actors.base import Worker
+from actors.edge import HttpEdge, Request, Response, Route, Waker
+from messages.codec import (
+    BodyError,
+    decode_outcomes,
+    decode_readings,
+    encode,
+    ingest_answer,
+    wire_format,
+)
+from messages.protocol import FactsRecorded, Init
+from storage.errors import StoreError
+from storage.sqlite_facts import SQLiteFactStore
+
+__all__ = ["Collector", "IngestCounters"]
+
+
+class IngestCounters:
+    """What this collector has seen; written by the edge thread, read by anyone."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = {"readings_accepted": 0, "readings_duplicate": 0, "readings_rejected": 0,
+                       "outcomes_accepted": 0, "outcomes_duplicate": 0, "outcomes_rejected": 0,
+                       "bodies_refused": 0, "store_errors": 0}
+        self.watermark = 0
+
+    def add(self, kind: str, accepted: int, duplicates: int, rejected: int, watermark: int) -> None:
+        with self._lock:
+            self.values[f"{kind}_accepted"] += accepted
+            self.values[f"{kind}_duplicate"] += duplicates
+            self.values[f"{kind}_rejected"] += rejected
+            self.watermark = max(self.watermark, watermark)
+
+    def bump(self, name: str) -> None:
+        with self._lock:
+            self.values[name] += 1
+
+
+class Collector(Worker):
+    """Serves ingest over HTTP; every acknowledged fact is committed first."""
+
+    role = "collector"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edge: HttpEdge | None = None
+        self.waker: Waker | None = None
+        self.counters = IngestCounters()
+        self._store: SQLiteFactStore | None = None  # used only by the edge's worker thread
+        self._last_hint = 0.0
+        self._hint_scheduled = False
+        self._hinted = (0, 0)
+
+    def on_start(self, init: Init) -> None:
+        settings = init.settings
+        self.waker = Waker()
+        self.watch_fds = (self.waker.fileno(),)
+        routes = [
+            Route("POST", "/readings", self._post_readings, blocking=True),
+            Route("POST", "/outcomes", self._post_outcomes, blocking=True),
+            Route("GET", "/health", self._health, public=True),
+        ]
+        self.edge = HttpEdge(
+            host=settings.ingest.host, port=settings.ingest.port, routes=routes,
+            tokens=settings.ingest.tokens, max_body_bytes=settings.ingest.max_body_bytes,
+            idle_timeout_s=settings.ingest.idle_timeout_s,
+            max_pending=settings.ingest.max_pending, name=self.name,
+            on_error=self._edge_error,
+        )
+        self.edge.start()
+
+    def on_stop(self) -> None:
+        if self.edge is not None:
+            self.edge.stop()
+        if self.waker is not None:
+            self.waker.close()
+
+    # --- the edge's handlers (run in the edge's worker thread) ---------------------
+
+    def _facts(self) -> SQLiteFactStore:
+        if self._store is None:
+            assert self.settings is not None
+            self._store = SQLiteFactStore(self.settings.data_path / "facts.sqlite",
+                                          busy_timeout_s=self.settings.storage.busy_timeout_s)
+        return self._store
+
+    def _post_readings(self, request: Request) -> Response:
+        return self._ingest(request, "readings")
+
+    def _post_outcomes(self, request: Request) -> Response:
+        return self._ingest(request, "outcomes")
+
+    def _ingest(self, request: Request, kind: str) -> Response:
+        assert self.settings is not None
+        content_type = request.headers.get("content-type")
+        try:
+            fmt = wire_format(content_type)
+            now_ms = int(time.time() * 1000)
+            decode = decode_readings if kind == "readings" else decode_outcomes
+            batch: Any = decode(request.body, content_type, now_ms=now_ms,
+                                max_future_ms=self.settings.ingest.max_future_ms)
+        except BodyError as exc:
+            self.counters.bump("bodies_refused")
+            return Response(exc.status, encode({"error": f"{exc.code}: {exc.detail}"}, "json"))
+        try:
+            store = self._facts()
+            if kind == "readings":
+                result = store.insert_readings(batch.items)
+            else:
+                result = store.insert_outcomes(batch.items)
+        except StoreError as exc:
+            # Nothing was acknowledged: the gateway retries.
+            self.counters.bump("store_errors")
+            self.log.error("store_error", kind=kind, error=str(exc))
+            return Response(503, encode({"error": f"store unavailable: {exc}"}, fmt),
+                            content_type=_media(fmt), headers=(("Retry-After", "1"),))
+        self.counters.add(kind, result.accepted, result.duplicates, len(batch.rejected),
+                          result.watermark)
+        if self.waker is not None and result.accepted:
+            self.waker.notify()
+        answer = ingest_answer(result.accepted, result.duplicates, batch.rejected)
+        return Response(200, encode(answer, fmt), content_type=_media(fmt))
+
+    def _health(self, request: Request) -> Response:
+        return Response.json(200, {"status": "ok", "actor": self.name})
+
+    def _edge_error(self, exc: BaseException, request: Request | None) -> None:
+        self.log.error("edge_error", error=repr(exc), path=request.path if request else None)
+
+    # --- hints ----------------------------------------------------------------------
+
+    def on_readable(self, fds: list[int]) -> None:
+        if self.waker is not None:
+            self.waker.drain()
+        self._maybe_hint()
+
+    def on_timer(self, payload: Any) -> None:
+        if payload == "hint":
+            self._hint_scheduled = False
+            self._maybe_hint()
+
+    def on_peers(self) -> None:
+        self._maybe_hint()
+
+    def _maybe_hint(self) -> None:
+        """At most one ``FactsRecorded`` per interval: bursts of small actor messages are slow."""
+        assert self.settings is not None
+        values = self.counters.values
+        seen = (values["readings_accepted"], values["outcomes_accepted"])
+        if seen == self._hinted:
+            return
+        wait = self._last_hint + self.settings.ingest.hint_interval_s - time.monotonic()
+        if wait > 0:
+            if not self._hint_scheduled:
+                self._hint_scheduled = True
+                self.wakeupAfter(wait, payload="hint")
+            return
+        hint = FactsRecorded(self.name, seen[0] - self._hinted[0], seen[1] - self._hinted[1],
+                             self.counters.watermark)
+        for role in ("feature_generator", "learner"):
+            for address in self.peers.of(role):
+                self.send(address, hint)
+        self._hinted = seen
+        self._last_hint = time.monotonic()
+
+
+def _media(fmt: str) -> str:
+    return "application/msgpack" if fmt == "msgpack" else "application/json"

@@ -1,0 +1,308 @@
+"""Typed, validated settings: embedded defaults, then a TOML file, then ``RML_*`` environment.
+
+Every key has a default. An invalid value is refused with its dotted key named.
+Environment names are the dotted key upper-cased with ``_`` for ``.``:
+``RML_INGEST_PORT``, ``RML_ACTOR_SYSTEM_ADMIN_PORT``, ``RML_DATA_DIR``;
+token lists are comma-separated (``RML_INGEST_TOKENS=a,b``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+
+__all__ = [
+    "ActorSystemSettings",
+    "IngestSettings",
+    "LearningSettings",
+    "PredictSettings",
+    "Settings",
+    "StorageSettings",
+    "SupervisionSettings",
+    "load_settings",
+]
+
+DEMO_TOKEN = "rml-demo-token"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class ActorSystemSettings:
+    """Where Thespian listens. Its transport is unauthenticated pickle: loopback only."""
+
+    admin_port: int = 19471
+    bind: str = "127.0.0.1"
+    allow_non_loopback: bool = False
+    start_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class IngestSettings:
+    """The collectors' HTTP edge."""
+
+    host: str = "127.0.0.1"
+    port: int = 8471
+    tokens: tuple[str, ...] = (DEMO_TOKEN,)
+    collectors: int = 2
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_pending: int = 32
+    idle_timeout_s: float = 30.0
+    max_future_ms: int = 300_000
+    hint_interval_s: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class PredictSettings:
+    """The predictors' HTTP edge."""
+
+    host: str = "127.0.0.1"
+    port: int = 8472
+    tokens: tuple[str, ...] = (DEMO_TOKEN,)
+    replicas: int = 2
+    max_body_bytes: int = 64 * 1024
+    max_pending: int = 256
+    idle_timeout_s: float = 30.0
+    refresh_interval_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class LearningSettings:
+    """When and how the learner trains, and the publish gate."""
+
+    min_outcomes: int = 500
+    retrain_every_outcomes: int = 1000
+    check_interval_s: float = 1.0
+    feature_window_ms: int = 6 * 3600 * 1000
+    publish_margin: float = 0.0
+    model_type: str = "decision_tree"
+    seed: int = 7
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionSettings:
+    """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between."""
+
+    max_restarts: int = 10
+    period_s: float = 30.0
+    backoff_min_s: float = 0.0
+    backoff_max_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """The store backend (SQLite files in ``data_dir`` by default)."""
+
+    backend: str = "sqlite"
+    busy_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of a daemon. Frozen: it crosses actor boundaries as is."""
+
+    data_dir: str = "rml-data"
+    log_level: str = "info"
+    actor_system: ActorSystemSettings = field(default_factory=ActorSystemSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    predict: PredictSettings = field(default_factory=PredictSettings)
+    learning: LearningSettings = field(default_factory=LearningSettings)
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+
+    @property
+    def data_path(self) -> Path:
+        """``data_dir`` as an absolute path."""
+        return Path(self.data_dir).expanduser().resolve()
+
+    @property
+    def log_dir(self) -> Path:
+        """Where the daemon's log files go."""
+        return self.data_path / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the daemon records its process group and ports."""
+        return self.data_path / "run"
+
+
+_SECTIONS: dict[str, type] = {
+    "actor_system": ActorSystemSettings,
+    "ingest": IngestSettings,
+    "predict": PredictSettings,
+    "learning": LearningSettings,
+    "supervision": SupervisionSettings,
+    "storage": StorageSettings,
+}
+_TOP_LEVEL = {"data_dir": str, "log_level": str}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _coerce(key: str, raw: Any, default: Any, from_env: bool) -> Any:
+    """Turn ``raw`` into the type of ``default`` or raise ConfigError naming ``key``."""
+    kind = type(default)
+    if kind is tuple:
+        if from_env and isinstance(raw, str):
+            raw = [t.strip() for t in raw.split(",") if t.strip()]
+        if not isinstance(raw, list | tuple) or not all(isinstance(t, str) for t in raw):
+            raise ConfigError(key, f"expected a list of strings, got {raw!r}")
+        return tuple(raw)
+    if kind is bool:
+        if from_env and isinstance(raw, str):
+            lowered = raw.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+        if not isinstance(raw, bool):
+            raise ConfigError(key, f"expected true or false, got {raw!r}")
+        return raw
+    if kind is int:
+        if from_env and isinstance(raw, str):
+            try:
+                raw = int(raw.strip())
+            except ValueError:
+                raise ConfigError(key, f"expected an integer, got {raw!r}") from None
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            raise ConfigError(key, f"expected an integer, got {raw!r}")
+        return raw
+    if kind is float:
+        if from_env and isinstance(raw, str):
+            try:
+                raw = float(raw.strip())
+            except ValueError:
+                raise ConfigError(key, f"expected a number, got {raw!r}") from None
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or raw != raw:
+            raise ConfigError(key, f"expected a number, got {raw!r}")
+        return float(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(key, f"expected a string, got {raw!r}")
+    return raw
+
+
+def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool) -> Any:
+    known = {f.name: getattr(section, f.name) for f in fields(section)}
+    changes: dict[str, Any] = {}
+    for name, raw in values.items():
+        key = f"{prefix}.{name}"
+        if name not in known:
+            raise ConfigError(key, "unknown key")
+        changes[name] = _coerce(key, raw, known[name], from_env)
+    return replace(section, **changes)
+
+
+def _from_mapping(base: Settings, data: Mapping[str, Any], from_env: bool) -> Settings:
+    changes: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _TOP_LEVEL:
+            changes[name] = _coerce(name, value, getattr(base, name), from_env)
+        elif name in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(name, "expected a table")
+            changes[name] = _apply(getattr(base, name), name, value, from_env)
+        else:
+            raise ConfigError(name, "unknown key")
+    return replace(base, **changes)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Map ``RML_SECTION_KEY`` variables onto the nested settings shape."""
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("RML_") or name in {"RML_CONFIG"}:
+            continue
+        rest = name[4:].lower()
+        if rest in _TOP_LEVEL:
+            out[rest] = value
+            continue
+        for section, kind in _SECTIONS.items():
+            if rest.startswith(section + "_"):
+                key = rest[len(section) + 1 :]
+                if key in {f.name for f in fields(kind)}:
+                    out.setdefault(section, {})[key] = value
+                break
+        # Other RML_* variables (e.g. RML_COUCHBASE_URL) belong to other parts.
+    return out
+
+
+def _validate(s: Settings) -> Settings:
+    def port(key: str, value: int) -> None:
+        if not 0 <= value <= 65535:
+            raise ConfigError(key, f"port must be in 0..65535, got {value}")
+
+    port("actor_system.admin_port", s.actor_system.admin_port)
+    port("ingest.port", s.ingest.port)
+    port("predict.port", s.predict.port)
+    if s.actor_system.admin_port == 0:
+        raise ConfigError("actor_system.admin_port", "must be a fixed port, not 0")
+    if s.actor_system.bind not in LOOPBACK and not s.actor_system.allow_non_loopback:
+        raise ConfigError(
+            "actor_system.bind",
+            "Thespian's transport is unauthenticated pickle; binding it beyond loopback "
+            "needs actor_system.allow_non_loopback = true",
+        )
+    if s.log_level not in _LOG_LEVELS:
+        raise ConfigError("log_level", f"must be one of {', '.join(_LOG_LEVELS)}")
+    replicas = (("ingest.collectors", s.ingest.collectors),
+                ("predict.replicas", s.predict.replicas))
+    for key, n in replicas:
+        if not 1 <= n <= 32:
+            raise ConfigError(key, f"must be in 1..32, got {n}")
+    for key, tokens in (("ingest.tokens", s.ingest.tokens), ("predict.tokens", s.predict.tokens)):
+        if not tokens:
+            raise ConfigError(key, "at least one bearer token is required")
+        if any(len(t) < 8 for t in tokens):
+            raise ConfigError(key, "tokens must be at least 8 characters")
+    if s.ingest.max_body_bytes < 2 * 1024 * 1024:
+        raise ConfigError("ingest.max_body_bytes",
+                          "must take a batch of 10,000 readings (>= 2 MiB)")
+    if s.learning.min_outcomes < 10:
+        raise ConfigError("learning.min_outcomes", "must be at least 10")
+    if s.learning.retrain_every_outcomes < 1:
+        raise ConfigError("learning.retrain_every_outcomes", "must be at least 1")
+    if s.learning.feature_window_ms < 60_000:
+        raise ConfigError("learning.feature_window_ms", "must be at least one minute")
+    if not 0.0 <= s.learning.publish_margin < 0.5:
+        raise ConfigError("learning.publish_margin", "must be in [0, 0.5)")
+    if s.supervision.max_restarts < 0 or s.supervision.period_s <= 0:
+        raise ConfigError("supervision", "max_restarts >= 0 and period_s > 0 required")
+    if s.storage.backend not in {"sqlite"}:
+        raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
+    from config.job import ModelType  # local: config.job is the learning side's
+
+    try:
+        ModelType(s.learning.model_type)
+    except ValueError:
+        choices = ", ".join(m.value for m in ModelType)
+        raise ConfigError("learning.model_type", f"must be one of {choices}") from None
+    return s
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Defaults, then the TOML file at ``path`` (or ``$RML_CONFIG``), then ``RML_*`` variables."""
+    env = os.environ if environ is None else environ
+    settings = Settings()
+    if path is None and env.get("RML_CONFIG"):
+        path = env["RML_CONFIG"]
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        settings = _from_mapping(settings, data, from_env=False)
+        if "data_dir" in data and not Path(settings.data_dir).is_absolute():
+            # A relative data_dir in a file is relative to that file.
+            settings = replace(
+                settings, data_dir=str((Path(path).parent / settings.data_dir).resolve())
+            )
+    settings = _from_mapping(settings, _env_overrides(env), from_env=True)
+    return _validate(replace(settings, data_dir=str(settings.data_path)))

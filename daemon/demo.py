@@ -1,0 +1,228 @@
+"""``rml demo``: the whole loop on a real daemon, in about two minutes.
+
+Starts a daemon on the settings given (a fresh data directory under
+``data_dir``), plays field gateways over HTTP (duplicates, late and
+malformed readings included), waits for a published model, asks for
+predictions over HTTP and through Thespian, SIGKILLs a predictor and a
+collector and shows both answer again, prints a summary and stops the daemon,
+checking that no process and no port is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from config.settings import Settings
+from daemon.gateway import HttpClient, IngestTally, send_items
+from daemon.process import ask_root, start, stop
+from daemon.status import collect_status
+from learning.pipeline import split_by_location
+from learning.simulator import Savanna
+from messages.protocol import Prediction, PredictRequest
+
+__all__ = ["run_demo"]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _wait(what: str, predicate: Any, timeout_s: float, every_s: float = 0.2) -> Any:
+    """Wait for ``predicate()`` to return something truthy, showing progress; raise on timeout."""
+    started = time.monotonic()
+    shown = 0.0
+    while True:
+        value = predicate()
+        if value:
+            return value
+        elapsed = time.monotonic() - started
+        if elapsed > timeout_s:
+            raise TimeoutError(f"gave up waiting for {what} after {timeout_s:.0f} s")
+        if elapsed - shown >= 2.0:
+            _say(f"  ... waiting for {what} ({elapsed:.0f} s)")
+            shown = elapsed
+        time.sleep(every_s)
+
+
+def _champion(settings: Settings) -> Any:
+    from storage.sqlite_registry import SQLiteModelRegistry
+
+    registry = SQLiteModelRegistry(settings.data_path / "models.sqlite")
+    try:
+        return registry.champion()
+    finally:
+        registry.close()
+
+
+def _actor(settings: Settings, name: str) -> dict[str, Any]:
+    for actor in collect_status(settings)["actors"]:
+        if actor["name"] == name:
+            return dict(actor)
+    raise KeyError(name)
+
+
+def _kill_and_wait(settings: Settings, name: str, probe: Any) -> float:
+    """SIGKILL an actor by pid; return seconds until it runs again and ``probe()`` succeeds."""
+    before = _actor(settings, name)
+    killed_at = time.monotonic()
+    os.kill(before["pid"], signal.SIGKILL)
+
+    def back() -> bool:
+        now = _actor(settings, name)
+        return now["state"] == "running" and now["pid"] != before["pid"] and bool(probe())
+
+    _wait(f"{name} to answer again", back, 30.0, every_s=0.01)
+    return time.monotonic() - killed_at
+
+
+def holdout_best_auc(savanna: Savanna, job: dict[str, Any]) -> float:
+    """The best achievable ROC AUC on the outcomes a model with ``job`` was tested on.
+
+    The split is deterministic (by location, seeded), so the simulator's hidden
+    truth can be scored on exactly the learner's holdout.
+    """
+    outcomes = sorted(savanna.outcomes(), key=lambda o: (o.timestamp, o.location_id,
+                                                         o.outcome_id))
+    locations = np.array([o.location_id for o in outcomes], dtype=np.int64)
+    labels = np.array([o.label for o in outcomes], dtype=bool)
+    _, test = split_by_location(locations, int(job["seed"]), float(job["test_fraction"]), labels)
+    return savanna.best_auc([o for o, keep in zip(outcomes, test, strict=True) if keep])
+
+
+def run_demo(base: Settings, config_path: str | None) -> int:
+    """Run the demo; 0 when every step did what it should."""
+    data_dir = os.path.join(base.data_dir, "demo-" + time.strftime("%Y%m%d-%H%M%S"))
+    settings = replace(base, data_dir=data_dir)
+    os.environ["RML_DATA_DIR"] = data_dir  # the keeper re-reads settings from the environment
+    started = time.monotonic()
+    _say(f"Reactive ML demo: data in {data_dir}")
+    _say("starting the daemon ...")
+    record = start(settings, config_path)
+    try:
+        _say(f"  up in {time.monotonic() - started:.1f} s (process group {record.pgid})")
+        return _play(settings, started)
+    except Exception as exc:
+        _say(f"demo failed: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        _say("stopping the daemon ...")
+        report = stop(settings)
+        if report.leftover_pids or report.busy_ports:
+            _say(f"  LEFT BEHIND: processes {list(report.leftover_pids)}, ports "
+                 f"{list(report.busy_ports)}")
+        else:
+            _say(f"  stopped ({'drained' if report.graceful else 'forced'}): no process and "
+                 "no bound port left")
+        _say(f"demo took {time.monotonic() - started:.0f} s")
+
+
+def _play(settings: Settings, started: float) -> int:
+    ingest = settings.ingest
+    token = ingest.tokens[0]
+    savanna = Savanna(seed=11, end_ms=int(time.time() * 1000) - 60_000)
+    traffic = savanna.traffic()
+    _say(f"playing 4 field gateways: {len(traffic.items)} reading items "
+         f"({traffic.n_duplicates} resent, {traffic.n_late} late, {len(traffic.malformed)} "
+         "malformed), JSON and msgpack ...")
+    tally = IngestTally()
+    lock = threading.Lock()
+
+    def gateway(part: int) -> None:
+        client = HttpClient(ingest.host, ingest.port, token)
+        mine = IngestTally()
+        send_items(client, "readings", traffic.items[part::4], batch_size=1000,
+                   fmt="msgpack" if part % 2 else "json", tally=mine)
+        client.close()
+        with lock:
+            tally.accepted += mine.accepted
+            tally.duplicates += mine.duplicates
+            tally.rejected.update(mine.rejected)
+            tally.failed_batches += mine.failed_batches
+
+    threads = [threading.Thread(target=gateway, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    _say(f"  readings: {tally.accepted} stored, {tally.duplicates} duplicates detected, "
+         f"{sum(tally.rejected.values())} rejected ({dict(tally.rejected)})")
+    rangers = HttpClient(ingest.host, ingest.port, token)
+    outcomes = send_items(rangers, "outcomes", savanna.outcome_items(), batch_size=5000)
+    resent = send_items(rangers, "outcomes", savanna.outcome_items()[:100], batch_size=100)
+    _say(f"  outcomes: {outcomes.accepted} stored; 100 resent -> {resent.duplicates} duplicates")
+
+    _say("waiting for the learner to train and the publisher to publish a model ...")
+
+    def trained_on_everything() -> Any:
+        champion = _champion(settings)
+        if champion is None:
+            return None
+        seen = json.loads(champion.lineage)["facts"]["outcomes"]
+        return champion if seen >= outcomes.accepted else None
+
+    champion = _wait("a published model trained on every outcome", trained_on_everything, 90.0)
+    metrics = dict(champion.metrics)
+    best = holdout_best_auc(savanna, json.loads(champion.job))
+    _say(f"  model version {champion.version} on feature collection "
+         f"{champion.feature_collection_id}: holdout ROC AUC {metrics['roc_auc']:.3f} "
+         f"(best achievable {best:.3f})")
+
+    predict = HttpClient(settings.predict.host, settings.predict.port, settings.predict.tokens[0])
+
+    def http_prediction(location: int) -> Any:
+        status, answer = predict.post("/model", {"location_id": location})
+        return answer if status == 200 else None
+
+    _wait("features for location 1", lambda: http_prediction(1), 30.0)
+    agree = 0
+    for location in range(1, 6):
+        over_http = http_prediction(location)
+        over_thespian = ask_root(settings, PredictRequest(uuid.uuid4().hex, location), 10.0)
+        same = (isinstance(over_thespian, Prediction)
+                and abs(over_thespian.probability - over_http["probability"]) < 1e-12
+                and over_thespian.model_version == over_http["model_version"])
+        agree += same
+        _say(f"  location {location}: HTTP p={over_http['probability']:.3f} "
+             f"label={over_http['label']} v{over_http['model_version']} | Thespian "
+             f"p={getattr(over_thespian, 'probability', float('nan')):.3f} "
+             f"{'(agree)' if same else '(DISAGREE)'}")
+
+    _say("crash test: SIGKILL predictor-1 and collector-1 ...")
+    took = _kill_and_wait(settings, "predictor-1", lambda: http_prediction(1))
+    _say(f"  predictor-1 replaced and answering in {took * 1000:.0f} ms")
+    probe = HttpClient(ingest.host, ingest.port, token)
+    took = _kill_and_wait(settings, "collector-1",
+                          lambda: probe.post("/readings", {"readings": []})[0] == 200)
+    _say(f"  collector-1 replaced and answering in {took * 1000:.0f} ms")
+    after = http_prediction(1)
+    status = collect_status(settings)
+    restarts = {a["name"]: a["restarts"] for a in status["actors"] if a["restarts"]}
+    counters = status["counters"]
+    ok = (agree == 5 and after is not None and after["model_version"] == champion.version
+          and counters["readings_stored"] == traffic.n_unique_valid)
+    _say("")
+    _say("summary")
+    _say(f"  facts stored:       {counters['readings_stored']} readings, "
+         f"{counters['outcomes_stored']} outcomes")
+    _say(f"  duplicates:         {tally.duplicates} readings, {resent.duplicates} outcomes")
+    _say(f"  rejected:           {sum(tally.rejected.values())}: "
+         + ", ".join(f"{k} {v}" for k, v in sorted(tally.rejected.items())))
+    _say(f"  model:              version {champion.version}, holdout ROC AUC "
+         f"{metrics['roc_auc']:.3f} vs best achievable {best:.3f}")
+    _say(f"  restarts:           {restarts}")
+    _say(f"  predictions agree:  {agree}/5 (HTTP vs Thespian); after the crash: "
+         f"version {after['model_version'] if after else None}")
+    _say(f"  time so far:        {time.monotonic() - started:.0f} s")
+    _say("demo: OK" if ok else "demo: SOMETHING WAS OFF (see above)")
+    return 0 if ok else 1
+
+

@@ -1,0 +1,302 @@
+"""Start, stop and reach the daemon: a process group we own, a keeper, the actor system.
+
+``start`` spawns a keeper in a new session (so a new process group): the
+keeper starts Thespian's ``multiprocTCPBase`` admin bound to loopback and the
+root supervisor, waits until every actor answers, records the group in
+``<data_dir>/run/daemon.json`` and then stays, reaping orphans (it is a child
+subreaper), until it is told to stop. ``stop`` asks the actor system to shut
+down (actors drain), then ends whatever is left of the group and checks that
+no process and no port remains. The keeper's stdout/stderr go to a log file,
+never to a pipe that could close under the actors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings
+from daemon.group import end_group, group_members, port_accepts, port_bindable, wait_until
+from daemon.loopback import bind_thespian_to
+
+__all__ = [
+    "DaemonError",
+    "RunRecord",
+    "ask_root",
+    "connect",
+    "read_record",
+    "serve",
+    "start",
+    "stop",
+]
+
+ROOT_CLASS = "supervision.supervisor.Supervisor"
+ROOT_NAME = "rml-root"
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+class DaemonError(RuntimeError):
+    """The daemon could not be started, reached or stopped (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """What ``<data_dir>/run/daemon.json`` says about a running daemon."""
+
+    pgid: int
+    keeper_pid: int
+    admin_port: int
+    ingest_port: int
+    predict_port: int
+    data_dir: str
+    started_at_ms: int
+    state: str  # "starting" | "ready"
+
+
+def _record_path(settings: Settings) -> Path:
+    return settings.run_dir / "daemon.json"
+
+
+def read_record(settings: Settings) -> RunRecord | None:
+    """The run record, or None when there is none (or it is unreadable)."""
+    try:
+        return RunRecord(**json.loads(_record_path(settings).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write_record(settings: Settings, record: RunRecord) -> None:
+    path = _record_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(record)))
+    os.replace(tmp, path)
+
+
+def _clear_record(settings: Settings) -> None:
+    _record_path(settings).unlink(missing_ok=True)
+
+
+def _capabilities(settings: Settings) -> dict[str, Any]:
+    return {"Admin Port": settings.actor_system.admin_port, "Process Startup Method": "fork"}
+
+
+def connect(settings: Settings) -> Any:
+    """A Thespian client of the running daemon (never starts a system of its own)."""
+    host = settings.actor_system.bind
+    if not port_accepts(host, settings.actor_system.admin_port):
+        raise DaemonError(f"no daemon answers on {host}:{settings.actor_system.admin_port}"
+                          " (is it started? `rml start`)")
+    bind_thespian_to(host)
+    from thespian.actors import ActorSystem
+
+    return ActorSystem("multiprocTCPBase", _capabilities(settings), logDefs=None,
+                       transientUnique=True)
+
+
+def ask_root(settings: Settings, message: Any, timeout_s: float = 10.0) -> Any:
+    """Send ``message`` to the root supervisor and return its answer (None on timeout)."""
+    asys = connect(settings)
+    root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+    return asys.ask(root, message, timeout_s)
+
+
+def _daemon_alive(record: RunRecord) -> bool:
+    return bool(group_members(record.pgid))
+
+
+def _clear_stale(settings: Settings, out: Any) -> None:
+    """A daemon that crashed (or was SIGKILLed) leaves a record and maybe orphans: clear both."""
+    record = read_record(settings)
+    if record is None:
+        return
+    if _daemon_alive(record):
+        from messages.protocol import Ping
+
+        try:
+            answer = ask_root(settings, Ping(uuid.uuid4().hex), timeout_s=3.0)
+        except DaemonError:
+            answer = None
+        if answer is not None:
+            raise DaemonError(f"a daemon is already running (process group {record.pgid}); "
+                              "`rml stop` first")
+        print(f"clearing a stale daemon (process group {record.pgid})", file=out)
+        if not end_group(record.pgid):
+            raise DaemonError(f"could not clear the stale process group {record.pgid}")
+    _clear_record(settings)
+
+
+def _check_ports(settings: Settings) -> None:
+    wanted = [
+        ("actor_system.admin_port", settings.actor_system.bind, settings.actor_system.admin_port),
+        ("ingest.port", settings.ingest.host, settings.ingest.port),
+        ("predict.port", settings.predict.host, settings.predict.port),
+    ]
+    for key, host, port in wanted:
+        if port and not wait_until(lambda h=host, p=port: port_bindable(h, p), 3.0):
+            raise DaemonError(f"{key}: {host}:{port} is in use by another process")
+
+
+def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) -> RunRecord:
+    """Start the daemon detached; return once every actor answers."""
+    _clear_stale(settings, out)
+    _check_ports(settings)
+    settings.log_dir.mkdir(parents=True, exist_ok=True)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "daemon.keeper"]
+    if config_path:
+        cmd += ["--config", str(Path(config_path).resolve())]
+    env = dict(os.environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1")
+    keeper_out = open(settings.log_dir / "daemon.out", "ab")  # noqa: SIM115
+    try:
+        keeper = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=keeper_out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, close_fds=True,
+            cwd=str(settings.data_path),
+        )
+    finally:
+        keeper_out.close()
+    deadline = time.monotonic() + settings.actor_system.start_timeout_s
+    while time.monotonic() < deadline:
+        record = read_record(settings)
+        if record is not None and record.keeper_pid == keeper.pid and record.state == "ready":
+            return record
+        if keeper.poll() is not None:
+            break
+        time.sleep(0.05)
+    # Failed or too slow: leave nothing behind.
+    end_group(keeper.pid)
+    keeper.wait(timeout=5)
+    _clear_record(settings)
+    tail = _tail(settings.log_dir / "daemon.out")
+    raise DaemonError(f"the daemon did not start (keeper exit {keeper.returncode}); "
+                      f"last lines of {settings.log_dir / 'daemon.out'}:\n{tail}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no output)"
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """What ``stop`` did and found."""
+
+    was_running: bool
+    graceful: bool
+    killed: int
+    leftover_pids: tuple[int, ...]
+    busy_ports: tuple[int, ...]
+
+
+def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
+    """Shut the actor system down (actors drain), end the group, check nothing is left."""
+    record = read_record(settings)
+    if record is None:
+        return StopReport(False, True, 0, (), ())
+    graceful = False
+    if _daemon_alive(record) and port_accepts(settings.actor_system.bind, record.admin_port):
+        graceful = _shutdown_system(settings, drain_timeout_s)
+    # The keeper ends itself once the admin is gone; then end whatever else is left.
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(record.keeper_pid, signal.SIGTERM)
+    wait_until(lambda: not group_members(record.pgid), 5.0)
+    leftover = group_members(record.pgid)
+    killed = len(leftover)
+    if leftover:
+        end_group(record.pgid)
+    ports = (record.admin_port, record.ingest_port, record.predict_port)
+    wait_until(lambda: not any(port_accepts("127.0.0.1", p, 0.2) for p in ports), 5.0)
+    busy = tuple(p for p in ports if port_accepts("127.0.0.1", p, 0.2))
+    remaining = tuple(group_members(record.pgid))
+    if not remaining:
+        _clear_record(settings)
+    return StopReport(True, graceful, killed, remaining, busy)
+
+
+def _shutdown_system(settings: Settings, timeout_s: float) -> bool:
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            connect(settings).shutdown()
+        except Exception:
+            pass
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name="rml-stop").start()
+    return done.wait(timeout_s)
+
+
+# --- the keeper (runs in the daemon's own session) ----------------------------------
+
+
+def serve(settings: Settings) -> int:
+    """Keeper main: start the actor system and the tree, record it, reap orphans until stopped."""
+    from daemon.logs import configure_logging, get_logger, thespian_log_defs
+    from messages.protocol import StartSystem, SystemStarted
+
+    configure_logging(settings.log_dir, settings.log_level, actor="keeper")
+    log = get_logger()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        log.warning("no_subreaper")
+    stop_requested = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
+    bind_thespian_to(settings.actor_system.bind)
+    from thespian.actors import ActorSystem
+
+    record = RunRecord(os.getpgrp(), os.getpid(), settings.actor_system.admin_port,
+                       settings.ingest.port, settings.predict.port, settings.data_dir,
+                       int(time.time() * 1000), "starting")
+    _write_record(settings, record)
+    asys = ActorSystem("multiprocTCPBase", _capabilities(settings),
+                       logDefs=thespian_log_defs(settings.log_dir, settings.log_level))
+    root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+    correlation_id = uuid.uuid4().hex
+    answer = asys.ask(root, StartSystem(settings, correlation_id),
+                      settings.actor_system.start_timeout_s)
+    if not isinstance(answer, SystemStarted) or not answer.ok:
+        log.error("start_failed", answer=repr(answer))
+        print(f"start failed: {answer!r}", flush=True)
+        asys.shutdown()
+        return 1
+    _write_record(settings, RunRecord(**{**asdict(record), "state": "ready"}))
+    log.info("daemon_ready", actors=len(answer.actors), pgid=record.pgid)
+    print(f"daemon ready: process group {record.pgid}", flush=True)
+    while not stop_requested.is_set():
+        _reap()
+        if not port_accepts(settings.actor_system.bind, settings.actor_system.admin_port, 1.0):
+            log.warning("admin_gone")
+            break
+        stop_requested.wait(1.0)
+    _reap()
+    log.info("keeper_exiting")
+    return 0
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return

@@ -1,0 +1,99 @@
+"""What ``rml status`` shows: the supervision tree from the root, counters from the stores."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from config.settings import Settings
+from daemon.process import DaemonError, ask_root, read_record
+from messages.protocol import StatusReport, StatusRequest
+
+__all__ = ["collect_status", "render_status"]
+
+
+def _store_view(settings: Settings) -> dict[str, Any]:
+    """Counters, champion and active collection, read straight from the stores (read-only)."""
+    from storage import open_sqlite_stores
+
+    view: dict[str, Any] = {}
+    stores = open_sqlite_stores(settings.data_path, busy_timeout_s=settings.storage.busy_timeout_s)
+    try:
+        counts = stores.facts.counts()
+        view["counters"] = {
+            "readings_stored": counts.readings,
+            "outcomes_stored": counts.outcomes,
+            "models_registered": len(stores.registry.versions()),
+            "dead_letters": stores.deadletters.count(),
+        }
+        champion = stores.registry.champion()
+        view["model"] = None if champion is None else {
+            "version": champion.version,
+            "feature_collection_id": champion.feature_collection_id,
+            "metrics": dict(champion.metrics),
+        }
+        view["feature_collection"] = {
+            "active": stores.features.active_collection_id(),
+            "invalid_features": sorted(stores.features.invalid_features()),
+            "switches": [list(s) if isinstance(s, tuple) else s
+                         for s in stores.features.switches()],
+        }
+    finally:
+        stores.close()
+    return view
+
+
+def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any]:
+    """Everything ``status --json`` prints. Raises DaemonError when no daemon answers."""
+    record = read_record(settings)
+    report = ask_root(settings, StatusRequest(uuid.uuid4().hex), timeout_s)
+    if not isinstance(report, StatusReport):
+        raise DaemonError(f"the root supervisor did not answer in {timeout_s:.0f} s")
+    status: dict[str, Any] = {
+        "running": True,
+        "pgid": record.pgid if record else None,
+        "data_dir": settings.data_dir,
+        "ports": {"admin": settings.actor_system.admin_port, "ingest": settings.ingest.port,
+                  "predict": settings.predict.port},
+        "actors": [
+            {"name": a.name, "role": a.role, "pid": a.pid, "restarts": a.restarts,
+             "state": a.state, "supervisor": a.supervisor}
+            for a in report.actors
+        ],
+    }
+    status.update(_store_view(settings))
+    return status
+
+
+def render_status(status: dict[str, Any]) -> str:
+    """A human view of ``collect_status``: the tree, then model and counters."""
+    lines = [f"daemon: running (process group {status['pgid']}), data in {status['data_dir']}"]
+    ports = status["ports"]
+    lines.append(f"ports: ingest {ports['ingest']}, predict {ports['predict']}, "
+                 f"actor system {ports['admin']} (loopback)")
+    lines.append("supervision tree:")
+    children: dict[str, list[dict[str, Any]]] = {}
+    for actor in status["actors"]:
+        children.setdefault(actor["supervisor"], []).append(actor)
+
+    def walk(name: str, depth: int) -> None:
+        for actor in children.get(name, []):
+            lines.append(f"{'  ' * depth}- {actor['name']:<18} {actor['state']:<10} "
+                         f"pid {actor['pid']:<7} restarts {actor['restarts']}")
+            walk(actor["name"], depth + 1)
+
+    walk("", 1)
+    model = status.get("model")
+    if model:
+        auc = model["metrics"].get("roc_auc")
+        lines.append(f"champion model: version {model['version']} on feature collection "
+                     f"{model['feature_collection_id']} (holdout ROC AUC {auc:.3f})")
+    else:
+        lines.append("champion model: none yet")
+    fc = status.get("feature_collection", {})
+    lines.append(f"active feature collection: {fc.get('active')}"
+                 + (f" (invalid: {', '.join(fc['invalid_features'])})"
+                    if fc.get("invalid_features") else ""))
+    lines.append("counters: " + json.dumps(status.get("counters", {})))
+    return "\n".join(lines)

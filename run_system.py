@@ -1,0 +1,92 @@
+"""The launcher: ``rml [--config FILE] VERB`` (also ``python run_system.py ...``).
+
+Verbs: ``start``, ``stop``, ``status [--json]``, ``demo``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from config.errors import ConfigError
+from config.settings import Settings, load_settings
+from daemon.process import DaemonError, read_record, start, stop
+
+__all__ = ["main"]
+
+
+def _cmd_start(settings: Settings, args: argparse.Namespace) -> int:
+    record = start(settings, args.config)
+    print(f"started: process group {record.pgid}; ingest on "
+          f"http://{settings.ingest.host}:{record.ingest_port}, predictions on "
+          f"http://{settings.predict.host}:{record.predict_port}; logs in {settings.log_dir}")
+    return 0
+
+
+def _cmd_stop(settings: Settings, args: argparse.Namespace) -> int:
+    report = stop(settings)
+    if not report.was_running:
+        print("not running")
+        return 0
+    how = "drained and stopped" if report.graceful else "stopped (forced)"
+    if report.leftover_pids or report.busy_ports:
+        print(f"{how}, but processes {list(report.leftover_pids)} / ports "
+              f"{list(report.busy_ports)} remain", file=sys.stderr)
+        return 1
+    print(f"{how}: no process and no port left")
+    return 0
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.status import collect_status, render_status
+
+    if read_record(settings) is None:
+        if args.json:
+            print(json.dumps({"running": False}))
+        else:
+            print("not running")
+        return 3
+    status = collect_status(settings)
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
+    return 0
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    return run_demo(settings, args.config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments: global ``--config`` before the verb."""
+    parser = argparse.ArgumentParser(prog="rml", description="Reactive ML daemon")
+    parser.add_argument("--config", help="TOML settings file (else $RML_CONFIG, else defaults)")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("start", help="start the daemon (detached)").set_defaults(run=_cmd_start)
+    verbs.add_parser("stop", help="drain and stop the daemon").set_defaults(run=_cmd_stop)
+    status = verbs.add_parser("status", help="supervision tree, model, counters")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(run=_cmd_status)
+    verbs.add_parser("demo", help="start, play field gateways, predict, crash, stop"
+                     ).set_defaults(run=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rml`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return int(args.run(settings, args))
+    except ConfigError as exc:
+        print(f"rml: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except DaemonError as exc:
+        print(f"rml: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""What every SQLite store shares: connection settings, transactions and error mapping.
+
+Each process (actor) opens its own connection; several processes write the
+same file. So: WAL (readers never wait for the writer), ``synchronous=FULL``
+(a commit is on disk before the caller acknowledges anything), a busy timeout
+instead of failing on the first lock, and ``BEGIN IMMEDIATE`` for writes so a
+writer takes the lock up front rather than failing on upgrade. One lock per
+connection lets an actor's HTTP thread and its message thread share a store.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from storage.errors import StoreError, StoreTimeout, StoreUnavailable
+
+__all__ = ["SQLiteDatabase", "translate_errors"]
+
+_BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_UNAVAILABLE = frozenset({
+    sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH, sqlite3.SQLITE_NOLFS,
+    sqlite3.SQLITE_PROTOCOL,
+})
+
+_SCHEMA_OBJECT = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
+
+
+def _store_error(exc: sqlite3.Error | OSError, path: Path, busy_timeout_s: float) -> StoreError:
+    """The project's error for a backend exception."""
+    if isinstance(exc, OSError):
+        return StoreUnavailable(f"{path}: {exc}")
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if primary in _BUSY:
+        return StoreTimeout(f"{path}: still locked after the {busy_timeout_s:g} s busy timeout")
+    if primary in _UNAVAILABLE:
+        return StoreUnavailable(f"{path}: {exc}")
+    return StoreError(f"{path}: {exc}")
+
+
+@contextmanager
+def translate_errors(path: Path, busy_timeout_s: float) -> Iterator[None]:
+    """Raise the project's ``StoreError`` family instead of sqlite3 or OS errors."""
+    try:
+        yield
+    except (sqlite3.Error, OSError) as exc:
+        raise _store_error(exc, path, busy_timeout_s) from exc
+
+
+class SQLiteDatabase:
+    """One connection to one database file, with short write and read transactions."""
+
+    def __init__(self, path: Path, schema: str, *, busy_timeout_s: float = 10.0,
+                 read_only: bool = False) -> None:
+        if busy_timeout_s < 0:
+            raise ValueError("busy_timeout_s must be >= 0")
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._closed = False
+        with translate_errors(self.path, busy_timeout_s):
+            self._conn = self._connect()
+            try:
+                self._prepare(schema)
+            except BaseException:
+                self._conn.close()
+                raise
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.read_only:
+            # mode=rw: never create a missing file; query_only refuses writes.
+            uri = f"file:{quote(str(self.path.absolute()))}?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s,
+                                   isolation_level=None, check_same_thread=False)
+        return conn
+
+    def _prepare(self, schema: str) -> None:
+        conn = self._conn
+        if self.read_only:
+            conn.execute("PRAGMA query_only = ON")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails if not a db
+            return
+        # Several processes may open a fresh file at once; switching to WAL can
+        # report BUSY without waiting, so retry until the busy deadline.
+        deadline = time.monotonic() + self.busy_timeout_s
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreUnavailable(f"{self.path}: WAL journal refused (got {mode!r})")
+                conn.execute("PRAGMA synchronous = FULL")
+                if not self._has_schema(schema):  # skip the write lock when already there
+                    conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+                return
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if code not in _BUSY or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
+    def _has_schema(self, schema: str) -> bool:
+        names = set(_SCHEMA_OBJECT.findall(schema))
+        found = self._conn.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})",
+            tuple(names)).fetchone()[0]
+        return bool(found == len(names))
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        with self._lock, translate_errors(self.path, self.busy_timeout_s):
+            if self._closed:
+                raise StoreError(f"{self.path}: the store is closed")
+            conn = self._conn
+            conn.execute(begin)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction: takes the file's write lock now; commits (durably) on exit."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def read(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A read transaction: one consistent snapshot; never waits for a writer (WAL)."""
+        return self._transaction("BEGIN DEFERRED")
+
+    def close(self) -> None:
+        """Close the connection; later calls raise ``StoreError``. Idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()

@@ -1,0 +1,170 @@
+"""``FactStore`` on an SQLite file: the rowid is the ingest sequence.
+
+Writers are serialised per file (``BEGIN IMMEDIATE``), so rowids are handed out
+in commit order and no lower sequence number ever becomes visible after a
+higher one: a consumer that keeps ``max(seq)`` as its watermark misses nothing.
+Duplicates are refused by a unique index (``ON CONFLICT DO NOTHING``) and
+counted from the connection's change counter, exact even when many processes
+insert the same keys at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import attrgetter
+from pathlib import Path
+
+from messages.facts import Outcome, Reading
+from storage._sqlite import SQLiteDatabase
+from storage.facts import FactCounts, InsertResult
+
+__all__ = ["SQLiteFactStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    seq INTEGER PRIMARY KEY,
+    sensor_id TEXT NOT NULL,
+    location_id INTEGER NOT NULL,
+    reading_id TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    animals_lower INTEGER NOT NULL,
+    animals_upper INTEGER NOT NULL,
+    percent_zebras REAL NOT NULL,
+    UNIQUE (sensor_id, reading_id)
+) STRICT;
+CREATE INDEX IF NOT EXISTS readings_by_location ON readings (location_id, timestamp);
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq INTEGER PRIMARY KEY,
+    location_id INTEGER NOT NULL,
+    outcome_id TEXT NOT NULL,
+    timestamp INTEGER NOT NULL,
+    label INTEGER NOT NULL CHECK (label IN (0, 1)),
+    UNIQUE (location_id, outcome_id)
+) STRICT;
+"""
+
+# Column order is the dataclass field order, so a row is ``Reading(*row)``.
+_READING_COLUMNS = ("sensor_id, location_id, reading_id, timestamp, "
+                    "animals_lower, animals_upper, percent_zebras")
+_OUTCOME_COLUMNS = "location_id, outcome_id, timestamp, label"
+_INSERT_READING = (f"INSERT INTO readings ({_READING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT DO NOTHING")
+_INSERT_OUTCOME = (f"INSERT INTO outcomes ({_OUTCOME_COLUMNS}) VALUES (?, ?, ?, ?) "
+                   "ON CONFLICT DO NOTHING")
+_reading_values = attrgetter("sensor_id", "location_id", "reading_id", "timestamp",
+                             "animals_lower", "animals_upper", "percent_zebras")
+_outcome_values = attrgetter("location_id", "outcome_id", "timestamp", "label")
+
+
+def _outcome(row: Sequence[object]) -> Outcome:
+    location_id, outcome_id, timestamp, label = row
+    return Outcome(location_id, outcome_id, timestamp, bool(label))  # type: ignore[arg-type]
+
+
+class SQLiteFactStore:
+    """Readings and outcomes in one SQLite file (WAL, durable commits, insert-only)."""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
+                 read_only: bool = False) -> None:
+        self._db = SQLiteDatabase(path, _SCHEMA, busy_timeout_s=busy_timeout_s,
+                                  read_only=read_only)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    def _insert(self, table: str, sql: str, values: object, n: int) -> InsertResult:
+        if n == 0:
+            with self._db.read() as conn:
+                watermark = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
+            return InsertResult(0, 0, watermark[0])
+        with self._db.write() as conn:
+            before = conn.total_changes
+            conn.executemany(sql, values)  # type: ignore[arg-type]
+            accepted = conn.total_changes - before
+            watermark = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
+        return InsertResult(accepted, n - accepted, watermark[0])
+
+    def insert_readings(self, readings: Sequence[Reading]) -> InsertResult:
+        """Store a batch in one durable transaction; known keys count as duplicates."""
+        return self._insert("readings", _INSERT_READING, map(_reading_values, readings),
+                            len(readings))
+
+    def insert_outcomes(self, outcomes: Sequence[Outcome]) -> InsertResult:
+        """Store a batch in one durable transaction; known keys count as duplicates."""
+        return self._insert("outcomes", _INSERT_OUTCOME, map(_outcome_values, outcomes),
+                            len(outcomes))
+
+    def readings_since(self, watermark: int, limit: int) -> tuple[tuple[int, Reading], ...]:
+        """Up to ``limit`` ``(seq, reading)`` pairs after ``watermark``, ascending seq."""
+        if limit <= 0:
+            return ()
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT seq, {_READING_COLUMNS} FROM readings WHERE seq > ? "
+                                "ORDER BY seq LIMIT ?", (watermark, limit)).fetchall()
+        return tuple((row[0], Reading(*row[1:])) for row in rows)
+
+    def outcomes_since(self, watermark: int, limit: int) -> tuple[tuple[int, Outcome], ...]:
+        """Up to ``limit`` ``(seq, outcome)`` pairs after ``watermark``, ascending seq."""
+        if limit <= 0:
+            return ()
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT seq, {_OUTCOME_COLUMNS} FROM outcomes WHERE seq > ? "
+                                "ORDER BY seq LIMIT ?", (watermark, limit)).fetchall()
+        return tuple((row[0], _outcome(row[1:])) for row in rows)
+
+    def readings_for_location(self, location_id: int, start_ms: int,
+                              end_ms: int) -> tuple[Reading, ...]:
+        """A location's readings in ``[start_ms, end_ms)``, ascending timestamp (then seq)."""
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT {_READING_COLUMNS} FROM readings WHERE location_id = ? "
+                "AND timestamp >= ? AND timestamp < ? ORDER BY timestamp, seq",
+                (location_id, start_ms, end_ms)).fetchall()
+        return tuple(Reading(*row) for row in rows)
+
+    def all_readings(self, max_seq: int | None = None) -> tuple[Reading, ...]:
+        """Every reading up to ``max_seq`` (all if None), ascending seq."""
+        where, args = ("", ()) if max_seq is None else (" WHERE seq <= ?", (max_seq,))
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT {_READING_COLUMNS} FROM readings{where} ORDER BY seq",
+                                args).fetchall()
+        return tuple(Reading(*row) for row in rows)
+
+    def all_outcomes(self, max_seq: int | None = None) -> tuple[Outcome, ...]:
+        """Every outcome up to ``max_seq`` (all if None), ascending seq."""
+        where, args = ("", ()) if max_seq is None else (" WHERE seq <= ?", (max_seq,))
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes{where} ORDER BY seq",
+                                args).fetchall()
+        return tuple(_outcome(row) for row in rows)
+
+    def get_reading(self, sensor_id: str, reading_id: str) -> Reading | None:
+        """The reading stored under ``(sensor_id, reading_id)``, or None."""
+        with self._db.read() as conn:
+            row = conn.execute(f"SELECT {_READING_COLUMNS} FROM readings "
+                               "WHERE sensor_id = ? AND reading_id = ?",
+                               (sensor_id, reading_id)).fetchone()
+        return None if row is None else Reading(*row)
+
+    def get_outcome(self, location_id: int, outcome_id: str) -> Outcome | None:
+        """The outcome stored under ``(location_id, outcome_id)``, or None."""
+        with self._db.read() as conn:
+            row = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes "
+                               "WHERE location_id = ? AND outcome_id = ?",
+                               (location_id, outcome_id)).fetchone()
+        return None if row is None else _outcome(row)
+
+    def counts(self) -> FactCounts:
+        """Fact counts and watermarks from one snapshot (``count`` scans an index: not hot-path)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM outcomes), "
+                "(SELECT coalesce(max(seq), 0) FROM readings), "
+                "(SELECT coalesce(max(seq), 0) FROM outcomes)").fetchone()
+        return FactCounts(*row)
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        self._db.close()

@@ -1,0 +1,94 @@
+"""What a supervisor supervises: child specs, strategies, restart types, the system tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from config.settings import Settings
+
+__all__ = ["ChildSpec", "Restart", "Strategy", "SupervisorSpec", "system_tree"]
+
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
+#: permanent: always restarted; transient: only after an abnormal exit;
+#: temporary: never restarted (as in Erlang/OTP).
+Restart = Literal["permanent", "transient", "temporary"]
+
+SUPERVISOR_CLASS = "supervision.supervisor.Supervisor"
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """One child: its name, role, actor class (by module path) and restart type."""
+
+    name: str
+    role: str
+    actor_class: str
+    restart: Restart = "permanent"
+    spec: SupervisorSpec | None = None  # set when the child is itself a supervisor
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSpec:
+    """A supervisor's children, strategy and restart intensity."""
+
+    name: str
+    children: tuple[ChildSpec, ...]
+    strategy: Strategy = "one_for_one"
+    max_restarts: int = 10
+    period_s: float = 30.0
+    backoff_min_s: float = 0.0
+    backoff_max_s: float = 2.0
+
+
+def _sub(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> ChildSpec:
+    sup = settings.supervision
+    spec = SupervisorSpec(
+        name=name,
+        children=children,
+        max_restarts=sup.max_restarts,
+        period_s=sup.period_s,
+        backoff_min_s=sup.backoff_min_s,
+        backoff_max_s=sup.backoff_max_s,
+    )
+    return ChildSpec(name=name, role="supervisor", actor_class=SUPERVISOR_CLASS, spec=spec)
+
+
+def system_tree(settings: Settings) -> SupervisorSpec:
+    """The daemon's tree: ingest, learning and serving each under their own supervisor,
+    so a failure is contained where it happens."""
+    collectors = tuple(
+        ChildSpec(f"collector-{i}", "collector", "actors.collector.Collector")
+        for i in range(1, settings.ingest.collectors + 1)
+    )
+    ingest = _sub(
+        settings,
+        "ingest",
+        (
+            *collectors,
+            ChildSpec("feature-generator", "feature_generator",
+                      "actors.feature_generator.FeatureGenerator"),
+        ),
+    )
+    learning = _sub(
+        settings,
+        "learning",
+        (
+            ChildSpec("learner", "learner", "actors.learner.Learner"),
+            ChildSpec("publisher", "publisher", "actors.publisher.Publisher"),
+        ),
+    )
+    predictors = tuple(
+        ChildSpec(f"predictor-{i}", "predictor", "actors.predictor.Predictor")
+        for i in range(1, settings.predict.replicas + 1)
+    )
+    serving = _sub(settings, "serving", predictors)
+    sup = settings.supervision
+    return SupervisorSpec(
+        name="root",
+        children=(ingest, learning, serving),
+        max_restarts=sup.max_restarts,
+        period_s=sup.period_s,
+        backoff_min_s=sup.backoff_min_s,
+        backoff_max_s=sup.backoff_max_s,
+    )

@@ -1,0 +1,339 @@
+"""The Supervisor actor: starts its children, restarts what fails, escalates past its limit.
+
+One mechanism for the whole tree. The root is a Supervisor created by the
+launcher with a Thespian ``globalName``; it also keeps the directory of live
+actors (fed by ``ChildUp`` from every supervisor below), answers ``status``,
+tells workers where their peers are, and routes requests from outside
+(``PredictRequest``, ``TrainRequest``) to a live worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from actors.base import ReactiveActor
+from config.settings import Settings
+from daemon.logs import configure_logging, get_logger
+from messages.protocol import (
+    ActorInfo,
+    ChildUp,
+    Forwarded,
+    Init,
+    MessageFailed,
+    Peers,
+    Ping,
+    Pong,
+    PredictionError,
+    PredictRequest,
+    Ready,
+    StartSystem,
+    StatusReport,
+    StatusRequest,
+    SystemStarted,
+    TrainRequest,
+    TrainResult,
+)
+from supervision.policy import decide_restart
+from supervision.spec import ChildSpec, SupervisorSpec, system_tree
+
+__all__ = ["ROOT_NAME", "Supervisor"]
+
+ROOT_NAME = "rml-root"
+
+
+@dataclass
+class _Child:
+    """What a supervisor knows of one child (mutable: it is the supervisor's own state)."""
+
+    spec: ChildSpec
+    address: Any = None
+    pid: int = 0
+    restarts: int = 0
+    state: str = "starting"
+    init_id: str = ""
+    expected_exit: bool = False
+    history: list[float] = field(default_factory=list)
+
+    def info(self, supervisor: str) -> ActorInfo:
+        return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
+                         supervisor, self.address if self.state == "running" else None)
+
+
+class Supervisor(ReactiveActor):
+    """OTP-style supervisor (one_for_one, one_for_all, rest_for_one) with intensity and backoff."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spec: SupervisorSpec | None = None
+        self.settings: Settings | None = None
+        self.children: list[_Child] = []
+        self.is_root = False
+        self.announced = False
+        self.stopping = False
+        self._start_reply: tuple[Any, str] | None = None  # root: (launcher, correlation id)
+        self._init_id: str | None = None
+        # Root only: the directory of every actor below, and routing state.
+        self.directory: dict[str, ActorInfo] = {}
+        self.started_at_ms = int(time.time() * 1000)
+        self._last_peers: Peers | None = None
+        self._round_robin = itertools.count()
+        self._dead_letters: Any = None
+
+    # --- starting ---------------------------------------------------------------
+
+    def on_StartSystem(self, msg: StartSystem, sender: Any) -> None:  # noqa: N802
+        """Launcher -> root: build the whole tree."""
+        if self.spec is not None:  # a repeated start: answer with what is there
+            self._start_reply = (sender, msg.correlation_id)
+            self._maybe_announce()
+            return
+        self.is_root = True
+        self._start_reply = (sender, msg.correlation_id)
+        self._begin(ROOT_NAME, msg.settings, system_tree(msg.settings))
+
+    def on_Init(self, msg: Init, sender: Any) -> None:  # noqa: N802
+        """Parent -> sub-supervisor: start these children."""
+        if self._init_id == msg.correlation_id:
+            self._maybe_announce()
+            return
+        self.supervisor = sender
+        self._init_id = msg.correlation_id
+        self._begin(msg.name, msg.settings, msg.spec)
+
+    def _begin(self, name: str, settings: Settings, spec: SupervisorSpec) -> None:
+        self.name = name
+        self.settings = settings
+        self.spec = spec
+        configure_logging(settings.log_dir, settings.log_level, actor=name)
+        self.log = get_logger(actor=name, role="supervisor")
+        self.children = [_Child(spec=c) for c in spec.children]
+        self.log.info("supervisor_started", strategy=spec.strategy,
+                      children=[c.name for c in spec.children])
+        for child in self.children:
+            self._start(child)
+
+    def _start(self, child: _Child) -> None:
+        assert self.settings is not None
+        child.address = self.createActor(child.spec.actor_class)
+        child.state = "starting"
+        child.expected_exit = False
+        child.init_id = uuid.uuid4().hex
+        self.send(child.address, Init(child.spec.name, child.spec.role, self.settings,
+                                      child.init_id, spec=child.spec.spec))
+
+    def on_Ready(self, msg: Ready, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(sender)
+        if child is None or msg.correlation_id != child.init_id:
+            return  # a late answer from an incarnation we already replaced
+        child.pid = msg.pid
+        child.state = "running"
+        self.log.info("child_running", child=child.spec.name, pid=msg.pid,
+                      restarts=child.restarts)
+        self._report(child.info(self.name))
+        self._maybe_announce()
+
+    def _maybe_announce(self) -> None:
+        """Once every child runs, tell whoever started us (parent, or the launcher)."""
+        if not all(c.state == "running" for c in self.children):
+            return
+        if self.is_root:
+            if self._start_reply is not None:
+                launcher, correlation_id = self._start_reply
+                self._start_reply = None
+                self.send(launcher, SystemStarted(correlation_id, True,
+                                                  tuple(self.directory.values())))
+        elif self.supervisor is not None and self._init_id is not None:
+            self.send(self.supervisor, Ready(self.name, "supervisor", os.getpid(),
+                                             self._init_id))
+        self.announced = True
+
+    # --- failures ------------------------------------------------------------------
+
+    def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(msg.childAddress)
+        if child is None:
+            return  # SIGTERM can report the same child twice: the second finds nothing
+        child.address = None
+        if self.stopping:
+            child.state = "stopped"
+            return
+        if child.expected_exit:
+            child.state = "restarting"
+            self._report(child.info(self.name))
+            return  # stopped on purpose by one_for_all / rest_for_one; restarted with the group
+        self._failed(child, "exited")
+
+    def _failed(self, child: _Child, cause: str) -> None:
+        assert self.spec is not None
+        spec = child.spec
+        self.log.warning("child_failed", child=spec.name, cause=cause, pid=child.pid)
+        if spec.restart == "temporary" or (spec.restart == "transient" and cause == "normal"):
+            child.state = "stopped"
+            self._report(child.info(self.name))
+            return
+        now = time.monotonic()
+        decision = decide_restart(
+            child.history, now, max_restarts=self.spec.max_restarts, period_s=self.spec.period_s,
+            backoff_min_s=self.spec.backoff_min_s, backoff_max_s=self.spec.backoff_max_s,
+        )
+        if not decision.restart:
+            self._escalate(child, decision.recent)
+            return
+        child.history = [t for t in child.history if now - t <= self.spec.period_s] + [now]
+        group = self._restart_group(child)
+        for member in group:
+            member.restarts += member is child
+            member.state = "restarting"
+            if member is not child and member.address is not None:
+                member.expected_exit = True
+                self.send(member.address, ActorExitRequest())
+            self._report(member.info(self.name))
+        names = tuple(m.spec.name for m in group)
+        if decision.delay_s > 0:
+            self.wakeupAfter(decision.delay_s, payload=("restart", names))
+        else:
+            self._restart(names)
+
+    def _restart_group(self, failed: _Child) -> list[_Child]:
+        assert self.spec is not None
+        if self.spec.strategy == "one_for_all":
+            return list(self.children)
+        if self.spec.strategy == "rest_for_one":
+            return self.children[self.children.index(failed):]
+        return [failed]
+
+    def _restart(self, names: tuple[str, ...]) -> None:
+        for child in self.children:
+            if child.spec.name in names and child.state == "restarting":
+                if child.address is not None and not child.expected_exit:
+                    continue  # already restarted
+                self._start(child)
+
+    def _escalate(self, child: _Child, recent: int) -> None:
+        assert self.spec is not None
+        self.log.error("restart_intensity_exceeded", child=child.spec.name, restarts=recent,
+                       period_s=self.spec.period_s)
+        child.state = "failed"
+        self._report(child.info(self.name))
+        if not self.is_root:
+            # Give up: exiting takes our children down; our parent decides what next.
+            self.send(self.myAddress, ActorExitRequest())
+
+    def on_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
+        payload = msg.payload
+        if isinstance(payload, tuple) and payload and payload[0] == "restart":
+            self._restart(payload[1])
+
+    def on_MessageFailed(self, msg: MessageFailed, sender: Any) -> None:  # noqa: N802
+        """Record a poison message in the dead-letter table; a failed Init fails the child."""
+        self.log.error("dead_letter", failed_actor=msg.actor, message_type=msg.message_type,
+                       error=msg.error.strip().splitlines()[-1:] or "")
+        try:
+            self._dead_letter_store().record(
+                at_ms=int(time.time() * 1000), actor=msg.actor, message_type=msg.message_type,
+                message=msg.message, error=msg.error,
+            )
+        except Exception:
+            self.log.exception("dead_letter_not_recorded")
+        child = self._by_address(sender)
+        if child is not None and msg.message_type == "Init" and child.address is not None:
+            self.send(child.address, ActorExitRequest())  # -> ChildActorExited -> restart
+
+    def _dead_letter_store(self) -> Any:
+        if self._dead_letters is None:
+            from storage.deadletters import SQLiteDeadLetters
+
+            assert self.settings is not None
+            self._dead_letters = SQLiteDeadLetters(self.settings.data_path / "system.sqlite")
+        return self._dead_letters
+
+    # --- directory (reported up to the root) ----------------------------------------
+
+    def _report(self, info: ActorInfo) -> None:
+        if self.is_root:
+            self._record(info)
+        elif self.supervisor is not None:
+            self.send(self.supervisor, ChildUp(info))
+
+    def on_ChildUp(self, msg: ChildUp, sender: Any) -> None:  # noqa: N802
+        self._report(msg.info)
+
+    def _record(self, info: ActorInfo) -> None:
+        self.directory[info.name] = info
+        if info.role == "supervisor" and info.state != "running":
+            # Its whole subtree went with it.
+            for other in list(self.directory.values()):
+                if other.supervisor == info.name and other.state == "running":
+                    self._record(replace(other, state="restarting", address=None))
+        self._broadcast_peers()
+
+    def _broadcast_peers(self) -> None:
+        by_role: dict[str, list[Any]] = {}
+        for info in sorted(self.directory.values(), key=lambda i: i.name):
+            if info.state == "running" and info.address is not None and info.role != "supervisor":
+                by_role.setdefault(info.role, []).append(info.address)
+        peers = Peers(tuple((role, tuple(addrs)) for role, addrs in sorted(by_role.items())))
+        if peers == self._last_peers:
+            return
+        self._last_peers = peers
+        for addrs in by_role.values():
+            for addr in addrs:
+                self.send(addr, peers)
+
+    def _live(self, role: str) -> list[Any]:
+        return [i.address for i in sorted(self.directory.values(), key=lambda i: i.name)
+                if i.role == role and i.state == "running" and i.address is not None]
+
+    # --- answers and routing (root) -------------------------------------------------
+
+    def on_StatusRequest(self, msg: StatusRequest, sender: Any) -> None:  # noqa: N802
+        own = ActorInfo(self.name, "supervisor", os.getpid(), 0,
+                        "running" if self.spec else "starting", "")
+        actors = (own, *sorted(self.directory.values(), key=lambda i: i.name))
+        dead = 0
+        try:
+            if self.settings is not None:
+                dead = self._dead_letter_store().count()
+        except Exception:
+            self.log.exception("dead_letters_unreadable")
+        self.send(sender, StatusReport(msg.correlation_id,
+                                       tuple(replace(a, address=None) for a in actors),
+                                       self.started_at_ms, dead))
+
+    def on_PredictRequest(self, msg: PredictRequest, sender: Any) -> None:  # noqa: N802
+        self._route("predictor", msg, sender,
+                    PredictionError(msg.correlation_id, "no predictor is running", 503))
+
+    def on_TrainRequest(self, msg: TrainRequest, sender: Any) -> None:  # noqa: N802
+        self._route("learner", msg, sender,
+                    TrainResult(msg.correlation_id, None, False, (), "no learner is running"))
+
+    def _route(self, role: str, msg: Any, sender: Any, unavailable: Any) -> None:
+        live = self._live(role)
+        if not live:
+            self.send(sender, unavailable)
+            return
+        target = live[next(self._round_robin) % len(live)]
+        self.send(target, Forwarded(msg, sender))
+
+    def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
+        self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
+
+    def on_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
+        self.stopping = True
+        self.log.info("supervisor_stopping")
+
+    def _by_address(self, address: Any) -> _Child | None:
+        if address is None:
+            return None
+        for child in self.children:
+            if child.address is not None and child.address == address:
+                return child
+        return None

@@ -1,0 +1,214 @@
+"""Whatever the bytes, decoding raises nothing but BodyError, and a decoded batch accounts
+for every item of the body exactly once."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import msgpack
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from messages.codec import (
+    BodyError,
+    DecodedBatch,
+    WireFormat,
+    decode_outcomes,
+    decode_predict_query,
+    decode_readings,
+    encode_readings,
+)
+from messages.facts import Reading
+
+NOW_MS = 1_700_000_000_000
+CONTENT_TYPE = {"json": "application/json", "msgpack": "application/msgpack"}
+FUZZ = settings(max_examples=200, deadline=None)
+
+formats = st.sampled_from(["json", "msgpack"])
+huge_ints = st.sampled_from([2**63, 2**64, -(2**64), 10**100, -(10**300)])
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | huge_ints
+    | st.floats()  # NaN and both infinities included
+    | st.text(max_size=20)
+)
+field_names = st.sampled_from(
+    ["sensor_id", "location_id", "reading_id", "timestamp", "animals_lower", "animals_upper"]
+    + ["percent_zebras", "outcome_id", "label", "features", "readings"]
+)
+json_values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(field_names | st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+good_fields: dict[str, st.SearchStrategy[Any]] = {
+    "sensor_id": st.text(min_size=1, max_size=130),
+    "location_id": st.integers(-1, 2**31),
+    "reading_id": st.text(min_size=1, max_size=10),
+    "timestamp": st.integers(-1, NOW_MS + 400_000),
+    "animals_lower": st.integers(-1, 10**9 + 1),
+    "animals_upper": st.integers(-1, 10**9 + 1),
+    "percent_zebras": st.floats(-0.1, 1.1) | st.integers(-1, 2),
+}
+
+
+@st.composite
+def reading_like(draw: st.DrawFn) -> dict[str, Any]:
+    """Mostly-plausible readings: each field usually sane, sometimes absent or anything at all."""
+    item: dict[str, Any] = {}
+    for name, good in good_fields.items():
+        choice = draw(st.integers(0, 9))
+        if choice == 0:
+            continue
+        item[name] = draw(json_values) if choice == 1 else draw(good)
+    if draw(st.integers(0, 9)) == 0:
+        item[draw(st.text(max_size=8))] = draw(json_values)
+    return item
+
+
+batch_items = st.lists(reading_like() | json_values, max_size=8)
+
+
+def assert_accounts_for_every_item(batch: DecodedBatch[Any], count: int) -> None:
+    assert len(batch.items) + len(batch.rejected) == count
+    assert len(batch.indices) == len(batch.items)
+    rejected_at = [error.index for error in batch.rejected]
+    assert rejected_at == sorted(rejected_at)
+    assert sorted([*batch.indices, *rejected_at]) == list(range(count))
+
+
+def decode_or_body_error(body: bytes, content_type: str) -> DecodedBatch[Reading] | BodyError:
+    try:
+        return decode_readings(body, content_type, now_ms=NOW_MS)
+    except BodyError as error:
+        return error
+
+
+@FUZZ
+@given(body=st.binary(max_size=300), content_type=st.sampled_from(list(CONTENT_TYPE.values())))
+def test_random_bytes_raise_nothing_but_body_error(body: bytes, content_type: str) -> None:
+    for decode in (decode_readings, decode_outcomes):
+        with contextlib.suppress(BodyError):
+            decode(body, content_type, now_ms=NOW_MS)
+    with contextlib.suppress(BodyError):
+        decode_predict_query(body, content_type)
+
+
+@FUZZ
+@given(items=batch_items)
+def test_random_json_structures_are_each_accepted_or_rejected_once(items: list[Any]) -> None:
+    body = json.dumps({"readings": items}).encode()
+    result = decode_or_body_error(body, "application/json")
+    if isinstance(result, BodyError):
+        # Only an integer past Python's digit limit can spoil a well-formed body.
+        assert result.code == "malformed_json"
+    else:
+        assert_accounts_for_every_item(result, len(items))
+
+
+@FUZZ
+@given(items=batch_items)
+def test_json_and_msgpack_decode_the_same_data_identically(items: list[Any]) -> None:
+    try:
+        packed = msgpack.packb({"readings": items}, use_bin_type=True)
+    except (OverflowError, ValueError, TypeError):
+        return  # integers past 64 bits have no msgpack form
+    from_msgpack = decode_readings(packed, "application/msgpack", now_ms=NOW_MS)
+    from_json = decode_readings(
+        json.dumps({"readings": items}).encode(), "application/json", now_ms=NOW_MS
+    )
+    assert from_json == from_msgpack
+    assert_accounts_for_every_item(from_msgpack, len(items))
+
+
+@FUZZ
+@given(payload=json_values, fmt=formats)
+def test_random_predict_queries_raise_nothing_but_body_error(payload: Any, fmt: str) -> None:
+    try:
+        body = json.dumps(payload).encode() if fmt == "json" else msgpack.packb(payload)
+    except (OverflowError, ValueError, TypeError):
+        return
+    with contextlib.suppress(BodyError):
+        decode_predict_query(body, CONTENT_TYPE[fmt])
+
+
+valid_readings = st.lists(
+    st.builds(
+        Reading,
+        sensor_id=st.text(min_size=1, max_size=16),
+        location_id=st.integers(0, 2**31 - 1),
+        reading_id=st.text(min_size=1, max_size=16),
+        timestamp=st.integers(0, NOW_MS),
+        animals_lower=st.integers(0, 100),
+        animals_upper=st.integers(100, 10**9),
+        percent_zebras=st.floats(0.0, 1.0),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+@FUZZ
+@given(facts=valid_readings, fmt=formats, data=st.data())
+def test_truncated_valid_body_is_a_malformed_body(
+    facts: list[Reading], fmt: WireFormat, data: st.DataObject
+) -> None:
+    body = encode_readings(facts, fmt)
+    cut = data.draw(st.integers(0, len(body) - 1))
+    result = decode_or_body_error(body[:cut], CONTENT_TYPE[fmt])
+    assert isinstance(result, BodyError)
+    assert result.code in {"malformed_json", "malformed_msgpack", "invalid_utf8"}
+
+
+@FUZZ
+@given(facts=valid_readings, fmt=formats, data=st.data())
+def test_corrupted_valid_body_raises_nothing_but_body_error(
+    facts: list[Reading], fmt: WireFormat, data: st.DataObject
+) -> None:
+    body = bytearray(encode_readings(facts, fmt))
+    for _ in range(data.draw(st.integers(1, 4))):
+        body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+    result = decode_or_body_error(bytes(body), CONTENT_TYPE[fmt])
+    if not isinstance(result, BodyError):
+        assert_accounts_for_every_item(result, len(result.items) + len(result.rejected))
+
+
+@FUZZ
+@given(
+    pattern=st.lists(st.sampled_from(["list", "map"]), min_size=1, max_size=4),
+    depth=st.integers(1, 40) | st.integers(1, 3_000),
+    fmt=formats,
+)
+def test_deep_nesting_is_too_deep_or_decodes(
+    pattern: list[str], depth: int, fmt: WireFormat
+) -> None:
+    openers = (pattern * depth)[:depth]
+    if fmt == "json":
+        head = "".join("[" if kind == "list" else '{"k":' for kind in openers)
+        tail = "".join("]" if kind == "list" else "}" for kind in reversed(openers))
+        body = ('{"readings": [' + head + "1" + tail + "]}").encode()
+    else:
+        head_bytes = b"".join(b"\x91" if kind == "list" else b"\x81\xa1k" for kind in openers)
+        body = b"\x81\xa8readings\x91" + head_bytes + b"\x01"
+    result = decode_or_body_error(body, CONTENT_TYPE[fmt])
+    if isinstance(result, BodyError):
+        assert result.code == "too_deep"
+    else:
+        assert_accounts_for_every_item(result, 1)
+
+
+@FUZZ
+@given(sensor_id=st.text(alphabet='[]{}"\\ a\u00e9', min_size=1, max_size=128))
+def test_brackets_quotes_and_escapes_inside_strings_never_look_like_nesting(
+    sensor_id: str,
+) -> None:
+    fact = Reading(sensor_id, 1, "r", NOW_MS, 1, 2, 0.5)
+    batch = decode_readings(encode_readings([fact], "json"), None, now_ms=NOW_MS)
+    assert batch.items == (fact,)
