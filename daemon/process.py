@@ -261,6 +261,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     bind_thespian_to(settings.actor_system.bind)
+    _keep_admin_in_our_group()
     from thespian.actors import ActorSystem
 
     record = RunRecord(os.getpgrp(), os.getpid(), settings.actor_system.admin_port,
@@ -290,6 +291,25 @@ def serve(settings: Settings) -> int:
     _reap()
     log.info("keeper_exiting")
     return 0
+
+
+def _keep_admin_in_our_group() -> None:
+    """Thespian's admin daemonizes itself (``setsid`` and a double fork), which would take it
+    and every actor out of the process group the keeper owns, and out of ``stop``'s reach.
+    The keeper already runs in a session of its own, so the admin's ``setsid`` is skipped;
+    its double fork still happens and the keeper (a subreaper) adopts it."""
+    from thespian.system import multiprocCommon
+
+    original = multiprocCommon.startAdmin
+    if getattr(original, "_rml_wrapped", False):
+        return
+
+    def start_admin(*args: Any, **kwargs: Any) -> Any:
+        os.setsid = lambda: os.getpid()  # runs only in the forked admin process
+        return original(*args, **kwargs)
+
+    start_admin._rml_wrapped = True  # type: ignore[attr-defined]
+    multiprocCommon.startAdmin = start_admin
 
 
 def _reap() -> None:

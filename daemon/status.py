@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 from config.settings import Settings
@@ -18,7 +19,8 @@ def _store_view(settings: Settings) -> dict[str, Any]:
     from storage import open_sqlite_stores
 
     view: dict[str, Any] = {}
-    stores = open_sqlite_stores(settings.data_path, busy_timeout_s=settings.storage.busy_timeout_s)
+    stores = open_sqlite_stores(settings.data_path, busy_timeout_s=settings.storage.busy_timeout_s,
+                                read_only=True)
     try:
         counts = stores.facts.counts()
         view["counters"] = {
@@ -36,8 +38,7 @@ def _store_view(settings: Settings) -> dict[str, Any]:
         view["feature_collection"] = {
             "active": stores.features.active_collection_id(),
             "invalid_features": sorted(stores.features.invalid_features()),
-            "switches": [list(s) if isinstance(s, tuple) else s
-                         for s in stores.features.switches()],
+            "switches": [asdict(s) for s in stores.features.switches()],
         }
     finally:
         stores.close()

@@ -1,0 +1,127 @@
+"""A real daemon for end-to-end tests: free ports, a temporary data directory, always stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import Settings, load_settings
+from daemon.group import end_group, group_members, port_accepts
+
+TOKEN = "e2e-test-token-0123"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct ports that were free a moment ago on 127.0.0.1."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float,
+             interval_s: float = 0.05) -> Any:
+    """Poll until ``predicate()`` is truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@dataclass
+class RunningDaemon:
+    """Handles on a daemon started by the ``rml`` CLI for a test."""
+
+    config: Path
+    settings: Settings
+    pgid: int
+
+    def rml(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``rml --config <ours> ARGS`` and return the finished process."""
+        return subprocess.run(
+            [sys.executable, "-m", "run_system", "--config", str(self.config), *args],
+            capture_output=True, text=True, timeout=timeout_s, env=_env(),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """``rml status --json``, parsed."""
+        done = self.rml("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    def actor(self, name: str) -> dict[str, Any]:
+        for actor in self.status()["actors"]:
+            if actor["name"] == name:
+                return dict(actor)
+        raise KeyError(name)
+
+    def ports(self) -> tuple[int, int, int]:
+        s = self.settings
+        return (s.actor_system.admin_port, s.ingest.port, s.predict.port)
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RML_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def write_config(data_dir: Path, **learning: Any) -> Path:
+    """A TOML config on free ports in ``data_dir``."""
+    admin, ingest, predict = free_ports(3)
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in learning.items())
+    config = data_dir / "rml.toml"
+    config.write_text(
+        f'data_dir = "{data_dir / "data"}"\n'
+        f"[actor_system]\nadmin_port = {admin}\n"
+        f'[ingest]\nport = {ingest}\ntokens = ["{TOKEN}"]\n'
+        f'[predict]\nport = {predict}\ntokens = ["{TOKEN}"]\n'
+        f"[learning]\n{extra}"
+    )
+    return config
+
+
+@contextmanager
+def running_daemon(tmp: Path, **learning: Any) -> Iterator[RunningDaemon]:
+    """Start a daemon with the CLI; on exit stop it and prove nothing is left."""
+    config = write_config(tmp, **learning)
+    settings = load_settings(config, environ={})
+    started = subprocess.run(
+        [sys.executable, "-m", "run_system", "--config", str(config), "start"],
+        capture_output=True, text=True, timeout=180, env=_env(),
+    )
+    record_path = settings.run_dir / "daemon.json"
+    pgid = json.loads(record_path.read_text())["pgid"] if record_path.exists() else None
+    try:
+        assert started.returncode == 0, f"start failed:\n{started.stdout}\n{started.stderr}"
+        assert pgid is not None
+        yield RunningDaemon(config, settings, pgid)
+    finally:
+        subprocess.run([sys.executable, "-m", "run_system", "--config", str(config), "stop"],
+                       capture_output=True, text=True, timeout=120, env=_env())
+        leftover = group_members(pgid) if pgid else []
+        if leftover:
+            end_group(pgid)  # never leak a daemon into the next test, even when failing
+        assert not leftover, f"processes left after stop: {leftover}"
+        ports = (settings.actor_system.admin_port, settings.ingest.port, settings.predict.port)
+        busy = [p for p in ports if port_accepts("127.0.0.1", p, 0.2)]
+        assert not busy, f"ports still bound after stop: {busy}"

@@ -1,0 +1,244 @@
+"""End to end, on a real daemon (multiprocTCPBase) started by the CLI on free ports.
+
+One daemon for the module: the tests run in order and build on each other, as a
+user would (ingest, then a model, then predictions, then crashes, then stop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from daemon.demo import holdout_best_auc
+from daemon.gateway import HttpClient, send_items
+from daemon.group import group_members, port_accepts
+from daemon.process import ask_root
+from learning.lineage import facts_fingerprint
+from learning.simulator import Savanna, reading_item
+from messages.protocol import Prediction, PredictRequest
+from storage import open_sqlite_stores
+from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
+
+pytestmark = pytest.mark.e2e
+
+SAVANNA = Savanna(seed=7, end_ms=int(time.time() * 1000) - 3_600_000)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+    with running_daemon(tmp_path_factory.mktemp("e2e"), min_outcomes=500) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def ingest(daemon: RunningDaemon) -> Iterator[HttpClient]:
+    client = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def predictor(daemon: RunningDaemon) -> Iterator[HttpClient]:
+    client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
+    yield client
+    client.close()
+
+
+def _reading(**overrides: Any) -> dict[str, Any]:
+    item = {"sensor_id": "e2e-sensor", "location_id": 999, "reading_id": uuid.uuid4().hex,
+            "timestamp": int(time.time() * 1000) - 1000, "animals_lower": 3,
+            "animals_upper": 9, "percent_zebras": 0.5}
+    item.update(overrides)
+    return item
+
+
+def test_every_actor_runs_under_the_supervision_tree(daemon: RunningDaemon) -> None:
+    status = daemon.status()
+    actors = {a["name"]: a for a in status["actors"]}
+    for name in ("rml-root", "ingest", "learning", "serving", "collector-1", "collector-2",
+                 "feature-generator", "learner", "publisher", "predictor-1", "predictor-2"):
+        assert actors[name]["state"] == "running", actors[name]
+        assert actors[name]["pid"] in group_members(daemon.pgid)
+    assert actors["predictor-1"]["supervisor"] == "serving"
+
+
+def test_routes_require_a_bearer_token_except_health(daemon: RunningDaemon) -> None:
+    anonymous = HttpClient("127.0.0.1", daemon.settings.ingest.port, "")
+    status, _, _ = anonymous.request("POST", "/readings", b'{"readings": []}', auth=False)
+    assert status == 401
+    wrong = HttpClient("127.0.0.1", daemon.settings.ingest.port, "not-the-token")
+    assert wrong.request("POST", "/readings", b'{"readings": []}')[0] == 401
+    assert anonymous.request("GET", "/health", auth=False)[0] == 200
+    predict_anon = HttpClient("127.0.0.1", daemon.settings.predict.port, "")
+    assert predict_anon.request("POST", "/model", b'{"location_id": 1}', auth=False)[0] == 401
+    for client in (anonymous, wrong, predict_anon):
+        client.close()
+
+
+def test_batch_keeps_good_items_reports_duplicates_and_names_each_error(
+    daemon: RunningDaemon, ingest: HttpClient
+) -> None:
+    good = [_reading() for _ in range(3)]
+    bad = [
+        _reading(animals_lower=10, animals_upper=2),
+        _reading(percent_zebras=1.5),
+        _reading(timestamp=int(time.time() * 1000) + 86_400_000),
+        _reading(colour="striped"),
+        {k: v for k, v in _reading().items() if k != "timestamp"},
+        _reading(animals_lower="three"),
+    ]
+    batch = [good[0], bad[0], good[1], bad[1], dict(good[0]), bad[2], good[2], bad[3], bad[4],
+             bad[5]]
+    for fmt in ("json", "msgpack"):
+        status, answer = ingest.post("/readings", {"readings": batch}, fmt)
+        assert status == 200
+        rejected = {item["index"]: item["error"] for item in answer["rejected"]}
+        assert rejected == {1: "bounds_inverted", 3: "out_of_range", 5: "future_timestamp",
+                            7: "unknown_field", 8: "missing_field", 9: "wrong_type"}
+        if fmt == "json":
+            assert (answer["accepted"], answer["duplicates"]) == (3, 1)
+        else:  # the same batch again: every good item is now a duplicate
+            assert (answer["accepted"], answer["duplicates"]) == (0, 4)
+    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        for item in good:
+            stored = stores.facts.get_reading(item["sensor_id"], item["reading_id"])
+            assert stored is not None and stored.percent_zebras == item["percent_zebras"]
+
+
+def test_malformed_body_is_400_and_the_collector_keeps_serving(ingest: HttpClient) -> None:
+    status, _, body = ingest.request("POST", "/readings", b'{"readings": [', "application/json")
+    assert status == 400 and b"malformed_json" in body
+    status, _, _ = ingest.request("POST", "/readings", b"\x00", "text/csv")
+    assert status == 415
+    assert ingest.post("/readings", {"readings": [_reading()]})[0] == 200
+
+
+def test_reading_sent_twice_is_stored_once(daemon: RunningDaemon, ingest: HttpClient) -> None:
+    item = _reading()
+    first = ingest.post("/readings", {"readings": [item]})[1]
+    second = ingest.post("/readings", {"readings": [dict(item, animals_upper=50)]})[1]
+    assert (first["accepted"], first["duplicates"]) == (1, 0)
+    assert (second["accepted"], second["duplicates"]) == (0, 1)
+    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        stored = stores.facts.get_reading(item["sensor_id"], item["reading_id"])
+        assert stored is not None and stored.animals_upper == 9  # never overwritten
+
+
+def test_model_is_published_with_full_lineage_near_the_best_achievable_auc(
+    daemon: RunningDaemon, ingest: HttpClient
+) -> None:
+    traffic = SAVANNA.traffic()
+    tally = send_items(ingest, "readings", traffic.items, batch_size=1000, fmt="msgpack")
+    assert tally.failed_batches == 0
+    assert tally.accepted == traffic.n_unique_valid
+    assert tally.duplicates == traffic.n_duplicates
+    assert sum(tally.rejected.values()) == len(traffic.malformed)
+    outcomes = send_items(ingest, "outcomes", SAVANNA.outcome_items(), batch_size=10_000)
+    assert outcomes.accepted == len(SAVANNA.outcomes())
+
+    def champion() -> Any:
+        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+            record = stores.registry.champion()
+            if record and json.loads(record.lineage)["facts"]["outcomes"] == outcomes.accepted:
+                return record, stores.facts.all_readings(), stores.facts.all_outcomes()
+        return None
+
+    record, readings, stored_outcomes = wait_for("a champion trained on every outcome",
+                                                 champion, 120.0, 0.2)
+    lineage = json.loads(record.lineage)
+    fingerprint = facts_fingerprint(readings, stored_outcomes)
+    assert lineage["facts"] == {
+        "readings": fingerprint.readings, "outcomes": fingerprint.outcomes,
+        "first_timestamp": fingerprint.first_timestamp,
+        "last_timestamp": fingerprint.last_timestamp,
+        "content_hash": fingerprint.content_hash,
+    }
+    assert lineage["feature_collection"]["id"] == record.feature_collection_id
+    assert lineage["feature_collection"]["features"]
+    assert lineage["job"]["model_type"] == "decision_tree"
+    assert lineage["code_version"].startswith("0.1.0+")
+    auc = dict(record.metrics)["roc_auc"]
+    assert lineage["metrics"]["roc_auc"] == auc
+    best = holdout_best_auc(SAVANNA, lineage["job"])
+    assert best - auc < 0.1, f"holdout ROC AUC {auc:.3f} vs best achievable {best:.3f}"
+
+
+def test_http_and_thespian_predictions_agree(daemon: RunningDaemon,
+                                             predictor: HttpClient) -> None:
+    wait_for("features for location 1",
+             lambda: predictor.post("/model", {"location_id": 1})[0] == 200, 30.0)
+    for location in range(1, 6):
+        status, over_http = predictor.post("/model", {"location_id": location})
+        assert status == 200
+        over_thespian = ask_root(daemon.settings, PredictRequest(uuid.uuid4().hex, location))
+        assert isinstance(over_thespian, Prediction)
+        assert over_thespian.probability == pytest.approx(over_http["probability"], abs=1e-12)
+        assert over_thespian.model_version == over_http["model_version"]
+        assert over_thespian.label == over_http["label"]
+        assert over_http["fallback"] is False
+
+
+def test_prediction_from_explicit_features_and_bad_input(predictor: HttpClient) -> None:
+    status, answer = predictor.post("/model", {"location_id": 1})
+    assert status == 200
+    status, bad = predictor.post("/model", {"features": {"animal_estimate": 10.0}})
+    assert status == 400 and bad["error"].startswith("missing_feature")
+    status, bad = predictor.post("/model", {"location_id": "one"})
+    assert status == 400
+    status, unknown = predictor.post("/model", {"location_id": 123456})
+    assert status == 400 and unknown["error"].startswith("unknown_location")
+
+
+def test_killed_predictor_answers_again_with_the_same_model(
+    daemon: RunningDaemon, predictor: HttpClient
+) -> None:
+    version = predictor.post("/model", {"location_id": 2})[1]["model_version"]
+    before = daemon.actor("predictor-1")
+    os.kill(before["pid"], signal.SIGKILL)
+    after = wait_for("predictor-1 replaced",
+                     lambda: (a := daemon.actor("predictor-1"))["state"] == "running"
+                     and a["pid"] != before["pid"] and a, 30.0, 0.05)
+    assert after["restarts"] == before["restarts"] + 1
+    # Only the replacement (and predictor-2) serve the port now; every answer has the model.
+    for _ in range(20):
+        status, answer = predictor.post("/model", {"location_id": 2})
+        assert status == 200 and answer["model_version"] == version
+    assert isinstance(ask_root(daemon.settings, PredictRequest(uuid.uuid4().hex, 2)), Prediction)
+
+
+def test_killed_collector_answers_again_and_loses_nothing(
+    daemon: RunningDaemon, ingest: HttpClient
+) -> None:
+    before = daemon.actor("collector-1")
+    os.kill(before["pid"], signal.SIGKILL)
+    wait_for("collector-1 replaced",
+             lambda: (a := daemon.actor("collector-1"))["state"] == "running"
+             and a["pid"] != before["pid"], 30.0, 0.05)
+    items = [reading_item(r) for r in SAVANNA.readings()[:500]]
+    answer = ingest.post("/readings", {"readings": items})[1]
+    assert (answer["accepted"], answer["duplicates"]) == (0, 500)
+
+
+def test_stop_leaves_no_process_and_no_bound_port(daemon: RunningDaemon) -> None:
+    done = daemon.rml("stop")
+    assert done.returncode == 0, done.stderr
+    assert "no process and no port left" in done.stdout
+    assert group_members(daemon.pgid) == []
+    assert not any(port_accepts("127.0.0.1", p, 0.2) for p in daemon.ports())
+    assert daemon.rml("status").returncode == 3
+
+
+def test_stored_readings_match_the_simulator(daemon: RunningDaemon) -> None:
+    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        stored = {r.key for r in stores.facts.all_readings() if r.sensor_id != "e2e-sensor"}
+    expected = {r.key for r in SAVANNA.readings()}
+    assert stored == expected
+
+

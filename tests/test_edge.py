@@ -1,0 +1,470 @@
+"""The actor's HTTP edge over real sockets on 127.0.0.1: framing, auth, limits, overload."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httptools
+import pytest
+
+from actors.edge import HttpEdge, Request, Response, Route, Waker
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DEADLINE_S = 5.0
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = DEADLINE_S) -> None:
+    """Poll `condition` until it holds; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        time.sleep(0.005)
+
+
+def ping(request: Request) -> Response:
+    return Response.json(200, {"path": request.path, "query": request.query})
+
+
+EdgeFactory = Callable[..., HttpEdge]
+
+
+@pytest.fixture
+def make_edge() -> Iterator[EdgeFactory]:
+    """Start edges on free ports of 127.0.0.1; every one is stopped at teardown."""
+    edges: list[HttpEdge] = []
+
+    def make(routes: list[Route] | None = None, **options: Any) -> HttpEdge:
+        options.setdefault("port", 0)
+        options.setdefault("tokens", [TOKEN])
+        edge = HttpEdge(host="127.0.0.1", routes=routes or [Route("GET", "/ping", ping)], **options)
+        edges.append(edge)
+        edge.start()
+        return edge
+
+    yield make
+    for edge in edges:
+        edge.stop()
+
+
+_clients: list[http.client.HTTPConnection] = []
+
+
+@pytest.fixture(autouse=True)
+def close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def client(edge: HttpEdge) -> http.client.HTTPConnection:
+    """An http.client connection, closed after the test."""
+    conn = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=DEADLINE_S)
+    _clients.append(conn)
+    return conn
+
+
+def call(
+    conn: http.client.HTTPConnection,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, http.client.HTTPResponse, Any]:
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    payload = response.read()
+    return response.status, response, json.loads(payload) if payload else None
+
+
+def raw(edge: HttpEdge) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", edge.port), timeout=DEADLINE_S)
+
+
+class _Parsed:
+    """Collects responses from a raw socket with httptools' response parser."""
+
+    def __init__(self) -> None:
+        self.done: list[tuple[int, dict[str, str], bytes]] = []
+        self._headers: dict[str, str] = {}
+        self._body = b""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode().lower()] = value.decode()
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self._headers, self._body))
+        self._headers, self._body = {}, b""
+
+
+def read_responses(sock: socket.socket, count: int) -> list[tuple[int, dict[str, str], bytes]]:
+    parsed = _Parsed()
+    while len(parsed.done) < count:
+        data = sock.recv(65536)
+        if not data:
+            break
+        parsed.parser.feed_data(data)
+    return parsed.done
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the server closed: recv returns EOF (or a reset) within the deadline."""
+    sock.settimeout(DEADLINE_S)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+# auth
+
+
+def test_protected_route_refuses_missing_or_wrong_token_with_401(make_edge: EdgeFactory) -> None:
+    edge = make_edge()
+    conn = client(edge)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+        status, response, payload = call(conn, "GET", "/ping", headers=headers)
+        assert status == 401
+        assert payload == {"error": "missing or invalid bearer token"}
+        assert response.getheader("WWW-Authenticate") == "Bearer"
+    status, _, payload = call(conn, "GET", "/ping?a=1", headers=AUTH)
+    assert (status, payload) == (200, {"path": "/ping", "query": "a=1"})
+
+
+def test_public_route_is_open_without_token(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/health", ping, public=True)])
+    status, _, payload = call(client(edge), "GET", "/health")
+    assert (status, payload["path"]) == (200, "/health")
+
+
+def test_empty_token_set_refuses_protected_routes(make_edge: EdgeFactory) -> None:
+    edge = make_edge(tokens=[])
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}):
+        status, _, _ = call(client(edge), "GET", "/ping", headers=headers)
+        assert status == 401
+
+
+# routing and framing errors
+
+
+def test_unknown_path_is_404_and_wrong_method_is_405_with_allow(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/ping", ping), Route("PUT", "/ping", ping)])
+    conn = client(edge)
+    status, _, payload = call(conn, "GET", "/nowhere", headers=AUTH)
+    assert (status, payload) == (404, {"error": "not found"})
+    status, response, payload = call(conn, "DELETE", "/ping", headers=AUTH)
+    assert (status, payload) == (405, {"error": "method not allowed"})
+    assert response.getheader("Allow") == "GET, PUT"
+
+
+def test_head_request_is_answered_without_a_body(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("HEAD", "/ping", ping), Route("GET", "/ping", ping)])
+    with raw(edge) as sock:
+        sock.sendall(b"HEAD /ping HTTP/1.1\r\nHost: x\r\n\r\nGET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        # The 401 to HEAD declares its length but carries no body; the GET's answer follows.
+        head = b"HTTP/1.1 401 Unauthorized\r\n"
+        data = b""
+        while data.count(b"HTTP/1.1 401") < 2 or not data.endswith(b"}"):
+            data += sock.recv(65536)
+        assert data.startswith(head)
+        first, second = data.split(b"\r\n\r\n", 1)
+        assert b"Content-Length: 43" in first and second.startswith(head)
+
+
+def test_declared_body_over_limit_is_413_before_the_body_is_sent(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("POST", "/in", ping)], max_body_bytes=1024)
+    with raw(edge) as sock:
+        sock.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nContent-Length: 1025\r\n\r\n")
+        [(status, headers, body)] = read_responses(sock, 1)
+        assert status == 413 and headers["connection"] == "close"
+        assert json.loads(body) == {"error": "request body too large"}
+        assert closed_by_peer(sock)
+
+
+def test_body_at_the_limit_is_accepted(make_edge: EdgeFactory) -> None:
+    echo = Route("POST", "/in", lambda r: Response(200, r.body, "application/octet-stream"))
+    edge = make_edge([echo], max_body_bytes=1024)
+    conn = client(edge)
+    conn.request("POST", "/in", body=b"x" * 1024, headers=AUTH)
+    response = conn.getresponse()
+    assert (response.status, response.read()) == (200, b"x" * 1024)
+
+
+def test_chunked_body_over_limit_is_413(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("POST", "/in", ping)], max_body_bytes=1024)
+    with raw(edge) as sock:
+        sock.sendall(b"POST /in HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"200\r\n" + b"y" * 512 + b"\r\n")  # 512 bytes: under the limit so far
+        sock.sendall(b"200\r\n" + b"y" * 512 + b"\r\n" + b"1\r\nz\r\n0\r\n\r\n")
+        [(status, _, body)] = read_responses(sock, 1)
+        assert (status, json.loads(body)) == (413, {"error": "request body too large"})
+        assert closed_by_peer(sock)
+
+
+def test_oversized_request_head_is_431(make_edge: EdgeFactory) -> None:
+    edge = make_edge()
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        [(status, _, _)] = read_responses(sock, 1)
+        assert status == 431
+
+
+def test_malformed_request_is_400_and_closed(make_edge: EdgeFactory) -> None:
+    edge = make_edge()
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nBad Header\r\n\r\n")
+        [(status, _, body)] = read_responses(sock, 1)
+        assert (status, json.loads(body)) == (400, {"error": "malformed request"})
+        assert closed_by_peer(sock)
+
+
+# connections
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/peer", lambda r: Response.json(200, {"peer": r.peer}))])
+    conn = client(edge)
+    peers = {call(conn, "GET", "/peer", headers=AUTH)[2]["peer"] for _ in range(5)}
+    assert len(peers) == 1  # one client port: the same connection throughout
+    assert edge.requests_served == 5
+
+
+def test_pipelined_requests_are_answered_in_request_order(make_edge: EdgeFactory) -> None:
+    routes = [Route("GET", "/inline", ping, public=True), Route("GET", "/slow", ping, True, True)]
+    edge = make_edge(routes)
+    paths = [f"/{'slow' if i % 3 == 0 else 'inline'}?i={i}" for i in range(12)]
+    with raw(edge) as sock:
+        sock.sendall(b"".join(f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths))
+        answers = read_responses(sock, len(paths))
+    assert [json.loads(body)["query"] for _, _, body in answers] == [f"i={i}" for i in range(12)]
+
+
+def test_connection_close_is_honoured(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/ping", ping, public=True)])
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        [(status, headers, _)] = read_responses(sock, 1)
+        assert status == 200 and headers["connection"] == "close"
+        assert closed_by_peer(sock)
+
+
+def test_http_1_0_closes_by_default(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/ping", ping, public=True)])
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.0\r\n\r\n")
+        [(status, _, _)] = read_responses(sock, 1)
+        assert status == 200
+        assert closed_by_peer(sock)
+
+
+def test_handler_exception_is_500_reported_and_the_connection_goes_on(
+    make_edge: EdgeFactory,
+) -> None:
+    errors: list[tuple[BaseException, Request | None]] = []
+
+    def boom(request: Request) -> Response:
+        raise RuntimeError("model exploded")
+
+    edge = make_edge(
+        [Route("GET", "/boom", boom), Route("GET", "/ping", ping)],
+        on_error=lambda error, request: errors.append((error, request)),
+    )
+    conn = client(edge)
+    status, _, payload = call(conn, "GET", "/boom", headers=AUTH)
+    assert (status, payload) == (500, {"error": "internal error"})
+    assert str(errors[0][0]) == "model exploded" and errors[0][1] is not None
+    assert errors[0][1].path == "/boom"
+    assert call(conn, "GET", "/ping", headers=AUTH)[0] == 200
+
+
+def test_blocking_route_runs_off_the_loop_thread(make_edge: EdgeFactory) -> None:
+    threads: dict[str, int] = {}
+
+    def record(name: str) -> Callable[[Request], Response]:
+        def handler(request: Request) -> Response:
+            threads[name] = threading.get_ident()
+            return Response.json(200, {})
+
+        return handler
+
+    edge = make_edge(
+        [
+            Route("GET", "/inline", record("inline")),
+            Route("GET", "/commit", record("blocking"), True),
+        ]
+    )
+    conn = client(edge)
+    assert call(conn, "GET", "/inline", headers=AUTH)[0] == 200
+    assert call(conn, "GET", "/commit", headers=AUTH)[0] == 200
+    assert threads["blocking"] != threads["inline"]
+    assert threading.get_ident() not in threads.values()
+
+
+def test_overload_beyond_max_pending_is_503_with_retry_after(make_edge: EdgeFactory) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def commit(request: Request) -> Response:
+        entered.set()
+        release.wait(DEADLINE_S)
+        return Response.json(200, {"committed": True})
+
+    edge = make_edge(
+        [Route("POST", "/commit", commit, blocking=True), Route("GET", "/ping", ping)],
+        max_pending=2,
+    )
+    held = [client(edge), client(edge)]
+    try:
+        for conn in held:  # one runs, one waits for the worker: max_pending reached
+            conn.request("POST", "/commit", body=b"{}", headers=AUTH)
+        assert entered.wait(DEADLINE_S)
+        wait_until(lambda: edge._pending == 2)
+        status, response, payload = call(client(edge), "POST", "/commit", b"{}", AUTH)
+        assert (status, payload) == (503, {"error": "overloaded"})
+        assert response.getheader("Retry-After") == "1"
+        assert call(client(edge), "GET", "/ping", headers=AUTH)[0] == 200  # inline still served
+    finally:
+        release.set()
+    assert [conn.getresponse().status for conn in held] == [200, 200]
+    assert call(client(edge), "POST", "/commit", b"{}", AUTH)[0] == 200
+
+
+def test_stalled_partial_request_is_closed_after_idle_timeout(make_edge: EdgeFactory) -> None:
+    edge = make_edge(idle_timeout_s=0.2)
+    started = time.monotonic()  # before connecting: the edge's clock starts at accept
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        assert closed_by_peer(sock)
+        assert time.monotonic() - started >= 0.2
+
+
+def test_idle_keep_alive_connection_is_closed_after_idle_timeout(make_edge: EdgeFactory) -> None:
+    edge = make_edge([Route("GET", "/ping", ping, public=True)], idle_timeout_s=0.2)
+    with raw(edge) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_responses(sock, 1)[0][0] == 200
+        assert closed_by_peer(sock)
+
+
+def test_client_that_never_reads_does_not_stall_others(make_edge: EdgeFactory) -> None:
+    big = Response(200, b"z" * 256 * 1024, "application/octet-stream")
+    routes = [Route("GET", "/big", lambda r: big, public=True), Route("GET", "/ping", ping)]
+    edge = make_edge(routes)
+    with raw(edge) as hog:
+        hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+        hog.setblocking(False)
+        sent = 0
+        try:  # pipeline until the server stops reading us: our send buffer fills
+            while sent < 64 * 1024 * 1024:
+                sent += hog.send(request * 64)
+        except BlockingIOError:
+            pass
+        assert sent < 64 * 1024 * 1024  # the edge stopped reading the hog: flow control
+        conn = client(edge)
+        for _ in range(20):
+            assert call(conn, "GET", "/ping", headers=AUTH)[0] == 200
+
+
+# lifecycle
+
+
+def test_stop_frees_the_port_and_is_idempotent(make_edge: EdgeFactory) -> None:
+    edge = make_edge(reuse_port=False)
+    assert call(client(edge), "GET", "/ping", headers=AUTH)[0] == 200
+    edge.stop()
+    edge.stop()
+    with socket.socket() as sock:  # no SO_REUSEPORT: only a freed port binds
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", edge.port))
+        sock.listen()
+
+
+def test_start_raises_the_bind_error_in_the_caller() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        edge = HttpEdge(
+            host="127.0.0.1", port=taken.getsockname()[1], routes=[], tokens=[], reuse_port=False
+        )
+        with pytest.raises(OSError):
+            edge.start()
+        edge.stop()
+
+
+def test_two_edges_with_reuse_port_share_one_port_and_both_serve(make_edge: EdgeFactory) -> None:
+    first = make_edge([Route("GET", "/ping", ping, public=True)])
+    second = make_edge([Route("GET", "/ping", ping, public=True)], port=first.port)
+    assert second.port == first.port
+    deadline = time.monotonic() + DEADLINE_S
+    while not (first.requests_served and second.requests_served):
+        assert time.monotonic() < deadline, "the kernel never spread connections over both"
+        conn = client(first)  # a fresh connection: a fresh source port to hash
+        assert call(conn, "GET", "/ping")[0] == 200
+        conn.close()
+
+
+# waker
+
+
+def readable(waker: Waker, timeout_s: float = 0.0) -> bool:
+    return bool(select.select([waker.fileno()], [], [], timeout_s)[0])
+
+
+def test_waker_coalesces_notifications_until_drained() -> None:
+    with Waker() as waker:
+        assert not readable(waker)
+        for _ in range(10_000):
+            waker.notify()
+        assert readable(waker, DEADLINE_S)
+        assert pending_bytes(waker) == 1
+        waker.drain()
+        assert not readable(waker)
+        waker.notify()
+        assert readable(waker, DEADLINE_S)
+
+
+def pending_bytes(waker: Waker) -> int:
+    with socket.socket(fileno=socket.dup(waker.fileno())) as peek:
+        peek.setblocking(False)
+        try:
+            return len(peek.recv(4096, socket.MSG_PEEK))
+        except BlockingIOError:
+            return 0
+
+
+def test_waker_is_safe_from_many_threads_and_after_close() -> None:
+    waker = Waker()
+
+    def notify_many() -> None:
+        for _ in range(2_000):
+            waker.notify()
+
+    threads = [threading.Thread(target=notify_many) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        assert pending_bytes(waker) <= 1
+        if readable(waker, 0.001):
+            waker.drain()
+    for thread in threads:
+        thread.join()
+    waker.drain()
+    waker.notify()  # a notify after the last drain is never lost
+    assert readable(waker, DEADLINE_S) and pending_bytes(waker) == 1
+    waker.close()
+    waker.notify()
+    waker.drain()
