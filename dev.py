@@ -29,7 +29,7 @@ def _pyproject_digest() -> str:
 
 def ensure_venv() -> None:
     """Create the venv and install the project when missing or out of date."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (dev.py runs on whatever python3 is)
         sys.exit("Reactive ML needs Python 3.11 or newer")
     if not (BIN / "python").exists():
         print(f"creating {VENV} ...", flush=True)

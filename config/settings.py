@@ -220,11 +220,11 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if rest in _TOP_LEVEL:
             out[rest] = value
             continue
-        for section, kind in _SECTIONS.items():
+        for section in _SECTIONS:
             if rest.startswith(section + "_"):
                 key = rest[len(section) + 1 :]
-                if key in {f.name for f in fields(kind)}:
-                    out.setdefault(section, {})[key] = value
+                # An unknown key of a known section is a typo: refuse it, named.
+                out.setdefault(section, {})[key] = value
                 break
         # Other RML_* variables (e.g. RML_COUCHBASE_URL) belong to other parts.
     return out
@@ -269,8 +269,14 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.feature_window_ms", "must be at least one minute")
     if not 0.0 <= s.learning.publish_margin < 0.5:
         raise ConfigError("learning.publish_margin", "must be in [0, 0.5)")
-    if s.supervision.max_restarts < 0 or s.supervision.period_s <= 0:
-        raise ConfigError("supervision", "max_restarts >= 0 and period_s > 0 required")
+    if s.supervision.max_restarts < 0:
+        raise ConfigError("supervision.max_restarts", "must be at least 0")
+    if s.supervision.period_s <= 0:
+        raise ConfigError("supervision.period_s", "must be greater than 0")
+    if s.supervision.backoff_min_s < 0:
+        raise ConfigError("supervision.backoff_min_s", "must be at least 0")
+    if s.supervision.backoff_max_s < s.supervision.backoff_min_s:
+        raise ConfigError("supervision.backoff_max_s", "must be at least backoff_min_s")
     if s.storage.backend not in {"sqlite"}:
         raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
     from config.job import ModelType  # local: config.job is the learning side's
@@ -298,11 +304,12 @@ def load_settings(
             raise ConfigError("config", f"file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:  # a directory, no permission, not UTF-8
+            raise ConfigError("config", f"cannot read {path}: {exc}") from None
         settings = _from_mapping(settings, data, from_env=False)
-        if "data_dir" in data and not Path(settings.data_dir).is_absolute():
-            # A relative data_dir in a file is relative to that file.
-            settings = replace(
-                settings, data_dir=str((Path(path).parent / settings.data_dir).resolve())
-            )
+        if "data_dir" in data:
+            # A relative data_dir in a file is relative to that file ("~" is the user's home).
+            data_dir = Path(path).parent / Path(settings.data_dir).expanduser()
+            settings = replace(settings, data_dir=str(data_dir.resolve()))
     settings = _from_mapping(settings, _env_overrides(env), from_env=True)
     return _validate(replace(settings, data_dir=str(settings.data_path)))

@@ -84,6 +84,13 @@ def _kill_and_wait(settings: Settings, name: str, probe: Any) -> float:
     return time.monotonic() - killed_at
 
 
+def last_midnight_ms() -> int:
+    """The latest midnight (UTC) before now: simulated days then end at the same hour in
+    every run, so the hour-of-day features (and the AUCs) are the same in every run."""
+    day = 86_400_000
+    return (int(time.time() * 1000) // day) * day
+
+
 def holdout_best_auc(savanna: Savanna, job: dict[str, Any]) -> float:
     """The best achievable ROC AUC on the outcomes a model with ``job`` was tested on.
 
@@ -128,7 +135,7 @@ def run_demo(base: Settings, config_path: str | None) -> int:
 def _play(settings: Settings, started: float) -> int:
     ingest = settings.ingest
     token = ingest.tokens[0]
-    savanna = Savanna(seed=11, end_ms=int(time.time() * 1000) - 60_000)
+    savanna = Savanna(seed=7, end_ms=last_midnight_ms())
     traffic = savanna.traffic()
     _say(f"playing 4 field gateways: {len(traffic.items)} reading items "
          f"({traffic.n_duplicates} resent, {traffic.n_late} late, {len(traffic.malformed)} "

@@ -11,7 +11,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["end_group", "group_members", "kill_group", "port_accepts", "port_bindable", "wait_until"]
+__all__ = [
+    "end_group", "group_members", "kill_group", "port_accepts", "port_bindable", "wait_until",
+]
 
 
 def group_members(pgid: int) -> list[int]:

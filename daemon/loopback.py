@@ -43,7 +43,7 @@ def bind_thespian_to(host: str = "127.0.0.1") -> None:
             # Upstream binds ('', port) for "external" addresses: narrow it.
             self.bindname = (wanted, self.bindname[1])
 
-    IPBase.IPActorAddress.__init__ = init  # type: ignore[method-assign]
+    IPBase.IPActorAddress.__init__ = init
     _patched = True
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -144,7 +145,7 @@ def _check_ports(settings: Settings) -> None:
         ("predict.port", settings.predict.host, settings.predict.port),
     ]
     for key, host, port in wanted:
-        if port and not wait_until(lambda h=host, p=port: port_bindable(h, p), 3.0):
+        if port and not wait_until(functools.partial(port_bindable, host, port), 3.0):
             raise DaemonError(f"{key}: {host}:{port} is in use by another process")
 
 
@@ -305,7 +306,7 @@ def _keep_admin_in_our_group() -> None:
         return
 
     def start_admin(*args: Any, **kwargs: Any) -> Any:
-        os.setsid = lambda: os.getpid()  # runs only in the forked admin process
+        setattr(os, "setsid", os.getpid)  # noqa: B010 (runs only in the forked admin process)
         return original(*args, **kwargs)
 
     start_admin._rml_wrapped = True  # type: ignore[attr-defined]

@@ -119,7 +119,7 @@ def running_daemon(tmp: Path, **learning: Any) -> Iterator[RunningDaemon]:
         subprocess.run([sys.executable, "-m", "run_system", "--config", str(config), "stop"],
                        capture_output=True, text=True, timeout=120, env=_env())
         leftover = group_members(pgid) if pgid else []
-        if leftover:
+        if pgid and leftover:
             end_group(pgid)  # never leak a daemon into the next test, even when failing
         assert not leftover, f"processes left after stop: {leftover}"
         ports = (settings.actor_system.admin_port, settings.ingest.port, settings.predict.port)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import holdout_best_auc
+from daemon.demo import holdout_best_auc, last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import group_members, port_accepts
 from daemon.process import ask_root
@@ -28,7 +28,7 @@ from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
-SAVANNA = Savanna(seed=7, end_ms=int(time.time() * 1000) - 3_600_000)
+SAVANNA = Savanna(seed=7, end_ms=last_midnight_ms())
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter
 
 import msgpack
@@ -36,12 +35,9 @@ def test_facts_are_clean_time_ordered_and_before_end() -> None:
     assert {r.location_id for r in readings} == set(range(1, 11))
 
 
-def test_default_savanna_is_big_enough_and_quick() -> None:
-    start = time.perf_counter()
+def test_default_savanna_is_big_enough() -> None:
     savanna = Savanna(seed=7)
-    elapsed = time.perf_counter() - start
     assert len(savanna.readings()) >= 28_000 and 2_500 <= len(savanna.outcomes()) <= 3_500
-    assert elapsed < 1.0  # ~0.2-0.3 s here
 
 
 def test_hidden_truth_is_known_and_informative() -> None:
@@ -92,7 +88,7 @@ def test_gateway_batches_cut_the_traffic_into_bodies(fmt: str) -> None:
     if fmt == "dict":
         sizes = [len(b) for b in batches]
     elif fmt == "json":
-        sizes = [len(json.loads(b)["readings"]) for b in batches]
+        sizes = [len(json.loads(b)["readings"]) for b in batches]  # type: ignore[arg-type]
     else:
         sizes = [len(msgpack.unpackb(b)["readings"]) for b in batches]
     assert sum(sizes) == total and max(sizes) == 100

@@ -1,0 +1,214 @@
+"""Answering a prediction from a serving snapshot: champion, fallback, and named input errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+
+from config.job import JobConfiguration, ModelType
+from learning.collections import FeatureRow
+from learning.inference import ServingModel
+from learning.pipeline import build_pipeline
+from learning.serving import LoadedModel, RowLookup, ServingSnapshot, predict
+from messages.codec import PredictQuery
+from messages.protocol import Prediction, PredictionError
+
+CHAMPION_NAMES = ("animal_estimate", "zebra_share", "hour_of_day")
+FALLBACK_NAMES = ("animal_estimate", "zebra_share")
+CHAMPION_COLLECTION = 3
+FALLBACK_COLLECTION = 0
+
+
+def fitted(n_features: int, model_type: ModelType, seed: int) -> Pipeline:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(400, n_features))
+    y = X[:, 0] + 0.5 * X[:, 1] + rng.normal(size=400) * 0.3 > 0
+    return build_pipeline(JobConfiguration(model_type=model_type)).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def champion_pipeline() -> Pipeline:
+    return fitted(len(CHAMPION_NAMES), ModelType.DECISION_TREE, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fallback_pipeline() -> Pipeline:
+    return fitted(len(FALLBACK_NAMES), ModelType.LOGISTIC_REGRESSION, seed=2)
+
+
+def loaded(
+    pipeline: Pipeline, version: int, collection: int, names: tuple[str, ...]
+) -> LoadedModel:
+    serving = ServingModel.from_pipeline(pipeline, version, collection, names)
+    return LoadedModel(version, collection, names, serving.predict_one)
+
+
+@pytest.fixture()
+def champion(champion_pipeline: Pipeline) -> LoadedModel:
+    return loaded(champion_pipeline, 5, CHAMPION_COLLECTION, CHAMPION_NAMES)
+
+
+@pytest.fixture()
+def fallback(fallback_pipeline: Pipeline) -> LoadedModel:
+    return loaded(fallback_pipeline, 2, FALLBACK_COLLECTION, FALLBACK_NAMES)
+
+
+def broken(version: int, collection: int, names: tuple[str, ...]) -> LoadedModel:
+    def predict_one(values: Sequence[float]) -> float:
+        raise RuntimeError("model blew up")
+
+    return LoadedModel(version, collection, names, predict_one)
+
+
+#: Online features per (collection, location); location 7 has rows in both collections.
+ROWS = {
+    (CHAMPION_COLLECTION, 7): (1.2, 0.8, -0.4),
+    (FALLBACK_COLLECTION, 7): (-1.5, -0.9),
+    (FALLBACK_COLLECTION, 8): (0.3, 0.1),
+}
+
+
+def lookup(collection_id: int, location_id: int) -> FeatureRow | None:
+    values = ROWS.get((collection_id, location_id))
+    if values is None:
+        return None
+    return FeatureRow(collection_id, location_id, 1_000, values, 1_000)
+
+
+def no_lookup(collection_id: int, location_id: int) -> FeatureRow | None:
+    raise AssertionError("explicit features must not look up a location")
+
+
+def by_location(location_id: int) -> PredictQuery:
+    return PredictQuery(location_id=location_id, features=None)
+
+
+def by_features(**values: float) -> PredictQuery:
+    return PredictQuery(location_id=None, features=tuple(values.items()))
+
+
+def test_no_champion_is_a_503_error(fallback: LoadedModel) -> None:
+    answer = predict(ServingSnapshot(None, fallback), by_location(7), lookup, "c-1")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 503
+    assert answer.correlation_id == "c-1"
+
+
+def test_by_location_uses_the_row_of_the_champions_collection(
+    champion: LoadedModel, champion_pipeline: Pipeline
+) -> None:
+    answer = predict(ServingSnapshot(champion), by_location(7), lookup, "c-2")
+    assert isinstance(answer, Prediction)
+    expected = float(champion_pipeline.predict_proba([ROWS[(CHAMPION_COLLECTION, 7)]])[0, 1])
+    assert answer.probability == pytest.approx(expected, abs=1e-12)
+    assert answer.label == (expected >= 0.5)
+    assert answer.model_version == 5
+    assert answer.feature_collection_id == CHAMPION_COLLECTION
+    assert answer.fallback is False
+
+
+def test_unknown_location_is_a_400_unknown_location(champion: LoadedModel) -> None:
+    # Location 8 has features only in the fallback's collection, not the champion's.
+    answer = predict(ServingSnapshot(champion), by_location(8), lookup, "c-3")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 400
+    assert answer.reason.startswith("unknown_location")
+    assert "8" in answer.reason
+
+
+def test_explicit_features_are_used_in_the_models_order(
+    champion: LoadedModel, champion_pipeline: Pipeline
+) -> None:
+    query = by_features(hour_of_day=0.2, animal_estimate=-1.0, zebra_share=2.0)
+    answer = predict(ServingSnapshot(champion), query, no_lookup, "c-4")
+    assert isinstance(answer, Prediction)
+    expected = float(champion_pipeline.predict_proba([[-1.0, 2.0, 0.2]])[0, 1])
+    assert answer.probability == pytest.approx(expected, abs=1e-12)
+
+
+def test_missing_explicit_features_are_a_400_naming_them(champion: LoadedModel) -> None:
+    answer = predict(ServingSnapshot(champion), by_features(zebra_share=0.5), no_lookup, "c-5")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 400
+    assert answer.reason.startswith("missing_feature")
+    assert "animal_estimate" in answer.reason and "hour_of_day" in answer.reason
+
+
+def test_unknown_explicit_features_are_a_400_naming_them(champion: LoadedModel) -> None:
+    query = by_features(animal_estimate=1.0, zebra_share=0.5, hour_of_day=3.0, moon=1.0, wind=2.0)
+    answer = predict(ServingSnapshot(champion), query, no_lookup, "c-6")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 400
+    assert answer.reason.startswith("unknown_feature")
+    assert "moon" in answer.reason and "wind" in answer.reason
+
+
+def test_champion_that_raises_gives_the_fallbacks_answer_marked_fallback(
+    fallback: LoadedModel, fallback_pipeline: Pipeline
+) -> None:
+    snapshot = ServingSnapshot(broken(5, CHAMPION_COLLECTION, CHAMPION_NAMES), fallback)
+    answer = predict(snapshot, by_location(7), lookup, "c-7")
+    assert isinstance(answer, Prediction)
+    assert answer.fallback is True
+    assert answer.model_version == 2
+    assert answer.feature_collection_id == FALLBACK_COLLECTION
+    # The fallback reads the row of its own collection.
+    expected = float(fallback_pipeline.predict_proba([ROWS[(FALLBACK_COLLECTION, 7)]])[0, 1])
+    assert answer.probability == pytest.approx(expected, abs=1e-12)
+    assert answer.correlation_id == "c-7"
+
+
+def test_champion_whose_lookup_fails_gives_the_fallbacks_answer(fallback: LoadedModel) -> None:
+    def flaky(collection_id: int, location_id: int) -> FeatureRow | None:
+        if collection_id == CHAMPION_COLLECTION:
+            raise OSError("feature store unavailable")
+        return lookup(collection_id, location_id)
+
+    champion = LoadedModel(5, CHAMPION_COLLECTION, CHAMPION_NAMES, lambda values: 0.9)
+    answer = predict(ServingSnapshot(champion, fallback), by_location(7), flaky, "c-8")
+    assert isinstance(answer, Prediction)
+    assert answer.fallback is True
+
+
+def test_champion_that_raises_without_a_fallback_is_a_503() -> None:
+    snapshot = ServingSnapshot(broken(5, CHAMPION_COLLECTION, CHAMPION_NAMES), None)
+    answer = predict(snapshot, by_location(7), lookup, "c-9")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 503
+    assert answer.correlation_id == "c-9"
+
+
+def test_champion_and_fallback_both_failing_is_a_503() -> None:
+    snapshot = ServingSnapshot(
+        broken(5, CHAMPION_COLLECTION, CHAMPION_NAMES),
+        broken(2, FALLBACK_COLLECTION, FALLBACK_NAMES),
+    )
+    answer = predict(snapshot, by_location(7), lookup, "c-10")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 503
+    assert "RuntimeError" in answer.reason
+    assert answer.correlation_id == "c-10"
+
+
+@pytest.mark.parametrize(
+    ("champion_ok", "query", "row_lookup"),
+    [
+        (True, by_location(7), lookup),  # a prediction
+        (True, by_location(99), lookup),  # a 400
+        (True, by_features(zebra_share=1.0), no_lookup),  # a 400 naming features
+        (False, by_location(7), lookup),  # a fallback prediction
+    ],
+)
+def test_correlation_id_is_echoed_on_every_answer(
+    champion: LoadedModel,
+    fallback: LoadedModel,
+    champion_ok: bool,
+    query: PredictQuery,
+    row_lookup: RowLookup,
+) -> None:
+    first = champion if champion_ok else broken(5, CHAMPION_COLLECTION, CHAMPION_NAMES)
+    answer = predict(ServingSnapshot(first, fallback), query, row_lookup, "corr-42")
+    assert answer.correlation_id == "corr-42"

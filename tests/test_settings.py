@@ -1,0 +1,400 @@
+"""Settings: defaults, then a TOML file, then ``RML_*`` variables; every refusal names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.errors import ConfigError
+from config.settings import Settings, load_settings
+
+#: Every key and its documented default (``data_dir`` is checked separately: it is resolved).
+DEFAULTS: dict[str, Any] = {
+    "log_level": "info",
+    "actor_system.admin_port": 19471,
+    "actor_system.bind": "127.0.0.1",
+    "actor_system.allow_non_loopback": False,
+    "actor_system.start_timeout_s": 60.0,
+    "ingest.host": "127.0.0.1",
+    "ingest.port": 8471,
+    "ingest.tokens": ("rml-demo-token",),
+    "ingest.collectors": 2,
+    "ingest.max_body_bytes": 16 * 1024 * 1024,
+    "ingest.max_pending": 32,
+    "ingest.idle_timeout_s": 30.0,
+    "ingest.max_future_ms": 300_000,
+    "ingest.hint_interval_s": 0.25,
+    "predict.host": "127.0.0.1",
+    "predict.port": 8472,
+    "predict.tokens": ("rml-demo-token",),
+    "predict.replicas": 2,
+    "predict.max_body_bytes": 64 * 1024,
+    "predict.max_pending": 256,
+    "predict.idle_timeout_s": 30.0,
+    "predict.refresh_interval_s": 2.0,
+    "learning.min_outcomes": 500,
+    "learning.retrain_every_outcomes": 1000,
+    "learning.check_interval_s": 1.0,
+    "learning.feature_window_ms": 6 * 3600 * 1000,
+    "learning.publish_margin": 0.0,
+    "learning.model_type": "decision_tree",
+    "learning.seed": 7,
+    "supervision.max_restarts": 10,
+    "supervision.period_s": 30.0,
+    "supervision.backoff_min_s": 0.0,
+    "supervision.backoff_max_s": 2.0,
+    "storage.backend": "sqlite",
+    "storage.busy_timeout_s": 10.0,
+}
+
+GOOD_TOKEN = "a-long-enough-token"
+
+
+def dotted(settings: Settings) -> dict[str, Any]:
+    """Every setting by its dotted key."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            for inner in dataclasses.fields(value):
+                out[f"{f.name}.{inner.name}"] = getattr(value, inner.name)
+        else:
+            out[f.name] = value
+    return out
+
+
+def write(tmp_path: Path, text: str, name: str = "rml.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def refused_key(path: Path | None = None, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ or {})
+    return caught.value.key
+
+
+# --- defaults and overrides ------------------------------------------------------------------
+
+
+def test_every_key_has_its_documented_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    values = dotted(load_settings(None, {}))
+    assert values.pop("data_dir") == str(tmp_path.resolve() / "rml-data")
+    assert values == DEFAULTS
+
+
+def test_toml_file_overrides_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, f"""
+log_level = "debug"
+[actor_system]
+admin_port = 20001
+[ingest]
+port = 9001
+tokens = ["{GOOD_TOKEN}", "another-long-token"]
+[predict]
+port = 9002
+[learning]
+min_outcomes = 50
+model_type = "random_forest"
+publish_margin = 0.01
+check_interval_s = 2
+""")
+    s = load_settings(path, {})
+    assert s.log_level == "debug"
+    assert s.actor_system.admin_port == 20001
+    assert s.ingest.port == 9001
+    assert s.ingest.tokens == (GOOD_TOKEN, "another-long-token")
+    assert s.predict.port == 9002
+    assert s.learning.min_outcomes == 50
+    assert s.learning.model_type == "random_forest"
+    assert s.learning.publish_margin == 0.01
+    # An integer in the file is accepted for a float setting, and stored as a float.
+    assert s.learning.check_interval_s == 2.0 and isinstance(s.learning.check_interval_s, float)
+    # Keys the file does not name keep their defaults.
+    assert s.ingest.collectors == DEFAULTS["ingest.collectors"]
+
+
+def test_environment_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, f"""
+data_dir = "from-file"
+[actor_system]
+admin_port = 20001
+[ingest]
+port = 9001
+tokens = ["{GOOD_TOKEN}"]
+[learning]
+min_outcomes = 50
+""")
+    env_dir = tmp_path / "from-env"
+    s = load_settings(path, {
+        "RML_INGEST_PORT": "9100",
+        "RML_INGEST_TOKENS": "first-token-xyz, second-token-xyz",
+        "RML_ACTOR_SYSTEM_ADMIN_PORT": "20100",
+        "RML_DATA_DIR": str(env_dir),
+        "RML_LEARNING_MIN_OUTCOMES": "75",
+    })
+    assert s.ingest.port == 9100
+    assert s.ingest.tokens == ("first-token-xyz", "second-token-xyz")
+    assert s.actor_system.admin_port == 20100
+    assert s.data_dir == str(env_dir)
+    assert s.learning.min_outcomes == 75
+
+
+def test_environment_overrides_apply_without_a_file() -> None:
+    s = load_settings(None, {
+        "RML_PREDICT_PORT": "9200",
+        "RML_ACTOR_SYSTEM_ALLOW_NON_LOOPBACK": "true",
+        "RML_ACTOR_SYSTEM_BIND": "0.0.0.0",
+        "RML_LEARNING_PUBLISH_MARGIN": "0.02",
+    })
+    assert s.predict.port == 9200
+    assert s.actor_system.allow_non_loopback is True
+    assert s.actor_system.bind == "0.0.0.0"
+    assert s.learning.publish_margin == 0.02
+
+
+def test_rml_variables_of_other_parts_are_left_alone() -> None:
+    s = load_settings(None, {"RML_COUCHBASE_URL": "couchbase://x", "HOME_PORT": "x"})
+    assert s.ingest.port == DEFAULTS["ingest.port"]
+
+
+def test_rml_config_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ingest]\nport = 9301\n")
+    assert load_settings(None, {"RML_CONFIG": str(path)}).ingest.port == 9301
+
+
+def test_an_explicit_path_wins_over_rml_config(tmp_path: Path) -> None:
+    named = write(tmp_path, "[ingest]\nport = 9301\n", "named.toml")
+    other = write(tmp_path, "[ingest]\nport = 9302\n", "other.toml")
+    assert load_settings(named, {"RML_CONFIG": str(other)}).ingest.port == 9301
+
+
+def test_relative_data_dir_in_a_file_is_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    path = write(config_dir, 'data_dir = "data/rml"\n')
+    s = load_settings(path, {})
+    assert s.data_dir == str(config_dir.resolve() / "data" / "rml")
+    assert s.data_path == config_dir.resolve() / "data" / "rml"
+    assert s.log_dir == s.data_path / "logs" and s.run_dir == s.data_path / "run"
+
+
+def test_home_relative_data_dir_in_a_file_is_under_home(tmp_path: Path) -> None:
+    path = write(tmp_path, 'data_dir = "~/rml-data"\n')
+    assert load_settings(path, {}).data_dir == str(Path("~/rml-data").expanduser().resolve())
+
+
+def test_absolute_data_dir_in_a_file_is_kept(tmp_path: Path) -> None:
+    target = tmp_path / "abs"
+    path = write(tmp_path, f'data_dir = "{target}"\n')
+    assert load_settings(path, {}).data_dir == str(target)
+
+
+def test_settings_are_frozen() -> None:
+    s = load_settings(None, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.data_dir = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.ingest.port = 1  # type: ignore[misc]
+
+
+# --- refusals name the dotted key ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[ingest]\nportt = 9000\n", "ingest.portt"),
+        ("colour = 'blue'\n", "colour"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+        ("ingest = 5\n", "ingest"),
+    ],
+)
+def test_unknown_key_is_refused_with_its_dotted_name(tmp_path: Path, text: str, key: str) -> None:
+    assert refused_key(write(tmp_path, text)) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[ingest]\nport = "9000"\n', "ingest.port"),
+        ("[ingest]\nport = 9000.0\n", "ingest.port"),
+        ("[ingest]\nport = true\n", "ingest.port"),
+        ('[ingest]\ntokens = "one-long-token"\n', "ingest.tokens"),
+        ("[ingest]\ntokens = [12345678]\n", "ingest.tokens"),
+        ('[actor_system]\nallow_non_loopback = "yes"\n', "actor_system.allow_non_loopback"),
+        ('[learning]\npublish_margin = "0.1"\n', "learning.publish_margin"),
+        ("data_dir = 5\n", "data_dir"),
+    ],
+)
+def test_wrong_type_in_the_file_is_refused_with_its_dotted_name(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    assert refused_key(write(tmp_path, text)) == key
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"RML_INGEST_PORT": "eighty"}, "ingest.port"),
+        ({"RML_LEARNING_MIN_OUTCOMES": "1.5"}, "learning.min_outcomes"),
+        ({"RML_ACTOR_SYSTEM_ALLOW_NON_LOOPBACK": "perhaps"}, "actor_system.allow_non_loopback"),
+        ({"RML_LEARNING_PUBLISH_MARGIN": "nan"}, "learning.publish_margin"),
+    ],
+)
+def test_wrong_type_in_the_environment_is_refused_with_its_dotted_name(
+    environ: dict[str, str], key: str
+) -> None:
+    assert refused_key(environ=environ) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[ingest]\nport = 70000\n", "ingest.port"),
+        ("[predict]\nport = -1\n", "predict.port"),
+        ("[actor_system]\nadmin_port = 65536\n", "actor_system.admin_port"),
+        ("[actor_system]\nadmin_port = 0\n", "actor_system.admin_port"),
+    ],
+)
+def test_out_of_range_port_is_refused_with_its_dotted_name(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    assert refused_key(write(tmp_path, text)) == key
+
+
+def test_out_of_range_port_from_the_environment_is_refused() -> None:
+    assert refused_key(environ={"RML_INGEST_PORT": "65536"}) == "ingest.port"
+
+
+def test_short_token_is_refused_with_its_dotted_name(tmp_path: Path) -> None:
+    text = f'[predict]\ntokens = ["{GOOD_TOKEN}", "short"]\n'
+    assert refused_key(write(tmp_path, text)) == "predict.tokens"
+    assert refused_key(environ={"RML_INGEST_TOKENS": f"{GOOD_TOKEN},short"}) == "ingest.tokens"
+
+
+def test_empty_token_list_is_refused_with_its_dotted_name(tmp_path: Path) -> None:
+    assert refused_key(write(tmp_path, "[ingest]\ntokens = []\n")) == "ingest.tokens"
+    assert refused_key(environ={"RML_PREDICT_TOKENS": " , "}) == "predict.tokens"
+
+
+def test_unknown_model_type_is_refused_with_its_dotted_name(tmp_path: Path) -> None:
+    path = write(tmp_path, '[learning]\nmodel_type = "neural_net"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert caught.value.key == "learning.model_type"
+    assert "decision_tree" in str(caught.value)
+
+
+def test_non_loopback_bind_is_refused_without_allow_non_loopback(tmp_path: Path) -> None:
+    path = write(tmp_path, '[actor_system]\nbind = "0.0.0.0"\n')
+    assert refused_key(path) == "actor_system.bind"
+    allowed = write(tmp_path, '[actor_system]\nbind = "0.0.0.0"\nallow_non_loopback = true\n',
+                    "allowed.toml")
+    assert load_settings(allowed, {}).actor_system.bind == "0.0.0.0"
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "localhost", "::1"])
+def test_loopback_binds_are_accepted(bind: str) -> None:
+    assert load_settings(None, {"RML_ACTOR_SYSTEM_BIND": bind}).actor_system.bind == bind
+
+
+@pytest.mark.parametrize(
+    ("environ", "key"),
+    [
+        ({"RML_SUPERVISION_MAX_RESTARTS": "-1"}, "supervision.max_restarts"),
+        ({"RML_SUPERVISION_PERIOD_S": "0"}, "supervision.period_s"),
+        ({"RML_LOG_LEVEL": "loud"}, "log_level"),
+        ({"RML_LEARNING_MIN_OUTCOMES": "9"}, "learning.min_outcomes"),
+        ({"RML_LEARNING_PUBLISH_MARGIN": "0.5"}, "learning.publish_margin"),
+        ({"RML_INGEST_COLLECTORS": "0"}, "ingest.collectors"),
+        ({"RML_INGEST_MAX_BODY_BYTES": "1000"}, "ingest.max_body_bytes"),
+        ({"RML_STORAGE_BACKEND": "couchbase"}, "storage.backend"),
+    ],
+)
+def test_out_of_range_value_is_refused_with_its_dotted_name(
+    environ: dict[str, str], key: str
+) -> None:
+    assert refused_key(environ=environ) == key
+
+
+# --- the file itself -------------------------------------------------------------------------
+
+
+def test_invalid_toml_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[ingest\nport = \n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert caught.value.key == "config"
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert caught.value.key == "config"
+    assert str(path) in str(caught.value)
+
+
+def test_missing_file_named_by_rml_config_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    with pytest.raises(ConfigError, match="absent.toml"):
+        load_settings(None, {"RML_CONFIG": str(path)})
+
+
+def test_a_directory_as_config_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, {})
+    assert caught.value.key == "config"
+    assert str(tmp_path) in str(caught.value)
+
+
+def test_a_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'log_level = "\xe9"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    assert caught.value.key == "config"
+    assert str(path) in str(caught.value)
+
+
+# --- the CLI ---------------------------------------------------------------------------------
+
+
+def test_cli_with_invalid_config_exits_2_and_names_the_key(tmp_path: Path) -> None:
+    bad = write(tmp_path, "[ingest]\nport = 70000\n", "BAD.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RML_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "run_system", "--config", str(bad), "status"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "ingest.port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_with_unknown_key_exits_2_and_names_the_key(tmp_path: Path) -> None:
+    bad = write(tmp_path, "[learning]\nmin_outcome = 5\n", "BAD.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RML_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "run_system", "--config", str(bad), "status"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "learning.min_outcome" in result.stderr
