@@ -29,12 +29,12 @@ from thespian.actors import (
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from config.settings import Settings
 from daemon.logs import configure_logging, get_logger
-from messages.protocol import Init, MessageFailed, Peers, Ping, Pong, Ready
+from messages.protocol import Init, MessageFailed, Peers, Ping, Pong, Ready, StoppingNormally
 
 __all__ = ["ReactiveActor", "Worker"]
 
 
-class ReactiveActor(Actor):  # type: ignore[misc]
+class ReactiveActor(Actor):
     """Dispatch to ``on_<MessageType>``; never lose the fd watch; report poison."""
 
     def __init__(self) -> None:
@@ -128,6 +128,12 @@ class Worker(ReactiveActor):
 
     def on_readable(self, fds: list[int]) -> None:
         """A watched file descriptor is readable."""
+
+    def stop_normally(self) -> None:
+        """Exit on purpose: a ``transient`` child stopped this way is not restarted."""
+        if self.supervisor is not None:
+            self.send(self.supervisor, StoppingNormally(self.name))
+        self.send(self.myAddress, ActorExitRequest())
 
     # Lifecycle messages.
 

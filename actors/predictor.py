@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 from actors.base import Worker
@@ -200,7 +199,6 @@ class Predictor(Worker):
                   "# HELP rml_edge_requests_total HTTP requests served by this edge.",
                   "# TYPE rml_edge_requests_total counter",
                   f'rml_edge_requests_total{{predictor="{self.name}"}} '
-                  f"{self.edge.requests_served if self.edge else 0}",
-                  f"# generated {int(time.time())}"]
+                  f"{self.edge.requests_served if self.edge else 0}"]
         return Response(200, ("\n".join(lines) + "\n").encode(),
                         content_type="text/plain; version=0.0.4")

@@ -29,6 +29,7 @@ __all__ = [
     "StartSystem",
     "StatusReport",
     "StatusRequest",
+    "StoppingNormally",
     "SystemStarted",
     "TrainRequest",
     "TrainResult",
@@ -251,3 +252,11 @@ class MessageFailed:
     message_type: str
     message: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoppingNormally:
+    """Worker -> its supervisor: I am exiting on purpose (a ``transient`` child is then not
+    restarted). Thespian's ``ChildActorExited`` does not say why a child exited."""
+
+    name: str

@@ -31,9 +31,10 @@ def decide_restart(
     """Decide on one more restart given the times of earlier ones.
 
     At most ``max_restarts`` within ``period_s`` (OTP's intensity); past that
-    the supervisor escalates. The delay doubles with each recent restart from
-    ``backoff_min_s`` up to ``backoff_max_s``, with up to 20% jitter; a stable
-    period (no restart within ``period_s``) resets it to the minimum.
+    the supervisor escalates. The first restart within a period waits
+    ``backoff_min_s``; from the second on the delay doubles (starting from
+    ``backoff_min_s``, or 10 ms when that is 0) up to ``backoff_max_s``, with up to
+    20% jitter. A stable period (no restart within ``period_s``) resets it.
     """
     recent = sum(1 for t in history if now - t <= period_s) + 1
     if recent > max_restarts:

@@ -13,7 +13,7 @@ import itertools
 import os
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -36,6 +36,7 @@ from messages.protocol import (
     StartSystem,
     StatusReport,
     StatusRequest,
+    StoppingNormally,
     SystemStarted,
     TrainRequest,
     TrainResult,
@@ -59,7 +60,7 @@ class _Child:
     state: str = "starting"
     init_id: str = ""
     expected_exit: bool = False
-    history: list[float] = field(default_factory=list)
+    normal_exit: bool = False
 
     def info(self, supervisor: str) -> ActorInfo:
         return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
@@ -74,6 +75,8 @@ class Supervisor(ReactiveActor):
         self.spec: SupervisorSpec | None = None
         self.settings: Settings | None = None
         self.children: list[_Child] = []
+        # Restart intensity is the supervisor's, as in OTP: all its children's restarts count.
+        self.restart_times: list[float] = []
         self.is_root = False
         self.announced = False
         self.stopping = False
@@ -97,6 +100,7 @@ class Supervisor(ReactiveActor):
         self.is_root = True
         self._start_reply = (sender, msg.correlation_id)
         self._begin(ROOT_NAME, msg.settings, system_tree(msg.settings))
+        self._dead_letter_store()  # its table exists before anyone reads it (status)
 
     def on_Init(self, msg: Init, sender: Any) -> None:  # noqa: N802
         """Parent -> sub-supervisor: start these children."""
@@ -124,6 +128,7 @@ class Supervisor(ReactiveActor):
         child.address = self.createActor(child.spec.actor_class)
         child.state = "starting"
         child.expected_exit = False
+        child.normal_exit = False
         child.init_id = uuid.uuid4().hex
         self.send(child.address, Init(child.spec.name, child.spec.role, self.settings,
                                       child.init_id, spec=child.spec.spec))
@@ -132,6 +137,8 @@ class Supervisor(ReactiveActor):
         child = self._by_address(sender)
         if child is None or msg.correlation_id != child.init_id:
             return  # a late answer from an incarnation we already replaced
+        if child.expected_exit:
+            return  # asked to exit while starting: it is not running, its group restart is due
         child.pid = msg.pid
         child.state = "running"
         self.log.info("child_running", child=child.spec.name, pid=msg.pid,
@@ -168,7 +175,12 @@ class Supervisor(ReactiveActor):
             child.state = "restarting"
             self._report(child.info(self.name))
             return  # stopped on purpose by one_for_all / rest_for_one; restarted with the group
-        self._failed(child, "exited")
+        self._failed(child, "normal" if child.normal_exit else "exited")
+
+    def on_StoppingNormally(self, msg: StoppingNormally, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(sender)
+        if child is not None:
+            child.normal_exit = True
 
     def _failed(self, child: _Child, cause: str) -> None:
         assert self.spec is not None
@@ -180,13 +192,15 @@ class Supervisor(ReactiveActor):
             return
         now = time.monotonic()
         decision = decide_restart(
-            child.history, now, max_restarts=self.spec.max_restarts, period_s=self.spec.period_s,
+            self.restart_times, now, max_restarts=self.spec.max_restarts,
+            period_s=self.spec.period_s,
             backoff_min_s=self.spec.backoff_min_s, backoff_max_s=self.spec.backoff_max_s,
         )
         if not decision.restart:
             self._escalate(child, decision.recent)
             return
-        child.history = [t for t in child.history if now - t <= self.spec.period_s] + [now]
+        self.restart_times = [t for t in self.restart_times if now - t <= self.spec.period_s]
+        self.restart_times.append(now)
         group = self._restart_group(child)
         for member in group:
             member.restarts += member is child

@@ -8,28 +8,40 @@ incarnation from its replacement.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from actors.base import Worker
+from config.settings import Settings
 from messages.protocol import Init
 from supervision.spec import ChildSpec, Restart, Strategy, SupervisorSpec
 
 __all__ = [
     "CRASH_ON_INIT",
     "ECHO",
+    "GATED",
     "POISON_ON_MESSAGE",
+    "QUITTER",
     "Boom",
     "CrashOnInit",
     "EchoWorker",
+    "Gated",
     "PoisonOnMessage",
+    "Quit",
+    "Quitter",
     "child",
+    "gate",
     "supervisor_spec",
 ]
 
 ECHO = "tests.supervision_actors.EchoWorker"
 CRASH_ON_INIT = "tests.supervision_actors.CrashOnInit"
 POISON_ON_MESSAGE = "tests.supervision_actors.PoisonOnMessage"
+GATED = "tests.supervision_actors.Gated"
+QUITTER = "tests.supervision_actors.Quitter"
+GATE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +66,20 @@ class CrashOnInit(Worker):
         raise RuntimeError(f"{init.name} cannot start")
 
 
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """Tells ``Quitter`` to stop on purpose (a normal exit)."""
+
+
+class Quitter(Worker):
+    """A worker that exits normally when told to (for ``transient`` restart types)."""
+
+    role = "quitter"
+
+    def on_Quit(self, msg: Quit, sender: Any) -> None:  # noqa: N802
+        self.stop_normally()
+
+
 class PoisonOnMessage(Worker):
     """A worker whose handler for ``Boom`` raises every time (a poison message)."""
 
@@ -63,14 +89,44 @@ class PoisonOnMessage(Worker):
         raise ValueError(f"boom {msg.correlation_id}")
 
 
+def gate(settings: Settings, name: str, stage: str) -> Path:
+    """The file that lets ``Gated`` actor ``name`` finish ``stage`` ("start" or "stop")."""
+    return settings.data_path / f"gate-{name}-{stage}"
+
+
+def _wait_for_gate(path: Path) -> bool:
+    deadline = time.monotonic() + GATE_TIMEOUT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Gated(Worker):
+    """A worker whose start and whose stop each wait until the test opens a gate (a file),
+    like a store that is slow to open or to flush: it lets a test choose when they end."""
+
+    role = "gated"
+
+    def on_start(self, init: Init) -> None:
+        if not _wait_for_gate(gate(init.settings, init.name, "start")):
+            raise TimeoutError(f"{init.name}: start gate never opened")
+
+    def on_stop(self) -> None:
+        if self.settings is not None:
+            _wait_for_gate(gate(self.settings, self.name, "stop"))
+
+
 def child(name: str, actor_class: str = ECHO, restart: Restart = "permanent") -> ChildSpec:
     """A leaf child spec for a test supervisor."""
     return ChildSpec(name=name, role="worker", actor_class=actor_class, restart=restart)
 
 
 def supervisor_spec(*children: ChildSpec, strategy: Strategy = "one_for_one",
-                    max_restarts: int = 5, period_s: float = 30.0) -> SupervisorSpec:
-    """A test supervisor's spec with tiny backoffs, so restarts take milliseconds."""
+                    max_restarts: int = 5, period_s: float = 30.0,
+                    backoff_min_s: float = 0.0, backoff_max_s: float = 0.05) -> SupervisorSpec:
+    """A test supervisor's spec; by default with tiny backoffs, so restarts take milliseconds."""
     return SupervisorSpec(name="test-sup", children=children, strategy=strategy,
                           max_restarts=max_restarts, period_s=period_s,
-                          backoff_min_s=0.0, backoff_max_s=0.05)
+                          backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
