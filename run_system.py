@@ -1,6 +1,6 @@
 """The launcher: ``rml [--config FILE] VERB`` (also ``python run_system.py ...``).
 
-Verbs: ``start``, ``stop``, ``status [--json]``, ``demo``.
+Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
@@ -53,6 +55,34 @@ def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
+    """Poison messages recorded by supervisors (read from the store; no daemon needed)."""
+    from dataclasses import asdict
+
+    from storage.deadletters import SQLiteDeadLetters
+    from storage.errors import StoreUnavailable
+
+    try:
+        store = SQLiteDeadLetters(settings.data_path / "system.sqlite", read_only=True)
+    except StoreUnavailable:
+        letters: tuple[Any, ...] = ()
+    else:
+        try:
+            letters = store.list(args.limit)
+        finally:
+            store.close()
+    if args.json:
+        print(json.dumps([asdict(letter) for letter in letters], indent=2))
+        return 0
+    if not letters:
+        print("no dead letters")
+    for letter in letters:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.at_ms / 1000))
+        last = (letter.error.strip().splitlines() or [""])[-1]
+        print(f"{when}Z  {letter.actor:<18} {letter.message_type:<16} {last}")
+    return 0
+
+
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -69,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="supervision tree, model, counters")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_cmd_status)
+    dead = verbs.add_parser("deadletters", help="poison messages, newest first")
+    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(run=_cmd_deadletters)
     verbs.add_parser("demo", help="start, play field gateways, predict, crash, stop"
                      ).set_defaults(run=_cmd_demo)
     return parser

@@ -1,0 +1,308 @@
+"""Chaos against a real daemon: steady ingest and predictions while actors are killed.
+
+Used by ``bench/chaos.py`` (60 s) and the test suite (a shorter run). While
+gateway threads send batches of unique readings and clients ask for
+predictions, a killer SIGKILLs a random worker every ``kill_every_s``; once a
+predictor and a collector are SIGSTOPped and left stopped (liveness must
+replace them); once the whole daemon is SIGKILLed mid-ingest and started
+again with ``rml start``. Afterwards every acknowledged reading is sent again
+and must come back as a duplicate: proof that each was stored, exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import Settings
+from daemon.gateway import HttpClient
+from daemon.group import end_group
+from daemon.process import ask_root, read_record, start, stop
+from learning.simulator import Savanna
+from messages.protocol import StatusReport, StatusRequest
+
+__all__ = ["ChaosReport", "run_chaos"]
+
+
+@dataclass
+class ChaosReport:
+    """What a chaos run saw; ``lost`` and ``stored_twice`` must be 0."""
+
+    duration_s: float = 0.0
+    batches_acknowledged: int = 0
+    readings_acknowledged: int = 0
+    lost: int = 0
+    stored_twice: int = 0
+    predictions_sent: int = 0
+    predictions_answered: int = 0
+    fallback_answers: int = 0
+    kills: list[str] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)
+    daemon_kills: int = 0
+    restarts: int = 0
+    kill_to_answer_s: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def answered_share(self) -> float:
+        return self.predictions_answered / self.predictions_sent if self.predictions_sent else 0.0
+
+    def lines(self) -> list[str]:
+        """The figures, one per line, as the bench prints them."""
+        def stats(values: list[float]) -> str:
+            if not values:
+                return "n/a"
+            return (f"median {statistics.median(values) * 1000:.0f} ms, "
+                    f"max {max(values) * 1000:.0f} ms over {len(values)}")
+
+        out = [
+            f"duration:                {self.duration_s:.0f} s",
+            f"readings acknowledged:   {self.readings_acknowledged} "
+            f"({self.batches_acknowledged} batches)",
+            f"lost:                    {self.lost}",
+            f"stored twice:            {self.stored_twice}",
+            f"predictions answered:    {self.predictions_answered}/{self.predictions_sent} "
+            f"({self.answered_share:.4%}); by a fallback: {self.fallback_answers}",
+            f"kills:                   {len(self.kills)} SIGKILL, {len(self.stopped)} SIGSTOP, "
+            f"{self.daemon_kills} whole daemon",
+            f"restarts (status):       {self.restarts}",
+        ]
+        for role, values in sorted(self.kill_to_answer_s.items()):
+            out.append(f"kill-to-answer {role + ':':<10} {stats(values)}")
+        return out
+
+
+def _status(settings: Settings) -> StatusReport | None:
+    try:
+        answer = ask_root(settings, StatusRequest(uuid.uuid4().hex), 2.0)
+    except Exception:
+        return None
+    return answer if isinstance(answer, StatusReport) else None
+
+
+def _reading(gateway: int, n: int, location: int, now_ms: int) -> dict[str, Any]:
+    return {"sensor_id": f"chaos-{gateway}", "location_id": location,
+            "reading_id": f"{n:09d}", "timestamp": now_ms - 1000,
+            "animals_lower": 3 + n % 5, "animals_upper": 9 + n % 7,
+            "percent_zebras": (n % 10) / 10}
+
+
+class _Chaos:
+    def __init__(self, settings: Settings, config_path: str | None, report: ChaosReport,
+                 say: Callable[[str], None], seed: int) -> None:
+        self.settings, self.config_path, self.report, self.say = settings, config_path, report, say
+        self.rng = random.Random(seed)
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.acknowledged: list[dict[str, Any]] = []
+        self.daemon_down = threading.Event()
+
+    # --- load ------------------------------------------------------------------------
+
+    def gateway(self, index: int, batch_size: int, pause_s: float) -> None:
+        ingest = self.settings.ingest
+        client = HttpClient(ingest.host, ingest.port, ingest.tokens[0], timeout_s=10.0)
+        n = 0
+        while not self.stop_flag.is_set():
+            now_ms = int(time.time() * 1000)
+            batch = [_reading(index, n + i, 1 + (n + i) % 10, now_ms) for i in range(batch_size)]
+            n += batch_size
+            answer = self._send_until_answered(client, batch)
+            if answer is not None:
+                with self.lock:
+                    self.acknowledged.extend(batch)
+                    self.report.batches_acknowledged += 1
+            time.sleep(pause_s)
+        client.close()
+
+    def _send_until_answered(self, client: HttpClient, batch: list[dict[str, Any]]) -> Any:
+        """A gateway keeps a batch until it is acknowledged (or the run ends long after)."""
+        deadline = time.monotonic() + 90.0
+        while time.monotonic() < deadline:
+            try:
+                status, answer = client.post("/readings", {"readings": batch}, retries=3)
+            except ConnectionError:
+                time.sleep(0.1)
+                continue
+            if status == 200:
+                return answer
+            time.sleep(0.1)
+        return None
+
+    def predictor_client(self) -> None:
+        predict = self.settings.predict
+        client = HttpClient(predict.host, predict.port, predict.tokens[0], timeout_s=2.0)
+        while not self.stop_flag.is_set():
+            if self.daemon_down.is_set():
+                time.sleep(0.05)  # the whole daemon is down on purpose: not a serving fault
+                continue
+            location = self.rng.randint(1, 10)
+            with self.lock:
+                self.report.predictions_sent += 1
+            try:
+                status, answer = client.post("/model", {"location_id": location}, retries=3)
+            except ConnectionError:
+                status, answer = 0, None
+            if status == 200:
+                with self.lock:
+                    self.report.predictions_answered += 1
+                    self.report.fallback_answers += bool(answer.get("fallback"))
+            time.sleep(0.01)
+        client.close()
+
+    # --- faults ----------------------------------------------------------------------
+
+    def _wait_replaced(self, name: str, old_pid: int, since: float) -> None:
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and not self.stop_flag.is_set():
+            report = _status(self.settings)
+            if report is not None:
+                for actor in report.actors:
+                    if actor.name == name and actor.state == "running" and actor.pid != old_pid:
+                        role = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
+                        self.report.kill_to_answer_s.setdefault(role, []).append(
+                            time.monotonic() - since)
+                        return
+            time.sleep(0.002)
+
+    def killer(self, kill_every_s: float, duration_s: float, sigstop: bool,
+               kill_daemon: bool) -> None:
+        started = time.monotonic()
+        stopped_once = not sigstop
+        daemon_killed = not kill_daemon
+        while not self.stop_flag.wait(kill_every_s):
+            elapsed = time.monotonic() - started
+            if elapsed > duration_s:
+                return
+            if not daemon_killed and elapsed > duration_s / 2:
+                daemon_killed = True
+                self._kill_daemon()
+                continue
+            report = _status(self.settings)
+            if report is None:
+                continue
+            workers = [a for a in report.actors if a.role != "supervisor" and a.state == "running"]
+            if not stopped_once and elapsed > duration_s / 4:
+                stopped_once = True
+                for name in ("predictor-1", "collector-1"):
+                    target = next((a for a in workers if a.name == name), None)
+                    if target is not None:
+                        os.kill(target.pid, signal.SIGSTOP)  # left stopped: liveness must act
+                        self.report.stopped.append(name)
+                        threading.Thread(target=self._wait_replaced,
+                                         args=(name, target.pid, time.monotonic()),
+                                         daemon=True).start()
+                continue
+            if not workers:
+                continue
+            victim = self.rng.choice(workers)
+            try:
+                os.kill(victim.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            self.report.kills.append(victim.name)
+            threading.Thread(target=self._wait_replaced,
+                             args=(victim.name, victim.pid, time.monotonic()),
+                             daemon=True).start()
+
+    def _kill_daemon(self) -> None:
+        record = read_record(self.settings)
+        if record is None:
+            return
+        before = _status(self.settings)
+        if before is not None:
+            self.report.restarts += sum(a.restarts for a in before.actors)
+        self.say("  SIGKILL of the whole daemon mid-ingest; then `rml start` ...")
+        self.daemon_down.set()
+        os.killpg(record.pgid, signal.SIGKILL)
+        end_group(record.pgid)
+        began = time.monotonic()
+        start(self.settings, self.config_path)
+        self.report.daemon_kills += 1
+        self.daemon_down.clear()
+        self.say(f"  started again in {time.monotonic() - began:.1f} s")
+
+    # --- the end ---------------------------------------------------------------------
+
+    def verify(self) -> None:
+        """Send every acknowledged reading again: each must be a duplicate (stored once)."""
+        ingest = self.settings.ingest
+        client = HttpClient(ingest.host, ingest.port, ingest.tokens[0], timeout_s=30.0)
+        accepted_again = 0
+        for i in range(0, len(self.acknowledged), 1000):
+            batch = self.acknowledged[i:i + 1000]
+            answer = self._send_until_answered(client, batch)
+            if answer is None:
+                raise RuntimeError("the daemon stopped answering during verification")
+            accepted_again += int(answer["accepted"])
+        client.close()
+        self.report.readings_acknowledged = len(self.acknowledged)
+        self.report.lost = accepted_again
+        from storage import open_sqlite_stores
+
+        with open_sqlite_stores(self.settings.data_path, read_only=True) as stores:
+            keys = [r.key for r in stores.facts.all_readings() if r.sensor_id.startswith("chaos-")]
+        self.report.stored_twice = len(keys) - len(set(keys))
+
+
+def _seed_model(settings: Settings, say: Callable[[str], None]) -> None:
+    """Enough facts for a champion, so predictions have a model from the start."""
+    from daemon.demo import last_midnight_ms
+    from daemon.gateway import send_items
+    from learning.simulator import reading_item
+
+    savanna = Savanna(seed=3, n_locations=10, hours=48, end_ms=last_midnight_ms())
+    ingest = settings.ingest
+    client = HttpClient(ingest.host, ingest.port, ingest.tokens[0])
+    send_items(client, "readings", [reading_item(r) for r in savanna.readings()])
+    send_items(client, "outcomes", savanna.outcome_items())
+    client.close()
+    predict = HttpClient(settings.predict.host, settings.predict.port, settings.predict.tokens[0])
+    deadline = time.monotonic() + 90.0
+    while time.monotonic() < deadline:
+        if predict.post("/model", {"location_id": 1})[0] == 200:
+            predict.close()
+            say("  a model is published and predictions answer")
+            return
+        time.sleep(0.2)
+    raise RuntimeError("no model was published within 90 s")
+
+
+def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float = 60.0,
+              kill_every_s: float = 1.0, gateways: int = 4, predict_clients: int = 2,
+              sigstop: bool = True, kill_daemon: bool = True, seed: int = 1,
+              say: Callable[[str], None] = print) -> ChaosReport:
+    """Start a daemon, run the chaos for ``duration_s``, verify, stop; return the figures."""
+    report = ChaosReport()
+    start(settings, config_path)
+    try:
+        _seed_model(settings, say)
+        chaos = _Chaos(settings, config_path, report, say, seed)
+        threads = [threading.Thread(target=chaos.gateway, args=(g, 200, 0.05), daemon=True)
+                   for g in range(gateways)]
+        threads += [threading.Thread(target=chaos.predictor_client, daemon=True)
+                    for _ in range(predict_clients)]
+        for thread in threads:
+            thread.start()
+        began = time.monotonic()
+        say(f"  chaos for {duration_s:.0f} s: {gateways} gateways, {predict_clients} "
+            f"prediction clients, a SIGKILL every {kill_every_s} s")
+        chaos.killer(kill_every_s, duration_s, sigstop, kill_daemon)
+        chaos.stop_flag.set()
+        for thread in threads:
+            thread.join(120.0)
+        report.duration_s = time.monotonic() - began
+        say("  verifying: every acknowledged reading sent again ...")
+        chaos.verify()
+        final = _status(settings)
+        report.restarts += sum(a.restarts for a in final.actors) if final else 0
+    finally:
+        stop(settings)
+    return report
