@@ -1,22 +1,29 @@
 """One client connection of an `HttpEdge`: the asyncio Protocol that parses and answers.
 
 The cut is here because this is everything that happens per socket (llhttp callbacks, head and
-body limits, answering in request order, flow control, lingering after an error) and nothing
-that is shared across them. It is the edge's own machinery, not a separate component: it reads
-and updates the `HttpEdge`'s private state (routes, pending-job count, worker queue, limits)
-directly, as it did when both lived in one module, so the hot path pays for no extra calls.
+body limits, answering in request order, flow control, lingering after an error, draining at
+stop) and nothing that is shared across them. It is the edge's own machinery, not a separate
+component: it reads and updates the `HttpEdge`'s private state (routes, tokens, pending-job
+count, worker queue, limits) directly, as it did when both lived in one module, so the hot path
+pays for no extra calls.
+
+The hot path: a request that completes while the connection is free (nothing running, nothing
+queued, the client reading) is answered inside `on_message_complete`, one `transport.write`,
+with no queue and no clock read; everything else goes through `_queue` and `_advance`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 from collections import deque
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import httptools
 
-from actors._http_message import Request, Response, encode_response
+from actors._http_message import Request, Response, Route, encode_response, make_request, with_close
 
 if TYPE_CHECKING:
     from actors.edge import HttpEdge
@@ -29,8 +36,18 @@ _MAX_HEAD_BYTES = 64 * 1024
 _LINGER_S = 2.0
 # Lower-cased header names as received, decoded once.
 _NAMES: dict[bytes, str] = {}
+# Methods as llhttp reports them (a fixed set), decoded once.
+_METHODS: dict[bytes, str] = {}
 
-_OVERLOADED = Response(503, Response.error(503, "overloaded").body, headers=(("Retry-After", "1"),))
+_RETRY = (("Retry-After", "1"),)
+_OVERLOADED = Response(503, Response.error(503, "overloaded").body, headers=_RETRY)
+_SHUTTING_DOWN = Response(503, Response.error(503, "shutting down").body, headers=_RETRY)
+_UNAUTHORIZED = Response(
+    401,
+    Response.error(401, "missing or invalid bearer token").body,
+    headers=(("WWW-Authenticate", "Bearer"),),
+)
+_NOT_FOUND = Response.error(404, "not found")
 _HEAD_TOO_LARGE = Response.error(431, "request header fields too large")
 _BODY_TOO_LARGE = Response.error(413, "request body too large")
 _MALFORMED = Response.error(400, "malformed request")
@@ -59,18 +76,24 @@ class Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._head_bytes = 0
+        self._in_message = False  # a request has begun and not yet completed
         self._in_head = False
         self._fresh_head = False
         # Parsed requests not yet answered: (request, keep_alive) or (None, final error bytes).
         self._queue: deque[tuple[Request | None, bytes | bool]] = deque()
-        self._busy = False  # a blocking handler runs for this connection
+        self._busy = False  # a blocking handler runs (or waits for the worker) for us
         self._write_paused = False
         self._reading = True
         self._parsing = True  # False once a request was refused: later bytes are discarded
         self._lingering = False
         self._closed = False
         self._eof = False
-        self.deadline: float | None = None  # when the sweeper closes us (waiting on the client)
+        self._draining = False  # the edge is stopping: answer what started, refuse the rest
+        # When the sweeper closes us (waiting on the client); None while we owe an answer.
+        self.deadline: float | None = None
+        # Answered a request since the sweeper last looked: it pushes `deadline` on, so the hot
+        # path never reads the clock.
+        self.active = False
 
     # asyncio.Protocol
 
@@ -81,11 +104,13 @@ class Connection(asyncio.Protocol):
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._edge._connections.add(self)
         self.deadline = self._loop.time() + self._edge._idle_timeout_s
+        if self._edge._draining:  # accepted just before the listener closed
+            self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._queue.clear()
-        self._edge._connections.discard(self)
+        self._edge._connection_gone(self)
 
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
@@ -101,17 +126,16 @@ class Connection(asyncio.Protocol):
         except _Refused as refused:
             self._refuse(refused.response)
         except httptools.HttpParserUpgrade:
-            # Upgrades are not served: answer the request that asked, then close.
-            if self._queue and self._queue[-1][0] is not None:
-                self._queue[-1] = (self._queue[-1][0], False)
-            self._parsing = False
+            self._parsing = False  # upgrades are not served (the request was answered `close`)
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
             refusal = cause.response if isinstance(cause, _Refused) else None
             self._refuse(refusal or _MALFORMED)
         except httptools.HttpParserError:
             self._refuse(_MALFORMED)
-        self._advance()
+        if self._queue or self._busy or self._write_paused or self._draining or not self._parsing:
+            self._advance()
+        # Otherwise every request was answered inline: still idle, reading, deadline set.
 
     def eof_received(self) -> bool:
         self._eof = True
@@ -132,9 +156,9 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._url = b""
         self._headers = {}
-        self._body = []
         self._body_size = 0
         self._head_bytes = 0
+        self._in_message = True
         self._in_head = True
         self._fresh_head = True
 
@@ -145,24 +169,30 @@ class Connection(asyncio.Protocol):
             raise _Refused(_HEAD_TOO_LARGE)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > _MAX_HEAD_BYTES:
+        size = self._head_bytes + len(name) + len(value)
+        self._head_bytes = size
+        if size > _MAX_HEAD_BYTES:
             raise _Refused(_HEAD_TOO_LARGE)
         key = _NAMES.get(name)
         if key is None:
             key = name.decode("latin-1").lower()
             if len(_NAMES) < 1024:  # bounded, whatever clients invent
                 _NAMES[name] = key
-        text = value.decode("latin-1")
-        previous = self._headers.get(key)
-        self._headers[key] = text if previous is None else f"{previous}, {text}"
+        headers = self._headers
+        if key in headers:
+            headers[key] = f"{headers[key]}, {value.decode('latin-1')}"
+        else:
+            headers[key] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        length = self._headers.get("content-length")
+        if self._draining:  # a request that begins while we stop is refused, body unread
+            raise _Refused(_SHUTTING_DOWN)
+        headers = self._headers
+        length = headers.get("content-length")
         if length is not None and int(length) > self._edge._max_body_bytes:
             raise _Refused(_BODY_TOO_LARGE)
-        expect = self._headers.get("expect")
+        expect = headers.get("expect")
         if expect is not None and expect.lower() == "100-continue" and self._idle():
             assert self._transport is not None
             self._transport.write(_CONTINUE)
@@ -174,6 +204,7 @@ class Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         url = self._url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
@@ -183,50 +214,86 @@ class Connection(asyncio.Protocol):
                 path, query = parsed.path or b"/", parsed.query or b""
             except httptools.HttpParserInvalidURLError:
                 path, query = url, b""
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        request = Request(
-            self._parser.get_method().decode("ascii"),
+        chunks = self._body
+        if chunks:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._body = []
+        else:
+            body = b""
+        parser = self._parser
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = _METHODS[raw_method] = raw_method.decode("ascii")
+        headers = self._headers
+        request = make_request(
+            method,
             path.decode("latin-1"),
-            query.decode("latin-1"),
-            MappingProxyType(self._headers),
+            query.decode("latin-1") if query else "",
+            MappingProxyType(headers),
             body,
             self._peer,
         )
-        self._queue.append((request, self._parser.should_keep_alive()))
-        self.deadline = None
+        # An upgrade (or CONNECT) is answered, never switched to: its answer closes.
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        if self._busy or self._queue or self._write_paused or self._draining or self._closed:
+            if not self._closed:
+                self._queue.append((request, keep_alive))
+            return
+        self._answer(request, headers, keep_alive)
 
     # answering
+
+    def _answer(self, request: Request, headers: Mapping[str, str], keep_alive: bool) -> None:
+        """Route, authorise and run (or hand to the worker) one request, in its turn."""
+        edge = self._edge
+        methods = edge._routes.get(request.path)
+        if methods is None:
+            refusal = _NOT_FOUND
+        else:
+            route: Route | None = methods.get(request.method)
+            if route is None:
+                refusal = edge._allow[request.path]
+            elif not route.public and not edge._authorized(headers.get("authorization")):
+                refusal = _UNAUTHORIZED
+            elif not route.blocking:
+                self._send(edge._run(route, request, keep_alive), keep_alive)
+                return
+            elif edge._pending >= edge._max_pending:
+                refusal = _OVERLOADED
+            else:
+                edge._pending += 1
+                self._busy = True
+                self.deadline = None  # we owe the answer now, not the client
+                edge._jobs.put((self, route, request, keep_alive))
+                return
+        self._send(encode_response(refusal, keep_alive, request.method == "HEAD"), keep_alive)
 
     def _idle(self) -> bool:
         return not self._busy and not self._queue and not self._write_paused
 
     def _refuse(self, response: Response) -> None:
         self._parsing = False
+        self._in_message = False
         self._queue.append((None, encode_response(response, keep_alive=False)))
 
     def _advance(self) -> None:
         """Answer queued requests in order while nothing blocks this connection."""
-        edge = self._edge
         while self._queue and not self._busy and not self._write_paused and not self._closed:
             request, extra = self._queue.popleft()
             if request is None:
                 assert isinstance(extra, bytes)
                 self._send(extra, keep_alive=False, linger=True)
                 break
-            keep_alive = bool(extra)
-            route = edge._route(request)
-            if isinstance(route, Response):  # refused: 401, 404, 405
-                self._send(encode_response(route, keep_alive, request.method == "HEAD"), keep_alive)
-            elif route.blocking:
-                if edge._pending >= edge._max_pending:
-                    data = encode_response(_OVERLOADED, keep_alive, request.method == "HEAD")
-                    self._send(data, keep_alive)
-                else:
-                    edge._pending += 1
-                    self._busy = True
-                    edge._jobs.put((self, route, request, keep_alive))
+            if self._draining:
+                # Never started: refused, and only the last answer closes the connection.
+                keep_alive = bool(extra) and (bool(self._queue) or self._in_message)
+                head_only = request.method == "HEAD"
+                self._send(encode_response(_SHUTTING_DOWN, keep_alive, head_only), keep_alive)
             else:
-                self._send(edge._run(route, request, keep_alive), keep_alive)
+                self._answer(request, request.headers, bool(extra))
+        if self._draining and not self._busy and not self._queue:
+            self._drained()
         if self._eof and not self._busy and not self._queue:
             self._close()
         self._settle()
@@ -235,9 +302,12 @@ class Connection(asyncio.Protocol):
         """Called in the loop when the worker finished this connection's request."""
         self._edge._pending -= 1
         self._busy = False
-        if not self._closed:
-            self._send(data, keep_alive)
-            self._advance()
+        if self._closed:
+            return
+        if self._draining and keep_alive and not self._queue and not self._in_message:
+            data, keep_alive = with_close(data), False  # the connection's last answer
+        self._send(data, keep_alive)
+        self._advance()
 
     def _send(self, data: bytes, keep_alive: bool, linger: bool = False) -> None:
         if self._closed:
@@ -246,11 +316,14 @@ class Connection(asyncio.Protocol):
         self._transport.write(data)
         self._edge._served += 1
         if keep_alive:
+            self.active = True
             return
+        self.active = False
         self._queue.clear()
         self._parsing = False
-        if linger and not self._eof:
-            # Keep reading and discarding so the client reads the error instead of a reset.
+        if (linger or self._draining) and not self._eof:
+            # Keep reading and discarding so the client reads the answer instead of a reset
+            # (it may have pipelined more requests we will never read).
             self._lingering = True
             self._transport.write_eof()
             self.deadline = self._loop.time() + min(_LINGER_S, self._edge._idle_timeout_s)
@@ -279,6 +352,7 @@ class Connection(asyncio.Protocol):
         if self._closed or self._transport is None:
             return
         self._closed = True
+        self.active = False
         self._transport.close()
         # A closing transport whose client never reads would never go: the sweeper aborts it.
         self.deadline = self._loop.time() + self._edge._idle_timeout_s
@@ -289,3 +363,40 @@ class Connection(asyncio.Protocol):
         self.deadline = None
         if self._transport is not None:
             self._transport.abort()
+
+    # stopping
+
+    def drain(self) -> None:
+        """The edge stops: finish what started, refuse the rest (503), then close.
+
+        A request running or waiting for the worker is answered, its answer the last one
+        (`Connection: close`); requests parsed behind it, and one still arriving, get 503
+        `shutting down`; an idle connection closes now.
+        """
+        if self._draining:
+            return
+        self._draining = True
+        if not self._closed and not self._lingering:
+            self._advance()
+
+    def _drained(self) -> None:
+        """Draining, nothing running or queued: refuse a request still arriving, or close."""
+        if self._closed or self._lingering:
+            return
+        if self._in_message:
+            # Part of a request arrived: it never reached a handler; say so, then close.
+            self._parsing = False
+            self._in_message = False
+            data = encode_response(_SHUTTING_DOWN, keep_alive=False)
+            self._send(data, keep_alive=False, linger=True)
+        elif self._parsing and self._unread():
+            return  # a request may be in the kernel's buffer: read it (data_received refuses it)
+        else:
+            self._close()
+
+    def _unread(self) -> bool:
+        """Whether the socket holds bytes (or an EOF) we have not read yet."""
+        assert self._transport is not None
+        poll = select.poll()
+        poll.register(self._transport.get_extra_info("socket").fileno(), select.POLLIN)
+        return bool(poll.poll(0))

@@ -6,11 +6,20 @@ actor through a `Waker` it watches with `ThespianWatch`. One slow or hostile cli
 the others: the loop only writes to transports, pauses reading where a client does not keep up,
 and refuses overload (413, 431, 503) instead of buffering it.
 
-`HttpEdge` (this module) owns what is shared: the listener, the loop thread, routing and
-authorisation, the single worker thread for blocking handlers, and the sweeper that enforces
-deadlines. Each socket is an `_http_connection.Connection`; the values handlers see
+`HttpEdge` (this module) owns what is shared: the listener, the loop thread, the route table
+and the tokens, the single worker thread for blocking handlers, the sweeper that enforces
+deadlines, and the drain at `stop`. Each socket is an `_http_connection.Connection`, which
+routes, authorises (with `_authorized`) and answers its own requests; the values handlers see
 (`Request`, `Response`, `Route`) live in `_http_message`, below both; `Waker` lives in
 `actors.waker`. All are re-exported here, the one module callers import.
+
+Stopping drains, so nothing a handler acknowledged is lost: the listener closes first (new
+connections go to another replica on the same port, or are refused; ones still in this
+socket's accept backlog are reset by the kernel, unread); idle connections close at once;
+a request whose handler runs or waits for the worker finishes and its answer is sent, with
+`Connection: close`; requests that had not started (pipelined behind, or still arriving) are
+answered 503 `shutting down` with `Retry-After: 1`; then those connections close (after the
+client reads its answers). Whatever is still running at `stop`'s timeout is aborted.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 
 from actors._http_connection import Connection
@@ -33,12 +43,8 @@ __all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker"]
 _log = logging.getLogger(__name__)
 
 _INTERNAL = Response.error(500, "internal error")
-_UNAUTHORIZED = Response(
-    401,
-    Response.error(401, "missing or invalid bearer token").body,
-    headers=(("WWW-Authenticate", "Bearer"),),
-)
-_NOT_FOUND = Response.error(404, "not found")
+# What stop() keeps of its timeout, after the drain, to abort the rest and join the threads.
+_STOP_MARGIN_S = 0.25
 
 
 class HttpEdge:
@@ -74,6 +80,11 @@ class HttpEdge:
             for path, methods in self._routes.items()
         }
         self._tokens = tuple(token.encode() for token in tokens if token)
+        # The usual header, `Bearer <token>`, by length: compared whole, constant-time.
+        self._bearers: dict[int, tuple[bytes, ...]] = {}
+        for token in self._tokens:
+            value = b"Bearer " + token
+            self._bearers[len(value)] = (*self._bearers.get(len(value), ()), value)
         self._host, self._requested_port = host, port
         self._max_body_bytes = max_body_bytes
         self._idle_timeout_s = idle_timeout_s
@@ -93,6 +104,11 @@ class HttpEdge:
         self._worker: threading.Thread | None = None
         self._lifecycle = threading.Lock()
         self._stopped = False
+        # By when stop() returns, and when the drain gives up: time.monotonic(), the loop's clock.
+        self._stop_deadline = self._drain_deadline = 0.0
+        self._draining = False  # read by connections; set in the loop
+        self._drained: asyncio.Event | None = None  # set when the last connection has gone
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -129,23 +145,32 @@ class HttpEdge:
             raise failure[0]
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        """Close the listener and every connection, stop the loop, join the threads.
+        """Drain (see the module docstring), stop the loop, join the threads; safe to call twice.
 
-        Waits up to `timeout_s` for a blocking handler still running; safe to call twice.
+        Returns within `timeout_s`: what is still running then is aborted. Called from a
+        handler, it starts the drain and returns at once (a thread cannot wait for itself).
         """
         with self._lifecycle:
             if self._stopped:
                 return
             self._stopped = True
+            self._stop_deadline = time.monotonic() + timeout_s
+            self._drain_deadline = self._stop_deadline - min(_STOP_MARGIN_S, timeout_s / 5)
         loop = self._loop
+        scheduled = False
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop already ended
-                loop.call_soon_threadsafe(self._shutdown, loop)
-        self._jobs.put(None)
+                loop.call_soon_threadsafe(self._drain)
+                scheduled = True
+        if not scheduled:
+            # No loop to drain (never started, or _serve drains itself): let the worker end.
+            self._jobs.put(None)
+        current = threading.current_thread()
+        if current is self._thread or current is self._worker:
+            return
         for thread in (self._thread, self._worker):
-            # A handler may call stop(): never join the thread we run on.
-            if thread is not None and thread is not threading.current_thread():
-                thread.join(timeout_s)
+            if thread is not None:
+                thread.join(max(0.0, self._stop_deadline - time.monotonic()))
 
     def _bind(self) -> socket.socket:
         family, kind, proto, _, address = socket.getaddrinfo(
@@ -168,15 +193,17 @@ class HttpEdge:
         self, sock: socket.socket, ready: threading.Event, failure: list[BaseException]
     ) -> None:
         loop = asyncio.new_event_loop()
-        self._loop = loop
         try:
             self._server = loop.run_until_complete(
                 loop.create_server(lambda: Connection(self, loop), sock=sock, backlog=1024)
             )
+            self._drained = asyncio.Event()
             sweeper = loop.create_task(self._sweep())
             loop.call_soon(ready.set)
-            if self._stopped:  # stop() ran before this loop existed: it could not reach us
-                self._shutdown(loop)
+            # Published only now, so stop() either reaches this loop or we see _stopped here.
+            self._loop = loop
+            if self._stopped:
+                loop.call_soon(self._drain)
             loop.run_forever()
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -188,39 +215,82 @@ class HttpEdge:
         finally:
             loop.close()
 
-    def _shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _drain(self) -> None:
+        """In the loop: close the listener, drain every connection, then stop (see `_finish`)."""
+        if self._draining:
+            return
+        self._draining = True
         if self._server is not None:
             self._server.close()  # closes the listening socket now
         for connection in list(self._connections):
-            connection.expire()
-        loop.call_soon(loop.stop)  # after the connection_lost callbacks abort() scheduled
+            connection.drain()
+        # Queued after every job the loop handed over (none are handed over from now on):
+        # the worker runs them all, then ends.
+        self._jobs.put(None)
+        task = asyncio.get_running_loop().create_task(self._finish())
+        self._tasks.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(self._tasks.discard)
+
+    async def _finish(self) -> None:
+        """Wait for the drained connections to go, abort what is left at the deadline, stop."""
+        loop = asyncio.get_running_loop()
+        assert self._drained is not None
+        while self._connections and loop.time() < self._drain_deadline:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self._drain_deadline - loop.time())
+            await asyncio.sleep(0)  # a connection accepted just before the close: let it in
+        if self._connections:
+            _log.warning(
+                "%s: stop aborted %d connection(s) not done in time",
+                self._name,
+                len(self._connections),
+            )
+            for connection in list(self._connections):
+                connection.expire()
+            await asyncio.sleep(0)  # let the connection_lost callbacks abort() scheduled run
+        loop.stop()
+
+    def _connection_gone(self, connection: Connection) -> None:
+        self._connections.discard(connection)
+        if self._draining and not self._connections and self._drained is not None:
+            self._drained.set()
 
     async def _sweep(self) -> None:
         """Close connections whose client kept us waiting past their deadline."""
         loop = asyncio.get_running_loop()
         interval = min(max(self._idle_timeout_s / 4, 0.01), 1.0)
+        timeout = self._idle_timeout_s
         while True:
             await asyncio.sleep(interval)
             now = loop.time()
             for connection in list(self._connections):
                 deadline = connection.deadline
-                if deadline is not None and deadline <= now:
+                if deadline is None:
+                    continue
+                if connection.active:  # answered since we last looked: the wait starts over
+                    connection.active = False
+                    connection.deadline = now + timeout
+                elif deadline <= now:
                     connection.expire()
 
-    def _route(self, request: Request) -> Route | Response:
-        """The route to run, or the refusal to send instead."""
-        methods = self._routes.get(request.path)
-        if methods is None:
-            return _NOT_FOUND
-        route = methods.get(request.method)
-        if route is None:
-            return self._allow[request.path]
-        if not route.public and not self._authorized(request.headers.get("authorization")):
-            return _UNAUTHORIZED
-        return route
-
     def _authorized(self, header: str | None) -> bool:
-        if header is None or not self._tokens:
+        """Whether `header` (Authorization) carries one of the tokens; constant-time in content."""
+        if header is None:
+            return False
+        candidates = self._bearers.get(len(header))
+        if candidates is not None:  # the usual form, `Bearer <token>`, compared whole
+            raw = header.encode("latin-1")
+            matched = False
+            for expected in candidates:  # no early exit: the time spent says nothing
+                matched |= hmac.compare_digest(raw, expected)
+            if matched:
+                return True
+        return self._authorized_slowly(header)
+
+    def _authorized_slowly(self, header: str) -> bool:
+        """Any other spelling: scheme in any case, spaces around the token."""
+        if not self._tokens:
             return False
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer":
@@ -257,5 +327,6 @@ class HttpEdge:
                 return
             try:
                 loop.call_soon_threadsafe(connection.blocking_done, data, keep_alive)
-            except RuntimeError:  # the loop is closed: stopping
+            except RuntimeError:  # the loop is closed: stop() gave up waiting for us
+                _log.warning("%s: a blocking handler finished after stop()", self._name)
                 return

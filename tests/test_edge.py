@@ -417,6 +417,170 @@ def test_two_edges_with_reuse_port_share_one_port_and_both_serve(make_edge: Edge
         conn.close()
 
 
+# draining at stop
+
+
+def stop_in_background(edge: HttpEdge, timeout_s: float = DEADLINE_S) -> threading.Thread:
+    stopper = threading.Thread(target=edge.stop, args=(timeout_s,), name="test-stop")
+    stopper.start()
+    return stopper
+
+
+def refuses_connections(port: int) -> bool:
+    """True once nothing listens on the port (a connection that gets in is closed at once)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=DEADLINE_S).close()
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:  # caught in the backlog of the listener as it closed
+        return True
+    return False
+
+
+def assert_port_free(port: int) -> None:
+    with socket.socket() as sock:  # no SO_REUSEPORT: only a freed port binds
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+
+
+def held_commit(commits: list[bytes], entered: threading.Event, release: threading.Event) -> Route:
+    """A blocking route whose handler waits for `release`, then records the body it commits."""
+
+    def commit(request: Request) -> Response:
+        entered.set()
+        release.wait(DEADLINE_S)
+        commits.append(request.body)
+        return Response.json(200, {"committed": request.body.decode()})
+
+    return Route("POST", "/commit", commit, blocking=True)
+
+
+def test_stop_answers_running_and_queued_blocking_requests_then_closes(
+    make_edge: EdgeFactory,
+) -> None:
+    commits: list[bytes] = []
+    entered, release = threading.Event(), threading.Event()
+    edge = make_edge([held_commit(commits, entered, release)], reuse_port=False)
+    running, queued = client(edge), client(edge)
+    running.request("POST", "/commit", body=b"first", headers=AUTH)
+    assert entered.wait(DEADLINE_S)
+    queued.request("POST", "/commit", body=b"second", headers=AUTH)
+    wait_until(lambda: edge._pending == 2)  # one in the handler, one waiting for the worker
+    stopper = stop_in_background(edge)
+    try:
+        wait_until(lambda: refuses_connections(edge.port))  # the listener closes first
+        assert stopper.is_alive()  # ... and stop waits for the handler
+    finally:
+        release.set()
+    for conn, body in ((running, "first"), (queued, "second")):
+        response = conn.getresponse()
+        assert (response.status, json.loads(response.read())) == (200, {"committed": body})
+        assert response.getheader("Connection") == "close"
+    stopper.join(DEADLINE_S)
+    assert not stopper.is_alive()
+    assert commits == [b"first", b"second"]  # each side effect exactly once
+    assert_port_free(edge.port)
+
+
+def test_stop_refuses_pipelined_requests_not_started_with_503(make_edge: EdgeFactory) -> None:
+    commits: list[bytes] = []
+    entered, release = threading.Event(), threading.Event()
+    edge = make_edge([held_commit(commits, entered, release), Route("GET", "/ping", ping)])
+    post = b"POST /commit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % TOKEN.encode()
+    with raw(edge) as sock:
+        sock.sendall(
+            post
+            + b"Content-Length: 1\r\n\r\na"
+            + b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+            + post
+            + b"Content-Length: 1\r\n\r\nb"
+        )
+        assert entered.wait(DEADLINE_S)
+        wait_until(lambda: any(len(c._queue) == 2 for c in list(edge._connections)))
+        stopper = stop_in_background(edge)
+        try:
+            wait_until(lambda: refuses_connections(edge.port))
+        finally:
+            release.set()
+        answers = read_responses(sock, 3)
+        assert closed_by_peer(sock)
+    stopper.join(DEADLINE_S)
+    assert not stopper.is_alive()
+    assert [status for status, _, _ in answers] == [200, 503, 503]
+    for _, headers, body in answers[1:]:
+        assert json.loads(body) == {"error": "shutting down"}
+        assert headers["retry-after"] == "1"
+    # Only the last answer closes: a client may not expect answers after a `close`.
+    assert [headers.get("connection") for _, headers, _ in answers] == [None, None, "close"]
+    assert commits == [b"a"]
+
+
+def test_stop_refuses_a_request_still_arriving_with_503(make_edge: EdgeFactory) -> None:
+    commits: list[bytes] = []
+    entered, release = threading.Event(), threading.Event()
+    release.set()
+    edge = make_edge([held_commit(commits, entered, release)])
+    with raw(edge) as sock:
+        sock.sendall(
+            b"POST /commit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+            b"Content-Length: 10\r\n\r\nabcd" % TOKEN.encode()
+        )
+        wait_until(lambda: any(c._in_message for c in list(edge._connections)))
+        stopper = stop_in_background(edge)
+        [(status, headers, body)] = read_responses(sock, 1)
+        assert (status, json.loads(body)) == (503, {"error": "shutting down"})
+        assert headers["retry-after"] == "1" and headers["connection"] == "close"
+        sock.sendall(b"efghij")  # the rest of the body: read and discarded, never a reset
+        assert closed_by_peer(sock)
+    stopper.join(DEADLINE_S)
+    assert not stopper.is_alive()
+    assert commits == [] and not entered.is_set()
+
+
+def test_stop_closes_idle_keep_alive_connections_at_once(make_edge: EdgeFactory) -> None:
+    commits: list[bytes] = []
+    entered, release = threading.Event(), threading.Event()
+    edge = make_edge([held_commit(commits, entered, release), Route("GET", "/ping", ping)])
+    with raw(edge) as idle:
+        idle.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_responses(idle, 1)[0][0] == 401  # answered, and kept alive
+        busy = client(edge)
+        busy.request("POST", "/commit", body=b"c", headers=AUTH)
+        assert entered.wait(DEADLINE_S)
+        stopper = stop_in_background(edge)
+        try:
+            assert closed_by_peer(idle)  # while the other request is still being drained
+            assert stopper.is_alive()
+        finally:
+            release.set()
+    assert busy.getresponse().status == 200
+    stopper.join(DEADLINE_S)
+    assert not stopper.is_alive()
+
+
+def test_stop_returns_within_its_timeout_when_a_handler_never_finishes(
+    make_edge: EdgeFactory,
+) -> None:
+    commits: list[bytes] = []
+    entered, release = threading.Event(), threading.Event()
+    edge = make_edge([held_commit(commits, entered, release)], reuse_port=False)
+    try:
+        with raw(edge) as sock:
+            sock.sendall(
+                b"POST /commit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                b"Content-Length: 1\r\n\r\nx" % TOKEN.encode()
+            )
+            assert entered.wait(DEADLINE_S)
+            started = time.monotonic()
+            edge.stop(timeout_s=0.5)
+            elapsed = time.monotonic() - started
+            assert read_responses(sock, 1) == []  # aborted: no answer was ever sent
+        assert 0.2 <= elapsed < 1.0
+        assert_port_free(edge.port)
+    finally:
+        release.set()
+
+
 # waker
 
 
