@@ -1,7 +1,8 @@
 """Collector: owns an HTTP ingest edge; stores facts before it acknowledges them.
 
 Owns: an ``HttpEdge`` thread serving ``POST /readings``, ``POST /outcomes``,
-``GET /health``; a ``Waker`` it watches with ``ThespianWatch``.
+``GET /health`` and ``GET /openapi.json`` (both public); a ``Waker`` it watches with
+``ThespianWatch``.
 Receives: ``Init``, ``Peers``, wake-ups from its edge, timers.
 Sends: ``FactsRecorded`` hints (coalesced, a few a second at most) to the
 feature generator and the learner.
@@ -26,6 +27,7 @@ from messages.codec import (
     ingest_answer,
     wire_format,
 )
+from messages.openapi import INGEST_OPENAPI_JSON
 from messages.protocol import FactsRecorded, Init
 from storage.errors import StoreError
 from storage.sqlite_facts import SQLiteFactStore
@@ -78,6 +80,8 @@ class Collector(Worker):
             Route("POST", "/readings", self._post_readings, blocking=True),
             Route("POST", "/outcomes", self._post_outcomes, blocking=True),
             Route("GET", "/health", self._health, public=True),
+            # Public, like /health: it holds no secret and tells clients how to authenticate.
+            Route("GET", "/openapi.json", _openapi, public=True),
         ]
         self.edge = HttpEdge(
             host=settings.ingest.host, port=settings.ingest.port, routes=routes,
@@ -181,6 +185,10 @@ class Collector(Worker):
                 self.send(address, hint)
         self._hinted = seen
         self._last_hint = time.monotonic()
+
+
+def _openapi(request: Request) -> Response:
+    return Response(200, INGEST_OPENAPI_JSON)
 
 
 def _media(fmt: str) -> str:

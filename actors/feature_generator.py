@@ -1,11 +1,15 @@
 """FeatureGenerator: turns facts past its watermark into online feature rows.
 
-Owns: its watermark (in the feature store), the active feature collection.
+Owns: its watermark (in the feature store), the active feature collection, and
+how many times in a row each feature has crashed (in memory: the verdict is
+in the store, a restart only costs a few more crashes before it).
 Receives: ``FactsRecorded`` hints (and a timer, in case a hint was lost).
-Sends: nothing; what it writes is in the feature store, where predictors and
-the learner read it. When a feature's values break its type's rules the
-feature is marked invalid and the active collection falls back (the seed's
-``validCollection``); every switch is logged and recorded.
+Sends: ``CollectionSwitched`` to the learner and the predictors; the rows
+themselves are in the feature store, where predictors and the learner read
+them. When a feature's values break its type's rules, or its computation
+crashes ``[features] max_crashes`` times in a row, the feature is marked
+invalid and the active collection falls back (the seed's ``validCollection``);
+every switch is logged and recorded.
 """
 
 from __future__ import annotations
@@ -14,13 +18,20 @@ import time
 from typing import Any
 
 from actors.base import Worker
-from learning.collections import FeatureCollection, FeatureRow, valid_collection
-from learning.features import compute_row, default_collections, validate_values
-from messages.protocol import FactsRecorded, Init
+from learning.collections import (
+    CrashStreaks,
+    FeatureCollection,
+    FeatureRow,
+    usable_collection_ids,
+    valid_collection,
+)
+from learning.features import compute_rows, validate_values
+from messages.protocol import CollectionSwitched, FactsRecorded, Init
+from storage.features import FeatureStore
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
 
-__all__ = ["FeatureGenerator", "WATERMARK"]
+__all__ = ["FeatureGenerator", "WATERMARK", "register_collections"]
 
 WATERMARK = "feature-generator/readings"
 _POLL_S = 1.0
@@ -29,6 +40,22 @@ _BATCH = 5000
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def register_collections(worker: Worker, store: FeatureStore) -> None:
+    """Load the configured feature plugins and register every declared collection (insert-only,
+    fixed definitions: every process registers the same); failures are logged, not fatal."""
+    from learning.features import declared_collections, load_plugins
+
+    assert worker.settings is not None
+    for module, error in load_plugins(worker.settings.features.plugins).items():
+        worker.log.error("feature_plugin_failed", module=module, error=error)
+    for collection in declared_collections():
+        try:
+            store.register_collection(collection)
+        except ValueError as exc:  # a plugin changed a collection already in the store
+            worker.log.error("feature_collection_conflict", collection_id=collection.id,
+                             error=str(exc))
 
 
 class FeatureGenerator(Worker):
@@ -41,6 +68,7 @@ class FeatureGenerator(Worker):
         self.facts: SQLiteFactStore | None = None
         self.features: SQLiteFeatureStore | None = None
         self.active: FeatureCollection | None = None
+        self.crashes = CrashStreaks(limit=3)
         self.watermark = 0
 
     def on_start(self, init: Init) -> None:
@@ -48,8 +76,8 @@ class FeatureGenerator(Worker):
         timeout = init.settings.storage.busy_timeout_s
         self.facts = SQLiteFactStore(data / "facts.sqlite", busy_timeout_s=timeout)
         self.features = SQLiteFeatureStore(data / "features.sqlite", busy_timeout_s=timeout)
-        for collection in default_collections(0):  # fixed: every process registers the same
-            self.features.register_collection(collection)
+        self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
+        register_collections(self, self.features)
         # Rebuild from the stores: where we were, and which collection is valid.
         self.watermark = self.features.watermark(WATERMARK)
         self._choose_collection("started")
@@ -63,10 +91,15 @@ class FeatureGenerator(Worker):
     def _choose_collection(self, reason: str) -> None:
         assert self.features is not None
         chosen = valid_collection(self.features.collections(), self.features.invalid_features())
-        if self.features.active_collection_id() != chosen.id:
+        previous = self.features.active_collection_id()
+        if previous != chosen.id:
             self.features.record_switch(chosen.id, reason, _now_ms())
-            self.log.warning("feature_collection_switched", collection_id=chosen.id,
-                             reason=reason)
+            self.log.warning("feature_collection_switched", previous_collection_id=previous,
+                             collection_id=chosen.id, reason=reason)
+            notice = CollectionSwitched(previous, chosen.id, reason)
+            for role in ("learner", "predictor"):
+                for address in self.peers.of(role):
+                    self.send(address, notice)
         self.active = chosen
 
     def on_FactsRecorded(self, msg: FactsRecorded, sender: Any) -> None:  # noqa: N802
@@ -80,7 +113,11 @@ class FeatureGenerator(Worker):
                 self.wakeupAfter(_POLL_S, payload="poll")
 
     def _catch_up(self) -> None:
-        """Process facts past the watermark, batch by batch; idempotent (rows are insert-only)."""
+        """Process facts past the watermark, batch by batch; idempotent (rows are insert-only).
+
+        Only collections still usable are computed: an invalid feature is never computed
+        again, and a feature that crashes costs only the rows of the collections naming it.
+        """
         assert self.facts is not None and self.features is not None
         assert self.settings is not None
         window = self.settings.learning.feature_window_ms
@@ -93,33 +130,66 @@ class FeatureGenerator(Worker):
                 newest[reading.location_id] = max(newest.get(reading.location_id, 0),
                                                   reading.timestamp)
             computed_at = _now_ms()
-            rows_by_collection: dict[int, list[FeatureRow]] = {}
-            collections = self.features.collections()
-            for location_id, latest in newest.items():
+            invalid = self.features.invalid_features()
+            every = self.features.collections()
+            usable = usable_collection_ids(every, invalid)
+            collections = tuple(c for c in every if c.id in usable)
+            names = {name for c in collections for name in c.features}
+            rows: list[FeatureRow] = []
+            crashed: dict[str, str] = {}
+            for location_id, latest in sorted(newest.items()):
                 as_of = latest + 1
                 readings = self.facts.readings_for_location(location_id, as_of - window, as_of)
-                for collection in collections:
-                    rows_by_collection.setdefault(collection.id, []).append(
-                        compute_row(collection, readings, location_id, as_of, window, computed_at))
-            self._check_validity(collections, rows_by_collection)
-            for rows in rows_by_collection.values():
-                self.features.write_rows(rows)
+                location_rows, crashes = compute_rows(collections, readings, location_id,
+                                                      as_of, window, computed_at)
+                rows.extend(location_rows)
+                over = self._count_crashes(names, crashes, location_id)
+                if over:  # judged: stop computing it for the rest of the batch
+                    crashed.update(over)
+                    collections = tuple(c for c in collections if not over.keys() & set(c.features))
+                    names = {name for c in collections for name in c.features}
+            found = self._check_validity(collections, rows, invalid, crashed)
+            self.features.write_rows([r for r in rows if r.collection_id in usable
+                                      and not found.intersection(self._features_of(r, every))])
             self.watermark = batch[-1][0]
             self.features.advance_watermark(WATERMARK, self.watermark, computed_at)
             self.log.debug("features_written", watermark=self.watermark,
                            locations=len(newest))
 
+    @staticmethod
+    def _features_of(row: FeatureRow, collections: tuple[FeatureCollection, ...]) -> set[str]:
+        return next((set(c.features) for c in collections if c.id == row.collection_id), set())
+
+    def _count_crashes(self, names: set[str], crashes: dict[str, str],
+                       location_id: int) -> dict[str, str]:
+        """Update the streaks; feature -> why it is now invalid, for those past the limit."""
+        over: dict[str, str] = {}
+        for name in names - crashes.keys():
+            self.crashes.succeeded(name)
+        for name, error in crashes.items():
+            self.log.warning("feature_crashed", feature=name, location_id=location_id,
+                             error=error, in_a_row=self.crashes.streak(name) + 1)
+            if self.crashes.crashed(name):
+                over[name] = (f"crashed {self.crashes.streak(name)} times in a row "
+                              f"(last: {error})")
+        return over
+
     def _check_validity(self, collections: tuple[FeatureCollection, ...],
-                        rows: dict[int, list[FeatureRow]]) -> None:
+                        rows: list[FeatureRow], already: frozenset[str],
+                        crashed: dict[str, str]) -> set[str]:
+        """Mark features invalid (crashed too often, or values breaking their type's rules)
+        and switch the collection if that changes it; the features found."""
         assert self.features is not None
-        already = self.features.invalid_features()
-        found: dict[str, str] = {}
+        found = {name: reason for name, reason in crashed.items() if name not in already}
         for collection in collections:
-            for name, reason in validate_values(collection, rows.get(collection.id, [])).items():
-                if name not in already:
+            own = [r for r in rows if r.collection_id == collection.id]
+            for name, reason in validate_values(collection, own).items():
+                if name not in already and name not in found:
                     found[name] = reason
-        for name, reason in found.items():
+        for name, reason in sorted(found.items()):
             self.features.mark_invalid(name, reason, _now_ms())
             self.log.warning("feature_invalid", feature=name, reason=reason)
         if found:
-            self._choose_collection("invalid features: " + ", ".join(sorted(found)))
+            self._choose_collection("invalid features: " + "; ".join(
+                f"{name} ({reason})" for name, reason in sorted(found.items())))
+        return set(found)

@@ -3,7 +3,11 @@
 Owns: nothing in memory that matters; how far it has trained is read back
 from the registry's lineage.
 Receives: ``FactsRecorded`` hints and a timer (check whether to train),
+``CollectionSwitched`` (the champion may now be on an invalid collection),
 ``Forwarded(TrainRequest)`` (train now, e.g. ``rml train``).
+Trains on the active collection (the newest with no invalid feature); when the
+champion's collection has an invalid feature it trains on the active one
+without waiting for the next scheduled run.
 Sends: ``ModelCandidate`` (a registered version) to the publisher, which
 answers whoever asked.
 """
@@ -13,16 +17,20 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from actors.base import Worker
+from actors.feature_generator import register_collections
 from config.job import JobConfiguration
 from learning.artifacts import load_model
-from learning.candidate import ChampionRef, make_candidate
-from learning.collections import valid_collection
-from learning.features import default_collections
+from learning.candidate import Candidate, ChampionRef, make_candidate
+from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
+from learning.features import FeatureCrashed
 from learning.pipeline import TrainingError
+from messages.facts import Outcome, Reading
 from messages.protocol import (
+    CollectionSwitched,
     FactsRecorded,
     Forwarded,
     Init,
@@ -45,12 +53,12 @@ class Learner(Worker):
         self.stores: Stores | None = None
         self.trained_on = 0  # outcomes seen by the newest registered model
         self.attempted_at = 0  # outcomes count at the last attempt (failed or not)
+        self.attempted_on = -1  # the collection of that attempt
 
     def on_start(self, init: Init) -> None:
         self.stores = open_sqlite_stores(init.settings.data_path,
                                          busy_timeout_s=init.settings.storage.busy_timeout_s)
-        for collection in default_collections(0):  # fixed: every process registers the same
-            self.stores.features.register_collection(collection)
+        register_collections(self, self.stores.features)
         for record in self.stores.registry.versions():
             try:
                 seen = json.loads(record.lineage)["facts"]["outcomes"]
@@ -76,6 +84,9 @@ class Learner(Worker):
         if msg.outcomes:
             self._maybe_train()
 
+    def on_CollectionSwitched(self, msg: CollectionSwitched, sender: Any) -> None:  # noqa: N802
+        self._maybe_train()
+
     def on_timer(self, payload: Any) -> None:
         if payload == "check":
             assert self.settings is not None
@@ -97,7 +108,15 @@ class Learner(Worker):
         if outcomes < learning.min_outcomes:
             return
         due = self.trained_on == 0 or outcomes - self.trained_on >= learning.retrain_every_outcomes
-        if due and outcomes != self.attempted_at:
+        features = self.stores.features
+        collections = features.collections()
+        active = valid_collection(collections, features.invalid_features())
+        champion = self.stores.registry.champion()
+        # Follow the active collection: a champion on an invalid collection cannot be served
+        # (predictors fall back), so a model on the active one is due now.
+        stale = champion is not None and champion.feature_collection_id not in \
+            usable_collection_ids(collections, features.invalid_features())
+        if (due or stale) and (outcomes, active.id) != (self.attempted_at, self.attempted_on):
             self._train(uuid.uuid4().hex, self.default_job(), False, None)
 
     def _train(self, correlation_id: str, job: JobConfiguration, force: bool,
@@ -107,16 +126,13 @@ class Learner(Worker):
         started = time.monotonic()
         readings = stores.facts.all_readings()
         outcomes = stores.facts.all_outcomes()
-        self.attempted_at = len(outcomes)
-        collection = valid_collection(stores.features.collections(),
-                                      stores.features.invalid_features())
-        try:
-            candidate = make_candidate(readings, outcomes, collection, job, self._champion())
-        except TrainingError as exc:
-            self.log.warning("training_skipped", reason=str(exc), outcomes=len(outcomes))
+        fitted = self._fit(readings, outcomes, job)
+        if isinstance(fitted, str):
+            self.log.warning("training_skipped", reason=fitted, outcomes=len(outcomes))
             if reply_to is not None:
-                self.send(reply_to, TrainResult(correlation_id, None, False, (), str(exc)))
+                self.send(reply_to, TrainResult(correlation_id, None, False, (), fitted))
             return
+        candidate, collection = fitted
         version = stores.registry.register(
             feature_collection_id=collection.id, job=job.to_mapping(),
             metrics=dict(candidate.metrics), lineage=json.loads(candidate.lineage.to_json()),
@@ -134,15 +150,46 @@ class Learner(Worker):
             self.send(address, message)
         # No publisher up right now: it judges pending candidates from the registry on start.
 
+    def _fit(self, readings: Sequence[Reading], outcomes: Sequence[Outcome],
+             job: JobConfiguration) -> tuple[Candidate, FeatureCollection] | str:
+        """A candidate on the active collection, or why not. A feature that crashes here,
+        before the feature generator's verdict, is left out of this run's choice."""
+        assert self.stores is not None
+        features = self.stores.features
+        collections = features.collections()
+        crashed: set[str] = set()
+        champion = self._champion()
+        while True:
+            collection = valid_collection(collections, features.invalid_features() | crashed)
+            self.attempted_at, self.attempted_on = len(outcomes), collection.id
+            try:
+                return make_candidate(readings, outcomes, collection, job, champion), collection
+            except TrainingError as exc:
+                return str(exc)
+            except FeatureCrashed as exc:
+                self.log.warning("training_feature_crashed", feature=exc.feature,
+                                 collection_id=collection.id, error=exc.error)
+                if exc.feature in collection.features:
+                    if exc.feature in crashed:  # the fallback collection itself crashes
+                        return str(exc)
+                    crashed.add(exc.feature)
+                elif champion is not None:
+                    champion = None  # the champion's features crash: it is not comparable
+                else:
+                    return str(exc)
+
     def _champion(self) -> ChampionRef | None:
         assert self.stores is not None
         record = self.stores.registry.champion()
         if record is None:
             return None
-        collections = {c.id: c for c in self.stores.features.collections()}
+        features = self.stores.features
+        every = features.collections()
+        collections: dict[int, FeatureCollection] = {c.id: c for c in every}
         collection = collections.get(record.feature_collection_id)
-        if collection is None:
-            return None
+        if collection is None or collection.id not in usable_collection_ids(
+                every, features.invalid_features()):
+            return None  # its features are broken: it cannot be scored, only replaced
         pipeline = load_model(self.stores.registry.artifact(record.version))
         window_ms = json.loads(record.job).get("window_ms", self.default_job().window_ms)
         return ChampionRef(record.version, pipeline, collection, int(window_ms))

@@ -2,10 +2,14 @@
 
 Owns: an ``HttpEdge`` thread; an immutable ``ServingSnapshot`` (champion and
 fallback) that it swaps whole, so the edge never sees half a model.
-Receives: ``ModelPublished`` (swap now), a timer (re-read the champion, in
-case a hint was lost), ``Forwarded(PredictRequest)`` (answer ``reply_to``).
+Receives: ``ModelPublished`` and ``CollectionSwitched`` (choose again now), a
+timer (choose again, in case a hint was lost), ``Forwarded(PredictRequest)``
+(answer ``reply_to``).
 Sends: ``Prediction`` / ``PredictionError``.
-On start it loads the champion from the registry: never from memory.
+On start it reads the champion, the models and the invalid features from the
+stores: never from memory. A champion on a collection with an invalid feature
+is not served; a model on a valid collection stands in (answers marked
+``fallback``), or the request is refused with 503 and the reason.
 """
 
 from __future__ import annotations
@@ -17,10 +21,25 @@ from typing import Any
 from actors.base import Worker
 from actors.edge import HttpEdge, Request, Response, Route
 from learning.artifacts import load_model
-from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
-from learning.serving import LoadedModel, ServingSnapshot, predict
+from learning.collections import FeatureRow, usable_collection_ids, valid_collection
+from learning.serving import (
+    NO_MODEL_YET,
+    LoadedModel,
+    ServingChoice,
+    ServingSnapshot,
+    choose_models,
+    predict,
+)
 from messages.codec import BodyError, PredictQuery, decode_predict_query
-from messages.protocol import Forwarded, Init, ModelPublished, Prediction, PredictRequest
+from messages.openapi import PREDICT_OPENAPI_JSON
+from messages.protocol import (
+    CollectionSwitched,
+    Forwarded,
+    Init,
+    ModelPublished,
+    Prediction,
+    PredictRequest,
+)
 from storage.registry import ModelRecord
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
@@ -49,6 +68,14 @@ def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
             return float(pipeline.predict_proba(row)[0, column])
 
         return LoadedModel(record.version, record.feature_collection_id, names, predict_one)
+
+
+def _served(snapshot: ServingSnapshot) -> ServingChoice:
+    """The choice a snapshot serves, to compare with a new one."""
+    first, fallback = snapshot.champion, snapshot.fallback
+    return ServingChoice(first.version if first else None,
+                         fallback.version if fallback else None, snapshot.stand_in,
+                         snapshot.reason if first is None or snapshot.stand_in else "")
 
 
 class _Counters:
@@ -87,6 +114,7 @@ class Predictor(Worker):
             Route("POST", "/model", self._post_model),
             Route("GET", "/health", self._health, public=True),
             Route("GET", "/metrics", self._metrics),
+            Route("GET", "/openapi.json", _openapi, public=True),
         ]
         self.edge = HttpEdge(
             host=settings.predict.host, port=settings.predict.port, routes=routes,
@@ -108,26 +136,41 @@ class Predictor(Worker):
     # --- models -----------------------------------------------------------------------
 
     def _refresh(self) -> None:
-        """Load the registry's champion (and a fallback) when it differs from what we serve."""
-        assert self.registry is not None
-        champion = self.registry.champion()
-        current = self.snapshot.champion
-        if champion is None or (current is not None and current.version == champion.version):
+        """Choose the models to serve from the registry and the feature store's verdicts;
+        swap the snapshot when the choice differs from what we serve."""
+        registry, features = self.registry, self.features
+        assert registry is not None and features is not None
+        records = {r.version: r for r in registry.versions()}
+        collections = features.collections()
+        invalid = features.invalid_features()
+        active = valid_collection(collections, invalid).id if collections else None
+        choice = choose_models(records.values(), usable_collection_ids(collections, invalid),
+                               active)
+        current = self.snapshot
+        if choice == _served(current):
             return
-        loaded = load_serving_model(champion, self.registry.artifact(champion.version))
-        fallback = self.snapshot.fallback
-        if champion.feature_collection_id != FALLBACK_COLLECTION_ID:
-            record = self.registry.champion_for_collection(FALLBACK_COLLECTION_ID)
-            if record is not None and (fallback is None or fallback.version != record.version):
-                fallback = load_serving_model(record, self.registry.artifact(record.version))
-        else:
-            fallback = None
-        self.snapshot = ServingSnapshot(loaded, fallback)  # one assignment: the swap
-        self.log.info("model_loaded", version=loaded.version,
-                      feature_collection_id=loaded.feature_collection_id,
-                      fallback_version=fallback.version if fallback else None)
+        loaded = {m.version: m for m in (current.champion, current.fallback) if m is not None}
+
+        def load(wanted: int | None) -> LoadedModel | None:
+            if wanted is None:
+                return None
+            if wanted not in loaded:
+                loaded[wanted] = load_serving_model(records[wanted], registry.artifact(wanted))
+            return loaded[wanted]
+
+        first, fallback = load(choice.first), load(choice.fallback)
+        # One assignment: the swap.
+        self.snapshot = ServingSnapshot(first, fallback, choice.stand_in,
+                                        choice.reason or NO_MODEL_YET)
+        event = self.log.warning if choice.stand_in or first is None else self.log.info
+        event("model_loaded", version=choice.first, stand_in=choice.stand_in,
+              fallback_version=choice.fallback, active_collection_id=active,
+              reason=choice.reason or None)
 
     def on_ModelPublished(self, msg: ModelPublished, sender: Any) -> None:  # noqa: N802
+        self._refresh()
+
+    def on_CollectionSwitched(self, msg: CollectionSwitched, sender: Any) -> None:  # noqa: N802
         self._refresh()
 
     def on_timer(self, payload: Any) -> None:
@@ -145,8 +188,10 @@ class Predictor(Worker):
         if not isinstance(request, PredictRequest):
             return
         assert self.features is not None
-        query = PredictQuery(request.location_id, request.features)
-        answer = predict(self.snapshot, query, self.features.latest_row, request.correlation_id)
+        assert self.settings is not None
+        query = PredictQuery(request.location_id, request.features, request.deadline_ms)
+        answer = predict(self.snapshot, query, self.features.latest_row, request.correlation_id,
+                         deadline_ms=self.settings.predict.deadline_ms)
         self.send(msg.reply_to, answer)
 
     def _edge_features(self) -> SQLiteFeatureStore:
@@ -167,7 +212,9 @@ class Predictor(Worker):
         except BodyError as exc:
             self.counters.bump("bad_request")
             return Response.json(exc.status, {"error": f"{exc.code}: {exc.detail}"})
-        answer = predict(self.snapshot, query, self._lookup)
+        assert self.settings is not None
+        answer = predict(self.snapshot, query, self._lookup,
+                         deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
             self.counters.bump("fallback" if answer.fallback else "ok")
             return Response.json(200, {
@@ -202,3 +249,8 @@ class Predictor(Worker):
                   f"{self.edge.requests_served if self.edge else 0}"]
         return Response(200, ("\n".join(lines) + "\n").encode(),
                         content_type="text/plain; version=0.0.4")
+
+
+def _openapi(request: Request) -> Response:
+    """The predict service's OpenAPI document (public, like ``/health``: it holds no secret)."""
+    return Response(200, PREDICT_OPENAPI_JSON)

@@ -20,6 +20,7 @@ from config.errors import ConfigError
 __all__ = [
     "ActorSystemSettings",
     "IngestSettings",
+    "FeatureSettings",
     "LearningSettings",
     "PredictSettings",
     "Settings",
@@ -69,6 +70,7 @@ class PredictSettings:
     max_pending: int = 256
     idle_timeout_s: float = 30.0
     refresh_interval_s: float = 2.0
+    deadline_ms: float = 250.0  # per prediction; a request may ask for its own
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,14 @@ class LearningSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FeatureSettings:
+    """Extra feature types (plugin modules) and when a crashing feature is declared invalid."""
+
+    plugins: tuple[str, ...] = ()  # module names, imported by every actor computing features
+    max_crashes: int = 3  # crashes in a row before a feature is marked invalid
+
+
+@dataclass(frozen=True, slots=True)
 class SupervisionSettings:
     """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between."""
 
@@ -92,6 +102,15 @@ class SupervisionSettings:
     period_s: float = 30.0
     backoff_min_s: float = 0.0
     backoff_max_s: float = 2.0
+    # Liveness: a supervisor pings each running child every ``heartbeat_interval_s``; a
+    # child silent for longer than its timeout is SIGKILLed by pid and restarted. A child
+    # answers between two messages, so the timeout must exceed its longest handler: the
+    # hot roles (collectors, predictors, supervisors) never block theirs, while the batch
+    # roles (learner training, feature generator catching up, publisher judging) may
+    # work for seconds inside one handler and get ``batch_heartbeat_timeout_s``.
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 3.0
+    batch_heartbeat_timeout_s: float = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +131,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     predict: PredictSettings = field(default_factory=PredictSettings)
     learning: LearningSettings = field(default_factory=LearningSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
 
@@ -136,6 +156,7 @@ _SECTIONS: dict[str, type] = {
     "ingest": IngestSettings,
     "predict": PredictSettings,
     "learning": LearningSettings,
+    "features": FeatureSettings,
     "supervision": SupervisionSettings,
     "storage": StorageSettings,
 }
@@ -261,6 +282,13 @@ def _validate(s: Settings) -> Settings:
     if s.ingest.max_body_bytes < 2 * 1024 * 1024:
         raise ConfigError("ingest.max_body_bytes",
                           "must take a batch of 10,000 readings (>= 2 MiB)")
+    if not 0 < s.predict.deadline_ms <= 60_000:
+        raise ConfigError("predict.deadline_ms", "must be in (0, 60000]")
+    if s.features.max_crashes < 1:
+        raise ConfigError("features.max_crashes", "must be at least 1")
+    for module in s.features.plugins:
+        if not all(part.isidentifier() for part in module.split(".")):
+            raise ConfigError("features.plugins", f"{module!r} is not a module name")
     if s.learning.min_outcomes < 10:
         raise ConfigError("learning.min_outcomes", "must be at least 10")
     if s.learning.retrain_every_outcomes < 1:
@@ -277,6 +305,13 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("supervision.backoff_min_s", "must be at least 0")
     if s.supervision.backoff_max_s < s.supervision.backoff_min_s:
         raise ConfigError("supervision.backoff_max_s", "must be at least backoff_min_s")
+    if s.supervision.heartbeat_interval_s <= 0:
+        raise ConfigError("supervision.heartbeat_interval_s", "must be greater than 0")
+    for key, timeout in (("supervision.heartbeat_timeout_s", s.supervision.heartbeat_timeout_s),
+                         ("supervision.batch_heartbeat_timeout_s",
+                          s.supervision.batch_heartbeat_timeout_s)):
+        if timeout < 2 * s.supervision.heartbeat_interval_s:
+            raise ConfigError(key, "must be at least twice heartbeat_interval_s")
     if s.storage.backend not in {"sqlite"}:
         raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
     from config.job import ModelType  # local: config.job is the learning side's

@@ -12,13 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
-    "end_group", "group_members", "kill_group", "port_accepts", "port_bindable", "wait_until",
+    "children_of", "descendants", "end_group", "group_members", "kill_group", "port_accepts",
+    "port_bindable", "process_alive", "wait_until",
 ]
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    members = []
+def _processes() -> list[tuple[int, str, int, int]]:
+    """``(pid, state, ppid, pgrp)`` of every process, from /proc."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -28,10 +29,44 @@ def group_members(pgid: int) -> list[int]:
             continue
         # Fields after the command (which may hold spaces) start after the last ')'.
         fields = stat[stat.rindex(")") + 2 :].split()
-        state, pgrp = fields[0], int(fields[2])
-        if pgrp == pgid and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return sorted(members)
+        found.append((int(entry.name), fields[0], int(fields[1]), int(fields[2])))
+    return found
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``."""
+    return sorted(pid for pid, state, _, pgrp in _processes()
+                  if pgrp == pgid and state not in ("Z", "X"))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie has exited: it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in ("Z", "X")
+
+
+def children_of(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid``."""
+    return sorted(child for child, state, ppid, _ in _processes()
+                  if ppid == pid and state not in ("Z", "X"))
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (its children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for child, state, ppid, _ in _processes():
+        if state not in ("Z", "X"):
+            children.setdefault(ppid, []).append(child)
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return sorted(found)
 
 
 def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

@@ -35,14 +35,33 @@ def _store_view(settings: Settings) -> dict[str, Any]:
             "feature_collection_id": champion.feature_collection_id,
             "metrics": dict(champion.metrics),
         }
-        view["feature_collection"] = {
-            "active": stores.features.active_collection_id(),
-            "invalid_features": sorted(stores.features.invalid_features()),
-            "switches": [asdict(s) for s in stores.features.switches()],
-        }
+        view["feature_collection"] = _feature_view(stores.features)
     finally:
         stores.close()
     return view
+
+
+def _feature_view(features: Any) -> dict[str, Any]:
+    """The active collection, every collection, invalid features (first verdict each, with its
+    reason) and the history of switches."""
+    from learning.collections import usable_collection_ids
+
+    collections = features.collections()
+    invalid = features.invalid_features()
+    usable = usable_collection_ids(collections, invalid)
+    active = features.active_collection_id()
+    first_verdicts: dict[str, Any] = {}
+    for record in features.invalid_feature_log():
+        first_verdicts.setdefault(record.feature, asdict(record))
+    return {
+        "active": active,
+        "active_features": next((list(c.features) for c in collections if c.id == active), []),
+        "invalid_features": sorted(invalid),
+        "invalid": list(first_verdicts.values()),
+        "collections": [{"id": c.id, "features": list(c.features), "usable": c.id in usable}
+                        for c in collections],
+        "switches": [asdict(s) for s in features.switches()],
+    }
 
 
 def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -93,8 +112,12 @@ def render_status(status: dict[str, Any]) -> str:
     else:
         lines.append("champion model: none yet")
     fc = status.get("feature_collection", {})
-    lines.append(f"active feature collection: {fc.get('active')}"
-                 + (f" (invalid: {', '.join(fc['invalid_features'])})"
-                    if fc.get("invalid_features") else ""))
+    lines.append(f"active feature collection: {fc.get('active')} "
+                 f"({', '.join(fc.get('active_features', []))})")
+    for verdict in fc.get("invalid", []):
+        lines.append(f"  invalid feature {verdict['feature']}: {verdict['reason']}")
+    for switch in fc.get("switches", []):
+        lines.append(f"  switched to collection {switch['collection_id']} at {switch['at_ms']}: "
+                     f"{switch['reason']}")
     lines.append("counters: " + json.dumps(status.get("counters", {})))
     return "\n".join(lines)

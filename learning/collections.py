@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["FALLBACK_COLLECTION_ID", "FeatureCollection", "FeatureRow", "valid_collection"]
+__all__ = [
+    "FALLBACK_COLLECTION_ID",
+    "CrashStreaks",
+    "FeatureCollection",
+    "FeatureRow",
+    "usable_collection_ids",
+    "valid_collection",
+]
 
 #: The collection of original features every system starts with; used when no
 #: newer collection is valid.
@@ -49,3 +56,45 @@ def valid_collection(
         if collection.id == FALLBACK_COLLECTION_ID:
             return collection
     raise LookupError("no feature collection is registered, not even the fallback")
+
+
+def usable_collection_ids(
+    collections: Iterable[FeatureCollection], invalid_features: Iterable[str]
+) -> frozenset[int]:
+    """Ids of the collections a model may be served on and features computed for.
+
+    Those with no invalid feature; when there is none, the fallback collection alone (what
+    ``valid_collection`` then picks), so the active collection is always among them.
+    """
+    bad = frozenset(invalid_features)
+    known = tuple(collections)
+    valid = frozenset(c.id for c in known if not bad.intersection(c.features))
+    if valid:
+        return valid
+    return frozenset(c.id for c in known if c.id == FALLBACK_COLLECTION_ID)
+
+
+@dataclass(slots=True)
+class CrashStreaks:
+    """Crashes in a row per feature: a success resets the streak; ``limit`` makes it invalid.
+
+    Actor-local on purpose: a restarted generator starts its streaks from zero, which costs at
+    most ``limit`` more crashes before the verdict; the verdict itself is in the store.
+    """
+
+    limit: int
+    _streaks: dict[str, int] = field(default_factory=dict)
+
+    def crashed(self, feature: str) -> bool:
+        """Count one crash; True when the streak reaches ``limit`` (the feature is invalid)."""
+        streak = self._streaks.get(feature, 0) + 1
+        self._streaks[feature] = streak
+        return streak >= self.limit
+
+    def succeeded(self, feature: str) -> None:
+        """A clean computation ends the streak."""
+        self._streaks.pop(feature, None)
+
+    def streak(self, feature: str) -> int:
+        """Crashes in a row so far."""
+        return self._streaks.get(feature, 0)

@@ -7,7 +7,9 @@ reading at or after the moment being predicted never leaks into its features.
 Online rows (``compute_row``) and training rows (``learning.training``) go through the
 same code: readings are summarised into ``Windows`` (per-window counts, means, slope,
 latest value, per-sensor spread) by ``summarise_windows``, and each ``FeatureType``
-maps ``Windows`` to one column with a pure, vectorised function.
+maps ``Windows`` to one column with a pure, vectorised function. Feature types are the
+built-in ones plus those plugins register (``register_feature_type``,
+``declare_collection``, ``load_plugins``; see ``learning._feature_registry``).
 
 An empty window gives NaN for every value-type feature (estimates, width, share, trend,
 disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median).
@@ -15,163 +17,47 @@ disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median)
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from learning.collections import FALLBACK_COLLECTION_ID, FeatureCollection, FeatureRow
+from learning._feature_registry import (
+    FEATURE_TYPES,
+    ORIGINAL_FEATURES,
+    FeatureCrashed,
+    FeatureType,
+    Windows,
+    declare_collection,
+    declared_collections,
+    default_collections,
+    feature_type,
+    load_plugins,
+    register_feature_type,
+)
+from learning.collections import FeatureCollection, FeatureRow
 from messages.facts import Reading
 
 __all__ = [
     "FEATURE_TYPES",
     "ORIGINAL_FEATURES",
+    "FeatureCrashed",
     "FeatureType",
     "Windows",
     "compute_matrix",
     "compute_row",
+    "compute_rows",
+    "declare_collection",
+    "declared_collections",
     "default_collections",
+    "feature_type",
+    "load_plugins",
     "reading_arrays",
+    "register_feature_type",
     "summarise_windows",
     "validate_values",
 ]
 
 _MS_PER_HOUR = 3_600_000.0
-_MS_PER_DAY = 86_400_000
-
-
-@dataclass(frozen=True, slots=True)
-class Windows:
-    """Summaries of n trailing windows (one per row), each array of shape (n,)."""
-
-    as_of_ms: np.ndarray  # int64
-    count: np.ndarray  # readings in the window
-    mean_midpoint: np.ndarray  # NaN when empty
-    mean_width: np.ndarray
-    mean_zebras: np.ndarray
-    slope_per_hour: np.ndarray  # least-squares slope of midpoints; NaN below 2 distinct times
-    latest_midpoint: np.ndarray  # the newest reading's midpoint; NaN when empty
-    sensor_spread: np.ndarray  # std of per-sensor mean midpoints; NaN below 2 sensors
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureType:
-    """A feature: its meaning, its valid range and NaN rate, and a pure vectorised compute."""
-
-    name: str
-    description: str
-    minimum: float
-    maximum: float
-    max_nan_rate: float
-    original: bool
-    compute: Callable[[Windows], np.ndarray]
-
-
-def _hour_angle(w: Windows) -> np.ndarray:
-    return (w.as_of_ms % _MS_PER_DAY) * (2.0 * math.pi / _MS_PER_DAY)
-
-
-_BIG = 1e6
-
-#: Every registered feature type by name.
-FEATURE_TYPES: Mapping[str, FeatureType] = {
-    f.name: f
-    for f in (
-        FeatureType(
-            "animal_estimate",
-            "mean midpoint of animals_lower..animals_upper",
-            0.0,
-            _BIG,
-            0.5,
-            True,
-            lambda w: w.mean_midpoint,
-        ),
-        FeatureType(
-            "zebra_share",
-            "mean percent_zebras",
-            0.0,
-            1.0,
-            0.5,
-            True,
-            lambda w: w.mean_zebras,
-        ),
-        FeatureType(
-            "reading_count",
-            "readings in the window",
-            0.0,
-            1e9,
-            0.0,
-            True,
-            lambda w: w.count.astype(np.float64),
-        ),
-        FeatureType(
-            "interval_width",
-            "mean animals_upper - animals_lower",
-            0.0,
-            _BIG,
-            0.5,
-            False,
-            lambda w: w.mean_width,
-        ),
-        FeatureType(
-            "trend",
-            "least-squares slope of midpoints, animals per hour",
-            -_BIG,
-            _BIG,
-            0.8,
-            False,
-            lambda w: w.slope_per_hour,
-        ),
-        FeatureType(
-            "hour_sin",
-            "sine of the hour of day (UTC) of as_of",
-            -1.0,
-            1.0,
-            0.0,
-            False,
-            lambda w: np.sin(_hour_angle(w)),
-        ),
-        FeatureType(
-            "hour_cos",
-            "cosine of the hour of day (UTC) of as_of",
-            -1.0,
-            1.0,
-            0.0,
-            False,
-            lambda w: np.cos(_hour_angle(w)),
-        ),
-        FeatureType(
-            "sensor_disagreement",
-            "std of the per-sensor mean midpoints",
-            0.0,
-            _BIG,
-            0.8,
-            False,
-            lambda w: w.sensor_spread,
-        ),
-        FeatureType(
-            "latest_estimate",
-            "midpoint of the newest reading",
-            0.0,
-            _BIG,
-            0.5,
-            False,
-            lambda w: w.latest_midpoint,
-        ),
-    )
-}
-
-#: The original features: the fallback collection 0.
-ORIGINAL_FEATURES: tuple[str, ...] = tuple(n for n, f in FEATURE_TYPES.items() if f.original)
-
-
-def default_collections(now_ms: int) -> tuple[FeatureCollection, ...]:
-    """Collection 0 (the original features, the fallback) and collection 1 (every feature)."""
-    return (
-        FeatureCollection(id=FALLBACK_COLLECTION_ID, created_at=now_ms, features=ORIGINAL_FEATURES),
-        FeatureCollection(id=1, created_at=now_ms, features=tuple(FEATURE_TYPES)),
-    )
 
 
 def summarise_windows(
@@ -248,12 +134,30 @@ def summarise_windows(
     )
 
 
+def _compute_column(name: str, windows: Windows) -> np.ndarray:
+    """One feature's column; any failure of its compute becomes ``FeatureCrashed``."""
+    ftype = feature_type(name)
+    if ftype is None:
+        raise FeatureCrashed(name, "no feature type of that name is registered")
+    try:
+        column = np.asarray(ftype.compute(windows), dtype=np.float64)
+    except Exception as exc:  # plugin code: whatever it raises is that feature's crash
+        raise FeatureCrashed(name, f"{type(exc).__name__}: {exc}") from exc
+    if column.shape != windows.as_of_ms.shape:
+        raise FeatureCrashed(name, f"returned shape {column.shape}, "
+                                   f"expected {windows.as_of_ms.shape}")
+    return column
+
+
 def compute_matrix(feature_names: Sequence[str], windows: Windows) -> np.ndarray:
-    """The feature matrix (n windows x features), columns in ``feature_names`` order."""
+    """The feature matrix (n windows x features), columns in ``feature_names`` order.
+
+    Raises ``FeatureCrashed`` naming the first feature whose compute fails.
+    """
     n = len(windows.as_of_ms)
     out = np.empty((n, len(feature_names)), dtype=np.float64)
     for j, name in enumerate(feature_names):
-        out[:, j] = FEATURE_TYPES[name].compute(windows)
+        out[:, j] = _compute_column(name, windows)
     return out
 
 
@@ -305,6 +209,44 @@ def compute_row(
     )
 
 
+def compute_rows(
+    collections: Iterable[FeatureCollection],
+    readings_of_location: Iterable[Reading],
+    location_id: int,
+    as_of_ms: int,
+    window_ms: int,
+    computed_at_ms: int,
+) -> tuple[tuple[FeatureRow, ...], dict[str, str]]:
+    """One location's online rows for several collections, and the features that crashed.
+
+    Each feature is computed once, whatever the number of collections naming it. A crash is
+    contained to its feature: the collections that need it get no row this time (the feature
+    name -> error is returned), every other collection gets its row.
+    """
+    start = as_of_ms - window_ms
+    own = [
+        r
+        for r in readings_of_location
+        if r.location_id == location_id and start <= r.timestamp < as_of_ms
+    ]
+    windows = summarise_windows(*reading_arrays(own), np.array([as_of_ms]), window_ms)
+    columns: dict[str, float] = {}
+    crashes: dict[str, str] = {}
+    rows = []
+    for collection in collections:
+        for name in collection.features:
+            if name not in columns and name not in crashes:
+                try:
+                    columns[name] = float(_compute_column(name, windows)[0])
+                except FeatureCrashed as exc:
+                    crashes[name] = exc.error
+        if not crashes.keys() & set(collection.features):
+            rows.append(FeatureRow(collection.id, location_id, as_of_ms,
+                                   tuple(columns[n] for n in collection.features),
+                                   computed_at_ms))
+    return tuple(rows), crashes
+
+
 def validate_values(
     collection: FeatureCollection, rows: Iterable[FeatureRow] | np.ndarray
 ) -> dict[str, str]:
@@ -323,7 +265,7 @@ def validate_values(
     if matrix.shape[0] == 0:
         return problems
     for j, name in enumerate(collection.features):
-        ftype = FEATURE_TYPES.get(name)
+        ftype = feature_type(name)
         if ftype is None:
             problems[name] = "unknown feature type"
             continue

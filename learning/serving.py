@@ -2,20 +2,44 @@
 
 The predictor's HTTP edge and its actor both call ``predict`` with the snapshot
 the actor last swapped in and a way to look up a location's online features.
+``choose_models`` decides what goes into that snapshot: a model is only ever
+served on a collection with no invalid feature, so it is never asked for
+features it was not trained on, or for values known to be broken.
+
+Deadlines are measured, not enforced by interruption: a tree answers in
+microseconds, so the cost of a thread or a timer per request would dwarf the
+work. The first model's path (feature lookup and model) is timed; an answer
+that arrives after the deadline is discarded for the fallback model's, and so
+is an error. The fallback model is the last resort and answers whatever it
+takes; only when there is none, or it fails too, is the request refused (503).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from learning.collections import FeatureRow
+from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 
-__all__ = ["LoadedModel", "ServingSnapshot", "predict"]
+__all__ = [
+    "NO_MODEL_YET",
+    "LoadedModel",
+    "RegisteredModel",
+    "RowLookup",
+    "ServingChoice",
+    "ServingSnapshot",
+    "choose_models",
+    "predict",
+]
 
 RowLookup = Callable[[int, int], FeatureRow | None]
+
+_SERVABLE = frozenset({"champion", "retired"})
+NO_MODEL_YET = "no model has been published yet"
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +54,74 @@ class LoadedModel:
 
 @dataclass(frozen=True, slots=True)
 class ServingSnapshot:
-    """What a predictor serves: the champion, and a fallback for when it cannot answer."""
+    """What a predictor serves: the model asked first, and a fallback for when it cannot answer.
+
+    ``champion`` is the registry's champion, or a stand-in when the champion's collection
+    has an invalid feature (``stand_in``: its answers are marked ``fallback`` too).
+    ``reason`` says why there is no model to ask (the 503's reason) or why a stand-in.
+    """
 
     champion: LoadedModel | None = None
     fallback: LoadedModel | None = None
+    stand_in: bool = False
+    reason: str = NO_MODEL_YET
+
+
+class RegisteredModel(Protocol):
+    """What ``choose_models`` needs of a registry record."""
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def status(self) -> str: ...
+
+    @property
+    def feature_collection_id(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ServingChoice:
+    """Versions to serve: ``first`` (None: nothing servable, ``reason`` says why) and
+    ``fallback``; ``stand_in`` when ``first`` is not the champion."""
+
+    first: int | None
+    fallback: int | None
+    stand_in: bool
+    reason: str
+
+
+def choose_models(
+    records: Iterable[RegisteredModel], usable_collections: frozenset[int],
+    active_collection: int | None,
+) -> ServingChoice:
+    """The champion if its collection is usable; else the newest champion-or-retired model on
+    the active collection, else on any usable one (a stand-in). The fallback is the newest
+    other such model on the fallback collection, else the newest other one."""
+    records = tuple(records)
+    champion = next((r for r in records if r.status == "champion"), None)
+    if champion is None:
+        return ServingChoice(None, None, False, NO_MODEL_YET)
+    servable = sorted((r for r in records if r.status in _SERVABLE
+                       and r.feature_collection_id in usable_collections),
+                      key=lambda r: r.version, reverse=True)
+    reason = ""
+    if champion in servable:
+        first: RegisteredModel | None = champion
+    else:
+        reason = (f"champion {champion.version} is on feature collection "
+                  f"{champion.feature_collection_id}, which has an invalid feature")
+        first = next((r for r in servable if r.feature_collection_id == active_collection),
+                     servable[0] if servable else None)
+        if first is None:
+            return ServingChoice(None, None, False, f"no model on a valid feature collection "
+                                 f"yet ({reason})")
+    assert first is not None
+    others = [r for r in servable if r is not first]
+    fallback = next((r for r in others if r.feature_collection_id == FALLBACK_COLLECTION_ID),
+                    others[0] if others else None)
+    return ServingChoice(first.version, fallback.version if fallback else None,
+                         first is not champion, reason)
 
 
 def _values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
@@ -68,16 +156,35 @@ def _answer(model: LoadedModel, query: PredictQuery, lookup: RowLookup, correlat
 
 
 def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
-            correlation_id: str = "") -> Prediction | PredictionError:
-    """The champion's answer; the fallback model's (marked) when the champion fails."""
-    if snapshot.champion is None:
-        return PredictionError(correlation_id, "no model has been published yet", 503)
+            correlation_id: str = "", *, deadline_ms: float | None = None,
+            clock: Callable[[], float] = time.perf_counter) -> Prediction | PredictionError:
+    """The first model's answer within the deadline (the query's own, else ``deadline_ms``;
+    None: no deadline); the fallback model's (marked) when it errors or overruns; a 503
+    when neither can answer. Bad input (a 400) is answered as is, never retried."""
+    first = snapshot.champion
+    if first is None:
+        return PredictionError(correlation_id, snapshot.reason, 503)
+    deadline = query.deadline_ms if query.deadline_ms is not None else deadline_ms
+    started = clock()
     try:
-        return _answer(snapshot.champion, query, lookup, correlation_id, False)
+        answer = _answer(first, query, lookup, correlation_id, snapshot.stand_in)
     except Exception as exc:  # a model error must not become a failed request
-        if snapshot.fallback is None:
-            return PredictionError(correlation_id, f"model error: {type(exc).__name__}", 503)
+        problem = f"model error: model {first.version} raised {type(exc).__name__}"
+    else:
+        elapsed_ms = (clock() - started) * 1000.0
+        if isinstance(answer, PredictionError) or deadline is None or elapsed_ms <= deadline:
+            return answer
+        problem = (f"deadline_exceeded: model {first.version} took {elapsed_ms:.3g} ms, "
+                   f"over the deadline of {deadline:g} ms")
+    fallback = snapshot.fallback
+    if fallback is None:
+        return PredictionError(correlation_id, f"{problem}; no fallback model", 503)
     try:
-        return _answer(snapshot.fallback, query, lookup, correlation_id, True)
+        answer = _answer(fallback, query, lookup, correlation_id, True)
     except Exception as exc:
-        return PredictionError(correlation_id, f"model error: {type(exc).__name__}", 503)
+        return PredictionError(correlation_id, f"{problem}; fallback model {fallback.version} "
+                               f"raised {type(exc).__name__}", 503)
+    if isinstance(answer, PredictionError):
+        return PredictionError(correlation_id, f"{problem}; fallback model {fallback.version}: "
+                               f"{answer.reason}", 503)
+    return answer

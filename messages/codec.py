@@ -64,6 +64,7 @@ __all__ = [
 T = TypeVar("T")
 
 _MAX_FEATURES = 256
+_MAX_DEADLINE_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +78,12 @@ class DecodedBatch(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class PredictQuery:
-    """A prediction request: exactly one of a location (latest features) or explicit features."""
+    """A prediction request: exactly one of a location (latest features) or explicit features,
+    and optionally its own deadline (else the predictor's ``[predict] deadline_ms``)."""
 
     location_id: int | None
     features: tuple[tuple[str, float], ...] | None
+    deadline_ms: float | None = None
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -148,18 +151,34 @@ def decode_outcomes(
     return _decode_batch(body, content_type, "outcomes", to_outcome, latest, max_items)
 
 
+def _deadline_ms(doc: dict[str, Any]) -> float | None:
+    if "deadline_ms" not in doc:
+        return None
+    value = doc["deadline_ms"]
+    problem = number_problem(value)
+    if problem is None and not 0 < value <= _MAX_DEADLINE_MS:
+        problem = "out_of_range", f"expected more than 0 and at most {_MAX_DEADLINE_MS}"
+    if problem is not None:
+        raise BodyError(problem[0], f"deadline_ms: {problem[1]}")
+    return float(value)
+
+
 def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
-    """Decode ``{"location_id": n}`` or ``{"features": {name: number}}``; else ``BodyError``."""
-    doc = _body_object(parse(body, content_type), ("location_id", "features"), "a query")
-    if len(doc) != 1:
-        if not doc:
+    """Decode ``{"location_id": n}`` or ``{"features": {name: number}}``, each with an optional
+    ``"deadline_ms"`` (a number in (0, 60000]); else ``BodyError``."""
+    doc = _body_object(parse(body, content_type), ("location_id", "features", "deadline_ms"),
+                       "a query")
+    deadline_ms = _deadline_ms(doc)
+    given = ("location_id" in doc) + ("features" in doc)
+    if given != 1:
+        if not given:
             raise BodyError("missing_field", "give location_id or features")
         raise BodyError("conflicting_fields", "give location_id or features, not both")
     if "location_id" in doc:
         problem = location_problem(doc["location_id"])
         if problem is not None:
             raise BodyError(problem[0], f"location_id: {problem[1]}")
-        return PredictQuery(doc["location_id"], None)
+        return PredictQuery(doc["location_id"], None, deadline_ms)
     features = doc["features"]
     if not isinstance(features, dict):
         raise BodyError("wrong_type", f"features: expected an object, got {kind_of(features)}")
@@ -173,7 +192,7 @@ def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
         if problem is not None:
             raise BodyError(problem[0], f"features[{show(name)}]: {problem[1]}")
         pairs.append((name, float(value)))
-    return PredictQuery(None, tuple(sorted(pairs)))
+    return PredictQuery(None, tuple(sorted(pairs)), deadline_ms)
 
 
 # --- encoding ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "ActorInfo",
     "ChildUp",
+    "CollectionSwitched",
     "FactsRecorded",
     "Forwarded",
     "MessageFailed",
@@ -166,6 +167,18 @@ class FactsRecorded:
 
 
 @dataclass(frozen=True, slots=True)
+class CollectionSwitched:
+    """Feature generator -> learner and predictors: the active feature collection changed.
+
+    A hint: the switch and the invalid features are in the feature store.
+    """
+
+    previous_id: int | None
+    collection_id: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class TrainRequest:
     """Ask the learner for a training run now (``job`` overrides the configured one)."""
 
@@ -210,6 +223,7 @@ class PredictRequest:
     correlation_id: str
     location_id: int | None = None
     features: tuple[tuple[str, float], ...] | None = None
+    deadline_ms: float | None = None  # None: the predictor's ``[predict] deadline_ms``
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ class ChildSpec:
     actor_class: str
     restart: Restart = "permanent"
     spec: SupervisorSpec | None = None  # set when the child is itself a supervisor
+    # Silence (no Pong) longer than this gets the child killed; None: its supervisor's.
+    heartbeat_timeout_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,26 +41,42 @@ class SupervisorSpec:
     period_s: float = 30.0
     backoff_min_s: float = 0.0
     backoff_max_s: float = 2.0
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 3.0
+
+
+#: Roles that work for seconds inside one handler (training, catching up, judging),
+#: so a Pong can be that late from a healthy actor.
+BATCH_ROLES = frozenset({"learner", "feature_generator", "publisher"})
+
+
+def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> SupervisorSpec:
+    sup = settings.supervision
+    return SupervisorSpec(
+        name=name, children=children,
+        max_restarts=sup.max_restarts, period_s=sup.period_s,
+        backoff_min_s=sup.backoff_min_s, backoff_max_s=sup.backoff_max_s,
+        heartbeat_interval_s=sup.heartbeat_interval_s,
+        heartbeat_timeout_s=sup.heartbeat_timeout_s,
+    )
+
+
+def _worker(settings: Settings, name: str, role: str, actor_class: str) -> ChildSpec:
+    timeout = (settings.supervision.batch_heartbeat_timeout_s if role in BATCH_ROLES
+               else None)
+    return ChildSpec(name, role, actor_class, heartbeat_timeout_s=timeout)
 
 
 def _sub(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> ChildSpec:
-    sup = settings.supervision
-    spec = SupervisorSpec(
-        name=name,
-        children=children,
-        max_restarts=sup.max_restarts,
-        period_s=sup.period_s,
-        backoff_min_s=sup.backoff_min_s,
-        backoff_max_s=sup.backoff_max_s,
-    )
-    return ChildSpec(name=name, role="supervisor", actor_class=SUPERVISOR_CLASS, spec=spec)
+    return ChildSpec(name=name, role="supervisor", actor_class=SUPERVISOR_CLASS,
+                     spec=_supervisor(settings, name, children))
 
 
 def system_tree(settings: Settings) -> SupervisorSpec:
     """The daemon's tree: ingest, learning and serving each under their own supervisor,
     so a failure is contained where it happens."""
     collectors = tuple(
-        ChildSpec(f"collector-{i}", "collector", "actors.collector.Collector")
+        _worker(settings, f"collector-{i}", "collector", "actors.collector.Collector")
         for i in range(1, settings.ingest.collectors + 1)
     )
     ingest = _sub(
@@ -66,29 +84,21 @@ def system_tree(settings: Settings) -> SupervisorSpec:
         "ingest",
         (
             *collectors,
-            ChildSpec("feature-generator", "feature_generator",
-                      "actors.feature_generator.FeatureGenerator"),
+            _worker(settings, "feature-generator", "feature_generator",
+                    "actors.feature_generator.FeatureGenerator"),
         ),
     )
     learning = _sub(
         settings,
         "learning",
         (
-            ChildSpec("learner", "learner", "actors.learner.Learner"),
-            ChildSpec("publisher", "publisher", "actors.publisher.Publisher"),
+            _worker(settings, "learner", "learner", "actors.learner.Learner"),
+            _worker(settings, "publisher", "publisher", "actors.publisher.Publisher"),
         ),
     )
     predictors = tuple(
-        ChildSpec(f"predictor-{i}", "predictor", "actors.predictor.Predictor")
+        _worker(settings, f"predictor-{i}", "predictor", "actors.predictor.Predictor")
         for i in range(1, settings.predict.replicas + 1)
     )
     serving = _sub(settings, "serving", predictors)
-    sup = settings.supervision
-    return SupervisorSpec(
-        name="root",
-        children=(ingest, learning, serving),
-        max_restarts=sup.max_restarts,
-        period_s=sup.period_s,
-        backoff_min_s=sup.backoff_min_s,
-        backoff_max_s=sup.backoff_max_s,
-    )
+    return _supervisor(settings, "root", (ingest, learning, serving))

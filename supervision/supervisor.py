@@ -5,21 +5,30 @@ launcher with a Thespian ``globalName``; it also keeps the directory of live
 actors (fed by ``ChildUp`` from every supervisor below), answers ``status``,
 tells workers where their peers are, and routes requests from outside
 (``PredictRequest``, ``TrainRequest``) to a live worker.
+
+Liveness: a crash is reported by Thespian (``ChildActorExited``), a hang is not.
+So every ``heartbeat_interval_s`` a supervisor pings each running child; a child
+whose last ``Pong`` is older than its heartbeat timeout is SIGKILLed by pid (with
+whatever processes it started, so that nothing keeps holding its port) and
+restarted through the same path as a crash, with the cause logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import ReactiveActor
 from config.settings import Settings
+from daemon.group import descendants, process_alive
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     ActorInfo,
@@ -61,6 +70,13 @@ class _Child:
     init_id: str = ""
     expected_exit: bool = False
     normal_exit: bool = False
+    last_seen: float = 0.0  # monotonic time of its Ready or last Pong
+    ping_sent: float = 0.0  # monotonic time of the unanswered Ping; 0 when answered
+    kill_cause: str = ""  # why the supervisor killed it (a missed heartbeat)
+    gone_since: float = 0.0  # when its process was first seen gone with no exit reported
+    # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
+    # a supervisor that dies abruptly leaves them running, so we end them.
+    below: dict[str, int] = field(default_factory=dict)
 
     def info(self, supervisor: str) -> ActorInfo:
         return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
@@ -88,6 +104,7 @@ class Supervisor(ReactiveActor):
         self._last_peers: Peers | None = None
         self._round_robin = itertools.count()
         self._dead_letters: Any = None
+        self._last_tick = 0.0
 
     # --- starting ---------------------------------------------------------------
 
@@ -122,6 +139,8 @@ class Supervisor(ReactiveActor):
                       children=[c.name for c in spec.children])
         for child in self.children:
             self._start(child)
+        self._last_tick = time.monotonic()
+        self.wakeupAfter(spec.heartbeat_interval_s, payload="heartbeat")
 
     def _start(self, child: _Child) -> None:
         assert self.settings is not None
@@ -129,6 +148,9 @@ class Supervisor(ReactiveActor):
         child.state = "starting"
         child.expected_exit = False
         child.normal_exit = False
+        child.kill_cause = ""
+        child.ping_sent = 0.0
+        child.gone_since = 0.0
         child.init_id = uuid.uuid4().hex
         self.send(child.address, Init(child.spec.name, child.spec.role, self.settings,
                                       child.init_id, spec=child.spec.spec))
@@ -141,6 +163,7 @@ class Supervisor(ReactiveActor):
             return  # asked to exit while starting: it is not running, its group restart is due
         child.pid = msg.pid
         child.state = "running"
+        child.last_seen = time.monotonic()
         self.log.info("child_running", child=child.spec.name, pid=msg.pid,
                       restarts=child.restarts)
         self._report(child.info(self.name))
@@ -168,6 +191,8 @@ class Supervisor(ReactiveActor):
         if child is None:
             return  # SIGTERM can report the same child twice: the second finds nothing
         child.address = None
+        if child.below and not self.stopping:
+            self._end_orphans(child)
         if self.stopping:
             child.state = "stopped"
             return
@@ -175,7 +200,7 @@ class Supervisor(ReactiveActor):
             child.state = "restarting"
             self._report(child.info(self.name))
             return  # stopped on purpose by one_for_all / rest_for_one; restarted with the group
-        self._failed(child, "normal" if child.normal_exit else "exited")
+        self._failed(child, child.kill_cause or ("normal" if child.normal_exit else "exited"))
 
     def on_StoppingNormally(self, msg: StoppingNormally, sender: Any) -> None:  # noqa: N802
         child = self._by_address(sender)
@@ -242,8 +267,93 @@ class Supervisor(ReactiveActor):
 
     def on_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         payload = msg.payload
-        if isinstance(payload, tuple) and payload and payload[0] == "restart":
+        if payload == "heartbeat":
+            self._heartbeat()
+        elif isinstance(payload, tuple) and payload and payload[0] == "restart":
             self._restart(payload[1])
+
+    # --- liveness ------------------------------------------------------------------
+
+    def _timeout(self, child: _Child) -> float:
+        assert self.spec is not None
+        return child.spec.heartbeat_timeout_s or self.spec.heartbeat_timeout_s
+
+    def _heartbeat(self) -> None:
+        """Ping every running child; kill the ones silent past their deadline."""
+        assert self.spec is not None
+        if self.stopping:
+            return
+        now = time.monotonic()
+        if now - self._last_tick > self.spec.heartbeat_timeout_s:
+            # We were stalled ourselves (stopped, or a slow handler): our children's
+            # silence says nothing about them, so start their clocks afresh.
+            for child in self.children:
+                child.last_seen, child.ping_sent = now, 0.0
+        self._last_tick = now
+        for child in self.children:
+            if child.address is None or child.state not in ("running", "unresponsive"):
+                continue
+            timeout = self._timeout(child)
+            silent = now - child.last_seen
+            if not child.gone_since and not process_alive(child.pid):
+                child.gone_since = now
+            if (child.gone_since and now - child.gone_since >= self.spec.heartbeat_interval_s
+                    or child.state == "unresponsive" and silent > 2 * timeout):
+                # Thespian reports a dead child within milliseconds, but it can miss one
+                # (two children dying at once): a tick later, act as its report would.
+                # A process we killed that never went away is given up on as well.
+                self._exit_not_reported(child)
+            elif child.gone_since or child.state == "unresponsive":
+                continue  # it just exited, or we just killed it: its report is on its way
+            elif silent > timeout:
+                self._kill_unresponsive(child, silent)
+            elif not child.ping_sent or now - child.ping_sent > timeout / 3:
+                # One Ping in flight per child (resent now and then, in case one was
+                # lost): a hung child's inbox must not fill with them.
+                child.ping_sent = now
+                self.send(child.address, Ping(child.init_id))
+        self.wakeupAfter(self.spec.heartbeat_interval_s, payload="heartbeat")
+
+    def on_Pong(self, msg: Pong, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(sender)
+        if child is not None and msg.correlation_id == child.init_id:
+            child.last_seen = time.monotonic()
+            child.ping_sent = 0.0
+
+    def _kill_unresponsive(self, child: _Child, silent_s: float) -> None:
+        """SIGKILL a hung child by pid (a stopped process still holds its sockets) and let
+        ``ChildActorExited`` restart it like a crashed one."""
+        cause = f"heartbeat missed for {silent_s:.1f} s"
+        self.log.error("child_unresponsive", child=child.spec.name, pid=child.pid, cause=cause)
+        child.state = "unresponsive"
+        child.kill_cause = cause
+        self._report(child.info(self.name))
+        # Its own children first noted, then everything killed: once it is gone they are
+        # reparented and no longer findable as its descendants.
+        victims = {child.pid, *descendants(child.pid), *child.below.values()}
+        _kill(victims)
+
+    def _exit_not_reported(self, child: _Child) -> None:
+        """The child is gone but Thespian has not said so: handle it as its report would."""
+        self.log.warning("child_exit_not_reported", child=child.spec.name, pid=child.pid)
+        if child.below:
+            self._end_orphans(child)
+        # Thespian still counts it among our children, and would wait for it for ever
+        # when we exit: tell it what its own report would have. Our handler ignores that
+        # one (and any late real one): the child's address is cleared first.
+        gone = child.address
+        child.address = None
+        self.send(self.myAddress, ChildActorExited(gone))
+        self._failed(child, child.kill_cause or ("normal" if child.normal_exit
+                                                 else "exited (not reported by Thespian)"))
+
+    def _end_orphans(self, child: _Child) -> None:
+        """A child supervisor is gone; SIGKILL what it left running (it cannot any more)."""
+        left = {pid for pid in child.below.values() if _ours(pid)}
+        child.below.clear()
+        if left:
+            self.log.warning("orphans_ended", child=child.spec.name, pids=sorted(left))
+            _kill(left)
 
     def on_MessageFailed(self, msg: MessageFailed, sender: Any) -> None:  # noqa: N802
         """Record a poison message in the dead-letter table; a failed Init fails the child."""
@@ -277,6 +387,9 @@ class Supervisor(ReactiveActor):
             self.send(self.supervisor, ChildUp(info))
 
     def on_ChildUp(self, msg: ChildUp, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(sender)
+        if child is not None and msg.info.pid:
+            child.below[msg.info.name] = msg.info.pid
         self._report(msg.info)
 
     def _record(self, info: ActorInfo) -> None:
@@ -351,3 +464,18 @@ class Supervisor(ReactiveActor):
             if child.address is not None and child.address == address:
                 return child
         return None
+
+
+def _ours(pid: int) -> bool:
+    """Whether ``pid`` is a live process of our own process group (not a reused pid)."""
+    try:
+        return pid > 0 and pid != os.getpid() and os.getpgid(pid) == os.getpgrp()
+    except ProcessLookupError:
+        return False
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        if _ours(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

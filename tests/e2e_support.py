@@ -85,25 +85,35 @@ def _env() -> dict[str, str]:
     return env
 
 
-def write_config(data_dir: Path, **learning: Any) -> Path:
-    """A TOML config on free ports in ``data_dir``."""
+def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = None,
+                 **learning: Any) -> Path:
+    """A TOML config on free ports in ``data_dir``; ``sections`` adds other tables
+    (e.g. ``{"features": {"plugins": [...]}}``), ``learning`` keys go to ``[learning]``."""
     admin, ingest, predict = free_ports(3)
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in learning.items())
+    tables: dict[str, dict[str, Any]] = {
+        "actor_system": {"admin_port": admin},
+        "ingest": {"port": ingest, "tokens": [TOKEN]},
+        "predict": {"port": predict, "tokens": [TOKEN]},
+        "learning": dict(learning),
+    }
+    for name, keys in (sections or {}).items():
+        tables.setdefault(name, {}).update(keys)
+    text = f'data_dir = "{data_dir / "data"}"\n' + "".join(
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+        for name, keys in tables.items())
     config = data_dir / "rml.toml"
-    config.write_text(
-        f'data_dir = "{data_dir / "data"}"\n'
-        f"[actor_system]\nadmin_port = {admin}\n"
-        f'[ingest]\nport = {ingest}\ntokens = ["{TOKEN}"]\n'
-        f'[predict]\nport = {predict}\ntokens = ["{TOKEN}"]\n'
-        f"[learning]\n{extra}"
-    )
+    config.write_text(text)
     return config
 
 
 @contextmanager
-def running_daemon(tmp: Path, **learning: Any) -> Iterator[RunningDaemon]:
+def running_daemon(tmp: Path, sections: dict[str, dict[str, Any]] | None = None,
+                   **learning: Any) -> Iterator[RunningDaemon]:
     """Start a daemon with the CLI; on exit stop it and prove nothing is left."""
-    config = write_config(tmp, **learning)
+    # Called as ``write_config(tmp, **learning)`` unless sections are given: some tests wrap
+    # write_config with that signature.
+    config = (write_config(tmp, sections=sections, **learning) if sections
+              else write_config(tmp, **learning))
     settings = load_settings(config, environ={})
     started = subprocess.run(
         [sys.executable, "-m", "run_system", "--config", str(config), "start"],

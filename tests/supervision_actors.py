@@ -8,6 +8,7 @@ incarnation from its replacement.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,23 +17,31 @@ from typing import Any
 from actors.base import Worker
 from config.settings import Settings
 from messages.protocol import Init
-from supervision.spec import ChildSpec, Restart, Strategy, SupervisorSpec
+from supervision.spec import SUPERVISOR_CLASS, ChildSpec, Restart, Strategy, SupervisorSpec
 
 __all__ = [
     "CRASH_ON_INIT",
     "ECHO",
     "GATED",
+    "LABOURER",
     "POISON_ON_MESSAGE",
     "QUITTER",
+    "SPINNER",
     "Boom",
     "CrashOnInit",
     "EchoWorker",
     "Gated",
+    "Labour",
+    "Labourer",
+    "LabourDone",
     "PoisonOnMessage",
     "Quit",
     "Quitter",
+    "Spin",
+    "Spinner",
     "child",
     "gate",
+    "sub_supervisor",
     "supervisor_spec",
 ]
 
@@ -41,6 +50,8 @@ CRASH_ON_INIT = "tests.supervision_actors.CrashOnInit"
 POISON_ON_MESSAGE = "tests.supervision_actors.PoisonOnMessage"
 GATED = "tests.supervision_actors.Gated"
 QUITTER = "tests.supervision_actors.Quitter"
+SPINNER = "tests.supervision_actors.Spinner"
+LABOURER = "tests.supervision_actors.Labourer"
 GATE_TIMEOUT_S = 10.0
 
 
@@ -89,6 +100,47 @@ class PoisonOnMessage(Worker):
         raise ValueError(f"boom {msg.correlation_id}")
 
 
+@dataclass(frozen=True, slots=True)
+class Spin:
+    """Tells ``Spinner`` to loop for ever inside its handler."""
+
+
+class Spinner(Worker):
+    """A worker that hangs in an endless loop when told to: alive, but answering nothing."""
+
+    role = "spinner"
+
+    def on_Spin(self, msg: Spin, sender: Any) -> None:  # noqa: N802
+        while True:  # only SIGKILL ends this
+            time.sleep(0.01)
+
+
+@dataclass(frozen=True, slots=True)
+class Labour:
+    """Tells ``Labourer`` to work ``seconds`` inside one handler, then answer."""
+
+    correlation_id: str
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LabourDone:
+    """``Labourer``'s answer once its long handler is over."""
+
+    correlation_id: str
+    pid: int
+
+
+class Labourer(Worker):
+    """A worker with a legitimately long handler (like the learner training)."""
+
+    role = "labourer"
+
+    def on_Labour(self, msg: Labour, sender: Any) -> None:  # noqa: N802
+        time.sleep(msg.seconds)
+        self.send(sender, LabourDone(msg.correlation_id, os.getpid()))
+
+
 def gate(settings: Settings, name: str, stage: str) -> Path:
     """The file that lets ``Gated`` actor ``name`` finish ``stage`` ("start" or "stop")."""
     return settings.data_path / f"gate-{name}-{stage}"
@@ -118,15 +170,27 @@ class Gated(Worker):
             _wait_for_gate(gate(self.settings, self.name, "stop"))
 
 
-def child(name: str, actor_class: str = ECHO, restart: Restart = "permanent") -> ChildSpec:
+def child(name: str, actor_class: str = ECHO, restart: Restart = "permanent",
+          heartbeat_timeout_s: float | None = None) -> ChildSpec:
     """A leaf child spec for a test supervisor."""
-    return ChildSpec(name=name, role="worker", actor_class=actor_class, restart=restart)
+    return ChildSpec(name=name, role="worker", actor_class=actor_class, restart=restart,
+                     heartbeat_timeout_s=heartbeat_timeout_s)
 
 
 def supervisor_spec(*children: ChildSpec, strategy: Strategy = "one_for_one",
                     max_restarts: int = 5, period_s: float = 30.0,
-                    backoff_min_s: float = 0.0, backoff_max_s: float = 0.05) -> SupervisorSpec:
+                    backoff_min_s: float = 0.0, backoff_max_s: float = 0.05,
+                    heartbeat_interval_s: float = 0.5, heartbeat_timeout_s: float = 3.0,
+                    name: str = "test-sup") -> SupervisorSpec:
     """A test supervisor's spec; by default with tiny backoffs, so restarts take milliseconds."""
-    return SupervisorSpec(name="test-sup", children=children, strategy=strategy,
+    return SupervisorSpec(name=name, children=children, strategy=strategy,
                           max_restarts=max_restarts, period_s=period_s,
-                          backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
+                          backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s,
+                          heartbeat_interval_s=heartbeat_interval_s,
+                          heartbeat_timeout_s=heartbeat_timeout_s)
+
+
+def sub_supervisor(spec: SupervisorSpec) -> ChildSpec:
+    """A child that is itself a supervisor of ``spec``'s children."""
+    return ChildSpec(name=spec.name, role="supervisor", actor_class=SUPERVISOR_CLASS,
+                     spec=spec)

@@ -166,3 +166,96 @@ def test_no_valid_collection_falls_back_to_collection_zero() -> None:
     c0, c1 = default_collections(DAY0)
     chosen = valid_collection([c1, c0], invalid_features={"trend", "hour_sin"})
     assert chosen.id == FALLBACK_COLLECTION_ID
+
+
+# --- plugins, crashes and usable collections ------------------------------------------------
+
+
+def test_plugin_registers_feature_types_and_declares_collections_idempotently() -> None:
+    import importlib
+
+    import tests.broken_features as plugin
+    from learning.features import declared_collections, feature_type, load_plugins
+
+    assert load_plugins(["tests.broken_features"]) == {}
+    importlib.reload(plugin)  # the same definitions again: the registry agrees
+    assert feature_type("broken_range") is not None and "broken_range" not in FEATURE_TYPES
+    ids = [c.id for c in declared_collections()]
+    assert ids[:2] == [0, 1] and {2, 3} <= set(ids)
+    assert plugin.CRASH_COLLECTION.created_at > default_collections(0)[1].created_at
+
+
+def test_plugin_cannot_redefine_features_or_collections() -> None:
+    import tests.broken_features  # noqa: F401
+    from learning.features import FeatureType, declare_collection, register_feature_type
+
+    with pytest.raises(ValueError, match="built in"):
+        register_feature_type(FeatureType("trend", "", 0, 1, 0, False, lambda w: w.count))
+    with pytest.raises(ValueError, match="already registered"):
+        register_feature_type(FeatureType("broken_range", "", 0, 1, 0, False, lambda w: w.count))
+    with pytest.raises(ValueError, match="original"):
+        register_feature_type(FeatureType("new_original", "", 0, 1, 0, True, lambda w: w.count))
+    with pytest.raises(ValueError, match="reserved"):
+        declare_collection(1, ("trend",))
+    with pytest.raises(ValueError, match="unknown features"):
+        declare_collection(90, ("no_such_feature",))
+    with pytest.raises(ValueError, match="already declared"):
+        declare_collection(2, ("trend",))
+
+
+def test_a_plugin_that_fails_to_import_is_reported_not_raised() -> None:
+    from learning.features import load_plugins
+
+    failed = load_plugins(["tests.no_such_plugin_module"])
+    assert list(failed) == ["tests.no_such_plugin_module"]
+    assert "ModuleNotFoundError" in failed["tests.no_such_plugin_module"]
+
+
+def test_a_crashing_feature_costs_only_the_rows_of_collections_naming_it() -> None:
+    from learning.features import compute_rows
+    from tests.broken_features import CRASH_COLLECTION, RANGE_COLLECTION
+
+    c0, c1 = default_collections(0)
+    readings = [reading(DAY0 + HOUR, 8, 12), reading(DAY0 + 2 * HOUR, 4, 6)]
+    rows, crashes = compute_rows((c0, c1, RANGE_COLLECTION, CRASH_COLLECTION), readings, 1,
+                                 DAY0 + 3 * HOUR, WINDOW, DAY0)
+    assert [r.collection_id for r in rows] == [0, 1, 2]
+    assert list(crashes) == ["broken_crash"] and "RuntimeError" in crashes["broken_crash"]
+    alone = compute_row(c1, readings, 1, DAY0 + 3 * HOUR, WINDOW, DAY0)
+    assert np.array_equal(rows[1].values, alone.values, equal_nan=True)
+    assert validate_values(RANGE_COLLECTION, [rows[2]]).keys() == {"broken_range"}
+
+
+def test_compute_matrix_names_the_feature_that_crashed() -> None:
+    from learning.features import FeatureCrashed, compute_matrix, summarise_windows
+    from tests.broken_features import CRASH_COLLECTION
+
+    empty = np.zeros(0)
+    windows = summarise_windows(empty, empty, empty, empty, empty, np.array([DAY0]), WINDOW)
+    with pytest.raises(FeatureCrashed) as caught:
+        compute_matrix(CRASH_COLLECTION.features, windows)
+    assert caught.value.feature == "broken_crash"
+    with pytest.raises(FeatureCrashed, match="no feature type"):
+        compute_matrix(("never_registered",), windows)
+
+
+def test_crash_streaks_judge_after_the_limit_in_a_row_and_reset_on_success() -> None:
+    from learning.collections import CrashStreaks
+
+    streaks = CrashStreaks(limit=3)
+    assert [streaks.crashed("f"), streaks.crashed("f")] == [False, False]
+    streaks.succeeded("f")
+    assert streaks.streak("f") == 0
+    assert [streaks.crashed("f") for _ in range(3)] == [False, False, True]
+    assert streaks.streak("g") == 0
+
+
+def test_usable_collections_are_the_valid_ones_else_the_fallback_alone() -> None:
+    from learning.collections import usable_collection_ids
+
+    c0, c1 = default_collections(DAY0)
+    c2 = FeatureCollection(2, DAY0 + 1, ("animal_estimate", "trend"))
+    assert usable_collection_ids([c0, c1, c2], ()) == {0, 1, 2}
+    assert usable_collection_ids([c0, c1, c2], {"trend"}) == {0}
+    assert usable_collection_ids([c0, c1, c2], {"zebra_share"}) == {2}
+    assert usable_collection_ids([c0, c1, c2], {"animal_estimate"}) == {0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -12,7 +13,15 @@ from config.job import JobConfiguration, ModelType
 from learning.collections import FeatureRow
 from learning.inference import ServingModel
 from learning.pipeline import build_pipeline
-from learning.serving import LoadedModel, RowLookup, ServingSnapshot, predict
+from learning.serving import (
+    NO_MODEL_YET,
+    LoadedModel,
+    RowLookup,
+    ServingChoice,
+    ServingSnapshot,
+    choose_models,
+    predict,
+)
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 
@@ -212,3 +221,49 @@ def test_correlation_id_is_echoed_on_every_answer(
     first = champion if champion_ok else broken(5, CHAMPION_COLLECTION, CHAMPION_NAMES)
     answer = predict(ServingSnapshot(first, fallback), query, row_lookup, "corr-42")
     assert answer.correlation_id == "corr-42"
+
+
+# --- which models a predictor serves ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    version: int
+    status: str
+    feature_collection_id: int
+
+
+def test_champion_on_a_usable_collection_is_served_with_the_newest_original_model_as_fallback(
+) -> None:
+    records = [Record(1, "retired", 0), Record(2, "retired", 1), Record(3, "champion", 1)]
+    choice = choose_models(records, frozenset({0, 1}), active_collection=1)
+    assert choice == ServingChoice(3, 1, False, "")
+
+
+def test_champion_on_an_invalid_collection_is_replaced_by_a_stand_in_on_the_active_one() -> None:
+    records = [Record(1, "retired", 0), Record(2, "retired", 1), Record(3, "retired", 1),
+               Record(4, "champion", 2), Record(5, "rejected", 1)]
+    choice = choose_models(records, frozenset({0, 1}), active_collection=1)
+    assert (choice.first, choice.stand_in, choice.fallback) == (3, True, 1)
+    assert "champion 4" in choice.reason and "collection 2" in choice.reason
+
+
+def test_without_a_model_on_the_active_collection_the_newest_usable_one_stands_in() -> None:
+    records = [Record(1, "retired", 0), Record(2, "champion", 2)]
+    choice = choose_models(records, frozenset({0, 1}), active_collection=1)
+    assert (choice.first, choice.stand_in, choice.fallback) == (1, True, None)
+
+
+def test_no_model_on_a_valid_collection_means_none_served_with_the_reason() -> None:
+    choice = choose_models([Record(1, "champion", 2), Record(2, "candidate", 1)],
+                           frozenset({0, 1}), active_collection=1)
+    assert choice.first is None and choice.reason.startswith("no model on a valid feature")
+    assert choose_models([], frozenset({0}), 0) == ServingChoice(None, None, False,
+                                                                 NO_MODEL_YET)
+
+
+def test_snapshot_without_a_model_answers_503_with_its_reason() -> None:
+    answer = predict(ServingSnapshot(None, None, reason="no model on a valid feature collection"),
+                     by_location(7), lookup, "c-11")
+    assert isinstance(answer, PredictionError) and answer.status == 503
+    assert answer.reason == "no model on a valid feature collection"
