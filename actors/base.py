@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -142,11 +143,12 @@ class Worker(ReactiveActor):
             self.name = msg.name
             self.settings = msg.settings
             self.supervisor = sender
+            began = time.perf_counter()
             configure_logging(msg.settings.log_dir, msg.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
             self.on_start(msg)
             self._init_id = msg.correlation_id
-            self.log.info("actor_started")
+            self.log.info("actor_started", start_ms=round((time.perf_counter() - began) * 1000, 1))
         self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802

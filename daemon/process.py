@@ -42,6 +42,7 @@ from daemon.loopback import bind_thespian_to
 __all__ = [
     "DaemonError",
     "RunRecord",
+    "RootClient",
     "ask_root",
     "connect",
     "read_record",
@@ -116,10 +117,24 @@ def connect(settings: Settings) -> Any:
 
 
 def ask_root(settings: Settings, message: Any, timeout_s: float = 10.0) -> Any:
-    """Send ``message`` to the root supervisor and return its answer (None on timeout)."""
-    asys = connect(settings)
-    root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
-    return asys.ask(root, message, timeout_s)
+    """Send ``message`` to the root supervisor and return its answer (None on timeout).
+
+    Each call makes a new Thespian client; a service that asks often keeps a ``RootClient``.
+    """
+    return RootClient(settings).ask(message, timeout_s)
+
+
+class RootClient:
+    """A reusable Thespian client of the root supervisor (one per thread: Thespian's
+    external interface is not thread-safe)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._asys = connect(settings)
+        self._root = self._asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+
+    def ask(self, message: Any, timeout_s: float = 10.0) -> Any:
+        """Send ``message`` to the root and wait for one answer (None on timeout)."""
+        return self._asys.ask(self._root, message, timeout_s)
 
 
 def _daemon_alive(record: RunRecord) -> bool:
