@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from learning.metrics import best_achievable_auc
+from messages.codec import outcome_to_wire, reading_to_wire
 from messages.facts import Outcome, Reading
 
 __all__ = ["MALFORMED_KINDS", "GatewayTraffic", "Savanna", "outcome_item", "reading_item"]
@@ -47,27 +48,9 @@ MALFORMED_KINDS = (
 )
 
 
-def reading_item(reading: Reading) -> dict[str, Any]:
-    """A reading as a gateway sends it (the wire dict)."""
-    return {
-        "sensor_id": reading.sensor_id,
-        "location_id": reading.location_id,
-        "reading_id": reading.reading_id,
-        "timestamp": reading.timestamp,
-        "animals_lower": reading.animals_lower,
-        "animals_upper": reading.animals_upper,
-        "percent_zebras": reading.percent_zebras,
-    }
-
-
-def outcome_item(outcome: Outcome) -> dict[str, Any]:
-    """An outcome as a ranger's gateway sends it (the wire dict)."""
-    return {
-        "location_id": outcome.location_id,
-        "outcome_id": outcome.outcome_id,
-        "timestamp": outcome.timestamp,
-        "label": outcome.label,
-    }
+#: A reading / an outcome as a gateway sends it: the codec's own wire form.
+reading_item = reading_to_wire
+outcome_item = outcome_to_wire
 
 
 @dataclass(frozen=True, slots=True)

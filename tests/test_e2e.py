@@ -24,7 +24,7 @@ from learning.lineage import facts_fingerprint
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest
 from storage import open_sqlite_stores
-from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
+from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -38,20 +38,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     sections = {"predict": {"deadline_ms": 5000}}
     with running_daemon(tmp_path_factory.mktemp("e2e"), sections, min_outcomes=500) as d:
         yield d
-
-
-@pytest.fixture(scope="module")
-def ingest(daemon: RunningDaemon) -> Iterator[HttpClient]:
-    client = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def predictor(daemon: RunningDaemon) -> Iterator[HttpClient]:
-    client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
-    yield client
-    client.close()
 
 
 def _reading(**overrides: Any) -> dict[str, Any]:

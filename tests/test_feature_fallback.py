@@ -23,7 +23,7 @@ from daemon.process import ask_root
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest, TrainRequest, TrainResult
 from storage import open_sqlite_stores
-from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
+from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -41,20 +41,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
         with running_daemon(tmp_path_factory.mktemp("fallback"), sections,
                             min_outcomes=200) as d:
             yield d
-
-
-@pytest.fixture(scope="module")
-def ingest(daemon: RunningDaemon) -> Iterator[HttpClient]:
-    client = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN)
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def predictor(daemon: RunningDaemon) -> Iterator[HttpClient]:
-    client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
-    yield client
-    client.close()
 
 
 def features_view(daemon: RunningDaemon) -> dict[str, Any]:

@@ -51,13 +51,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
         yield d
 
 
-@pytest.fixture(scope="module")
-def ingest(daemon: RunningDaemon) -> Iterator[HttpClient]:
-    client = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN)
-    yield client
-    client.close()
-
-
 def replace_by_kill(daemon: RunningDaemon, *names: str) -> dict[str, dict[str, Any]]:
     """SIGKILL the named actors; their replacements, once each runs under a new pid."""
     before = {name: daemon.actor(name) for name in names}
