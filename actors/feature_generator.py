@@ -70,6 +70,7 @@ class FeatureGenerator(Worker):
         self.active: FeatureCollection | None = None
         self.crashes = CrashStreaks(limit=3)
         self.watermark = 0
+        self._more_scheduled = False
 
     def on_start(self, init: Init) -> None:
         data = init.settings.data_path
@@ -111,9 +112,12 @@ class FeatureGenerator(Worker):
                 self._catch_up()
             finally:
                 self.wakeupAfter(_POLL_S, payload="poll")
+        elif payload == "more":
+            self._more_scheduled = False
+            self._catch_up()
 
     def _catch_up(self) -> None:
-        """Process facts past the watermark, batch by batch; idempotent (rows are insert-only).
+        """Process the next batch of facts past the watermark; idempotent (insert-only rows).
 
         Only collections still usable are computed: an invalid feature is never computed
         again, and a feature that crashes costs only the rows of the collections naming it.
@@ -121,40 +125,45 @@ class FeatureGenerator(Worker):
         assert self.facts is not None and self.features is not None
         assert self.settings is not None
         window = self.settings.learning.feature_window_ms
-        while True:
-            batch = self.facts.readings_since(self.watermark, _BATCH)
-            if not batch:
-                return
-            newest: dict[int, int] = {}
-            for _, reading in batch:
-                newest[reading.location_id] = max(newest.get(reading.location_id, 0),
-                                                  reading.timestamp)
-            computed_at = _now_ms()
-            invalid = self.features.invalid_features()
-            every = self.features.collections()
-            usable = usable_collection_ids(every, invalid)
-            collections = tuple(c for c in every if c.id in usable)
-            names = {name for c in collections for name in c.features}
-            rows: list[FeatureRow] = []
-            crashed: dict[str, str] = {}
-            for location_id, latest in sorted(newest.items()):
-                as_of = latest + 1
-                readings = self.facts.readings_for_location(location_id, as_of - window, as_of)
-                location_rows, crashes = compute_rows(collections, readings, location_id,
-                                                      as_of, window, computed_at)
-                rows.extend(location_rows)
-                over = self._count_crashes(names, crashes, location_id)
-                if over:  # judged: stop computing it for the rest of the batch
-                    crashed.update(over)
-                    collections = tuple(c for c in collections if not over.keys() & set(c.features))
-                    names = {name for c in collections for name in c.features}
-            found = self._check_validity(collections, rows, invalid, crashed)
-            self.features.write_rows([r for r in rows if r.collection_id in usable
-                                      and not found.intersection(self._features_of(r, every))])
-            self.watermark = batch[-1][0]
-            self.features.advance_watermark(WATERMARK, self.watermark, computed_at)
-            self.log.debug("features_written", watermark=self.watermark,
-                           locations=len(newest))
+        # One batch per message: under steady ingest a loop until caught up would keep this
+        # actor from its mailbox for seconds (heartbeats unanswered, and senders' Thespian
+        # transmits piling up behind it). The rest follows on a zero-delay timer.
+        batch = self.facts.readings_since(self.watermark, _BATCH)
+        if not batch:
+            return
+        if len(batch) == _BATCH and not self._more_scheduled:
+            self._more_scheduled = True
+            self.wakeupAfter(0.0, payload="more")
+        newest: dict[int, int] = {}
+        for _, reading in batch:
+            newest[reading.location_id] = max(newest.get(reading.location_id, 0),
+                                              reading.timestamp)
+        computed_at = _now_ms()
+        invalid = self.features.invalid_features()
+        every = self.features.collections()
+        usable = usable_collection_ids(every, invalid)
+        collections = tuple(c for c in every if c.id in usable)
+        names = {name for c in collections for name in c.features}
+        rows: list[FeatureRow] = []
+        crashed: dict[str, str] = {}
+        for location_id, latest in sorted(newest.items()):
+            as_of = latest + 1
+            readings = self.facts.readings_for_location(location_id, as_of - window, as_of)
+            location_rows, crashes = compute_rows(collections, readings, location_id,
+                                                  as_of, window, computed_at)
+            rows.extend(location_rows)
+            over = self._count_crashes(names, crashes, location_id)
+            if over:  # judged: stop computing it for the rest of the batch
+                crashed.update(over)
+                collections = tuple(c for c in collections if not over.keys() & set(c.features))
+                names = {name for c in collections for name in c.features}
+        found = self._check_validity(collections, rows, invalid, crashed)
+        self.features.write_rows([r for r in rows if r.collection_id in usable
+                                  and not found.intersection(self._features_of(r, every))])
+        self.watermark = batch[-1][0]
+        self.features.advance_watermark(WATERMARK, self.watermark, computed_at)
+        self.log.debug("features_written", watermark=self.watermark,
+                       locations=len(newest))
 
     @staticmethod
     def _features_of(row: FeatureRow, collections: tuple[FeatureCollection, ...]) -> set[str]:

@@ -22,6 +22,7 @@ from actors.base import Worker
 from actors.edge import HttpEdge, Request, Response, Route
 from learning.artifacts import load_model
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
+from learning.inference import ServingModel
 from learning.serving import (
     NO_MODEL_YET,
     LoadedModel,
@@ -51,23 +52,10 @@ def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
     """A registry version as a ``LoadedModel`` (skops artifact: no code runs on load)."""
     pipeline = load_model(artifact)
     names = tuple(json.loads(record.lineage)["feature_collection"]["features"])
-    try:
-        from learning.inference import ServingModel
-
-        fast = ServingModel.from_pipeline(pipeline, version=record.version,
-                                          feature_collection_id=record.feature_collection_id,
-                                          feature_names=names)
-        return LoadedModel(record.version, record.feature_collection_id, names, fast.predict_one)
-    except ImportError:
-        import numpy as np
-
-        column = list(pipeline.classes_).index(True)
-
-        def predict_one(values: Any) -> float:
-            row = np.asarray(values, dtype=np.float64).reshape(1, -1)
-            return float(pipeline.predict_proba(row)[0, column])
-
-        return LoadedModel(record.version, record.feature_collection_id, names, predict_one)
+    fast = ServingModel.from_pipeline(pipeline, version=record.version,
+                                      feature_collection_id=record.feature_collection_id,
+                                      feature_names=names)
+    return LoadedModel(record.version, record.feature_collection_id, names, fast.predict_one)
 
 
 def _served(snapshot: ServingSnapshot) -> ServingChoice:

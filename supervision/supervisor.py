@@ -16,6 +16,7 @@ restarted through the same path as a crash, with the cause logged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -74,6 +75,7 @@ class _Child:
     ping_sent: float = 0.0  # monotonic time of the unanswered Ping; 0 when answered
     kill_cause: str = ""  # why the supervisor killed it (a missed heartbeat)
     gone_since: float = 0.0  # when its process was first seen gone with no exit reported
+    restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)
@@ -216,16 +218,22 @@ class Supervisor(ReactiveActor):
             self._report(child.info(self.name))
             return
         now = time.monotonic()
-        decision = decide_restart(
-            self.restart_times, now, max_restarts=self.spec.max_restarts,
-            period_s=self.spec.period_s,
-            backoff_min_s=self.spec.backoff_min_s, backoff_max_s=self.spec.backoff_max_s,
-        )
+        limits = functools.partial(
+            decide_restart, now=now, max_restarts=self.spec.max_restarts,
+            period_s=self.spec.period_s, backoff_min_s=self.spec.backoff_min_s,
+            backoff_max_s=self.spec.backoff_max_s)
+        # Intensity is the supervisor's (OTP): every child's restarts count against it.
+        decision = limits(self.restart_times)
         if not decision.restart:
             self._escalate(child, decision.recent)
             return
+        # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
+        # does not wait because a sibling was restarted a moment ago.
+        delay_s = limits(child.restart_times).delay_s
         self.restart_times = [t for t in self.restart_times if now - t <= self.spec.period_s]
         self.restart_times.append(now)
+        child.restart_times = [t for t in child.restart_times if now - t <= self.spec.period_s]
+        child.restart_times.append(now)
         group = self._restart_group(child)
         for member in group:
             member.restarts += member is child
@@ -235,8 +243,8 @@ class Supervisor(ReactiveActor):
                 self.send(member.address, ActorExitRequest())
             self._report(member.info(self.name))
         names = tuple(m.spec.name for m in group)
-        if decision.delay_s > 0:
-            self.wakeupAfter(decision.delay_s, payload=("restart", names))
+        if delay_s > 0:
+            self.wakeupAfter(delay_s, payload=("restart", names))
         else:
             self._restart(names)
 
