@@ -12,7 +12,6 @@ free ports and is always stopped.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import tempfile
@@ -20,16 +19,7 @@ from pathlib import Path
 
 from config.settings import load_settings
 from daemon.chaos import run_chaos
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from daemon.group import free_ports
 
 
 def main() -> int:
@@ -39,7 +29,7 @@ def main() -> int:
     parser.add_argument("--gateways", type=int, default=4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rml-chaos-") as tmp:
-        admin, ingest, predict = _free_ports(3)
+        admin, ingest, predict = free_ports(3)
         config = Path(tmp) / "rml.toml"
         config.write_text(
             f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'

@@ -26,7 +26,6 @@ import contextlib
 import http.client
 import json
 import queue
-import socket
 import sys
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config.settings import Settings, load_settings  # noqa: E402
+from daemon.group import free_ports  # noqa: E402
 from daemon.process import RootClient, start, stop  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
 
@@ -46,14 +46,6 @@ TOKEN = "overload-bench-token-0123"
 _PLACEHOLDER = b"BBBBBBBB"
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class Batches:
@@ -308,7 +300,7 @@ def main() -> int:
     with keep as tmp:
         if args.keep:
             print(f"data kept in {tmp}")
-        admin, ingest, predict = _free_ports(3)
+        admin, ingest, predict = free_ports(3)
         config = Path(tmp) / "rml.toml"
         pending = f"max_pending = {args.max_pending}\n" if args.max_pending else ""
         config.write_text(

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
-    "children_of", "descendants", "end_group", "group_members", "kill_group", "port_accepts",
-    "port_bindable", "process_alive", "wait_until",
+    "children_of", "descendants", "end_group", "free_ports", "group_members", "kill_group",
+    "port_accepts", "port_bindable", "process_alive", "wait_until",
 ]
 
 
@@ -91,6 +91,18 @@ def end_group(pgid: int, timeout_s: float = 10.0) -> bool:
         kill_group(pgid, signal.SIGKILL)
         time.sleep(0.02)
     return True
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports that were free on ``host`` a moment ago (for tests and benches)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def port_accepts(host: str, port: int, timeout_s: float = 0.5) -> bool:

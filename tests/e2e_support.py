@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,23 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings, load_settings
-from daemon.group import end_group, group_members, port_accepts
+from daemon.group import end_group, free_ports, group_members, port_accepts
 
 TOKEN = "e2e-test-token-0123"
 
 
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports that were free a moment ago on 127.0.0.1."""
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float,
