@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
+from learning.inference import MissingFeature, UnknownFeature, features_from_mapping
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 
@@ -127,16 +128,14 @@ def choose_models(
 def _values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
             correlation_id: str) -> Sequence[float] | PredictionError:
     if query.features is not None:
-        given = dict(query.features)
-        missing = [n for n in model.feature_names if n not in given]
-        if missing:
+        try:
+            return features_from_mapping(model.feature_names, dict(query.features))
+        except MissingFeature as exc:
             takes = ", ".join(model.feature_names)
-            return PredictionError(correlation_id, f"missing_feature: {', '.join(missing)} "
+            return PredictionError(correlation_id, f"missing_feature: {', '.join(exc.names)} "
                                    f"(model {model.version} takes {takes})")
-        unknown = sorted(set(given) - set(model.feature_names))
-        if unknown:
-            return PredictionError(correlation_id, f"unknown_feature: {', '.join(unknown)}")
-        return [given[n] for n in model.feature_names]
+        except UnknownFeature as exc:  # values are numbers: the codec checked them
+            return PredictionError(correlation_id, f"unknown_feature: {', '.join(exc.names)}")
     assert query.location_id is not None
     row = lookup(model.feature_collection_id, query.location_id)
     if row is None:
