@@ -25,7 +25,7 @@ from learning.collections import (
     usable_collection_ids,
     valid_collection,
 )
-from learning.features import compute_rows, validate_values
+from learning.features import compute_rows, newly_invalid
 from messages.protocol import CollectionSwitched, FactsRecorded, Init
 from storage.features import FeatureStore
 from storage.sqlite_facts import SQLiteFactStore
@@ -189,12 +189,7 @@ class FeatureGenerator(Worker):
         """Mark features invalid (crashed too often, or values breaking their type's rules)
         and switch the collection if that changes it; the features found."""
         assert self.features is not None
-        found = {name: reason for name, reason in crashed.items() if name not in already}
-        for collection in collections:
-            own = [r for r in rows if r.collection_id == collection.id]
-            for name, reason in validate_values(collection, own).items():
-                if name not in already and name not in found:
-                    found[name] = reason
+        found = newly_invalid(collections, rows, already, crashed)
         for name, reason in sorted(found.items()):
             self.features.mark_invalid(name, reason, _now_ms())
             self.log.warning("feature_invalid", feature=name, reason=reason)

@@ -17,7 +17,7 @@ disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -49,6 +49,7 @@ __all__ = [
     "declare_collection",
     "declared_collections",
     "default_collections",
+    "newly_invalid",
     "feature_type",
     "load_plugins",
     "reading_arrays",
@@ -284,3 +285,20 @@ def validate_values(
                 f"[{ftype.minimum:g}, {ftype.maximum:g}]"
             )
     return problems
+
+
+def newly_invalid(
+    collections: Iterable[FeatureCollection], rows: Iterable[FeatureRow],
+    already: frozenset[str], crashed: Mapping[str, str],
+) -> dict[str, str]:
+    """Feature -> why it is invalid now, for features not already invalid: those that
+    crashed too often (``crashed``), then those whose values in ``rows`` break their
+    type's rules, judged per collection."""
+    rows = tuple(rows)
+    found = {name: reason for name, reason in crashed.items() if name not in already}
+    for collection in collections:
+        own = [r for r in rows if r.collection_id == collection.id]
+        for name, reason in validate_values(collection, own).items():
+            if name not in already and name not in found:
+                found[name] = reason
+    return found

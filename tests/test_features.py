@@ -259,3 +259,15 @@ def test_usable_collections_are_the_valid_ones_else_the_fallback_alone() -> None
     assert usable_collection_ids([c0, c1, c2], {"trend"}) == {0}
     assert usable_collection_ids([c0, c1, c2], {"zebra_share"}) == {2}
     assert usable_collection_ids([c0, c1, c2], {"animal_estimate"}) == {0}
+
+
+def test_newly_invalid_names_crashed_and_out_of_rule_features_once() -> None:
+    from learning.collections import FeatureCollection, FeatureRow
+    from learning.features import newly_invalid
+
+    collection = FeatureCollection(7, 0, ("zebra_share", "reading_count"))
+    rows = [FeatureRow(7, 1, 10, (5.0, 3.0), 10)]  # a share of 5 breaks its [0, 1] range
+    found = newly_invalid([collection], rows, frozenset(),
+                          {"trend": "crashed 3 times in a row"})
+    assert set(found) == {"trend", "zebra_share"}
+    assert newly_invalid([collection], rows, frozenset({"zebra_share"}), {}) == {}
