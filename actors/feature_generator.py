@@ -25,13 +25,12 @@ from learning.collections import (
     usable_collection_ids,
     valid_collection,
 )
-from learning.features import compute_rows, newly_invalid
+from learning.features import compute_rows, newly_invalid, register_declared_collections
 from messages.protocol import CollectionSwitched, FactsRecorded, Init
-from storage.features import FeatureStore
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
 
-__all__ = ["FeatureGenerator", "WATERMARK", "register_collections"]
+__all__ = ["FeatureGenerator", "WATERMARK"]
 
 WATERMARK = "feature-generator/readings"
 _POLL_S = 1.0
@@ -40,22 +39,6 @@ _BATCH = 5000
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def register_collections(worker: Worker, store: FeatureStore) -> None:
-    """Load the configured feature plugins and register every declared collection (insert-only,
-    fixed definitions: every process registers the same); failures are logged, not fatal."""
-    from learning.features import declared_collections, load_plugins
-
-    assert worker.settings is not None
-    for module, error in load_plugins(worker.settings.features.plugins).items():
-        worker.log.error("feature_plugin_failed", module=module, error=error)
-    for collection in declared_collections():
-        try:
-            store.register_collection(collection)
-        except ValueError as exc:  # a plugin changed a collection already in the store
-            worker.log.error("feature_collection_conflict", collection_id=collection.id,
-                             error=str(exc))
 
 
 class FeatureGenerator(Worker):
@@ -78,7 +61,10 @@ class FeatureGenerator(Worker):
         self.facts = SQLiteFactStore(data / "facts.sqlite", busy_timeout_s=timeout)
         self.features = SQLiteFeatureStore(data / "features.sqlite", busy_timeout_s=timeout)
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
-        register_collections(self, self.features)
+        problems = register_declared_collections(init.settings.features.plugins,
+                                                 self.features.register_collection)
+        for what, error in problems.items():
+            self.log.error("feature_plugin_failed", what=what, error=error)
         # Rebuild from the stores: where we were, and which collection is valid.
         self.watermark = self.features.watermark(WATERMARK)
         self._choose_collection("started")

@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from actors.base import Worker
-from actors.feature_generator import register_collections
 from config.job import JobConfiguration
 from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
-from learning.features import FeatureCrashed
+from learning.features import FeatureCrashed, register_declared_collections
 from learning.pipeline import TrainingError
 from messages.facts import Outcome, Reading
 from messages.protocol import (
@@ -58,7 +57,10 @@ class Learner(Worker):
     def on_start(self, init: Init) -> None:
         self.stores = open_sqlite_stores(init.settings.data_path,
                                          busy_timeout_s=init.settings.storage.busy_timeout_s)
-        register_collections(self, self.stores.features)
+        problems = register_declared_collections(init.settings.features.plugins,
+                                                 self.stores.features.register_collection)
+        for what, error in problems.items():
+            self.log.error("feature_plugin_failed", what=what, error=error)
         for record in self.stores.registry.versions():
             try:
                 seen = json.loads(record.lineage)["facts"]["outcomes"]

@@ -17,7 +17,7 @@ disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ __all__ = [
     "declared_collections",
     "default_collections",
     "newly_invalid",
+    "register_declared_collections",
     "feature_type",
     "load_plugins",
     "reading_arrays",
@@ -302,3 +303,18 @@ def newly_invalid(
             if name not in already and name not in found:
                 found[name] = reason
     return found
+
+
+def register_declared_collections(
+    plugins: Iterable[str], register: Callable[[FeatureCollection], object]
+) -> dict[str, str]:
+    """Import the plugin modules, then hand every declared collection to ``register`` (a
+    store's insert-only ``register_collection``: fixed definitions, so every process
+    registers the same). What failed -> why, for the caller to log; nothing is fatal."""
+    problems = {f"plugin {module}": error for module, error in load_plugins(plugins).items()}
+    for collection in declared_collections():
+        try:
+            register(collection)
+        except ValueError as exc:  # a plugin changed a collection already in the store
+            problems[f"collection {collection.id}"] = str(exc)
+    return problems
