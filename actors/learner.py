@@ -110,14 +110,14 @@ class Learner(Worker):
         if outcomes < learning.min_outcomes:
             return
         due = self.trained_on == 0 or outcomes - self.trained_on >= learning.retrain_every_outcomes
-        features = self.stores.features
-        collections = features.collections()
-        active = valid_collection(collections, features.invalid_features())
+        collections = self.stores.features.collections()
+        invalid = self.stores.features.invalid_features()
+        active = valid_collection(collections, invalid)
         champion = self.stores.registry.champion()
         # Follow the active collection: a champion on an invalid collection cannot be served
         # (predictors fall back), so a model on the active one is due now.
-        stale = champion is not None and champion.feature_collection_id not in \
-            usable_collection_ids(collections, features.invalid_features())
+        stale = (champion is not None and champion.feature_collection_id
+                 not in usable_collection_ids(collections, invalid))
         if (due or stale) and (outcomes, active.id) != (self.attempted_at, self.attempted_on):
             self._train(uuid.uuid4().hex, self.default_job(), False, None)
 

@@ -23,11 +23,11 @@ import numpy as np
 
 from config.settings import Settings
 from daemon.gateway import HttpClient, IngestTally, send_items
-from daemon.process import ask_root, start, stop
+from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
 from learning.pipeline import split_by_location
 from learning.simulator import Savanna
-from messages.protocol import Prediction, PredictRequest
+from messages.protocol import ActorInfo, Prediction, PredictRequest, StatusReport, StatusRequest
 
 __all__ = ["run_demo"]
 
@@ -63,22 +63,25 @@ def _champion(settings: Settings) -> Any:
         registry.close()
 
 
-def _actor(settings: Settings, name: str) -> dict[str, Any]:
-    for actor in collect_status(settings)["actors"]:
-        if actor["name"] == name:
-            return dict(actor)
-    raise KeyError(name)
+def _kill_and_wait(root: RootClient, name: str, probe: Any) -> float:
+    """SIGKILL an actor by pid; return seconds until it runs again and ``probe()`` succeeds.
 
+    The root's directory is asked through one long-lived client: a fresh Thespian client
+    per poll (~65 ms) would be most of what is measured."""
 
-def _kill_and_wait(settings: Settings, name: str, probe: Any) -> float:
-    """SIGKILL an actor by pid; return seconds until it runs again and ``probe()`` succeeds."""
-    before = _actor(settings, name)
+    def actor() -> ActorInfo:
+        report = root.ask(StatusRequest(uuid.uuid4().hex), 5.0)
+        if not isinstance(report, StatusReport):
+            raise TimeoutError("the root supervisor did not answer")
+        return next(a for a in report.actors if a.name == name)
+
+    before = actor()
     killed_at = time.monotonic()
-    os.kill(before["pid"], signal.SIGKILL)
+    os.kill(before.pid, signal.SIGKILL)
 
     def back() -> bool:
-        now = _actor(settings, name)
-        return now["state"] == "running" and now["pid"] != before["pid"] and bool(probe())
+        now = actor()
+        return now.state == "running" and now.pid != before.pid and bool(probe())
 
     _wait(f"{name} to answer again", back, 30.0, every_s=0.01)
     return time.monotonic() - killed_at
@@ -190,10 +193,11 @@ def _play(settings: Settings, started: float) -> int:
         return answer if status == 200 else None
 
     _wait("features for location 1", lambda: http_prediction(1), 30.0)
+    root = RootClient(settings)  # how another Python service would ask, through Thespian
     agree = 0
     for location in range(1, 6):
         over_http = http_prediction(location)
-        over_thespian = ask_root(settings, PredictRequest(uuid.uuid4().hex, location), 10.0)
+        over_thespian = root.ask(PredictRequest(uuid.uuid4().hex, location), 10.0)
         same = (isinstance(over_thespian, Prediction)
                 and abs(over_thespian.probability - over_http["probability"]) < 1e-12
                 and over_thespian.model_version == over_http["model_version"])
@@ -204,10 +208,10 @@ def _play(settings: Settings, started: float) -> int:
              f"{'(agree)' if same else '(DISAGREE)'}")
 
     _say("crash test: SIGKILL predictor-1 and collector-1 ...")
-    took = _kill_and_wait(settings, "predictor-1", lambda: http_prediction(1))
+    took = _kill_and_wait(root, "predictor-1", lambda: http_prediction(1))
     _say(f"  predictor-1 replaced and answering in {took * 1000:.0f} ms")
     probe = HttpClient(ingest.host, ingest.port, token)
-    took = _kill_and_wait(settings, "collector-1",
+    took = _kill_and_wait(root, "collector-1",
                           lambda: probe.post("/readings", {"readings": []})[0] == 200)
     _say(f"  collector-1 replaced and answering in {took * 1000:.0f} ms")
     after = http_prediction(1)
