@@ -17,11 +17,12 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import quote
 
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 
-__all__ = ["SQLiteDatabase", "translate_errors"]
+__all__ = ["SQLiteBacked", "SQLiteDatabase", "translate_errors"]
 
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNAVAILABLE = frozenset({
@@ -149,3 +150,24 @@ class SQLiteDatabase:
             if not self._closed:
                 self._closed = True
                 self._conn.close()
+
+
+class SQLiteBacked:
+    """What every SQLite backend shares: one ``SQLiteDatabase`` on its own file, opened
+    with the subclass's ``SCHEMA``; ``path`` and ``close``."""
+
+    SCHEMA: ClassVar[str] = ""
+
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
+                 read_only: bool = False) -> None:
+        self._db = SQLiteDatabase(path, self.SCHEMA, busy_timeout_s=busy_timeout_s,
+                                  read_only=read_only)
+
+    @property
+    def path(self) -> Path:
+        """The database file."""
+        return self._db.path
+
+    def close(self) -> None:
+        """Close the connection; idempotent."""
+        self._db.close()

@@ -7,10 +7,9 @@ who failed on it and why, and ``status`` can show the newest ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from storage._sqlite import SQLiteDatabase
+from storage._sqlite import SQLiteBacked
 
 __all__ = ["MAX_MESSAGE_CHARS", "DeadLetter", "DeadLetterStore", "SQLiteDeadLetters"]
 
@@ -72,18 +71,10 @@ def dead_letter(*, at_ms: int, actor: str, message: object, error: object,
     return DeadLetter(at_ms, actor, message_type or type(message).__name__, text, str(error))
 
 
-class SQLiteDeadLetters:
+class SQLiteDeadLetters(SQLiteBacked):
     """Dead letters in an SQLite file (the system database)."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
-                 read_only: bool = False) -> None:
-        self._db = SQLiteDatabase(path, _SCHEMA, busy_timeout_s=busy_timeout_s,
-                                  read_only=read_only)
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._db.path
+    SCHEMA = _SCHEMA
 
     def record(self, *, at_ms: int, actor: str, message: object, error: object,
                message_type: str | None = None) -> DeadLetter:
@@ -111,7 +102,3 @@ class SQLiteDeadLetters:
         """How many dead letters were ever recorded."""
         with self._db.read() as conn:
             return int(conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from operator import attrgetter
-from pathlib import Path
 
 from messages.facts import Outcome, Reading
-from storage._sqlite import SQLiteDatabase
+from storage._sqlite import SQLiteBacked
 from storage.facts import FactCounts, InsertResult
 
 __all__ = ["SQLiteFactStore"]
@@ -61,18 +60,10 @@ def _outcome(row: Sequence[object]) -> Outcome:
     return Outcome(location_id, outcome_id, timestamp, bool(label))  # type: ignore[arg-type]
 
 
-class SQLiteFactStore:
+class SQLiteFactStore(SQLiteBacked):
     """Readings and outcomes in one SQLite file (WAL, durable commits, insert-only)."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
-                 read_only: bool = False) -> None:
-        self._db = SQLiteDatabase(path, _SCHEMA, busy_timeout_s=busy_timeout_s,
-                                  read_only=read_only)
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._db.path
+    SCHEMA = _SCHEMA
 
     def _insert(self, table: str, sql: str, values: object, n: int) -> InsertResult:
         if n == 0:
@@ -164,7 +155,3 @@ class SQLiteFactStore:
                 "(SELECT coalesce(max(seq), 0) FROM readings), "
                 "(SELECT coalesce(max(seq), 0) FROM outcomes)").fetchone()
         return FactCounts(*row)
-
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()

@@ -9,10 +9,9 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Sequence
-from pathlib import Path
 
 from learning.collections import FeatureCollection, FeatureRow
-from storage._sqlite import SQLiteDatabase
+from storage._sqlite import SQLiteBacked
 from storage.features import CollectionSwitch, InvalidFeature
 
 __all__ = ["SQLiteFeatureStore", "decode_values", "encode_values"]
@@ -81,18 +80,10 @@ def _collection(row: Sequence[object]) -> FeatureCollection:
                              tuple(json.loads(features)), label)  # type: ignore[arg-type]
 
 
-class SQLiteFeatureStore:
+class SQLiteFeatureStore(SQLiteBacked):
     """Feature collections, validity and switch logs, feature rows and watermarks."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
-                 read_only: bool = False) -> None:
-        self._db = SQLiteDatabase(path, _SCHEMA, busy_timeout_s=busy_timeout_s,
-                                  read_only=read_only)
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._db.path
+    SCHEMA = _SCHEMA
 
     # -- collections -------------------------------------------------------
 
@@ -219,7 +210,3 @@ class SQLiteFeatureStore:
             conn.execute("INSERT INTO watermarks (name, value, at_ms) SELECT ?, ?, ? "
                          "WHERE ? > coalesce((SELECT max(value) FROM watermarks "
                          "WHERE name = ?), 0)", (name, value, at_ms, value, name))
-
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()

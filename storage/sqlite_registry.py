@@ -11,10 +11,9 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from storage._sqlite import SQLiteDatabase
+from storage._sqlite import SQLiteBacked
 from storage.errors import StoreError
 from storage.registry import (
     CANDIDATE,
@@ -88,18 +87,10 @@ def _record(row: tuple[Any, ...]) -> ModelRecord:
     return ModelRecord(version, created, status, collection, job, pairs, lineage, sha, reason)
 
 
-class SQLiteModelRegistry:
+class SQLiteModelRegistry(SQLiteBacked):
     """Versioned models with verified artifacts, status log and champion history."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
-                 read_only: bool = False) -> None:
-        self._db = SQLiteDatabase(path, _SCHEMA, busy_timeout_s=busy_timeout_s,
-                                  read_only=read_only)
-
-    @property
-    def path(self) -> Path:
-        """The database file."""
-        return self._db.path
+    SCHEMA = _SCHEMA
 
     # -- writing -----------------------------------------------------------
 
@@ -203,9 +194,6 @@ class SQLiteModelRegistry:
                                (collection_id, CHAMPION, RETIRED)).fetchone()
         return None if row is None else _record(row)
 
-    def close(self) -> None:
-        """Close the connection; idempotent."""
-        self._db.close()
 
 
 def _check_status(status: str) -> None:
