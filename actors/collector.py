@@ -13,11 +13,11 @@ no actor hop on the hot path. The actor only hears that something was stored.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 from actors.base import Worker
+from actors.counters import Counters
 from actors.edge import HttpEdge, Request, Response, Route, Waker
 from messages.codec import (
     BodyError,
@@ -32,29 +32,7 @@ from messages.protocol import FactsRecorded, Init
 from storage.errors import StoreError
 from storage.sqlite_facts import SQLiteFactStore
 
-__all__ = ["Collector", "IngestCounters"]
-
-
-class IngestCounters:
-    """What this collector has seen; written by the edge thread, read by anyone."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.values = {"readings_accepted": 0, "readings_duplicate": 0, "readings_rejected": 0,
-                       "outcomes_accepted": 0, "outcomes_duplicate": 0, "outcomes_rejected": 0,
-                       "bodies_refused": 0, "store_errors": 0}
-        self.watermark = 0
-
-    def add(self, kind: str, accepted: int, duplicates: int, rejected: int, watermark: int) -> None:
-        with self._lock:
-            self.values[f"{kind}_accepted"] += accepted
-            self.values[f"{kind}_duplicate"] += duplicates
-            self.values[f"{kind}_rejected"] += rejected
-            self.watermark = max(self.watermark, watermark)
-
-    def bump(self, name: str) -> None:
-        with self._lock:
-            self.values[name] += 1
+__all__ = ["Collector"]
 
 
 class Collector(Worker):
@@ -66,7 +44,9 @@ class Collector(Worker):
         super().__init__()
         self.edge: HttpEdge | None = None
         self.waker: Waker | None = None
-        self.counters = IngestCounters()
+        # What the hints report; written by the edge thread, read by the actor.
+        self.counters = Counters(("readings_accepted", "outcomes_accepted"))
+        self.watermark = 0  # the store's sequence after the newest commit (edge thread writes)
         self._store: SQLiteFactStore | None = None  # used only by the edge's worker thread
         self._last_hint = 0.0
         self._hint_scheduled = False
@@ -123,7 +103,6 @@ class Collector(Worker):
             batch: Any = decode(request.body, content_type, now_ms=now_ms,
                                 max_future_ms=self.settings.ingest.max_future_ms)
         except BodyError as exc:
-            self.counters.bump("bodies_refused")
             return Response(exc.status, encode({"error": f"{exc.code}: {exc.detail}"}, "json"))
         try:
             store = self._facts()
@@ -133,12 +112,11 @@ class Collector(Worker):
                 result = store.insert_outcomes(batch.items)
         except StoreError as exc:
             # Nothing was acknowledged: the gateway retries.
-            self.counters.bump("store_errors")
             self.log.error("store_error", kind=kind, error=str(exc))
             return Response(503, encode({"error": f"store unavailable: {exc}"}, fmt),
                             content_type=_media(fmt), headers=(("Retry-After", "1"),))
-        self.counters.add(kind, result.accepted, result.duplicates, len(batch.rejected),
-                          result.watermark)
+        self.counters.bump(f"{kind}_accepted", result.accepted)
+        self.watermark = max(self.watermark, result.watermark)
         if self.waker is not None and result.accepted:
             self.waker.notify()
         answer = ingest_answer(result.accepted, result.duplicates, batch.rejected)
@@ -168,7 +146,7 @@ class Collector(Worker):
     def _maybe_hint(self) -> None:
         """At most one ``FactsRecorded`` per interval: bursts of small actor messages are slow."""
         assert self.settings is not None
-        values = self.counters.values
+        values = self.counters.snapshot()
         seen = (values["readings_accepted"], values["outcomes_accepted"])
         if seen == self._hinted:
             return
@@ -179,7 +157,7 @@ class Collector(Worker):
                 self.wakeupAfter(wait, payload="hint")
             return
         hint = FactsRecorded(self.name, seen[0] - self._hinted[0], seen[1] - self._hinted[1],
-                             self.counters.watermark)
+                             self.watermark)
         for role in ("feature_generator", "learner"):
             for address in self.peers.of(role):
                 self.send(address, hint)

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from actors.base import Worker
+from actors.counters import Counters
 from actors.edge import HttpEdge, Request, Response, Route
 from learning.artifacts import load_model
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
@@ -66,16 +67,6 @@ def _served(snapshot: ServingSnapshot) -> ServingChoice:
                          snapshot.reason if first is None or snapshot.stand_in else "")
 
 
-class _Counters:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.values = {"ok": 0, "fallback": 0, "bad_request": 0, "unavailable": 0}
-
-    def bump(self, name: str) -> None:
-        with self.lock:
-            self.values[name] += 1
-
-
 class Predictor(Worker):
     """Answers predictions from the champion; swaps models on ``ModelPublished``."""
 
@@ -87,7 +78,7 @@ class Predictor(Worker):
         self.registry: SQLiteModelRegistry | None = None
         self.features: SQLiteFeatureStore | None = None  # actor thread only
         self.edge: HttpEdge | None = None
-        self.counters = _Counters()
+        self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
         self._edge_local = threading.local()
 
     def on_start(self, init: Init) -> None:
@@ -221,8 +212,7 @@ class Predictor(Worker):
 
     def _metrics(self, request: Request) -> Response:
         champion = self.snapshot.champion
-        with self.counters.lock:
-            values = dict(self.counters.values)
+        values = self.counters.snapshot()
         lines = ["# HELP rml_predictions_total Predictions answered by this predictor.",
                  "# TYPE rml_predictions_total counter"]
         lines += [f'rml_predictions_total{{predictor="{self.name}",outcome="{k}"}} {v}'
