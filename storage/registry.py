@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 __all__ = [
-    "CANDIDATE", "CHAMPION", "REJECTED", "RETIRED", "STATUSES",
+    "CANDIDATE", "CHAMPION", "REJECTED", "RETIRED", "SHADOW", "STATUSES",
     "ChampionChange", "ModelRecord", "ModelRegistry", "StatusChange",
 ]
 
@@ -22,7 +22,8 @@ CANDIDATE = "candidate"
 CHAMPION = "champion"
 REJECTED = "rejected"
 RETIRED = "retired"
-STATUSES = frozenset({CANDIDATE, CHAMPION, REJECTED, RETIRED})
+SHADOW = "shadow"  # passed the gate; serving in shadow (answers logged, not returned)
+STATUSES = frozenset({CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW})
 
 
 @dataclass(frozen=True, slots=True)

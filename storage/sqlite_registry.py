@@ -44,7 +44,8 @@ CREATE TABLE IF NOT EXISTS artifacts (
 CREATE TABLE IF NOT EXISTS status_log (
     seq INTEGER PRIMARY KEY,
     version INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('candidate', 'champion', 'rejected', 'retired')),
+    status TEXT NOT NULL CHECK (status IN ('candidate', 'champion', 'rejected', 'retired',
+                                          'shadow')),
     reason TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 ) STRICT;
