@@ -139,6 +139,7 @@ class Learner(Worker):
             feature_collection_id=collection.id, job=job.to_mapping(),
             metrics=dict(candidate.metrics), lineage=json.loads(candidate.lineage.to_json()),
             artifact=candidate.artifact, created_at_ms=int(time.time() * 1000),
+            evaluation=json.loads(candidate.evaluation),
         )
         self.trained_on = max(self.trained_on, len(outcomes))
         self.log.info("candidate_registered", version=version, collection_id=collection.id,

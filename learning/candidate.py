@@ -1,4 +1,5 @@
-"""From facts to a registrable model candidate: train, compare with the champion, record lineage.
+"""From facts to a registrable model candidate: train, compare with the champion, record lineage
+and the evaluation record (holdout curves and the training feature profile for drift).
 
 Pure (no actors, no stores): the learner reads facts and the champion from the
 stores, calls ``make_candidate`` and writes what it returns.
@@ -6,6 +7,7 @@ stores, calls ``make_candidate`` and writes what it returns.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,13 +18,14 @@ import numpy as np
 from config.job import JobConfiguration
 from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
+from learning.drift import profile_features
 from learning.lineage import Lineage, code_version, facts_fingerprint
-from learning.metrics import roc_auc
-from learning.pipeline import TrainedModel, split_by_location, train
-from learning.training import build_training_set
+from learning.metrics import curves, roc_auc
+from learning.pipeline import Fit, TrainedModel, fit_locally, split_by_location, train
+from learning.training import TrainingSet, build_training_set
 from messages.facts import Outcome, Reading
 
-__all__ = ["Candidate", "ChampionRef", "make_candidate"]
+__all__ = ["Candidate", "ChampionRef", "evaluation_record", "make_candidate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,12 +40,14 @@ class ChampionRef:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Candidate:
-    """A trained model ready to register: artifact bytes, metrics and lineage."""
+    """A trained model ready to register: artifact bytes, metrics, lineage and its evaluation
+    record (canonical JSON text, see ``evaluation_record``)."""
 
     trained: TrainedModel
     artifact: bytes
     metrics: tuple[tuple[str, float], ...]
     lineage: Lineage
+    evaluation: str = "{}"
 
 
 def make_candidate(
@@ -52,6 +57,7 @@ def make_candidate(
     job: JobConfiguration,
     champion: ChampionRef | None = None,
     now_ms: int | None = None,
+    fit: Fit = fit_locally,
 ) -> Candidate:
     """Train on a point-in-time training set and score the champion on the same holdout.
 
@@ -59,7 +65,7 @@ def make_candidate(
     against: two models are only comparable on the same outcomes.
     """
     training_set = build_training_set(readings, outcomes, collection, job.window_ms)
-    trained = train(training_set, job)
+    trained = train(training_set, job, fit)  # ``fit``: local, or an external trainer
     metrics = dict(trained.metrics)
     metrics["n_train"] = float(trained.n_train)
     metrics["n_test"] = float(trained.n_test)
@@ -77,7 +83,28 @@ def make_candidate(
         code_version=code_version(),
         created_at_ms=now_ms if now_ms is not None else int(time.time() * 1000),
     )
-    return Candidate(trained, dump_model(trained.pipeline), ordered, lineage)
+    evaluation = json.dumps(evaluation_record(trained, training_set), sort_keys=True,
+                            allow_nan=False)
+    return Candidate(trained, dump_model(trained.pipeline), ordered, lineage, evaluation)
+
+
+def evaluation_record(trained: TrainedModel, training_set: TrainingSet) -> dict[str, Any]:
+    """What the report draws and drift detection compares against::
+
+        {"roc": {"fpr", "tpr", "thresholds"}, "pr": {"precision", "recall"},
+         "holdout": {"rows", "positives"},
+         "profile": {feature: {"edges", "proportions", "missing"}}}
+
+    The profile is of the rows the model was fitted on (``train``'s own split).
+    """
+    record: dict[str, Any] = dict(curves(trained.y_true, trained.y_score))
+    record["holdout"] = {"rows": int(trained.y_true.size),
+                         "positives": int(np.count_nonzero(trained.y_true))}
+    train_mask, _ = split_by_location(training_set.location_ids, trained.job.seed,
+                                      trained.job.test_fraction, training_set.y)
+    profiles = profile_features(training_set.X[train_mask], training_set.feature_names)
+    record["profile"] = {name: p.to_mapping() for name, p in profiles.items()}
+    return record
 
 
 def _champion_auc(readings: Sequence[Reading], outcomes: Sequence[Outcome],

@@ -39,6 +39,9 @@ class ModelRecord:
     lineage: str  # JSON text
     artifact_sha256: str
     status_reason: str
+    # JSON text: holdout ROC and precision-recall curves, holdout size and the training
+    # feature profile (see learning.candidate.evaluation_record); "{}" for older models.
+    evaluation: str = "{}"
 
     @property
     def metrics_map(self) -> dict[str, float]:
@@ -71,8 +74,10 @@ class ModelRegistry(Protocol):
 
     def register(self, *, feature_collection_id: int, job: Mapping[str, Any],
                  metrics: Mapping[str, float], lineage: Mapping[str, Any], artifact: bytes,
-                 created_at_ms: int, status: str = CANDIDATE) -> int:
-        """Store a new model (numbered 1, 2, 3, ...) with its artifact; return its version."""
+                 created_at_ms: int, status: str = CANDIDATE,
+                 evaluation: Mapping[str, Any] | None = None) -> int:
+        """Store a new model (numbered 1, 2, 3, ...) with its artifact and evaluation record;
+        return its version."""
         ...
 
     def set_status(self, version: int, status: str, reason: str, at_ms: int) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from storage._sqlite import SQLiteBacked
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS models (
     job TEXT NOT NULL,
     metrics TEXT NOT NULL,
     lineage TEXT NOT NULL,
-    artifact_sha256 TEXT NOT NULL
+    artifact_sha256 TEXT NOT NULL,
+    evaluation TEXT NOT NULL DEFAULT '{}'
 ) STRICT;
 CREATE TABLE IF NOT EXISTS artifacts (
     version INTEGER PRIMARY KEY,
@@ -59,10 +61,13 @@ CREATE TABLE IF NOT EXISTS champion_log (
 ) STRICT;
 """
 
+# A file made before the evaluation column gets it on the first writable open.
+_ADD_EVALUATION = "ALTER TABLE models ADD COLUMN evaluation TEXT NOT NULL DEFAULT '{}'"
+
 # A model joined with the newest row of its status log.
 _RECORDS = """
 SELECT m.version, m.created_at_ms, s.status, m.feature_collection_id, m.job, m.metrics,
-       m.lineage, m.artifact_sha256, s.reason
+       m.lineage, m.artifact_sha256, s.reason, m.evaluation
 FROM models AS m
 JOIN status_log AS s ON s.seq = (SELECT max(seq) FROM status_log WHERE version = m.version)
 """
@@ -83,9 +88,14 @@ def _json(value: Mapping[str, Any]) -> str:
 
 
 def _record(row: tuple[Any, ...]) -> ModelRecord:
-    version, created, status, collection, job, metrics, lineage, sha, reason = row
+    version, created, status, collection, job, metrics, lineage, sha, reason, evaluation = row
     pairs = tuple((str(name), float(value)) for name, value in json.loads(metrics))
-    return ModelRecord(version, created, status, collection, job, pairs, lineage, sha, reason)
+    return ModelRecord(version, created, status, collection, job, pairs, lineage, sha, reason,
+                       evaluation)
+
+
+def _has_evaluation(conn: sqlite3.Connection) -> bool:
+    return any(row[1] == "evaluation" for row in conn.execute("PRAGMA table_info(models)"))
 
 
 class SQLiteModelRegistry(SQLiteBacked):
@@ -93,22 +103,39 @@ class SQLiteModelRegistry(SQLiteBacked):
 
     SCHEMA = _SCHEMA
 
+    def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
+                 read_only: bool = False) -> None:
+        super().__init__(path, busy_timeout_s=busy_timeout_s, read_only=read_only)
+        self._records = _RECORDS
+        with self._db.read() as conn:
+            present = _has_evaluation(conn)
+        if not present and read_only:  # an older file, read as is: no evaluation records
+            self._records = _RECORDS.replace("m.evaluation", "'{}'")
+        elif not present:
+            with self._db.write() as conn:
+                if not _has_evaluation(conn):  # another process may have just added it
+                    conn.execute(_ADD_EVALUATION)
+
     # -- writing -----------------------------------------------------------
 
     def register(self, *, feature_collection_id: int, job: Mapping[str, Any],
                  metrics: Mapping[str, float], lineage: Mapping[str, Any], artifact: bytes,
-                 created_at_ms: int, status: str = CANDIDATE) -> int:
-        """Store a new model (numbered 1, 2, 3, ...) with its artifact; return its version."""
+                 created_at_ms: int, status: str = CANDIDATE,
+                 evaluation: Mapping[str, Any] | None = None) -> int:
+        """Store a new model (numbered 1, 2, 3, ...) with its artifact and evaluation record;
+        return its version."""
         _check_status(status)
         data = bytes(artifact)
         sha = hashlib.sha256(data).hexdigest()
         metric_pairs = json.dumps([[str(k), float(v)] for k, v in metrics.items()])
         job_text, lineage_text = _json(job), _json(lineage)
+        evaluation_text = _json(evaluation or {})
         with self._db.write() as conn:
             cursor = conn.execute(
                 "INSERT INTO models (created_at_ms, feature_collection_id, job, metrics, "
-                "lineage, artifact_sha256) VALUES (?, ?, ?, ?, ?, ?)",
-                (created_at_ms, feature_collection_id, job_text, metric_pairs, lineage_text, sha))
+                "lineage, artifact_sha256, evaluation) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (created_at_ms, feature_collection_id, job_text, metric_pairs, lineage_text, sha,
+                 evaluation_text))
             version = cursor.lastrowid
             assert version is not None
             conn.execute("INSERT INTO artifacts (version, data) VALUES (?, ?)", (version, data))
@@ -139,7 +166,7 @@ class SQLiteModelRegistry(SQLiteBacked):
     def champion(self) -> ModelRecord | None:
         """The current champion, or None."""
         with self._db.read() as conn:
-            row = conn.execute(f"{_RECORDS} WHERE m.version = ({_NEWEST_CHAMPION}) "
+            row = conn.execute(f"{self._records} WHERE m.version = ({_NEWEST_CHAMPION}) "
                                "AND s.status = ?", (CHAMPION,)).fetchone()
         return None if row is None else _record(row)
 
@@ -162,7 +189,7 @@ class SQLiteModelRegistry(SQLiteBacked):
     def get(self, version: int) -> ModelRecord:
         """The model's record (``KeyError`` if unknown)."""
         with self._db.read() as conn:
-            row = conn.execute(f"{_RECORDS} WHERE m.version = ?", (version,)).fetchone()
+            row = conn.execute(f"{self._records} WHERE m.version = ?", (version,)).fetchone()
         if row is None:
             raise KeyError(f"no model version {version}")
         return _record(row)
@@ -170,7 +197,7 @@ class SQLiteModelRegistry(SQLiteBacked):
     def versions(self) -> tuple[ModelRecord, ...]:
         """Every model, by version."""
         with self._db.read() as conn:
-            rows = conn.execute(f"{_RECORDS} ORDER BY m.version").fetchall()
+            rows = conn.execute(f"{self._records} ORDER BY m.version").fetchall()
         return tuple(_record(row) for row in rows)
 
     def artifact(self, version: int) -> bytes:
@@ -190,7 +217,7 @@ class SQLiteModelRegistry(SQLiteBacked):
     def champion_for_collection(self, collection_id: int) -> ModelRecord | None:
         """The newest champion-or-retired model trained on ``collection_id`` (for fallback)."""
         with self._db.read() as conn:
-            row = conn.execute(f"{_RECORDS} WHERE m.feature_collection_id = ? "
+            row = conn.execute(f"{self._records} WHERE m.feature_collection_id = ? "
                                "AND s.status IN (?, ?) ORDER BY m.version DESC LIMIT 1",
                                (collection_id, CHAMPION, RETIRED)).fetchone()
         return None if row is None else _record(row)
