@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +21,19 @@ from config.job import JobConfiguration, ModelType
 from learning.metrics import holdout_metrics
 from learning.training import TrainingSet
 
-__all__ = ["TrainedModel", "TrainingError", "build_pipeline", "split_by_location", "train"]
+__all__ = [
+    "Fit",
+    "TrainedModel",
+    "TrainingError",
+    "build_pipeline",
+    "fit_locally",
+    "split_by_location",
+    "train",
+]
+
+#: The fit step ``train`` delegates to: (X, y, feature names, job) -> a fitted pipeline.
+#: The split, the holdout and the metrics stay in ``train``: whoever fits never grades.
+Fit = Callable[[np.ndarray, np.ndarray, tuple[str, ...], JobConfiguration], Pipeline]
 
 
 class TrainingError(ValueError):
@@ -40,6 +54,7 @@ class TrainedModel:
     collection_id: int
     job: JobConfiguration
     split: str  # "location" or "row": how the holdout was chosen
+    fit_seconds: float = 0.0  # how long the fit step took (local or external)
 
     def metric(self, name: str) -> float:
         """One holdout metric by name (``roc_auc``)."""
@@ -83,6 +98,12 @@ def build_pipeline(job: JobConfiguration) -> Pipeline:
         steps.append(("scale", StandardScaler()))
     steps.append(("model", estimator))
     return Pipeline(steps)
+
+
+def fit_locally(X: np.ndarray, y: np.ndarray, feature_names: tuple[str, ...],
+                job: JobConfiguration) -> Pipeline:
+    """The default fit step: the job's pipeline fitted in this process."""
+    return build_pipeline(job).fit(X, y)
 
 
 def _location_unit(location_id: int, seed: int) -> float:
@@ -140,11 +161,13 @@ def _split(
     return (~test, test), "row"
 
 
-def train(training_set: TrainingSet, job: JobConfiguration) -> TrainedModel:
-    """Fit the job's pipeline on the training part and score it on the holdout.
+def train(training_set: TrainingSet, job: JobConfiguration,
+          fit: Fit = fit_locally) -> TrainedModel:
+    """Fit the job's pipeline on the training part (with ``fit``) and score it on the holdout.
 
     Deterministic: the same facts and job give the same split, model and metrics.
-    Raises ``TrainingError`` with fewer than 4 rows or a single class.
+    Raises ``TrainingError`` with fewer than 4 rows or a single class; whatever ``fit``
+    raises passes through.
     """
     X, y = training_set.X, training_set.y.astype(bool)
     if len(y) < 4 or y.all() or not y.any():
@@ -154,10 +177,10 @@ def train(training_set: TrainingSet, job: JobConfiguration) -> TrainedModel:
     (train_mask, test_mask), kind = _split(
         training_set.location_ids, job.seed, job.test_fraction, y
     )
-    pipeline = build_pipeline(job)
-    pipeline.fit(X[train_mask], y[train_mask])
-    model = pipeline.named_steps["model"]
-    true_column = list(model.classes_).index(True)
+    began = time.perf_counter()
+    pipeline = fit(X[train_mask], y[train_mask], training_set.feature_names, job)
+    fit_seconds = time.perf_counter() - began
+    true_column = list(pipeline.classes_).index(True)
     y_score = pipeline.predict_proba(X[test_mask])[:, true_column]
     y_true = y[test_mask]
     metrics = holdout_metrics(y_true, y_score)
@@ -174,4 +197,5 @@ def train(training_set: TrainingSet, job: JobConfiguration) -> TrainedModel:
         collection_id=training_set.collection_id,
         job=job,
         split=kind,
+        fit_seconds=fit_seconds,
     )
