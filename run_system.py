@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     dead.set_defaults(run=_cmd_deadletters)
     verbs.add_parser("demo", help="start, play field gateways, predict, crash, stop"
                      ).set_defaults(run=_cmd_demo)
+    from daemon.report_cli import add_report_parser
+
+    add_report_parser(verbs)
     return parser
 
 
