@@ -1,6 +1,7 @@
 """The launcher: ``rml [--config FILE] VERB`` (also ``python run_system.py ...``).
 
-Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``.
+Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``;
+``train``, ``models``, ``rollback`` (``daemon.registry_cli``).
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.report_cli import add_report_parser
 
     add_report_parser(verbs)
+    from daemon.registry_cli import add_registry_parsers
+
+    add_registry_parsers(verbs)  # train, models, rollback
     return parser
 
 

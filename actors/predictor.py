@@ -1,11 +1,13 @@
 """Predictor: serves ``POST /model`` from its own HTTP edge and ``PredictRequest`` via Thespian.
 
-Owns: an ``HttpEdge`` thread; an immutable ``ServingSnapshot`` (champion and
-fallback) that it swaps whole, so the edge never sees half a model.
-Receives: ``ModelPublished`` and ``CollectionSwitched`` (choose again now), a
-timer (choose again, in case a hint was lost), ``Forwarded(PredictRequest)``
+Owns: an ``HttpEdge`` thread; an immutable ``ServingSnapshot`` (champion,
+fallback and a model in shadow, if any) that it swaps whole, so the edge never
+sees half a model; a ``ShadowRunner`` of requests waiting for the shadow model.
+Receives: ``ModelPublished``, ``ShadowStarted`` and ``CollectionSwitched``
+(choose again now), a timer (choose again, in case a hint was lost), a shadow
+timer (ask the shadow model, off the answers, and report), ``Forwarded(PredictRequest)``
 (answer ``reply_to``).
-Sends: ``Prediction`` / ``PredictionError``.
+Sends: ``Prediction`` / ``PredictionError``; ``ShadowServed`` to the publisher.
 On start it reads the champion, the models and the invalid features from the
 stores: never from memory. A champion on a collection with an invalid feature
 is not served; a model on a valid collection stands in (answers marked
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import uuid
 from typing import Any
 
 from actors.base import Worker
@@ -32,6 +36,7 @@ from learning.serving import (
     choose_models,
     predict,
 )
+from learning.shadow import RowMemo, ShadowPrediction, ShadowRunner
 from messages.codec import BodyError, PredictQuery, decode_predict_query
 from messages.openapi import PREDICT_OPENAPI_JSON
 from messages.protocol import (
@@ -41,12 +46,19 @@ from messages.protocol import (
     ModelPublished,
     Prediction,
     PredictRequest,
+    ShadowServed,
+    ShadowStarted,
 )
 from storage.registry import ModelRecord
+from storage.shadow import ShadowCounts
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
 
 __all__ = ["Predictor", "load_serving_model"]
+
+_SHADOW_TICK_S = 0.25  # shadow predictions are made, and reported, at most this often
+_SHADOW_RESEND_S = 2.0  # an unchanged count is sent again this often (a report may be lost)
+_SHADOW_SUMMARY_S = 10.0  # one summary log line per shadow model at most this often
 
 
 def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
@@ -61,10 +73,11 @@ def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
 
 def _served(snapshot: ServingSnapshot) -> ServingChoice:
     """The choice a snapshot serves, to compare with a new one."""
-    first, fallback = snapshot.champion, snapshot.fallback
+    first, fallback, shadow = snapshot.champion, snapshot.fallback, snapshot.shadow
     return ServingChoice(first.version if first else None,
                          fallback.version if fallback else None, snapshot.stand_in,
-                         snapshot.reason if first is None or snapshot.stand_in else "")
+                         snapshot.reason if first is None or snapshot.stand_in else "",
+                         shadow.version if shadow else None)
 
 
 class Predictor(Worker):
@@ -80,6 +93,11 @@ class Predictor(Worker):
         self.edge: HttpEdge | None = None
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
         self._edge_local = threading.local()
+        # Shadow serving: requests wait here for the shadow model (the edge only appends).
+        self.shadow = ShadowRunner()
+        self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
+        self._reported: tuple[int, ShadowCounts, float] | None = None  # version, counts, when
+        self._summarised: tuple[int, float] | None = None
 
     def on_start(self, init: Init) -> None:
         settings = init.settings
@@ -104,6 +122,7 @@ class Predictor(Worker):
         )
         self.edge.start()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
+        self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
 
     def on_stop(self) -> None:
         if self.edge is not None:
@@ -128,7 +147,8 @@ class Predictor(Worker):
         current = self.snapshot
         if choice == _served(current):
             return
-        loaded = {m.version: m for m in (current.champion, current.fallback) if m is not None}
+        loaded = {m.version: m for m in (current.champion, current.fallback, current.shadow)
+                  if m is not None}
 
         def load(wanted: int | None) -> LoadedModel | None:
             if wanted is None:
@@ -138,18 +158,22 @@ class Predictor(Worker):
             return loaded[wanted]
 
         first, fallback = load(choice.first), load(choice.fallback)
+        shadow = load(choice.shadow) if first is not None else None
         # One assignment: the swap.
         self.snapshot = ServingSnapshot(first, fallback, choice.stand_in,
-                                        choice.reason or NO_MODEL_YET)
+                                        choice.reason or NO_MODEL_YET, shadow)
         event = self.log.warning if choice.stand_in or first is None else self.log.info
         event("model_loaded", version=choice.first, stand_in=choice.stand_in,
               fallback_version=choice.fallback, active_collection_id=active,
-              reason=choice.reason or None)
+              shadow_version=choice.shadow, reason=choice.reason or None)
 
     def on_ModelPublished(self, msg: ModelPublished, sender: Any) -> None:  # noqa: N802
         self._refresh()
 
     def on_CollectionSwitched(self, msg: CollectionSwitched, sender: Any) -> None:  # noqa: N802
+        self._refresh()
+
+    def on_ShadowStarted(self, msg: ShadowStarted, sender: Any) -> None:  # noqa: N802
         self._refresh()
 
     def on_timer(self, payload: Any) -> None:
@@ -159,6 +183,47 @@ class Predictor(Worker):
                 self._refresh()
             finally:
                 self.wakeupAfter(self.settings.predict.refresh_interval_s, payload="refresh")
+        elif payload == "shadow":
+            try:
+                self._run_shadow()
+            finally:
+                self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
+
+    # --- shadow serving -------------------------------------------------------------------
+
+    def _run_shadow(self) -> None:
+        """Ask the shadow model for the requests the champion answered since the last tick,
+        then report this incarnation's cumulative count to the publisher (coalesced)."""
+        assert self.settings is not None
+        debug = self.settings.log_level == "debug"
+        self.shadow.run_pending(self._log_shadow_prediction if debug else None)
+        shadow = self.snapshot.shadow
+        if shadow is None:
+            return
+        counts, now = self.shadow.counts(shadow.version), time.monotonic()
+        last = self._reported
+        stale = last is None or now - last[2] >= _SHADOW_RESEND_S
+        if stale or last is None or last[:2] != (shadow.version, counts):
+            for address in self.peers.of("publisher")[:1]:
+                self.send(address, ShadowServed(self._reporter, shadow.version, counts.served,
+                                                counts.agreed, counts.errors))
+                self._reported = (shadow.version, counts, now)
+        summarised = self._summarised
+        if counts.served and (summarised is None or summarised[0] != shadow.version
+                              or now - summarised[1] >= _SHADOW_SUMMARY_S):
+            self._summarised = (shadow.version, now)
+            self.log.info("shadow_summary", version=shadow.version, served=counts.served,
+                          agreed=counts.agreed, errors=counts.errors,
+                          mean_probability_difference=self.shadow.mean_difference(shadow.version),
+                          dropped=self.shadow.dropped)
+
+    def _log_shadow_prediction(self, outcome: ShadowPrediction) -> None:
+        champion = outcome.champion
+        self.log.debug("shadow_prediction", version=outcome.version,
+                       probability=outcome.probability, error=outcome.error or None,
+                       champion_version=champion.model_version,
+                       champion_probability=champion.probability,
+                       correlation_id=champion.correlation_id or None)
 
     # --- answering ----------------------------------------------------------------------
 
@@ -169,9 +234,14 @@ class Predictor(Worker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
-        answer = predict(self.snapshot, query, self.features.latest_row, request.correlation_id,
+        snapshot = self.snapshot
+        lookup = self.features.latest_row if snapshot.shadow is None else RowMemo(
+            self.features.latest_row)
+        answer = predict(snapshot, query, lookup, request.correlation_id,
                          deadline_ms=self.settings.predict.deadline_ms)
         self.send(msg.reply_to, answer)
+        if snapshot.shadow is not None and isinstance(answer, Prediction):
+            self.shadow.offer(snapshot.shadow, query, lookup, answer)
 
     def _edge_features(self) -> SQLiteFeatureStore:
         store = getattr(self._edge_local, "features", None)
@@ -192,9 +262,13 @@ class Predictor(Worker):
             self.counters.bump("bad_request")
             return Response.json(exc.status, {"error": f"{exc.code}: {exc.detail}"})
         assert self.settings is not None
-        answer = predict(self.snapshot, query, self._lookup,
-                         deadline_ms=self.settings.predict.deadline_ms)
+        snapshot = self.snapshot
+        shadow = snapshot.shadow
+        lookup = self._lookup if shadow is None else RowMemo(self._lookup)
+        answer = predict(snapshot, query, lookup, deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
+            if shadow is not None:  # asked later, by the actor: the client does not wait
+                self.shadow.offer(shadow, query, lookup, answer)
             self.counters.bump("fallback" if answer.fallback else "ok")
             return Response.json(200, {
                 "label": answer.label, "probability": answer.probability,
@@ -206,9 +280,11 @@ class Predictor(Worker):
         return Response.json(answer.status, {"error": answer.reason})
 
     def _health(self, request: Request) -> Response:
-        champion = self.snapshot.champion
+        snapshot = self.snapshot
+        champion, shadow = snapshot.champion, snapshot.shadow
         return Response.json(200, {"status": "ok", "actor": self.name,
-                                   "model_version": champion.version if champion else None})
+                                   "model_version": champion.version if champion else None,
+                                   "shadow_version": shadow.version if shadow else None})
 
     def _metrics(self, request: Request) -> Response:
         champion = self.snapshot.champion
@@ -225,6 +301,16 @@ class Predictor(Worker):
                   "# TYPE rml_edge_requests_total counter",
                   f'rml_edge_requests_total{{predictor="{self.name}"}} '
                   f"{self.edge.requests_served if self.edge else 0}"]
+        shadow = self.snapshot.shadow
+        if shadow is not None:
+            counts = self.shadow.counts(shadow.version)
+            lines += ["# HELP rml_shadow_predictions_total Shadow predictions made beside the "
+                      "champion's answers by this predictor process.",
+                      "# TYPE rml_shadow_predictions_total counter"]
+            lines += [f'rml_shadow_predictions_total{{predictor="{self.name}",'
+                      f'version="{shadow.version}",outcome="{name}"}} {value}'
+                      for name, value in (("served", counts.served), ("agreed", counts.agreed),
+                                          ("error", counts.errors))]
         return Response(200, ("\n".join(lines) + "\n").encode(),
                         content_type="text/plain; version=0.0.4")
 

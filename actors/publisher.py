@@ -1,10 +1,13 @@
-"""Publisher: gates candidates and makes the good ones champion.
+"""Publisher: gates candidates, runs shadow trials, makes the good ones champion, rolls back.
 
-Owns: nothing in memory; candidates and champions live in the registry.
-Receives: ``ModelCandidate`` (and a timer: candidates left unjudged while it
-was down are judged from the registry).
-Sends: ``ModelPublished`` to every predictor; ``TrainResult`` to whoever
-asked for the run.
+Owns: nothing in memory; candidates, champions and shadow trials live in the registry's
+file (the status log, the champion log and the trial counts).
+Receives: ``ModelCandidate`` (and a timer: candidates left unjudged while it was down are
+judged from the registry, trials that reached their count are promoted);
+``ShadowServed`` (a predictor's cumulative shadow count); ``Forwarded(RollbackRequest)``
+(``rml rollback``).
+Sends: ``ModelPublished`` (a new champion) or ``ShadowStarted`` (a new shadow) to every
+predictor; ``TrainResult`` to whoever asked for the run; ``RollbackResult``.
 """
 
 from __future__ import annotations
@@ -13,13 +16,43 @@ import time
 from typing import Any
 
 from actors.base import Worker
+from learning.artifacts import load_model
+from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
-from messages.protocol import Init, ModelCandidate, ModelPublished, TrainResult
+from learning.rollback import rollback_reason, rollback_refusal
+from learning.shadow import CandidatePlan, plan_candidate
+from messages.protocol import (
+    Forwarded,
+    Init,
+    ModelCandidate,
+    ModelPublished,
+    RollbackRequest,
+    RollbackResult,
+    ShadowServed,
+    ShadowStarted,
+    TrainResult,
+)
+from storage.registry import CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW
+from storage.shadow import ShadowCounts, ShadowTrial
+from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite_shadow import SQLiteShadowTrials
 
 __all__ = ["Publisher"]
 
 _SCAN_S = 2.0
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _progress(trial: ShadowTrial | None) -> str:
+    if trial is None:
+        return "no request"
+    counts = trial.counts
+    agreed = f", {counts.agreed / counts.served:.1%} agreed" if counts.served else ""
+    return f"{counts.served}/{trial.target} requests{agreed}"
 
 
 class Publisher(Worker):
@@ -30,40 +63,52 @@ class Publisher(Worker):
     def __init__(self) -> None:
         super().__init__()
         self.registry: SQLiteModelRegistry | None = None
+        self.trials: SQLiteShadowTrials | None = None
+        self.features: SQLiteFeatureStore | None = None
 
     def on_start(self, init: Init) -> None:
-        self.registry = SQLiteModelRegistry(init.settings.data_path / "models.sqlite",
-                                            busy_timeout_s=init.settings.storage.busy_timeout_s)
+        data, timeout = init.settings.data_path, init.settings.storage.busy_timeout_s
+        self.registry = SQLiteModelRegistry(data / "models.sqlite", busy_timeout_s=timeout)
+        self.trials = SQLiteShadowTrials(data / "models.sqlite", busy_timeout_s=timeout)
+        self.features = SQLiteFeatureStore(data / "features.sqlite", busy_timeout_s=timeout)
         self.wakeupAfter(_SCAN_S, payload="scan")
 
     def on_stop(self) -> None:
-        if self.registry is not None:
-            self.registry.close()
+        for store in (self.registry, self.trials, self.features):
+            if store is not None:
+                store.close()
+
+    # --- candidates ---------------------------------------------------------------------
 
     def on_ModelCandidate(self, msg: ModelCandidate, sender: Any) -> None:  # noqa: N802
         self._judge(msg.version, msg.force, msg.reply_to, msg.correlation_id)
 
     def on_timer(self, payload: Any) -> None:
         if payload == "scan":
-            assert self.registry is not None
+            assert self.registry is not None and self.trials is not None
             try:
                 for record in self.registry.versions():
-                    if record.status == "candidate":
+                    if record.status == CANDIDATE:
                         self._judge(record.version, False, None, "")
+                    elif record.status == SHADOW:
+                        trial = self.trials.get(record.version)
+                        if trial is not None and trial.done:  # promotion cut short by a crash
+                            self._finish_shadow(trial)
             finally:
                 self.wakeupAfter(_SCAN_S, payload="scan")
 
     def on_peers(self) -> None:
-        # A predictor that (re)started loads the champion itself; nothing to resend.
+        # A predictor that (re)started loads the champion and shadow itself; nothing to resend.
         pass
 
     def _judge(self, version: int, force: bool, reply_to: Any, correlation_id: str) -> None:
         """Idempotent: a version already judged is answered with its recorded verdict."""
         assert self.registry is not None and self.settings is not None
+        assert self.trials is not None
         record = self.registry.get(version)
         metrics = tuple(record.metrics)
-        if record.status != "candidate":
-            published = record.status in ("champion", "retired")
+        if record.status != CANDIDATE:
+            published = record.status in (CHAMPION, RETIRED)
             if reply_to is not None:
                 self.send(reply_to, TrainResult(correlation_id, version, published, metrics,
                                                 record.status_reason))
@@ -71,18 +116,113 @@ class Publisher(Worker):
         champion = self.registry.champion()
         decision = judge_candidate(dict(metrics), champion is not None,
                                    self.settings.learning.publish_margin, force)
-        now_ms = int(time.time() * 1000)
-        if decision.publish:
-            self.registry.promote(version, decision.reason, now_ms)
-            notice = ModelPublished(version, record.feature_collection_id)
-            for address in self.peers.of("predictor"):
-                self.send(address, notice)
-            self.log.info("model_published", version=version, reason=decision.reason,
+        target = self.settings.learning.shadow_requests
+        plan = plan_candidate(decision.publish, champion is not None, force, target)
+        reason = decision.reason
+        if plan is CandidatePlan.PROMOTE:
+            self._end_shadows(f"version {version} was published", keep=version)
+            self.registry.promote(version, reason, _now_ms())
+            self._tell_predictors(ModelPublished(version, record.feature_collection_id))
+            self.log.info("model_published", version=version, reason=reason,
+                          correlation_id=correlation_id)
+        elif plan is CandidatePlan.SHADOW:
+            self._end_shadows(f"version {version} entered shadow", keep=version)
+            self.trials.start(version, target, _now_ms())  # before the status: idempotent
+            reason = f"{reason}; serving in shadow for {target} requests before promotion"
+            self.registry.set_status(version, SHADOW, reason, _now_ms())
+            self._tell_predictors(ShadowStarted(version, record.feature_collection_id, target))
+            self.log.info("model_in_shadow", version=version, requests=target, reason=reason,
                           correlation_id=correlation_id)
         else:
-            self.registry.set_status(version, "rejected", decision.reason, now_ms)
-            self.log.info("model_rejected", version=version, reason=decision.reason,
+            self.registry.set_status(version, REJECTED, reason, _now_ms())
+            self.log.info("model_rejected", version=version, reason=reason,
                           correlation_id=correlation_id)
         if reply_to is not None:
-            self.send(reply_to, TrainResult(correlation_id, version, decision.publish, metrics,
-                                            decision.reason))
+            self.send(reply_to, TrainResult(correlation_id, version,
+                                            plan is CandidatePlan.PROMOTE, metrics, reason))
+
+    # --- shadow trials ------------------------------------------------------------------
+
+    def on_ShadowServed(self, msg: ShadowServed, sender: Any) -> None:  # noqa: N802
+        assert self.registry is not None and self.trials is not None
+        try:
+            status = self.registry.get(msg.version).status
+            if status != SHADOW:
+                return  # ended (promoted, superseded, rolled back): late reports change nothing
+            trial = self.trials.record(msg.version, msg.reporter,
+                                       ShadowCounts(msg.served, msg.agreed, msg.errors),
+                                       _now_ms())
+        except KeyError:
+            self.log.warning("shadow_report_unknown_version", version=msg.version,
+                             reporter=msg.reporter)
+            return
+        self.log.debug("shadow_progress", version=msg.version, progress=_progress(trial))
+        if trial.done:
+            self._finish_shadow(trial)
+
+    def _finish_shadow(self, trial: ShadowTrial) -> None:
+        """Promote a shadow that served its requests (a no-op once it is champion)."""
+        assert self.registry is not None
+        record = self.registry.get(trial.version)
+        if record.status != SHADOW:
+            return
+        reason = f"shadow finished: {_progress(trial)} with the champion's label"
+        self.registry.promote(trial.version, reason, _now_ms())
+        self._tell_predictors(ModelPublished(trial.version, record.feature_collection_id))
+        self.log.info("model_published", version=trial.version, reason=reason)
+
+    def _end_shadows(self, why: str, keep: int) -> None:
+        """End every unfinished shadow but ``keep``'s (a newer candidate or a rollback won)."""
+        assert self.registry is not None and self.trials is not None
+        for record in self.registry.versions():
+            if record.status == SHADOW and record.version != keep:
+                trial = self.trials.get(record.version)
+                reason = f"shadow ended unfinished after {_progress(trial)}: {why}"
+                self.registry.set_status(record.version, REJECTED, reason, _now_ms())
+                self.log.info("shadow_ended", version=record.version, reason=reason)
+
+    # --- rollback -----------------------------------------------------------------------
+
+    def on_Forwarded(self, msg: Forwarded, sender: Any) -> None:  # noqa: N802
+        if isinstance(msg.message, RollbackRequest):
+            self.send(msg.reply_to, self._rollback(msg.message))
+
+    def _rollback(self, request: RollbackRequest) -> RollbackResult:
+        """Make ``request.version`` champion if it can be served now; idempotent."""
+        assert self.registry is not None and self.features is not None
+        version, cid = request.version, request.correlation_id
+        try:
+            record = self.registry.get(version)
+        except KeyError:
+            record = None
+        champion = self.registry.champion()
+        if record is not None and champion is not None and champion.version == version:
+            return RollbackResult(cid, version, True, version,
+                                  f"version {version} is already the champion")
+        artifact_error = None
+        if record is not None:
+            try:
+                load_model(self.registry.artifact(version))  # sha256, then the allow-list
+            except Exception as exc:
+                artifact_error = f"{type(exc).__name__}: {exc}"
+        usable = usable_collection_ids(self.features.collections(),
+                                       self.features.invalid_features())
+        refusal = rollback_refusal(version, record.status if record else None,
+                                   record.feature_collection_id if record else None, usable,
+                                   artifact_error)
+        if refusal is not None or record is None:
+            self.log.warning("rollback_refused", version=version, reason=refusal,
+                             correlation_id=cid)
+            return RollbackResult(cid, version, False, None, refusal or "")
+        reason = rollback_reason(request.reason)
+        self._end_shadows(f"rollback to version {version}", keep=version)
+        self.registry.promote(version, reason, _now_ms())
+        self._tell_predictors(ModelPublished(version, record.feature_collection_id))
+        previous = champion.version if champion else None
+        self.log.info("model_rolled_back", version=version, previous_version=previous,
+                      reason=reason, correlation_id=cid)
+        return RollbackResult(cid, version, True, previous, reason)
+
+    def _tell_predictors(self, notice: ModelPublished | ShadowStarted) -> None:
+        for address in self.peers.of("predictor"):
+            self.send(address, notice)

@@ -84,6 +84,9 @@ class LearningSettings:
     publish_margin: float = 0.0
     model_type: str = "decision_tree"
     seed: int = 7
+    # A candidate that passes the gate first serves in shadow (answers computed and logged,
+    # not returned) for this many requests before its promotion; 0 promotes at once.
+    shadow_requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +300,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.feature_window_ms", "must be at least one minute")
     if not 0.0 <= s.learning.publish_margin < 0.5:
         raise ConfigError("learning.publish_margin", "must be in [0, 0.5)")
+    if not 0 <= s.learning.shadow_requests <= 100_000_000:
+        raise ConfigError("learning.shadow_requests", "must be in 0..100000000 (0: no shadow)")
     if s.supervision.max_restarts < 0:
         raise ConfigError("supervision.max_restarts", "must be at least 0")
     if s.supervision.period_s <= 0:

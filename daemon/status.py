@@ -36,9 +36,36 @@ def _store_view(settings: Settings) -> dict[str, Any]:
             "metrics": dict(champion.metrics),
         }
         view["feature_collection"] = _feature_view(stores.features)
+        view["shadow"] = _shadow_view(settings, stores.registry)
     finally:
         stores.close()
     return view
+
+
+def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
+    """Models serving in shadow, each with how far it is towards its promotion."""
+    from storage.sqlite_shadow import SQLiteShadowTrials
+
+    shadows = [r for r in registry.versions() if r.status == "shadow"]
+    if not shadows:
+        return []
+    trials = SQLiteShadowTrials(settings.data_path / "models.sqlite",
+                                busy_timeout_s=settings.storage.busy_timeout_s, read_only=True)
+    try:
+        view = []
+        for record in shadows:
+            trial = trials.get(record.version)
+            counts = trial.counts if trial else None
+            view.append({"version": record.version,
+                         "feature_collection_id": record.feature_collection_id,
+                         "target": trial.target if trial else None,
+                         "served": counts.served if counts else 0,
+                         "agreed": counts.agreed if counts else 0,
+                         "errors": counts.errors if counts else 0,
+                         "roc_auc": dict(record.metrics).get("roc_auc")})
+        return view
+    finally:
+        trials.close()
 
 
 def _feature_view(features: Any) -> dict[str, Any]:
@@ -111,6 +138,11 @@ def render_status(status: dict[str, Any]) -> str:
                      f"{model['feature_collection_id']} (holdout ROC AUC {auc:.3f})")
     else:
         lines.append("champion model: none yet")
+    for shadow in status.get("shadow", []):
+        lines.append(f"shadow model: version {shadow['version']} on feature collection "
+                     f"{shadow['feature_collection_id']}: {shadow['served']}/{shadow['target']} "
+                     f"requests served in shadow ({shadow['agreed']} agreed with the champion, "
+                     f"{shadow['errors']} errors)")
     fc = status.get("feature_collection", {})
     lines.append(f"active feature collection: {fc.get('active')} "
                  f"({', '.join(fc.get('active_features', []))})")

@@ -34,12 +34,14 @@ __all__ = [
     "ServingChoice",
     "ServingSnapshot",
     "choose_models",
+    "feature_values",
     "predict",
 ]
 
 RowLookup = Callable[[int, int], FeatureRow | None]
 
 _SERVABLE = frozenset({"champion", "retired"})
+_SHADOW = "shadow"
 NO_MODEL_YET = "no model has been published yet"
 
 
@@ -60,12 +62,14 @@ class ServingSnapshot:
     ``champion`` is the registry's champion, or a stand-in when the champion's collection
     has an invalid feature (``stand_in``: its answers are marked ``fallback`` too).
     ``reason`` says why there is no model to ask (the 503's reason) or why a stand-in.
+    ``shadow`` is a model serving in shadow: asked too, off the answer, never returned.
     """
 
     champion: LoadedModel | None = None
     fallback: LoadedModel | None = None
     stand_in: bool = False
     reason: str = NO_MODEL_YET
+    shadow: LoadedModel | None = None
 
 
 class RegisteredModel(Protocol):
@@ -84,12 +88,14 @@ class RegisteredModel(Protocol):
 @dataclass(frozen=True, slots=True)
 class ServingChoice:
     """Versions to serve: ``first`` (None: nothing servable, ``reason`` says why) and
-    ``fallback``; ``stand_in`` when ``first`` is not the champion."""
+    ``fallback``; ``stand_in`` when ``first`` is not the champion; ``shadow``, a model serving
+    in shadow beside ``first``."""
 
     first: int | None
     fallback: int | None
     stand_in: bool
     reason: str
+    shadow: int | None = None
 
 
 def choose_models(
@@ -98,7 +104,8 @@ def choose_models(
 ) -> ServingChoice:
     """The champion if its collection is usable; else the newest champion-or-retired model on
     the active collection, else on any usable one (a stand-in). The fallback is the newest
-    other such model on the fallback collection, else the newest other one."""
+    other such model on the fallback collection, else the newest other one. The shadow is the
+    newest model in shadow on a usable collection, asked only beside a served model."""
     records = tuple(records)
     champion = next((r for r in records if r.status == "champion"), None)
     if champion is None:
@@ -121,12 +128,16 @@ def choose_models(
     others = [r for r in servable if r is not first]
     fallback = next((r for r in others if r.feature_collection_id == FALLBACK_COLLECTION_ID),
                     others[0] if others else None)
+    shadow = max((r.version for r in records if r.status == _SHADOW
+                  and r.feature_collection_id in usable_collections), default=None)
     return ServingChoice(first.version, fallback.version if fallback else None,
-                         first is not champion, reason)
+                         first is not champion, reason, shadow)
 
 
-def _values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
-            correlation_id: str) -> Sequence[float] | PredictionError:
+def feature_values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
+                   correlation_id: str = "") -> Sequence[float] | PredictionError:
+    """The query's feature values in ``model``'s order (from the query, or the location's
+    latest row of the model's collection), or the 400 that says what is wrong."""
     if query.features is not None:
         try:
             return features_from_mapping(model.feature_names, dict(query.features))
@@ -146,7 +157,7 @@ def _values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
 
 def _answer(model: LoadedModel, query: PredictQuery, lookup: RowLookup, correlation_id: str,
             fallback: bool) -> Prediction | PredictionError:
-    values = _values(model, query, lookup, correlation_id)
+    values = feature_values(model, query, lookup, correlation_id)
     if isinstance(values, PredictionError):
         return values
     probability = float(model.predict_one(values))

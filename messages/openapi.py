@@ -252,7 +252,9 @@ def predict_document() -> dict[str, Any]:
     }
     health = {"type": "object", "required": ["status", "actor", "model_version"],
               "properties": {"status": {"const": "ok"}, "actor": {"type": "string"},
-                             "model_version": {"type": ["integer", "null"]}}}
+                             "model_version": {"type": ["integer", "null"]},
+                             "shadow_version": {"type": ["integer", "null"],
+                                                "description": "A model serving in shadow."}}}
     query = {"oneOf": [{"$ref": "#/components/schemas/LocationQuery"},
                        {"$ref": "#/components/schemas/FeaturesQuery"}]}
     return {

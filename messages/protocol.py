@@ -34,6 +34,10 @@ __all__ = [
     "SystemStarted",
     "TrainRequest",
     "TrainResult",
+    "RollbackRequest",
+    "RollbackResult",
+    "ShadowServed",
+    "ShadowStarted",
 ]
 
 
@@ -274,3 +278,52 @@ class StoppingNormally:
     restarted). Thespian's ``ChildActorExited`` does not say why a child exited."""
 
     name: str
+
+
+# --- registry operations and shadow serving ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackRequest:
+    """Make a registered version the champion again (``rml rollback``); the publisher answers."""
+
+    correlation_id: str
+    version: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackResult:
+    """Answer to ``RollbackRequest``: ``ok`` with the champion it replaced, or why not
+    (``reason`` starts with a named error: ``unknown_version``, ``artifact_invalid``, ...)."""
+
+    correlation_id: str
+    version: int
+    ok: bool
+    previous_version: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowStarted:
+    """Publisher -> predictors: ``version`` serves in shadow for ``requests`` requests.
+
+    A hint: the status is in the registry and the trial in the shadow store.
+    """
+
+    version: int
+    feature_collection_id: int
+    requests: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowServed:
+    """Predictor -> publisher: the shadow predictions one predictor incarnation (``reporter``)
+    made for ``version``, cumulative (so a lost or repeated report changes nothing); sent at
+    most a few times a second."""
+
+    reporter: str
+    version: int
+    served: int
+    agreed: int
+    errors: int

@@ -43,6 +43,8 @@ from messages.protocol import (
     PredictionError,
     PredictRequest,
     Ready,
+    RollbackRequest,
+    RollbackResult,
     StartSystem,
     StatusReport,
     StatusRequest,
@@ -449,6 +451,11 @@ class Supervisor(ReactiveActor):
     def on_TrainRequest(self, msg: TrainRequest, sender: Any) -> None:  # noqa: N802
         self._route("learner", msg, sender,
                     TrainResult(msg.correlation_id, None, False, (), "no learner is running"))
+
+    def on_RollbackRequest(self, msg: RollbackRequest, sender: Any) -> None:  # noqa: N802
+        self._route("publisher", msg, sender,
+                    RollbackResult(msg.correlation_id, msg.version, False, None,
+                                   "no publisher is running"))
 
     def _route(self, role: str, msg: Any, sender: Any, unavailable: Any) -> None:
         live = self._live(role)

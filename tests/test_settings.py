@@ -46,6 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "learning.publish_margin": 0.0,
     "learning.model_type": "decision_tree",
     "learning.seed": 7,
+    "learning.shadow_requests": 0,
     "features.plugins": (),
     "features.max_crashes": 3,
     "supervision.max_restarts": 10,

@@ -1,0 +1,142 @@
+"""What ``rml models`` shows: every registered version with its lineage, status and history.
+
+Read from the registry's file (read-only), so it works with or without a running daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from config.settings import Settings
+from storage import MODELS_FILE
+from storage.errors import StoreUnavailable
+from storage.shadow import ShadowTrial
+from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite_shadow import SQLiteShadowTrials
+
+__all__ = ["format_metrics", "models_view", "render_models"]
+
+
+def _lineage(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _shadow(trial: ShadowTrial | None) -> dict[str, Any] | None:
+    if trial is None:
+        return None
+    counts = trial.counts
+    return {"target": trial.target, "served": counts.served, "agreed": counts.agreed,
+            "errors": counts.errors, "started_at_ms": trial.started_at_ms,
+            "updated_at_ms": trial.updated_at_ms}
+
+
+def models_view(settings: Settings) -> dict[str, Any]:
+    """Every version (lineage: facts, feature collection, job, metrics, code version; created
+    time; status, its reason and log; shadow progress) and the champion history."""
+    path, timeout = settings.data_path / MODELS_FILE, settings.storage.busy_timeout_s
+    try:
+        registry = SQLiteModelRegistry(path, busy_timeout_s=timeout, read_only=True)
+    except StoreUnavailable:  # no registry yet: nothing was ever trained here
+        return {"models": [], "champion_history": []}
+    try:
+        trials_store = SQLiteShadowTrials(path, busy_timeout_s=timeout, read_only=True)
+        try:
+            trials = {t.version: t for t in trials_store.trials()}
+        finally:
+            trials_store.close()
+        models = []
+        for record in registry.versions():
+            lineage = _lineage(record.lineage)
+            models.append({
+                "version": record.version,
+                "status": record.status,
+                "status_reason": record.status_reason,
+                "created_at_ms": record.created_at_ms,
+                "feature_collection_id": record.feature_collection_id,
+                "metrics": dict(record.metrics),
+                "facts": lineage.get("facts", {}),
+                "feature_collection": lineage.get("feature_collection", {}),
+                "job": lineage.get("job", _lineage(record.job)),
+                "code_version": lineage.get("code_version", ""),
+                "artifact_sha256": record.artifact_sha256,
+                "history": [{"status": change.status, "reason": change.reason,
+                             "at_ms": change.at_ms}
+                            for change in registry.status_history(record.version)],
+                "shadow": _shadow(trials.get(record.version)),
+            })
+        history = [{"version": c.version, "previous_version": c.previous_version,
+                    "reason": c.reason, "at_ms": c.at_ms}
+                   for c in registry.champion_history()]
+    finally:
+        registry.close()
+    return {"models": models, "champion_history": history}
+
+
+def format_metrics(metrics: dict[str, float], skip: tuple[str, ...] = ()) -> str:
+    """``name value`` pairs by name; counts (``n_*``) and versions (``*_version``) as integers."""
+    def shown(name: str, value: float) -> str:
+        whole = float(value).is_integer() and (name.startswith("n_") or name.endswith("_version"))
+        return f"{name} {int(value)}" if whole else f"{name} {value:.4f}"
+    return ", ".join(shown(k, v) for k, v in sorted(metrics.items()) if k not in skip)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "?"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    if not facts:
+        return "facts: unknown"
+    digest = str(facts.get("content_hash", ""))[:16]
+    return (f"facts: {facts.get('readings', '?')} readings, {facts.get('outcomes', '?')} "
+            f"outcomes, {_when(facts.get('first_timestamp'))} .. "
+            f"{_when(facts.get('last_timestamp'))}, sha256 {digest}")
+
+
+def _job(job: dict[str, Any]) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(dict(job.get("hyperparameters", {})).items()))
+    rest = ", ".join(f"{k}={job[k]}" for k in ("test_fraction", "seed", "window_ms") if k in job)
+    return f"job: {job.get('model_type', '?')} ({params}); {rest}"
+
+
+def render_models(view: dict[str, Any]) -> str:
+    """A human view of ``models_view``: one block per version, then the champion history."""
+    models = view["models"]
+    if not models:
+        return "no models registered"
+    lines = []
+    for model in models:
+        metrics = model["metrics"]
+        auc = metrics.get("roc_auc")
+        score = f"holdout ROC AUC {auc:.4f}" if auc is not None else "no ROC AUC"
+        collection = model["feature_collection"]
+        features = ", ".join(collection.get("features", []))
+        lines.append(f"version {model['version']:<4} {model['status']:<9} "
+                     f"created {_when(model['created_at_ms'])}  {score}")
+        lines.append(f"    {model['status']}: {model['status_reason']}")
+        lines.append(f"    {_facts(model['facts'])}")
+        lines.append(f"    feature collection {model['feature_collection_id']}: {features}")
+        lines.append(f"    {_job(model['job'])}")
+        lines.append(f"    metrics: {format_metrics(metrics, skip=('roc_auc',))}")
+        lines.append(f"    code {model['code_version']}, artifact sha256 "
+                     f"{model['artifact_sha256'][:16]}")
+        shadow = model["shadow"]
+        if shadow is not None:
+            lines.append(f"    shadow: {shadow['served']}/{shadow['target']} requests, "
+                         f"{shadow['agreed']} agreed with the champion, {shadow['errors']} "
+                         "errors")
+    lines.append("champion history:")
+    for change in view["champion_history"]:
+        was = (f" (replacing version {change['previous_version']})"
+               if change["previous_version"] is not None else "")
+        lines.append(f"  {_when(change['at_ms'])}  version {change['version']}{was}: "
+                     f"{change['reason']}")
+    return "\n".join(lines)

@@ -1,0 +1,165 @@
+"""Champion and challenger: a candidate serving in shadow before its promotion. Pure.
+
+A candidate that passes the gate may first serve in shadow for ``[learning]
+shadow_requests`` requests: for each request the champion answered, the shadow model's
+prediction is computed as well and tallied, never returned. The predictor's edge only
+``offer``s a request (a deque append); the actor computes the shadow predictions later
+(``run_pending``), off the client's answer, with the same feature rows the champion saw.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from learning.collections import FeatureRow
+from learning.serving import LoadedModel, RowLookup, feature_values
+from messages.codec import PredictQuery
+from messages.protocol import Prediction, PredictionError
+from storage.shadow import ShadowCounts
+
+__all__ = [
+    "CandidatePlan",
+    "RowMemo",
+    "ShadowPrediction",
+    "ShadowRunner",
+    "plan_candidate",
+]
+
+
+class CandidatePlan(StrEnum):
+    """What the publisher does with a judged candidate."""
+
+    PROMOTE = "promote"
+    SHADOW = "shadow"
+    REJECT = "reject"
+
+
+def plan_candidate(passed_gate: bool, has_champion: bool, forced: bool,
+                   shadow_requests: int) -> CandidatePlan:
+    """Reject what the gate refused; promote at once the first model (there is no champion to
+    shadow), a forced one (the operator asked for it in production) or any when shadowing is
+    off (``shadow_requests == 0``); else serve it in shadow first."""
+    if not passed_gate:
+        return CandidatePlan.REJECT
+    if shadow_requests <= 0 or not has_champion or forced:
+        return CandidatePlan.PROMOTE
+    return CandidatePlan.SHADOW
+
+
+class RowMemo:
+    """A feature lookup that remembers its rows: the shadow model, asked later, sees the very
+    rows the champion was asked with (and the store is read once per collection)."""
+
+    __slots__ = ("_lookup", "_rows")
+
+    def __init__(self, lookup: RowLookup) -> None:
+        self._lookup = lookup
+        self._rows: dict[tuple[int, int], FeatureRow | None] = {}
+
+    def __call__(self, collection_id: int, location_id: int) -> FeatureRow | None:
+        key = (collection_id, location_id)
+        try:
+            return self._rows[key]
+        except KeyError:
+            row = self._rows[key] = self._lookup(collection_id, location_id)
+            return row
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowPrediction:
+    """One shadow prediction beside the champion's answer (``probability`` None: it failed,
+    and ``error`` says why)."""
+
+    version: int
+    champion: Prediction
+    probability: float | None
+    error: str = ""
+
+    @property
+    def agreed(self) -> bool:
+        """Whether the shadow model gave the champion's label."""
+        return self.probability is not None and (self.probability >= 0.5) == self.champion.label
+
+
+def _shadow_predict(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
+                    answer: Prediction) -> ShadowPrediction:
+    try:
+        values = feature_values(model, query, lookup, answer.correlation_id)
+        if isinstance(values, PredictionError):
+            return ShadowPrediction(model.version, answer, None, values.reason)
+        return ShadowPrediction(model.version, answer, float(model.predict_one(values)))
+    except Exception as exc:  # a shadow model's failure must never reach a client
+        return ShadowPrediction(model.version, answer, None, f"{type(exc).__name__}: {exc}")
+
+
+class ShadowRunner:
+    """Requests the champion answered, waiting for the shadow model; tallies per version.
+
+    ``offer`` is the only call on the hot path (any thread); ``run_pending`` and ``counts``
+    belong to the actor's thread. At most ``capacity`` requests wait: past that the oldest
+    are dropped (counted in ``dropped``), so a stalled actor never grows the predictor.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self._pending: collections.deque[tuple[LoadedModel, PredictQuery, RowLookup,
+                                               Prediction]] = collections.deque(maxlen=capacity)
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self._counts: dict[int, ShadowCounts] = {}
+        self._differences: dict[int, float] = {}  # sum of |shadow - champion| probabilities
+
+    def offer(self, model: LoadedModel, query: PredictQuery, lookup: RowLookup,
+              answer: Prediction) -> None:
+        """Queue a request the champion answered for ``model`` (the shadow) to answer too."""
+        if len(self._pending) == self._pending.maxlen:
+            self._dropped += 1  # approximate under a race between threads: a tally, no more
+        self._pending.append((model, query, lookup, answer))
+
+    def run_pending(self, on_each: Callable[[ShadowPrediction], None] | None = None,
+                    limit: int = 100_000) -> int:
+        """Ask the shadow model for every waiting request (at most ``limit``); how many ran."""
+        done = 0
+        while done < limit:
+            try:
+                model, query, lookup, answer = self._pending.popleft()
+            except IndexError:
+                break
+            outcome = _shadow_predict(model, query, lookup, answer)
+            done += 1
+            with self._lock:
+                old = self._counts.get(outcome.version, ShadowCounts())
+                self._counts[outcome.version] = ShadowCounts(
+                    old.served + (outcome.probability is not None),
+                    old.agreed + outcome.agreed,
+                    old.errors + (outcome.probability is None))
+                if outcome.probability is not None:
+                    self._differences[outcome.version] = self._differences.get(
+                        outcome.version, 0.0) + abs(outcome.probability - answer.probability)
+            if on_each is not None:
+                on_each(outcome)
+        return done
+
+    def counts(self, version: int) -> ShadowCounts:
+        """Shadow predictions made for ``version`` by this runner so far (cumulative)."""
+        with self._lock:
+            return self._counts.get(version, ShadowCounts())
+
+    def mean_difference(self, version: int) -> float | None:
+        """Mean |shadow - champion| probability over ``version``'s shadow predictions."""
+        with self._lock:
+            served = self._counts.get(version, ShadowCounts()).served
+            return self._differences.get(version, 0.0) / served if served else None
+
+    @property
+    def dropped(self) -> int:
+        """Requests offered but never run because too many were waiting."""
+        return self._dropped
+
+    @property
+    def waiting(self) -> int:
+        """Requests offered and not run yet."""
+        return len(self._pending)

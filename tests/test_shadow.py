@@ -1,0 +1,167 @@
+"""Shadow serving without an actor system: the plan for a candidate, the runner that asks the
+shadow model off the hot path, the choice of models to load, and the durable trial counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from learning.collections import FeatureRow
+from learning.serving import LoadedModel, ServingChoice, choose_models
+from learning.shadow import CandidatePlan, RowMemo, ShadowRunner, plan_candidate
+from messages.codec import PredictQuery
+from messages.protocol import Prediction
+from storage.shadow import ShadowCounts
+from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite_shadow import SQLiteShadowTrials
+
+FEATURES = ("animal_estimate", "zebra_share")
+
+
+def _model(version: int, probability: float, collection: int = 1) -> LoadedModel:
+    return LoadedModel(version, collection, FEATURES, lambda values: probability)
+
+
+def _answer(probability: float, version: int = 1) -> Prediction:
+    return Prediction("cid", probability >= 0.5, probability, version, 1)
+
+
+def _rows(lookups: list[tuple[int, int]]) -> object:
+    def lookup(collection_id: int, location_id: int) -> FeatureRow | None:
+        lookups.append((collection_id, location_id))
+        return FeatureRow(collection_id, location_id, 0, (3.0, 0.5), 0)
+    return lookup
+
+
+# --- the plan for a judged candidate --------------------------------------------------
+
+
+@pytest.mark.parametrize(("passed", "has_champion", "forced", "requests", "plan"), [
+    (False, True, False, 100, CandidatePlan.REJECT),
+    (False, True, True, 0, CandidatePlan.REJECT),
+    (True, True, False, 0, CandidatePlan.PROMOTE),
+    (True, True, False, 100, CandidatePlan.SHADOW),
+    (True, False, False, 100, CandidatePlan.PROMOTE),  # nothing to shadow beside
+    (True, True, True, 100, CandidatePlan.PROMOTE),  # forced by the operator: at once
+])
+def test_a_candidate_that_passes_the_gate_goes_to_shadow_only_beside_a_champion_unforced(
+        passed: bool, has_champion: bool, forced: bool, requests: int,
+        plan: CandidatePlan) -> None:
+    assert plan_candidate(passed, has_champion, forced, requests) is plan
+
+
+# --- the runner ------------------------------------------------------------------------
+
+
+def test_runner_asks_the_shadow_later_and_tallies_agreement_per_version() -> None:
+    runner = ShadowRunner()
+    lookups: list[tuple[int, int]] = []
+    query = PredictQuery(location_id=7, features=None)
+    runner.offer(_model(2, 0.8), query, _rows(lookups), _answer(0.9))  # agrees (True)
+    runner.offer(_model(2, 0.3), query, _rows(lookups), _answer(0.9))  # disagrees
+    assert runner.counts(2) == ShadowCounts()  # offering computes nothing
+    assert lookups == []
+    seen = []
+    assert runner.run_pending(seen.append) == 2
+    assert runner.counts(2) == ShadowCounts(served=2, agreed=1, errors=0)
+    assert [(s.version, s.probability, s.agreed) for s in seen] == [(2, 0.8, True),
+                                                                     (2, 0.3, False)]
+    assert runner.mean_difference(2) == pytest.approx((0.1 + 0.6) / 2)
+    assert runner.run_pending() == 0 and runner.waiting == 0
+
+
+def test_a_shadow_that_cannot_answer_is_counted_as_an_error_never_raised() -> None:
+    runner = ShadowRunner()
+    narrow = LoadedModel(3, 1, ("animal_estimate", "reading_count"), lambda v: 0.5)
+    broken = LoadedModel(3, 1, FEATURES, lambda v: 1 / 0)
+    given = PredictQuery(None, (("animal_estimate", 1.0), ("zebra_share", 0.2)))
+    runner.offer(narrow, given, _rows([]), _answer(0.7))
+    runner.offer(broken, given, _rows([]), _answer(0.7))
+    seen = []
+    runner.run_pending(seen.append)
+    assert runner.counts(3) == ShadowCounts(served=0, agreed=0, errors=2)
+    assert seen[0].error.startswith("missing_feature: reading_count")
+    assert seen[1].error.startswith("ZeroDivisionError")
+
+
+def test_runner_keeps_at_most_its_capacity_and_counts_what_it_dropped() -> None:
+    runner = ShadowRunner(capacity=3)
+    for _ in range(5):
+        runner.offer(_model(4, 0.9), PredictQuery(1, None), _rows([]), _answer(0.9))
+    assert (runner.waiting, runner.dropped) == (3, 2)
+    assert runner.run_pending() == 3
+    assert runner.counts(4).served == 3
+
+
+def test_row_memo_reads_each_row_once_so_the_shadow_sees_the_champions_row() -> None:
+    lookups: list[tuple[int, int]] = []
+    memo = RowMemo(_rows(lookups))  # type: ignore[arg-type]
+    first = memo(1, 7)
+    assert memo(1, 7) is first
+    memo(2, 7)
+    assert lookups == [(1, 7), (2, 7)]
+
+
+# --- which models a predictor loads ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    version: int
+    status: str
+    feature_collection_id: int
+
+
+def test_the_newest_shadow_on_a_usable_collection_is_loaded_beside_the_champion() -> None:
+    records = [Record(1, "retired", 1), Record(2, "champion", 1), Record(3, "rejected", 1),
+               Record(4, "shadow", 1)]
+    assert choose_models(records, frozenset({1}), 1) == ServingChoice(2, 1, False, "", 4)
+    unusable = [*records[:3], Record(4, "shadow", 5)]
+    assert choose_models(unusable, frozenset({1}), 1).shadow is None
+    assert choose_models([Record(4, "shadow", 1)], frozenset({1}), 1).shadow is None
+
+
+# --- durable trial counts -------------------------------------------------------------
+
+
+def test_trial_counts_keep_the_largest_report_per_reporter_and_sum_reporters(
+        tmp_path: Path) -> None:
+    trials = SQLiteShadowTrials(tmp_path / "models.sqlite")
+    started = trials.start(5, target=100, at_ms=1_000)
+    assert (started.version, started.target, started.counts) == (5, 100, ShadowCounts())
+    assert trials.start(5, target=7, at_ms=2_000) == started  # idempotent: first one kept
+    trials.record(5, "predictor-a", ShadowCounts(10, 9, 1), 1_100)
+    trials.record(5, "predictor-a", ShadowCounts(10, 9, 1), 1_100)  # redelivered
+    trials.record(5, "predictor-a", ShadowCounts(4, 4, 0), 1_050)  # late, older
+    trial = trials.record(5, "predictor-b", ShadowCounts(30, 30, 0), 1_200)
+    assert trial.counts == ShadowCounts(40, 39, 1)
+    assert not trial.done
+    assert trials.record(5, "predictor-b", ShadowCounts(90, 88, 0), 1_300).done
+    with pytest.raises(KeyError):
+        trials.record(6, "predictor-a", ShadowCounts(1, 1, 0), 1_300)
+    trials.close()
+    reopened = SQLiteShadowTrials(tmp_path / "models.sqlite", read_only=True)
+    [again] = reopened.trials()
+    assert (again.version, again.counts, again.updated_at_ms) == (5, ShadowCounts(100, 97, 1),
+                                                                  1_300)
+    reopened.close()
+
+
+def test_a_registry_written_before_shadow_trials_reads_as_having_none(tmp_path: Path) -> None:
+    SQLiteModelRegistry(tmp_path / "models.sqlite").close()
+    trials = SQLiteShadowTrials(tmp_path / "models.sqlite", read_only=True)
+    assert trials.trials() == () and trials.get(1) is None
+    trials.close()
+
+
+def test_shadow_is_a_status_the_registry_file_accepts(tmp_path: Path) -> None:
+    registry = SQLiteModelRegistry(tmp_path / "models.sqlite")
+    version = registry.register(feature_collection_id=1, job={}, metrics={"roc_auc": 0.7},
+                                lineage={}, artifact=b"x", created_at_ms=1)
+    registry.set_status(version, "shadow", "passed the gate", 2)
+    assert registry.get(version).status == "shadow"
+    with pytest.raises(ValueError):
+        registry.set_status(version, "sideways", "no such status", 3)
+    registry.close()
