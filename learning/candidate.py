@@ -27,6 +27,8 @@ from messages.facts import Outcome, Reading
 
 __all__ = ["Candidate", "ChampionRef", "evaluation_record", "make_candidate"]
 
+_MIN_PROFILE_ROWS = 50  # fewer warm rows than this: profile every training row instead
+
 
 @dataclass(frozen=True, slots=True)
 class ChampionRef:
@@ -83,26 +85,35 @@ def make_candidate(
         code_version=code_version(),
         created_at_ms=now_ms if now_ms is not None else int(time.time() * 1000),
     )
-    evaluation = json.dumps(evaluation_record(trained, training_set), sort_keys=True,
+    first_reading = min((r.timestamp for r in readings), default=None)
+    warm_from = None if first_reading is None else first_reading + job.window_ms
+    evaluation = json.dumps(evaluation_record(trained, training_set, warm_from), sort_keys=True,
                             allow_nan=False)
     return Candidate(trained, dump_model(trained.pipeline), ordered, lineage, evaluation)
 
 
-def evaluation_record(trained: TrainedModel, training_set: TrainingSet) -> dict[str, Any]:
+def evaluation_record(trained: TrainedModel, training_set: TrainingSet,
+                      warm_from_ms: int | None = None) -> dict[str, Any]:
     """What the report draws and drift detection compares against::
 
         {"roc": {"fpr", "tpr", "thresholds"}, "pr": {"precision", "recall"},
          "holdout": {"rows", "positives"},
          "profile": {feature: {"edges", "proportions", "missing"}}}
 
-    The profile is of the rows the model was fitted on (``train``'s own split).
+    The profile is of the rows the model was fitted on (``train``'s own split) from
+    ``warm_from_ms`` on: before that (one feature window after the first fact) windows are
+    still filling, a start-up state recent data never returns to, which drift would flag.
     """
     record: dict[str, Any] = dict(curves(trained.y_true, trained.y_score))
     record["holdout"] = {"rows": int(trained.y_true.size),
                          "positives": int(np.count_nonzero(trained.y_true))}
     train_mask, _ = split_by_location(training_set.location_ids, trained.job.seed,
                                       trained.job.test_fraction, training_set.y)
-    profiles = profile_features(training_set.X[train_mask], training_set.feature_names)
+    rows = train_mask
+    if warm_from_ms is not None:
+        warm = train_mask & (training_set.timestamps >= warm_from_ms)
+        rows = warm if warm.sum() >= _MIN_PROFILE_ROWS else train_mask
+    profiles = profile_features(training_set.X[rows], training_set.feature_names)
     record["profile"] = {name: p.to_mapping() for name, p in profiles.items()}
     return record
 

@@ -10,7 +10,11 @@ times; a hunt succeeds with probability
             + 2.5 * (zebra share - 0.5) + 0.9 * cos(2 pi (hour - 18) / 24) - 0.2)
 
 so the window features (animal estimate, zebra share, hour of day) can learn it, and the
-best achievable AUC (that of the true probabilities) is known.
+best achievable AUC (that of the true probabilities) is known. Those constants are a
+``Regime``; with ``regime_change_at_ms`` the savanna switches to another one at that time
+(by default ``MIGRATION``: herds grow, the zebra share falls, and hunts now succeed where
+herds are *small* for their new size), so both the feature distributions and the truth
+behind the labels shift.
 
 Everything is deterministic for a seed. ``traffic`` adds what real gateways send besides
 clean facts: duplicates, late arrivals and malformed items, with counts for the tests.
@@ -27,10 +31,14 @@ from typing import Any, Literal
 import numpy as np
 
 from learning.metrics import best_achievable_auc
+from learning.regime import MIGRATION, Regime
 from messages.codec import outcome_to_wire, reading_to_wire
 from messages.facts import Outcome, Reading
 
-__all__ = ["MALFORMED_KINDS", "GatewayTraffic", "Savanna", "outcome_item", "reading_item"]
+__all__ = [
+    "MALFORMED_KINDS", "MIGRATION", "GatewayTraffic", "Regime", "Savanna", "outcome_item",
+    "reading_item",
+]
 
 _MS_PER_HOUR = 3_600_000
 _STEP_MS = 600_000  # the latent truth moves on a 10-minute grid
@@ -83,10 +91,14 @@ class Savanna:
         reading_interval_ms: int = 30 * 60_000,
         outcomes_per_hour: float = 0.6,
         window_ms: int = 6 * _MS_PER_HOUR,
+        regime_change_at_ms: int | None = None,
+        after: Regime = MIGRATION,
     ) -> None:
         """Simulate ``hours`` ending at ``end_ms`` (e.g. now) or starting at ``start_ms``.
 
-        Every reading and outcome has ``start_ms <= timestamp < end_ms``.
+        Every reading and outcome has ``start_ms <= timestamp < end_ms``. The default
+        ``Regime()`` holds throughout, or until ``regime_change_at_ms`` and ``after`` from
+        then on (the random draws are the same either way, so only the regime differs).
         """
         if start_ms is not None and end_ms is not None:
             raise ValueError("give start_ms or end_ms, not both")
@@ -98,6 +110,9 @@ class Savanna:
         self.seed = seed
         self.n_locations = n_locations
         self.window_ms = window_ms
+        self.before = Regime()
+        self.after = after
+        self.regime_change_at_ms = regime_change_at_ms
         self._rng = np.random.default_rng(seed)
         self._simulate_truth(n_locations, span)
         self._readings = self._simulate_readings(n_sensors_per_location, reading_interval_ms)
@@ -127,6 +142,11 @@ class Savanna:
         share_base = rng.beta(2, 2, n_locations)
         share_walk = np.cumsum(rng.normal(0, 0.004, (n_locations, steps)), axis=1)
         self._zebras = np.clip(share_base[:, None] + share_walk, 0.02, 0.98)
+        if self.regime_change_at_ms is not None:
+            changed = min(max((self.regime_change_at_ms - self.start_ms) // _STEP_MS, 0), steps)
+            self._animals[:, changed:] *= self.after.animal_factor
+            self._zebras[:, changed:] = np.clip(
+                self._zebras[:, changed:] + self.after.zebra_shift, 0.02, 0.98)
         self._animals_cumsum = np.concatenate(
             (np.zeros((n_locations, 1)), np.cumsum(self._animals, axis=1)), axis=1
         )
@@ -142,12 +162,10 @@ class Savanna:
         mean_animals = (self._animals_cumsum[loc, hi] - self._animals_cumsum[loc, lo]) / (hi - lo)
         zebras = self._zebras[loc, self._step(timestamps)]
         hour = timestamps % (24 * _MS_PER_HOUR) / _MS_PER_HOUR
-        logit = (
-            1.6 * np.log(mean_animals / 25.0)
-            + 2.5 * (zebras - 0.5)
-            + 0.9 * np.cos(2 * np.pi * (hour - 18.0) / 24.0)
-            - 0.2
-        )
+        logit = self.before.logit(mean_animals, zebras, hour)
+        if self.regime_change_at_ms is not None:
+            later = timestamps >= self.regime_change_at_ms
+            logit = np.where(later, self.after.logit(mean_animals, zebras, hour), logit)
         return _sigmoid(logit)
 
     # -- what the field reports -------------------------------------------------------

@@ -1,0 +1,60 @@
+"""What drift is measured on: a collection's features over the recent window, on a regular grid.
+
+The online feature rows are not a fair sample of the recent distribution: the feature
+generator writes one row per location per batch of facts, so a bulk upload gives a row
+or two per location, all at one hour of the day. Instead each location that reported in
+the window is sampled at evenly spaced times across it, with the same point-in-time code
+as training sets (readings strictly before each time), so recent rows are comparable with
+the training rows, which sit at the outcomes' times, spread over the day. Each time is
+drawn at random within its slot of the grid (seeded by the location, so the same facts
+give the same sample): sensors report on a fixed period, and a strict grid would alias
+with it (every point just before, or just after, a sensor's report).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from learning.features import compute_matrix, reading_arrays, summarise_windows
+from messages.facts import Reading
+
+__all__ = ["DEFAULT_POINTS", "recent_feature_matrix"]
+
+DEFAULT_POINTS = 48  # per location: every 30 minutes over a day
+
+
+def recent_feature_matrix(
+    readings_by_location: Mapping[int, Sequence[Reading]],
+    feature_names: Sequence[str],
+    feature_window_ms: int,
+    start_ms: int,
+    end_ms: int,
+    points: int = DEFAULT_POINTS,
+) -> np.ndarray:
+    """Features (rows x ``feature_names``) at ``points`` times per location in
+    ``[start_ms, end_ms)``, one in each of ``points`` equal slots, for each location with a
+    reading in ``[start_ms, end_ms)``.
+
+    Each location's readings must cover ``[start_ms - feature_window_ms, end_ms)``; others
+    are ignored. No location reported in the window: a matrix with no rows.
+    """
+    if end_ms <= start_ms:
+        raise ValueError(f"the window is empty: start {start_ms} >= end {end_ms}")
+    if points < 1:
+        raise ValueError(f"points must be at least 1, got {points}")
+    step = (end_ms - start_ms) / points
+    blocks = []
+    for location_id in sorted(readings_by_location):
+        own = [r for r in readings_by_location[location_id]
+               if start_ms - feature_window_ms <= r.timestamp < end_ms]
+        if not any(r.timestamp >= start_ms for r in own):
+            continue
+        slots = np.arange(points) + np.random.default_rng(location_id).random(points)
+        as_of = (start_ms + np.floor(step * slots)).astype(np.int64)
+        windows = summarise_windows(*reading_arrays(own), as_of, feature_window_ms)
+        blocks.append(compute_matrix(feature_names, windows))
+    if not blocks:
+        return np.empty((0, len(feature_names)))
+    return np.vstack(blocks)
