@@ -57,6 +57,10 @@ from storage.sqlite_registry import SQLiteModelRegistry
 __all__ = ["Predictor", "load_serving_model"]
 
 _SHADOW_TICK_S = 0.25  # shadow predictions are made, and reported, at most this often
+# At most this much of each tick goes to shadow predictions: the rest of the actor's time is
+# for its messages. A backlog past the runner's capacity is dropped (and counted), never served
+# late at the champion's expense.
+_SHADOW_BUDGET_S = 0.05
 _SHADOW_RESEND_S = 2.0  # an unchanged count is sent again this often (a report may be lost)
 _SHADOW_SUMMARY_S = 10.0  # one summary log line per shadow model at most this often
 
@@ -196,7 +200,8 @@ class Predictor(Worker):
         then report this incarnation's cumulative count to the publisher (coalesced)."""
         assert self.settings is not None
         debug = self.settings.log_level == "debug"
-        self.shadow.run_pending(self._log_shadow_prediction if debug else None)
+        self.shadow.run_pending(self._log_shadow_prediction if debug else None,
+                                budget_s=_SHADOW_BUDGET_S)
         shadow = self.snapshot.shadow
         if shadow is None:
             return

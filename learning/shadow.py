@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -58,15 +59,18 @@ class RowMemo:
 
     def __init__(self, lookup: RowLookup) -> None:
         self._lookup = lookup
-        self._rows: dict[tuple[int, int], FeatureRow | None] = {}
+        # Created on the first call only: a query with explicit features never looks up.
+        self._rows: dict[tuple[int, int], FeatureRow | None] | None = None
 
     def __call__(self, collection_id: int, location_id: int) -> FeatureRow | None:
         key = (collection_id, location_id)
-        try:
-            return self._rows[key]
-        except KeyError:
-            row = self._rows[key] = self._lookup(collection_id, location_id)
-            return row
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = {}
+        elif key in rows:
+            return rows[key]
+        row = rows[key] = self._lookup(collection_id, location_id)
+        return row
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +124,14 @@ class ShadowRunner:
         self._pending.append((model, query, lookup, answer))
 
     def run_pending(self, on_each: Callable[[ShadowPrediction], None] | None = None,
-                    limit: int = 100_000) -> int:
-        """Ask the shadow model for every waiting request (at most ``limit``); how many ran."""
+                    budget_s: float | None = None,
+                    clock: Callable[[], float] = time.perf_counter) -> int:
+        """Ask the shadow model for the waiting requests, oldest first, for at most
+        ``budget_s`` seconds (None: all of them); how many ran. The budget keeps the actor's
+        thread free for its messages (and its heartbeat) however slow the shadow model."""
         done = 0
-        while done < limit:
+        deadline = None if budget_s is None else clock() + budget_s
+        while deadline is None or clock() < deadline:
             try:
                 model, query, lookup, answer = self._pending.popleft()
             except IndexError:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ def _rml(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, env=env)
 
 
-def _lineage(outcomes: int, model_type: str) -> dict[str, object]:
+def _lineage(outcomes: int, model_type: str) -> dict[str, Any]:
     job = {"model_type": model_type, "hyperparameters": {"max_depth": 6}, "seed": 7,
            "test_fraction": 0.25, "window_ms": 21_600_000}
     return {"facts": {"readings": 10 * outcomes, "outcomes": outcomes,

@@ -145,10 +145,12 @@ def test_rollback_refuses_unknown_versions_and_accepts_the_champion_as_is(
 def test_rollback_refusal_names_what_is_wrong() -> None:
     assert rollback_refusal(7, None, None, frozenset({1}), None) == (
         "unknown_version: there is no model version 7")
-    assert rollback_refusal(7, "retired", 1, frozenset({1}), "StoreError: sha256").startswith(
-        "artifact_invalid: the artifact of model version 7 cannot be served")
-    assert rollback_refusal(7, "rejected", 2, frozenset({1}), None).startswith(
-        "collection_unusable: model version 7 is on feature collection 2")
+    broken = rollback_refusal(7, "retired", 1, frozenset({1}), "StoreError: sha256")
+    assert broken is not None
+    assert broken.startswith("artifact_invalid: the artifact of model version 7 cannot be served")
+    unusable = rollback_refusal(7, "rejected", 2, frozenset({1}), None)
+    assert unusable is not None
+    assert unusable.startswith("collection_unusable: model version 7 is on feature collection 2")
     assert rollback_refusal(7, "rejected", 1, frozenset({1}), None) is None
     assert rollback_reason("  bad\nmodel ") == "rollback by operator: bad model"
     assert rollback_reason("") == "rollback by operator"

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 
 from learning.collections import FeatureRow
-from learning.serving import LoadedModel, ServingChoice, choose_models
-from learning.shadow import CandidatePlan, RowMemo, ShadowRunner, plan_candidate
+from learning.serving import LoadedModel, RowLookup, ServingChoice, choose_models
+from learning.shadow import (
+    CandidatePlan,
+    RowMemo,
+    ShadowPrediction,
+    ShadowRunner,
+    plan_candidate,
+)
 from messages.codec import PredictQuery
 from messages.protocol import Prediction
 from storage.shadow import ShadowCounts
@@ -28,7 +34,7 @@ def _answer(probability: float, version: int = 1) -> Prediction:
     return Prediction("cid", probability >= 0.5, probability, version, 1)
 
 
-def _rows(lookups: list[tuple[int, int]]) -> object:
+def _rows(lookups: list[tuple[int, int]]) -> RowLookup:
     def lookup(collection_id: int, location_id: int) -> FeatureRow | None:
         lookups.append((collection_id, location_id))
         return FeatureRow(collection_id, location_id, 0, (3.0, 0.5), 0)
@@ -63,7 +69,7 @@ def test_runner_asks_the_shadow_later_and_tallies_agreement_per_version() -> Non
     runner.offer(_model(2, 0.3), query, _rows(lookups), _answer(0.9))  # disagrees
     assert runner.counts(2) == ShadowCounts()  # offering computes nothing
     assert lookups == []
-    seen = []
+    seen: list[ShadowPrediction] = []
     assert runner.run_pending(seen.append) == 2
     assert runner.counts(2) == ShadowCounts(served=2, agreed=1, errors=0)
     assert [(s.version, s.probability, s.agreed) for s in seen] == [(2, 0.8, True),
@@ -79,7 +85,7 @@ def test_a_shadow_that_cannot_answer_is_counted_as_an_error_never_raised() -> No
     given = PredictQuery(None, (("animal_estimate", 1.0), ("zebra_share", 0.2)))
     runner.offer(narrow, given, _rows([]), _answer(0.7))
     runner.offer(broken, given, _rows([]), _answer(0.7))
-    seen = []
+    seen: list[ShadowPrediction] = []
     runner.run_pending(seen.append)
     assert runner.counts(3) == ShadowCounts(served=0, agreed=0, errors=2)
     assert seen[0].error.startswith("missing_feature: reading_count")
@@ -97,7 +103,7 @@ def test_runner_keeps_at_most_its_capacity_and_counts_what_it_dropped() -> None:
 
 def test_row_memo_reads_each_row_once_so_the_shadow_sees_the_champions_row() -> None:
     lookups: list[tuple[int, int]] = []
-    memo = RowMemo(_rows(lookups))  # type: ignore[arg-type]
+    memo = RowMemo(_rows(lookups))
     first = memo(1, 7)
     assert memo(1, 7) is first
     memo(2, 7)
@@ -165,3 +171,12 @@ def test_shadow_is_a_status_the_registry_file_accepts(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         registry.set_status(version, "sideways", "no such status", 3)
     registry.close()
+
+
+def test_runner_stops_at_its_time_budget_and_leaves_the_rest_waiting() -> None:
+    runner = ShadowRunner()
+    for _ in range(10):
+        runner.offer(_model(5, 0.9), PredictQuery(1, None), _rows([]), _answer(0.9))
+    ticks = iter(range(100))  # a clock that advances one second per reading
+    assert runner.run_pending(budget_s=3.5, clock=lambda: float(next(ticks))) == 3
+    assert runner.waiting == 7 and runner.counts(5).served == 3
