@@ -8,16 +8,20 @@ One daemon for the module; the tests run in order and build on each other.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from config.job import JobConfiguration
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
+from daemon.registry_cli import ask_with_progress
 from learning.rollback import rollback_reason, rollback_refusal
 from learning.simulator import Savanna
+from messages.protocol import TrainRequest, TrainResult
 from storage import open_sqlite_stores
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 
@@ -140,6 +144,19 @@ def test_rollback_refuses_unknown_versions_and_accepts_the_champion_as_is(
     same = daemon.rml("rollback", "2")
     assert same.returncode == 0 and "version 2 is already the champion" in same.stdout
     assert len(json.loads(daemon.rml("models", "--json").stdout)["champion_history"]) == 4
+
+
+@pytest.mark.e2e
+def test_train_reports_progress_until_the_verdict(daemon: RunningDaemon) -> None:
+    forest = JobConfiguration.from_mapping({"model_type": "random_forest",
+                                            "hyperparameters": {"n_estimators": 300}})
+    request = TrainRequest(uuid.uuid4().hex, forest)
+    ticks: list[float] = []
+    answer = ask_with_progress(daemon.settings, request, 120.0, ticks.append, every_s=0.01)
+    assert isinstance(answer, TrainResult) and answer.correlation_id == request.correlation_id
+    assert answer.version == 5
+    assert ticks and ticks == sorted(ticks)  # progress while the forest was fitted
+    assert _models(daemon)[5]["job"]["model_type"] == "random_forest"
 
 
 def test_rollback_refusal_names_what_is_wrong() -> None:
