@@ -25,7 +25,12 @@ from learning.collections import (
     usable_collection_ids,
     valid_collection,
 )
-from learning.features import compute_rows, newly_invalid, register_declared_collections
+from learning.features import (
+    compute_rows,
+    newly_invalid,
+    register_configured_collections,
+    register_declared_collections,
+)
 from messages.protocol import CollectionSwitched, FactsRecorded, Init
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
@@ -63,6 +68,9 @@ class FeatureGenerator(Worker):
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
         problems = register_declared_collections(init.settings.features.plugins,
                                                  self.features.register_collection)
+        problems.update(register_configured_collections(
+            init.settings.features.collections, self.features.collections,
+            self.features.register_collection, _now_ms())[1])
         for what, error in problems.items():
             self.log.error("feature_plugin_failed", what=what, error=error)
         # Rebuild from the stores: where we were, and which collection is valid.

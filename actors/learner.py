@@ -8,6 +8,9 @@ Receives: ``FactsRecorded`` hints and a timer (check whether to train),
 Trains on the active collection (the newest with no invalid feature); when the
 champion's collection has an invalid feature it trains on the active one
 without waiting for the next scheduled run.
+Fits locally or through an external trainer (``[learning] trainer``), waiting at most
+``trainer_timeout_s``; either way it scores the model on its own holdout. A trainer that
+times out or fails leaves the champion as it is; every fit attempt is in the training log.
 Sends: ``ModelCandidate`` (a registered version) to the publisher, which
 answers whoever asked.
 """
@@ -25,7 +28,12 @@ from config.job import JobConfiguration
 from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
-from learning.features import FeatureCrashed, register_declared_collections
+from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
+from learning.features import (
+    FeatureCrashed,
+    register_configured_collections,
+    register_declared_collections,
+)
 from learning.pipeline import TrainingError
 from messages.facts import Outcome, Reading
 from messages.protocol import (
@@ -37,7 +45,8 @@ from messages.protocol import (
     TrainRequest,
     TrainResult,
 )
-from storage import Stores, open_sqlite_stores
+from storage import SYSTEM_FILE, Stores, open_sqlite_stores
+from storage.sqlite_training_log import SQLiteTrainingLog, TrainingAttempt
 
 __all__ = ["Learner"]
 
@@ -50,6 +59,7 @@ class Learner(Worker):
     def __init__(self) -> None:
         super().__init__()
         self.stores: Stores | None = None
+        self.training_log: SQLiteTrainingLog | None = None
         self.trained_on = 0  # outcomes seen by the newest registered model
         self.attempted_at = 0  # outcomes count at the last attempt (failed or not)
         self.attempted_on = -1  # the collection of that attempt
@@ -57,10 +67,19 @@ class Learner(Worker):
     def on_start(self, init: Init) -> None:
         self.stores = open_sqlite_stores(init.settings.data_path,
                                          busy_timeout_s=init.settings.storage.busy_timeout_s)
+        self.training_log = SQLiteTrainingLog(init.settings.data_path / SYSTEM_FILE,
+                                              busy_timeout_s=init.settings.storage.busy_timeout_s)
+        features = self.stores.features
         problems = register_declared_collections(init.settings.features.plugins,
-                                                 self.stores.features.register_collection)
+                                                 features.register_collection)
+        configured, more = register_configured_collections(
+            init.settings.features.collections, features.collections,
+            features.register_collection, int(time.time() * 1000))
+        problems.update(more)
         for what, error in problems.items():
             self.log.error("feature_plugin_failed", what=what, error=error)
+        if configured:
+            self.log.info("configured_collections", collection_ids=[c.id for c in configured])
         for record in self.stores.registry.versions():
             try:
                 seen = json.loads(record.lineage)["facts"]["outcomes"]
@@ -73,6 +92,8 @@ class Learner(Worker):
     def on_stop(self) -> None:
         if self.stores is not None:
             self.stores.close()
+        if self.training_log is not None:
+            self.training_log.close()
 
     def default_job(self) -> JobConfiguration:
         """The job configured in ``[learning]``."""
@@ -128,7 +149,7 @@ class Learner(Worker):
         started = time.monotonic()
         readings = stores.facts.all_readings()
         outcomes = stores.facts.all_outcomes()
-        fitted = self._fit(readings, outcomes, job)
+        fitted = self._fit(readings, outcomes, job, correlation_id)
         if isinstance(fitted, str):
             self.log.warning("training_skipped", reason=fitted, outcomes=len(outcomes))
             if reply_to is not None:
@@ -141,6 +162,7 @@ class Learner(Worker):
             artifact=candidate.artifact, created_at_ms=int(time.time() * 1000),
             evaluation=json.loads(candidate.evaluation),
         )
+        self._record_attempt(correlation_id, "ok", "", candidate.trained.fit_seconds, version)
         self.trained_on = max(self.trained_on, len(outcomes))
         self.log.info("candidate_registered", version=version, collection_id=collection.id,
                       model_type=job.model_type.value, outcomes=len(outcomes),
@@ -154,10 +176,14 @@ class Learner(Worker):
         # No publisher up right now: it judges pending candidates from the registry on start.
 
     def _fit(self, readings: Sequence[Reading], outcomes: Sequence[Outcome],
-             job: JobConfiguration) -> tuple[Candidate, FeatureCollection] | str:
+             job: JobConfiguration, correlation_id: str,
+             ) -> tuple[Candidate, FeatureCollection] | str:
         """A candidate on the active collection, or why not. A feature that crashes here,
-        before the feature generator's verdict, is left out of this run's choice."""
-        assert self.stores is not None
+        before the feature generator's verdict, is left out of this run's choice; an
+        external trainer's timeout or failure is recorded and ends the run."""
+        assert self.stores is not None and self.settings is not None
+        learning = self.settings.learning
+        fit = fit_step(learning.trainer, learning.trainer_token, learning.trainer_timeout_s)
         features = self.stores.features
         collections = features.collections()
         crashed: set[str] = set()
@@ -166,9 +192,18 @@ class Learner(Worker):
             collection = valid_collection(collections, features.invalid_features() | crashed)
             self.attempted_at, self.attempted_on = len(outcomes), collection.id
             try:
-                return make_candidate(readings, outcomes, collection, job, champion), collection
+                return (make_candidate(readings, outcomes, collection, job, champion, fit=fit),
+                        collection)
             except TrainingError as exc:
                 return str(exc)
+            except ExternalTrainerError as exc:
+                outcome = "timeout" if isinstance(exc, ExternalTrainerTimeout) else "failed"
+                self._record_attempt(correlation_id, outcome, exc.reason, exc.seconds, None)
+                self.log.warning("external_training_failed", trainer=exc.trainer,
+                                 outcome=outcome, error=exc.reason,
+                                 seconds=round(exc.seconds, 3), collection_id=collection.id,
+                                 correlation_id=correlation_id)
+                return f"{exc}; the champion stays"
             except FeatureCrashed as exc:
                 self.log.warning("training_feature_crashed", feature=exc.feature,
                                  collection_id=collection.id, error=exc.error)
@@ -180,6 +215,13 @@ class Learner(Worker):
                     champion = None  # the champion's features crash: it is not comparable
                 else:
                     return str(exc)
+
+    def _record_attempt(self, correlation_id: str, outcome: str, error: str, seconds: float,
+                        version: int | None) -> None:
+        assert self.training_log is not None and self.settings is not None
+        self.training_log.record(TrainingAttempt(
+            correlation_id, self.settings.learning.trainer, outcome, error, seconds,
+            int(time.time() * 1000), version))
 
     def _champion(self) -> ChampionRef | None:
         assert self.stores is not None

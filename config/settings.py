@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.errors import ConfigError
 
 __all__ = [
     "ActorSystemSettings",
+    "ConfiguredCollection",
     "IngestSettings",
     "FeatureSettings",
     "LearningSettings",
@@ -87,6 +89,12 @@ class LearningSettings:
     # A candidate that passes the gate first serves in shadow (answers computed and logged,
     # not returned) for this many requests before its promotion; 0 promotes at once.
     shadow_requests: int = 0
+    # Fitting may be handed to an external trainer service (``learning.trainer_service``):
+    # "local" fits in the learner; an http(s) URL ships the training rows there and waits at
+    # most ``trainer_timeout_s`` (inside one handler: below the batch heartbeat timeout).
+    trainer: str = "local"
+    trainer_token: str = ""
+    trainer_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,17 @@ class FeatureSettings:
 
     plugins: tuple[str, ...] = ()  # module names, imported by every actor computing features
     max_crashes: int = 3  # crashes in a row before a feature is marked invalid
+    # ``[[features.collections]]``: collections declared in configuration, oldest first.
+    collections: tuple[ConfiguredCollection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredCollection:
+    """A ``[[features.collections]]`` table: registered feature types by name, and an
+    optional name for people (the collection's identity is its set of features)."""
+
+    features: tuple[str, ...]
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,10 +233,34 @@ def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool)
     changes: dict[str, Any] = {}
     for name, raw in values.items():
         key = f"{prefix}.{name}"
+        if key == "features.collections":
+            changes[name] = _configured_collections(key, raw)
+            continue
         if name not in known:
             raise ConfigError(key, "unknown key")
         changes[name] = _coerce(key, raw, known[name], from_env)
     return replace(section, **changes)
+
+
+def _configured_collections(key: str, raw: Any) -> tuple[ConfiguredCollection, ...]:
+    """``[[features.collections]]``: an array of tables, each ``features`` (a non-empty list
+    of distinct names) and an optional ``name``; errors name ``features.collections[i].x``."""
+    if not isinstance(raw, list | tuple) or not all(isinstance(t, Mapping) for t in raw):
+        raise ConfigError(key, "expected an array of tables ([[features.collections]])")
+    out: list[ConfiguredCollection] = []
+    for i, table in enumerate(raw):
+        here = f"{key}[{i}]"
+        for name in table:
+            if name not in ("name", "features"):
+                raise ConfigError(f"{here}.{name}", "unknown key")
+        if "features" not in table:
+            raise ConfigError(f"{here}.features", "missing: the feature types to collect")
+        features = _coerce(f"{here}.features", table["features"], (), False)
+        if not features or len(set(features)) != len(features):
+            raise ConfigError(f"{here}.features", "must name at least one feature, each once")
+        label = _coerce(f"{here}.name", table.get("name", ""), "", False)
+        out.append(ConfiguredCollection(features, label))
+    return tuple(out)
 
 
 def _from_mapping(base: Settings, data: Mapping[str, Any], from_env: bool) -> Settings:
@@ -292,6 +335,8 @@ def _validate(s: Settings) -> Settings:
     for module in s.features.plugins:
         if not all(part.isidentifier() for part in module.split(".")):
             raise ConfigError("features.plugins", f"{module!r} is not a module name")
+    _validate_trainer(s)
+    _validate_collections(s.features)
     if s.learning.min_outcomes < 10:
         raise ConfigError("learning.min_outcomes", "must be at least 10")
     if s.learning.retrain_every_outcomes < 1:
@@ -327,6 +372,47 @@ def _validate(s: Settings) -> Settings:
         choices = ", ".join(m.value for m in ModelType)
         raise ConfigError("learning.model_type", f"must be one of {choices}") from None
     return s
+
+
+def _validate_trainer(s: Settings) -> None:
+    learning = s.learning
+    if learning.trainer != "local":
+        url = urlsplit(learning.trainer)
+        if (url.scheme not in ("http", "https") or not url.hostname or url.query
+                or url.fragment):
+            raise ConfigError("learning.trainer",
+                              'must be "local" or an http(s) URL such as '
+                              f"http://127.0.0.1:8480, got {learning.trainer!r}")
+        if len(learning.trainer_token) < 8:
+            raise ConfigError("learning.trainer_token",
+                              "an external trainer needs a bearer token of at least 8 characters")
+    limit = s.supervision.batch_heartbeat_timeout_s
+    if not 0 < learning.trainer_timeout_s < limit:
+        raise ConfigError("learning.trainer_timeout_s",
+                          f"must be above 0 and below supervision.batch_heartbeat_timeout_s "
+                          f"({limit:g} s): the learner waits for the trainer inside one handler")
+
+
+def _validate_collections(features: FeatureSettings) -> None:
+    """Every configured collection names registered feature types (plugins imported here,
+    as the actors will) and no two name the same set."""
+    if not features.collections:
+        return
+    from learning.features import feature_type, load_plugins  # local: numpy, plugins
+
+    failed = load_plugins(features.plugins)
+    seen: dict[frozenset[str], int] = {}
+    for i, collection in enumerate(features.collections):
+        key = f"features.collections[{i}].features"
+        unknown = [name for name in collection.features if feature_type(name) is None]
+        if unknown:
+            why = f"unknown feature type {', '.join(map(repr, unknown))}"
+            if failed:
+                why += f" (plugins that failed to import: {', '.join(sorted(failed))})"
+            raise ConfigError(key, why)
+        same = seen.setdefault(frozenset(collection.features), i)
+        if same != i:
+            raise ConfigError(key, f"the same features as features.collections[{same}]")
 
 
 def load_settings(

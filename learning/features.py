@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from config.settings import ConfiguredCollection
 from learning._feature_registry import (
     FEATURE_TYPES,
     ORIGINAL_FEATURES,
@@ -50,6 +51,7 @@ __all__ = [
     "declared_collections",
     "default_collections",
     "newly_invalid",
+    "register_configured_collections",
     "register_declared_collections",
     "feature_type",
     "load_plugins",
@@ -318,3 +320,42 @@ def register_declared_collections(
         except ValueError as exc:  # a plugin changed a collection already in the store
             problems[f"collection {collection.id}"] = str(exc)
     return problems
+
+
+def register_configured_collections(
+    configured: Iterable[ConfiguredCollection],
+    registered: Callable[[], Iterable[FeatureCollection]],
+    register: Callable[[FeatureCollection], object],
+    now_ms: int,
+) -> tuple[tuple[FeatureCollection, ...], dict[str, str]]:
+    """Give each ``[[features.collections]]`` entry its collection: the registered one with
+    the same set of features, else a new one with the next free id, created ``now_ms`` (so
+    the newest, in configuration order). Idempotent across restarts; when several processes
+    register at once, an id another took meanwhile is looked up again. ``registered`` and
+    ``register`` are the feature store's. Returns the collections, in configuration order,
+    and what failed -> why, for the caller to log; nothing is fatal."""
+    found: list[FeatureCollection] = []
+    problems: dict[str, str] = {}
+    for i, spec in enumerate(configured):
+        what = f"features.collections[{i}]" + (f" ({spec.name})" if spec.name else "")
+        unknown = [name for name in spec.features if feature_type(name) is None]
+        if unknown:
+            problems[what] = f"unknown feature types {', '.join(unknown)}"
+            continue
+        for _ in range(20):
+            every = tuple(registered())
+            same = next((c for c in every if set(c.features) == set(spec.features)), None)
+            if same is not None:
+                found.append(same)
+                break
+            new = FeatureCollection(max((c.id for c in every), default=0) + 1, now_ms,
+                                    tuple(spec.features))
+            try:
+                register(new)
+            except ValueError:  # another process took this id first: look again
+                continue
+            found.append(new)
+            break
+        else:
+            problems[what] = "could not register: its id kept being taken"
+    return tuple(found), problems

@@ -72,6 +72,16 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _toml(value: Any) -> str:
+    """A TOML value: JSON's spelling for scalars and arrays, inline tables for dicts (so a
+    list of dicts is an array of tables, e.g. ``[[features.collections]]``)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)
+
+
 def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = None,
                  **learning: Any) -> Path:
     """A TOML config on free ports in ``data_dir``; ``sections`` adds other tables
@@ -86,7 +96,7 @@ def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = No
     for name, keys in (sections or {}).items():
         tables.setdefault(name, {}).update(keys)
     text = f'data_dir = "{data_dir / "data"}"\n' + "".join(
-        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in keys.items())
+        f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
         for name, keys in tables.items())
     config = data_dir / "rml.toml"
     config.write_text(text)

@@ -1,0 +1,415 @@
+"""Hybrid learning: fitting through an external trainer process, with a deadline.
+
+Unit level: the wire format, the settings' checks, the training log, and the client against
+real trainer processes — the real service (``learning.trainer_service``) and deliberately
+bad ones (``tests.faulty_trainer``: slow past the deadline, failing with a 500, answering
+garbage, answering a pipeline with a type outside the allow-list).
+End to end: a daemon with ``[learning] trainer = URL`` publishes a model the trainer fitted;
+with the trainer behind that URL made slow, a training request times out, the champion
+stays, the attempt is recorded, and the learner goes on answering.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+
+from config.errors import ConfigError
+from config.job import JobConfiguration, ModelType
+from config.settings import load_settings
+from daemon.demo import last_midnight_ms
+from daemon.gateway import HttpClient, send_items
+from daemon.group import free_ports
+from daemon.process import ask_root
+from learning.collections import FeatureCollection
+from learning.external import (
+    BadTrainingJob,
+    ExternalTrainer,
+    ExternalTrainerFailed,
+    ExternalTrainerTimeout,
+    decode_job,
+    encode_job,
+    fit_step,
+)
+from learning.features import FEATURE_TYPES
+from learning.pipeline import fit_locally, train
+from learning.simulator import Savanna, reading_item
+from learning.trainer_service import make_server
+from learning.training import build_training_set
+from messages.protocol import TrainRequest, TrainResult
+from storage import SYSTEM_FILE, open_sqlite_stores
+from storage.sqlite_training_log import SQLiteTrainingLog, TrainingAttempt
+from tests.e2e_support import RunningDaemon, running_daemon, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN = "trainer-test-token-42"
+SAVANNA = Savanna(seed=11, n_locations=12, hours=72, end_ms=last_midnight_ms())
+EVERY = FeatureCollection(1, 0, tuple(FEATURE_TYPES))
+
+
+def rows(n: int = 400, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3))
+    X[::9, 1] = np.nan  # empty windows are NaN on the wire too
+    return X, X[:, 0] + rng.normal(size=n) > 0
+
+
+def health(port: int) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0) as answer:
+            return dict(json.loads(answer.read()))
+    except OSError:
+        return None
+
+
+class Trainer:
+    """A trainer service in a process of its own, on a free port it binds itself (port 0:
+    no other process can take it between choosing and binding); read from its first line."""
+
+    def __init__(self, module: str, log: Path, *args: str) -> None:
+        self.log = log
+        self._out = log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, "--port", "0", "--token", TOKEN, *args],
+            cwd=REPO, stdout=self._out, stderr=subprocess.STDOUT)
+        self.port = 0
+
+    def _listening(self) -> int:
+        found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
+        return int(found.group(1)) if found else 0
+
+    def wait_ready(self) -> Trainer:
+        self.port = wait_for(f"{self.log.name} listening",
+                             lambda: self.process.poll() is not None or self._listening(),
+                             60.0, 0.1)
+        assert self.process.poll() is None, f"the trainer exited: {self.log.read_text()}"
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self.port, "not ready yet"
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+        self._out.close()
+
+
+FAULTY = {"slow": ("--sleep-s", "60"), "error": (), "garbage": (), "disallowed": ()}
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Trainer]]:
+    """The real trainer and each faulty one, each a process of its own."""
+    logs = tmp_path_factory.mktemp("trainers")
+    started = {"real": Trainer("learning.trainer_service", logs / "real.log")}
+    for mode, extra in FAULTY.items():
+        started[mode] = Trainer("tests.faulty_trainer", logs / f"{mode}.log", "--mode", mode,
+                                *extra)
+    try:
+        for trainer in started.values():  # started together: their imports overlap
+            trainer.wait_ready()
+        yield started
+    finally:
+        for trainer in started.values():  # all told first: each takes a poll interval
+            if trainer.process.poll() is None:
+                trainer.process.terminate()
+        for trainer in started.values():
+            trainer.stop()
+
+
+# --- the wire format ---------------------------------------------------------------------
+
+
+def test_a_job_round_trips_through_the_wire_format() -> None:
+    X, y = rows()
+    job = JobConfiguration(ModelType.RANDOM_FOREST, (("n_estimators", 5),), seed=3)
+    decoded = decode_job(encode_job(job, ("a", "b", "c"), X, y))
+    assert decoded.job == job and decoded.feature_names == ("a", "b", "c")
+    np.testing.assert_array_equal(decoded.X, X)  # NaN included, bit for bit
+    np.testing.assert_array_equal(decoded.y, y)
+    assert not decoded.X.flags.writeable
+
+
+def _body(**changes: Any) -> bytes:
+    X, y = rows(10)
+    data = msgpack.unpackb(encode_job(JobConfiguration(), ("a", "b", "c"), X, y))
+    data.update(changes)
+    return bytes(msgpack.packb(data))
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    (b"\xc1 not msgpack", "not msgpack"),
+    (msgpack.packb([1, 2]), "expected a map"),
+    (_body(extra=1), "unknown ['extra']"),
+    (_body(job={"model_type": "svm"}), "job.model_type"),
+    (_body(shape=[10, 2]), "shape"),
+    (_body(X=b"\x00" * 8), "X: expected 240 bytes"),
+    (_body(X=np.full(30, np.inf).tobytes()), "infinite"),
+    (_body(y=b"\x02" * 10), "y: expected 0 or 1"),
+    (_body(feature_names=["a", "a", "c"]), "feature_names"),
+])
+def test_a_malformed_job_is_refused_with_what_is_wrong(body: bytes, says: str) -> None:
+    with pytest.raises(BadTrainingJob) as caught:
+        decode_job(body)
+    assert says in str(caught.value)
+
+
+def test_local_is_the_default_fit_step() -> None:
+    assert fit_step("local", "", 60.0) is fit_locally
+    assert fit_step("http://127.0.0.1:1", "a-token-123", 5.0) == ExternalTrainer(
+        "http://127.0.0.1:1", "a-token-123", 5.0)
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+def _refused(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "rml.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, {})
+    return caught.value.key
+
+
+def test_the_trainer_deadline_must_be_below_the_learners_heartbeat_timeout(
+        tmp_path: Path) -> None:
+    text = "[learning]\ntrainer_timeout_s = 120\n[supervision]\nbatch_heartbeat_timeout_s = 120\n"
+    assert _refused(tmp_path, text) == "learning.trainer_timeout_s"
+    assert _refused(tmp_path, "[learning]\ntrainer_timeout_s = 0\n") == "learning.trainer_timeout_s"
+    fine = tmp_path / "fine.toml"
+    fine.write_text("[learning]\ntrainer_timeout_s = 119.5\n")
+    assert load_settings(fine, {}).learning.trainer_timeout_s == 119.5
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('trainer = "ftp://127.0.0.1:1"\ntrainer_token = "a-long-token"', "learning.trainer"),
+    ('trainer = "127.0.0.1:8480"\ntrainer_token = "a-long-token"', "learning.trainer"),
+    ('trainer = "http://127.0.0.1:8480"', "learning.trainer_token"),
+    ('trainer = "http://127.0.0.1:8480"\ntrainer_token = "short"', "learning.trainer_token"),
+])
+def test_a_bad_trainer_setting_is_refused_with_its_key(tmp_path: Path, text: str,
+                                                       key: str) -> None:
+    assert _refused(tmp_path, f"[learning]\n{text}\n") == key
+
+
+def test_the_trainer_settings_come_from_the_environment_too() -> None:
+    learning = load_settings(None, {"RML_LEARNING_TRAINER": "http://127.0.0.1:8480",
+                                    "RML_LEARNING_TRAINER_TOKEN": "a-long-token",
+                                    "RML_LEARNING_TRAINER_TIMEOUT_S": "5"}).learning
+    assert (learning.trainer, learning.trainer_token, learning.trainer_timeout_s) == (
+        "http://127.0.0.1:8480", "a-long-token", 5.0)
+
+
+# --- the training log ----------------------------------------------------------------------
+
+
+def test_training_attempts_are_kept_durably_newest_first(tmp_path: Path) -> None:
+    log = SQLiteTrainingLog(tmp_path / SYSTEM_FILE)
+    first = TrainingAttempt("c-1", "http://127.0.0.1:1", "timeout", "no answer", 2.5, 1_000)
+    second = TrainingAttempt("c-2", "local", "ok", "", 0.1, 2_000, version=4)
+    log.record(first)
+    log.record(second)
+    log.close()
+    reopened = SQLiteTrainingLog(tmp_path / SYSTEM_FILE, read_only=True)
+    try:
+        assert reopened.attempts() == (second, first)
+        assert reopened.attempts(1) == (second,)
+    finally:
+        reopened.close()
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        TrainingAttempt("c-3", "local", "maybe", "", 0.0, 0)
+
+
+# --- the client against real trainer processes ---------------------------------------------
+
+
+def test_the_external_trainer_fits_the_model_a_local_fit_would(
+        trainers: dict[str, Trainer]) -> None:
+    X, y = rows()
+    job = JobConfiguration(ModelType.GRADIENT_BOOSTING, (("n_estimators", 20),))
+    before = health(trainers["real"].port)
+    theirs = ExternalTrainer(trainers["real"].url, TOKEN, 30.0)(X, y, ("a", "b", "c"), job)
+    ours = fit_locally(X, y, ("a", "b", "c"), job)
+    np.testing.assert_array_equal(theirs.predict_proba(X), ours.predict_proba(X))
+    after = health(trainers["real"].port)
+    assert before is not None and after is not None and after["jobs"] == before["jobs"] + 1
+
+
+def test_training_through_the_trainer_is_scored_on_the_callers_own_holdout(
+        trainers: dict[str, Trainer]) -> None:
+    training_set = build_training_set(SAVANNA.readings(), SAVANNA.outcomes(), EVERY,
+                                      JobConfiguration().window_ms)
+    job = JobConfiguration()
+    external = train(training_set, job, ExternalTrainer(trainers["real"].url, TOKEN, 30.0))
+    local = train(training_set, job)
+    assert external.metrics == local.metrics and external.n_test == local.n_test > 0
+    np.testing.assert_array_equal(external.y_score, local.y_score)
+
+
+def _fit_with(url: str, timeout_s: float = 30.0, token: str = TOKEN) -> Any:
+    X, y = rows()
+    return ExternalTrainer(url, token, timeout_s)(X, y, ("a", "b", "c"), JobConfiguration())
+
+
+def test_a_trainer_slower_than_the_deadline_is_a_timeout(trainers: dict[str, Trainer]) -> None:
+    with pytest.raises(ExternalTrainerTimeout) as caught:
+        _fit_with(trainers["slow"].url, timeout_s=1.0)
+    assert caught.value.reason == "no answer within 1 s"
+    assert caught.value.trainer == trainers["slow"].url
+
+
+@pytest.mark.parametrize(("mode", "says"), [
+    ("error", "HTTP 500: fit_failed: RuntimeError: this trainer fails on purpose"),
+    ("garbage", "refused its artifact: not a skops artifact"),
+    ("disallowed", "sklearn.preprocessing._function_transformer.FunctionTransformer"),
+])
+def test_a_failing_trainer_is_a_named_failure(trainers: dict[str, Trainer], mode: str,
+                                              says: str) -> None:
+    with pytest.raises(ExternalTrainerFailed) as caught:
+        _fit_with(trainers[mode].url)
+    assert says in caught.value.reason
+
+
+def test_a_wrong_token_is_refused_by_the_trainer(trainers: dict[str, Trainer]) -> None:
+    with pytest.raises(ExternalTrainerFailed, match="HTTP 401: missing or wrong bearer token"):
+        _fit_with(trainers["real"].url, token="not-the-token")
+
+
+def test_a_job_over_the_trainers_body_limit_is_refused_unread() -> None:
+    server = make_server("127.0.0.1", 0, [TOKEN], max_body_bytes=1000)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(ExternalTrainerFailed, match="HTTP 413: body of [0-9]+ bytes is "
+                                                        "over 1000"):
+            _fit_with(f"http://127.0.0.1:{server.server_address[1]}")
+        assert server.jobs == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unreachable_trainer_is_a_named_failure() -> None:
+    (port,) = free_ports(1)
+    with pytest.raises(ExternalTrainerFailed, match="ConnectionRefusedError"):
+        _fit_with(f"http://127.0.0.1:{port}")
+
+
+# --- end to end: a daemon whose learner fits through the trainer ---------------------------
+
+
+class Behind:
+    """The trainer behind the daemon's trainer URL: one process, bound before the daemon picks
+    its ports (so nothing else can take this one), whose behaviour a test switches."""
+
+    def __init__(self, logs: Path) -> None:
+        self.mode_file = logs / "mode"
+        self.become("real")
+        self.trainer = Trainer("tests.faulty_trainer", logs / "behind.log",
+                               "--mode-file", str(self.mode_file), "--sleep-s", "60")
+
+    @property
+    def url(self) -> str:
+        return self.trainer.url
+
+    def become(self, mode: str) -> None:
+        """Every job from now on gets ``mode``'s behaviour (see ``tests.faulty_trainer``)."""
+        self.mode_file.write_text(mode)
+
+
+@pytest.fixture(scope="module")
+def behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Behind]:
+    switch = Behind(tmp_path_factory.mktemp("behind"))
+    try:
+        switch.trainer.wait_ready()
+        yield switch
+    finally:
+        switch.trainer.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, behind: Behind) -> Iterator[RunningDaemon]:
+    with running_daemon(tmp_path_factory.mktemp("hybrid"), min_outcomes=200,
+                        trainer=behind.url, trainer_token=TOKEN, trainer_timeout_s=2.0) as d:
+        yield d
+
+
+def attempts(daemon: RunningDaemon) -> tuple[TrainingAttempt, ...]:
+    log = SQLiteTrainingLog(daemon.settings.data_path / SYSTEM_FILE, read_only=True)
+    try:
+        return log.attempts()
+    finally:
+        log.close()
+
+
+def champion(daemon: RunningDaemon) -> Any:
+    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        return stores.registry.champion()
+
+
+@pytest.mark.e2e
+def test_a_model_fitted_by_the_external_trainer_is_published(
+        daemon: RunningDaemon, behind: Behind, ingest: HttpClient) -> None:
+    behind.become("real")
+    readings = [reading_item(r) for r in SAVANNA.readings()]
+    assert send_items(ingest, "readings", readings, batch_size=2000).accepted == len(readings)
+    outcomes = SAVANNA.outcome_items()
+    assert send_items(ingest, "outcomes", outcomes, batch_size=5000).accepted == len(outcomes)
+    record = wait_for("a champion", lambda: champion(daemon), 60.0, 0.2)
+    ok = [a for a in attempts(daemon) if a.version == record.version]
+    assert len(ok) == 1 and ok[0].outcome == "ok" and ok[0].trainer == behind.url
+    served = health(behind.trainer.port)
+    assert served is not None and served["jobs"] >= 1
+    # The learner scored it on its own holdout: the trainer sends no metrics at all.
+    assert 0.5 < record.metrics_map["roc_auc"] <= 1.0
+
+
+@pytest.mark.e2e
+def test_a_trainer_past_the_deadline_leaves_the_champion_and_is_recorded(
+        daemon: RunningDaemon, behind: Behind) -> None:
+    before = champion(daemon)
+    assert before is not None, "needs the model of the previous test"
+    behind.become("slow")
+    request = TrainRequest(uuid.uuid4().hex, force=True)
+    result = ask_root(daemon.settings, request, 60.0)
+    assert isinstance(result, TrainResult) and result.correlation_id == request.correlation_id
+    assert (result.published, result.version) == (False, None)
+    assert result.reason == (f"external trainer {behind.url}: no answer within 2 s; "
+                             "the champion stays")
+    assert champion(daemon).version == before.version
+    mine = [a for a in attempts(daemon) if a.correlation_id == request.correlation_id]
+    assert [(a.outcome, a.trainer, a.version) for a in mine] == [("timeout", behind.url, None)]
+    assert mine[0].error == "no answer within 2 s"
+
+
+@pytest.mark.e2e
+def test_the_learner_goes_on_after_a_timeout_and_reports_a_failing_trainer(
+        daemon: RunningDaemon, behind: Behind) -> None:
+    behind.become("error")
+    request = TrainRequest(uuid.uuid4().hex, force=True)
+    result = ask_root(daemon.settings, request, 60.0)
+    assert isinstance(result, TrainResult) and not result.published
+    assert "HTTP 500: fit_failed: RuntimeError: this trainer fails on purpose" in result.reason
+    mine = [a for a in attempts(daemon) if a.correlation_id == request.correlation_id]
+    assert [a.outcome for a in mine] == ["failed"]
+    learner = daemon.actor("learner")
+    assert learner["state"] == "running" and learner["restarts"] == 0
