@@ -28,6 +28,8 @@ from config.job import JobConfiguration
 from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
+from learning.drift import drift_scores, profiles_from_mapping
+from learning.drift_sample import recent_feature_matrix
 from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
 from learning.features import (
     FeatureCrashed,
@@ -35,6 +37,7 @@ from learning.features import (
     register_declared_collections,
 )
 from learning.pipeline import TrainingError
+from learning.triggers import REQUEST, RetrainState, Trigger, due_trigger, judge_drift, with_trigger
 from messages.facts import Outcome, Reading
 from messages.protocol import (
     CollectionSwitched,
@@ -45,7 +48,8 @@ from messages.protocol import (
     TrainRequest,
     TrainResult,
 )
-from storage import SYSTEM_FILE, Stores, open_sqlite_stores
+from storage import SYSTEM_FILE, ModelRecord, Stores, open_sqlite_stores
+from storage.drift_log import DRIFT_FILE, SQLiteDriftLog, TriggerRecord
 from storage.sqlite_training_log import SQLiteTrainingLog, TrainingAttempt
 
 __all__ = ["Learner"]
@@ -60,6 +64,7 @@ class Learner(Worker):
         super().__init__()
         self.stores: Stores | None = None
         self.training_log: SQLiteTrainingLog | None = None
+        self.drift_log: SQLiteDriftLog | None = None
         self.trained_on = 0  # outcomes seen by the newest registered model
         self.attempted_at = 0  # outcomes count at the last attempt (failed or not)
         self.attempted_on = -1  # the collection of that attempt
@@ -87,13 +92,19 @@ class Learner(Worker):
                 continue
             self.trained_on = max(self.trained_on, int(seen))
         self.attempted_at = self.trained_on
+        self.drift_log = SQLiteDriftLog(init.settings.data_path / DRIFT_FILE,
+                                        busy_timeout_s=init.settings.storage.busy_timeout_s)
         self.wakeupAfter(init.settings.learning.check_interval_s, payload="check")
+        if init.settings.learning.drift_check_interval_s > 0:
+            self.wakeupAfter(init.settings.learning.drift_check_interval_s, payload="drift")
 
     def on_stop(self) -> None:
         if self.stores is not None:
             self.stores.close()
         if self.training_log is not None:
             self.training_log.close()
+        if self.drift_log is not None:
+            self.drift_log.close()
 
     def default_job(self) -> JobConfiguration:
         """The job configured in ``[learning]``."""
@@ -111,18 +122,24 @@ class Learner(Worker):
         self._maybe_train()
 
     def on_timer(self, payload: Any) -> None:
+        assert self.settings is not None
         if payload == "check":
-            assert self.settings is not None
             try:
                 self._maybe_train()
             finally:
                 self.wakeupAfter(self.settings.learning.check_interval_s, payload="check")
+        elif payload == "drift":
+            try:
+                self._check_drift()
+            finally:
+                self.wakeupAfter(self.settings.learning.drift_check_interval_s, payload="drift")
 
     def on_Forwarded(self, msg: Forwarded, sender: Any) -> None:  # noqa: N802
         request = msg.message
         if isinstance(request, TrainRequest):
-            self._train(request.correlation_id, request.job or self.default_job(),
-                        request.force, msg.reply_to)
+            trigger = Trigger(REQUEST, "asked to train" + (" (forced)" if request.force else ""))
+            self._start_training(request.correlation_id, trigger,
+                                 request.job or self.default_job(), request.force, msg.reply_to)
 
     def _maybe_train(self) -> None:
         assert self.stores is not None and self.settings is not None
@@ -130,7 +147,6 @@ class Learner(Worker):
         outcomes = self.stores.facts.counts().outcomes
         if outcomes < learning.min_outcomes:
             return
-        due = self.trained_on == 0 or outcomes - self.trained_on >= learning.retrain_every_outcomes
         collections = self.stores.features.collections()
         invalid = self.stores.features.invalid_features()
         active = valid_collection(collections, invalid)
@@ -139,11 +155,82 @@ class Learner(Worker):
         # (predictors fall back), so a model on the active one is due now.
         stale = (champion is not None and champion.feature_collection_id
                  not in usable_collection_ids(collections, invalid))
-        if (due or stale) and (outcomes, active.id) != (self.attempted_at, self.attempted_on):
-            self._train(uuid.uuid4().hex, self.default_job(), False, None)
+        if (outcomes, active.id) == (self.attempted_at, self.attempted_on):
+            return  # tried on exactly these outcomes and collection already
+        trigger = due_trigger(self._retrain_state(outcomes, champion, stale))
+        if trigger is not None:
+            self._start_training(uuid.uuid4().hex, trigger, self.default_job(), False, None)
+
+    def _retrain_state(self, outcomes: int, champion: ModelRecord | None,
+                       stale: bool) -> RetrainState:
+        """What ``due_trigger`` needs, from the stores and the drift log."""
+        assert self.drift_log is not None and self.settings is not None
+        learning = self.settings.learning
+        drift = self.drift_log.latest_check()
+        if drift is not None and (champion is None or drift.champion_version != champion.version):
+            drift = None  # checked against an earlier champion: says nothing about this one
+        retrained = (drift is not None and drift.episode_started_at_ms is not None
+                     and self.drift_log.retrained_in_episode(drift.champion_version,
+                                                             drift.episode_started_at_ms))
+        last = self.drift_log.triggers(1)
+        return RetrainState(outcomes, self.trained_on, learning.min_outcomes,
+                            learning.retrain_every_outcomes, stale, int(time.time() * 1000),
+                            last[0].at_ms if last else None, learning.retrain_interval_s,
+                            drift, retrained)
+
+    def _start_training(self, correlation_id: str, trigger: Trigger, job: JobConfiguration,
+                        force: bool, reply_to: Any) -> None:
+        """Log the trigger (the drift log keeps it), then train."""
+        assert self.drift_log is not None
+        self.drift_log.record_trigger(TriggerRecord(int(time.time() * 1000), correlation_id,
+                                                    trigger))
+        self.log.info("training_triggered", kind=trigger.kind, reason=trigger.reason,
+                      correlation_id=correlation_id)
+        self._train(correlation_id, job, force, reply_to, trigger)
+
+    def _check_drift(self) -> None:
+        """PSI per feature of the recent window against the champion's training profile;
+        recorded in the drift log, then a training check (drift may be a trigger)."""
+        assert self.stores is not None and self.drift_log is not None
+        assert self.settings is not None
+        learning = self.settings.learning
+        champion = self.stores.registry.champion()
+        if champion is None:
+            return
+        profiles = profiles_from_mapping(json.loads(champion.evaluation).get("profile", {}))
+        collection = next((c for c in self.stores.features.collections()
+                           if c.id == champion.feature_collection_id), None)
+        latest = () if collection is None else self.stores.features.latest_rows(collection.id)
+        if not profiles or collection is None or not latest:
+            return  # no profile (a model from before evaluation records) or no features yet
+        end = max(row.as_of_ms for row in latest)
+        start = end - learning.drift_window_ms
+        window_ms = int(json.loads(champion.job).get("window_ms", learning.feature_window_ms))
+        readings = {row.location_id: self.stores.facts.readings_for_location(
+            row.location_id, start - window_ms, end) for row in latest if row.as_of_ms > start}
+        try:
+            recent = recent_feature_matrix(readings, collection.features, window_ms, start, end)
+            scores = drift_scores(profiles, recent, collection.features)
+        except (FeatureCrashed, ValueError) as exc:
+            self.log.warning("drift_check_failed", champion_version=champion.version,
+                             error=str(exc))
+            return
+        if not scores:
+            return
+        check = judge_drift(scores, learning.drift_threshold, self.drift_log.latest_check(),
+                            at_ms=int(time.time() * 1000), champion_version=champion.version,
+                            collection_id=collection.id, window=(start, end),
+                            rows=int(recent.shape[0]))
+        self.drift_log.record_check(check)
+        (self.log.warning if check.above else self.log.info)(
+            "drift_checked", champion_version=champion.version, rows=check.rows,
+            max_psi=round(check.max_psi, 4), threshold=check.threshold,
+            psi={name: round(score, 4) for name, score in check.scores},
+            episode_started_at_ms=check.episode_started_at_ms)
+        self._maybe_train()
 
     def _train(self, correlation_id: str, job: JobConfiguration, force: bool,
-               reply_to: Any) -> None:
+               reply_to: Any, trigger: Trigger | None = None) -> None:
         assert self.stores is not None
         stores = self.stores
         started = time.monotonic()
@@ -158,7 +245,8 @@ class Learner(Worker):
         candidate, collection = fitted
         version = stores.registry.register(
             feature_collection_id=collection.id, job=job.to_mapping(),
-            metrics=dict(candidate.metrics), lineage=json.loads(candidate.lineage.to_json()),
+            metrics=dict(candidate.metrics),
+            lineage=with_trigger(json.loads(candidate.lineage.to_json()), trigger),
             artifact=candidate.artifact, created_at_ms=int(time.time() * 1000),
             evaluation=json.loads(candidate.evaluation),
         )

@@ -86,6 +86,14 @@ class LearningSettings:
     publish_margin: float = 0.0
     model_type: str = "decision_tree"
     seed: int = 7
+    # Retraining on a schedule (0: off), and on drift: every ``drift_check_interval_s``
+    # (0: off) the PSI of each feature over the last ``drift_window_ms`` of data against
+    # the champion's training profile; above ``drift_threshold`` it retrains (once per
+    # drift episode). The window should span a day: hour-of-day features need it.
+    retrain_interval_s: float = 0.0
+    drift_check_interval_s: float = 60.0
+    drift_window_ms: int = 24 * 3600 * 1000
+    drift_threshold: float = 0.25
     # A candidate that passes the gate first serves in shadow (answers computed and logged,
     # not returned) for this many requests before its promotion; 0 promotes at once.
     shadow_requests: int = 0
@@ -345,6 +353,14 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.feature_window_ms", "must be at least one minute")
     if not 0.0 <= s.learning.publish_margin < 0.5:
         raise ConfigError("learning.publish_margin", "must be in [0, 0.5)")
+    for key, seconds in (("learning.retrain_interval_s", s.learning.retrain_interval_s),
+                         ("learning.drift_check_interval_s", s.learning.drift_check_interval_s)):
+        if not 0 <= seconds <= 365 * 86_400:
+            raise ConfigError(key, "must be in [0, 31536000] seconds (0: off)")
+    if not 3_600_000 <= s.learning.drift_window_ms <= 90 * 86_400_000:
+        raise ConfigError("learning.drift_window_ms", "must be between one hour and 90 days")
+    if not 0 < s.learning.drift_threshold <= 100:
+        raise ConfigError("learning.drift_threshold", "must be in (0, 100]")
     if not 0 <= s.learning.shadow_requests <= 100_000_000:
         raise ConfigError("learning.shadow_requests", "must be in 0..100000000 (0: no shadow)")
     if s.supervision.max_restarts < 0:

@@ -64,6 +64,7 @@ def models_view(settings: Settings) -> dict[str, Any]:
                 "feature_collection": lineage.get("feature_collection", {}),
                 "job": lineage.get("job", _lineage(record.job)),
                 "code_version": lineage.get("code_version", ""),
+                "trigger": lineage.get("trigger"),
                 "artifact_sha256": record.artifact_sha256,
                 "history": [{"status": change.status, "reason": change.reason,
                              "at_ms": change.at_ms}
@@ -125,6 +126,9 @@ def render_models(view: dict[str, Any]) -> str:
         lines.append(f"    {_facts(model['facts'])}")
         lines.append(f"    feature collection {model['feature_collection_id']}: {features}")
         lines.append(f"    {_job(model['job'])}")
+        if model.get("trigger"):
+            lines.append(f"    trained because: {model['trigger'].get('kind')}: "
+                         f"{model['trigger'].get('reason', '')}")
         lines.append(f"    metrics: {format_metrics(metrics, skip=('roc_auc',))}")
         lines.append(f"    code {model['code_version']}, artifact sha256 "
                      f"{model['artifact_sha256'][:16]}")

@@ -11,7 +11,7 @@ from config.settings import Settings
 from daemon.process import DaemonError, ask_root, read_record
 from messages.protocol import StatusReport, StatusRequest
 
-__all__ = ["collect_status", "render_status"]
+__all__ = ["collect_status", "drift_view", "render_status"]
 
 
 def _store_view(settings: Settings) -> dict[str, Any]:
@@ -39,6 +39,43 @@ def _store_view(settings: Settings) -> dict[str, Any]:
         view["shadow"] = _shadow_view(settings, stores.registry)
     finally:
         stores.close()
+    view["drift"] = drift_view(settings)
+    return view
+
+
+def drift_view(settings: Settings) -> dict[str, Any]:
+    """The newest drift check (PSI per feature, threshold, when) and the last training
+    trigger, from the learner's drift log (nothing yet: ``None`` for each)."""
+    from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+    from storage.errors import StoreUnavailable
+
+    view: dict[str, Any] = {"threshold": settings.learning.drift_threshold,
+                            "check_interval_s": settings.learning.drift_check_interval_s,
+                            "last_check": None, "last_trigger": None}
+    path = settings.data_path / DRIFT_FILE
+    if not path.exists():
+        return view
+    try:
+        log = SQLiteDriftLog(path, busy_timeout_s=settings.storage.busy_timeout_s, read_only=True)
+    except StoreUnavailable:
+        return view
+    try:
+        check = log.latest_check()
+        triggers = log.triggers(1)
+    finally:
+        log.close()
+    if check is not None:
+        view["last_check"] = {
+            "at_ms": check.at_ms, "champion_version": check.champion_version,
+            "collection_id": check.collection_id, "threshold": check.threshold,
+            "window": {"start_ms": check.window_start_ms, "end_ms": check.window_end_ms},
+            "rows": check.rows, "psi": dict(check.scores), "max_psi": check.max_psi,
+            "above_threshold": check.above, "episode_started_at_ms": check.episode_started_at_ms,
+        }
+    if triggers:
+        record = triggers[0]
+        view["last_trigger"] = {"at_ms": record.at_ms, "correlation_id": record.correlation_id,
+                                **record.trigger.to_mapping()}
     return view
 
 
@@ -151,5 +188,28 @@ def render_status(status: dict[str, Any]) -> str:
     for switch in fc.get("switches", []):
         lines.append(f"  switched to collection {switch['collection_id']} at {switch['at_ms']}: "
                      f"{switch['reason']}")
+    lines.extend(_render_drift(status.get("drift")))
     lines.append("counters: " + json.dumps(status.get("counters", {})))
     return "\n".join(lines)
+
+
+def _render_drift(drift: dict[str, Any] | None) -> list[str]:
+    """The drift section of ``render_status``."""
+    if not drift:
+        return []
+    check, trigger = drift.get("last_check"), drift.get("last_trigger")
+    if check is None:
+        lines = [f"drift: not checked yet (threshold {drift['threshold']:g}, every "
+                 f"{drift['check_interval_s']:g} s)"]
+    else:
+        verdict = "ABOVE threshold" if check["above_threshold"] else "below threshold"
+        lines = [f"drift: max PSI {check['max_psi']:.3f}, {verdict} {check['threshold']:g} "
+                 f"(champion version {check['champion_version']}, {check['rows']} recent rows, "
+                 f"checked at {check['at_ms']})"]
+        for name, score in sorted(check["psi"].items(), key=lambda item: -item[1]):
+            mark = "  <- drift" if score > check["threshold"] else ""
+            lines.append(f"  psi {name:<20} {score:8.3f}{mark}")
+    if trigger is not None:
+        lines.append(f"last training trigger: {trigger['kind']} at {trigger['at_ms']}: "
+                     f"{trigger['reason']}")
+    return lines

@@ -229,3 +229,27 @@ def test_a_regime_change_keeps_the_past_and_shifts_herds_and_truth_after_it() ->
     moved = np.array([shifted.true_probability(o) for o in late])
     kept = np.array([steady.true_probability(o) for o in steady_late])
     assert np.corrcoef(moved, kept)[0, 1] < 0  # more animals now means less success
+
+
+def test_status_shows_the_newest_check_and_trigger_from_the_drift_log(tmp_path: Path) -> None:
+    from config.settings import Settings
+    from daemon.status import drift_view, render_status
+
+    settings = Settings(data_dir=str(tmp_path))
+    assert drift_view(settings)["last_check"] is None  # no learner has checked yet
+    log = SQLiteDriftLog(tmp_path / "drift.sqlite")
+    try:
+        log.record_check(_check(7, 0.6, version=3))
+        log.record_trigger(TriggerRecord(8, "run-1", Trigger(
+            "drift", "PSI above 0.25 in a", {"champion_version": 3, "psi": {"a": 0.6}})))
+    finally:
+        log.close()
+    view = drift_view(settings)
+    check = view["last_check"]
+    assert check["psi"] == {"a": 0.6, "b": 0.01} and check["above_threshold"]
+    assert (check["champion_version"], check["max_psi"], check["at_ms"]) == (3, 0.6, 7)
+    assert view["last_trigger"]["kind"] == "drift" and view["threshold"] == 0.25
+    text = render_status({"pgid": 1, "data_dir": str(tmp_path), "actors": [],
+                          "ports": {"admin": 1, "ingest": 2, "predict": 3}, "drift": view})
+    assert "max PSI 0.600, ABOVE threshold 0.25" in text
+    assert "a" in text and "<- drift" in text and "last training trigger: drift" in text
