@@ -1,10 +1,12 @@
-"""Learner: trains a model candidate when enough new outcomes exist, or on request.
+"""Learner: trains a model candidate on new outcomes, a schedule, drift, or on request.
 
 Owns: nothing in memory that matters; how far it has trained is read back
-from the registry's lineage.
-Receives: ``FactsRecorded`` hints and a timer (check whether to train),
-``CollectionSwitched`` (the champion may now be on an invalid collection),
-``Forwarded(TrainRequest)`` (train now, e.g. ``rml train``).
+from the registry's lineage, drift checks and triggers from the drift log.
+Receives: ``FactsRecorded`` hints and a timer (check whether to train, see
+``learning.triggers``), a drift timer (PSI of the recent window against the champion's
+training profile, recorded in the drift log), ``CollectionSwitched`` (the champion may
+now be on an invalid collection), ``Forwarded(TrainRequest)`` (train now, ``rml train``).
+Every run's trigger goes to the drift log and the model's lineage.
 Trains on the active collection (the newest with no invalid feature); when the
 champion's collection has an invalid feature it trains on the active one
 without waiting for the next scheduled run.
