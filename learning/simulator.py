@@ -98,7 +98,8 @@ class Savanna:
 
         Every reading and outcome has ``start_ms <= timestamp < end_ms``. The default
         ``Regime()`` holds throughout, or until ``regime_change_at_ms`` and ``after`` from
-        then on (the random draws are the same either way, so only the regime differs).
+        then on (the random draws are the same either way, so only the regime differs); the
+        herds and zebra shares shift from the 10-minute step of the truth that contains it.
         """
         if start_ms is not None and end_ms is not None:
             raise ValueError("give start_ms or end_ms, not both")
