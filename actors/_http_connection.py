@@ -75,6 +75,12 @@ class Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_size = 0
+        # Body bytes this connection counts against the edge's `max_buffered_bytes`: the
+        # request arriving (its Content-Length reserved up front), and parsed requests until
+        # they are answered.
+        self._held = 0
+        self._arriving_held = 0
+        self._running_held = 0
         self._head_bytes = 0
         self._in_message = False  # a request has begun and not yet completed
         self._in_head = False
@@ -102,15 +108,32 @@ class Connection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self._edge._connections.add(self)
-        self.deadline = self._loop.time() + self._edge._idle_timeout_s
-        if self._edge._draining:  # accepted just before the listener closed
+        edge = self._edge
+        crowded = len(edge._connections) >= edge._max_connections
+        edge._connections.add(self)
+        self.deadline = self._loop.time() + edge._idle_timeout_s
+        if edge._draining:  # accepted just before the listener closed
             self.drain()
+        elif crowded:
+            # Past the connection cap: a 503 with Retry-After, then close (after lingering,
+            # so the client reads it rather than a reset).
+            self._refuse(_OVERLOADED)
+            self._advance()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._queue.clear()
+        self._release(self._held)
         self._edge._connection_gone(self)
+
+    def _hold(self, size: int) -> None:
+        self._held += size
+        self._edge._held += size
+
+    def _release(self, size: int) -> None:
+        size = min(size, self._held)
+        self._held -= size
+        self._edge._held -= size
 
     def data_received(self, data: bytes) -> None:
         if not self._parsing:
@@ -190,8 +213,14 @@ class Connection(asyncio.Protocol):
             raise _Refused(_SHUTTING_DOWN)
         headers = self._headers
         length = headers.get("content-length")
-        if length is not None and int(length) > self._edge._max_body_bytes:
-            raise _Refused(_BODY_TOO_LARGE)
+        if length is not None:
+            size = int(length)
+            if size > self._edge._max_body_bytes:
+                raise _Refused(_BODY_TOO_LARGE)
+            if self._edge._held + size > self._edge._max_held:
+                raise _Refused(_OVERLOADED)  # before reading it: the edge holds enough
+            self._hold(size)
+            self._arriving_held = size
         expect = headers.get("expect")
         if expect is not None and expect.lower() == "100-continue" and self._idle():
             assert self._transport is not None
@@ -201,10 +230,17 @@ class Connection(asyncio.Protocol):
         self._body_size += len(body)
         if self._body_size > self._edge._max_body_bytes:
             raise _Refused(_BODY_TOO_LARGE)
+        if self._body_size > self._arriving_held:  # chunked: counted as it comes
+            grown = self._body_size - self._arriving_held
+            if self._edge._held + grown > self._edge._max_held:
+                raise _Refused(_OVERLOADED)
+            self._hold(grown)
+            self._arriving_held = self._body_size
         self._body.append(body)
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._arriving_held = 0  # now held by the parsed request, until it is answered
         url = self._url
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
@@ -257,6 +293,7 @@ class Connection(asyncio.Protocol):
             elif not route.public and not edge._authorized(headers.get("authorization")):
                 refusal = _UNAUTHORIZED
             elif not route.blocking:
+                self._release(len(request.body))
                 self._send(edge._run(route, request, keep_alive), keep_alive)
                 return
             elif edge._pending >= edge._max_pending:
@@ -264,9 +301,11 @@ class Connection(asyncio.Protocol):
             else:
                 edge._pending += 1
                 self._busy = True
+                self._running_held = len(request.body)
                 self.deadline = None  # we owe the answer now, not the client
                 edge._jobs.put((self, route, request, keep_alive))
                 return
+        self._release(len(request.body))
         self._send(encode_response(refusal, keep_alive, request.method == "HEAD"), keep_alive)
 
     def _idle(self) -> bool:
@@ -275,6 +314,9 @@ class Connection(asyncio.Protocol):
     def _refuse(self, response: Response) -> None:
         self._parsing = False
         self._in_message = False
+        self._body = []
+        self._release(self._arriving_held)  # what arrived of it is dropped
+        self._arriving_held = 0
         self._queue.append((None, encode_response(response, keep_alive=False)))
 
     def _advance(self) -> None:
@@ -289,6 +331,7 @@ class Connection(asyncio.Protocol):
                 # Never started: refused, and only the last answer closes the connection.
                 keep_alive = bool(extra) and (bool(self._queue) or self._in_message)
                 head_only = request.method == "HEAD"
+                self._release(len(request.body))
                 self._send(encode_response(_SHUTTING_DOWN, keep_alive, head_only), keep_alive)
             else:
                 self._answer(request, request.headers, bool(extra))
@@ -302,6 +345,8 @@ class Connection(asyncio.Protocol):
         """Called in the loop when the worker finished this connection's request."""
         self._edge._pending -= 1
         self._busy = False
+        self._release(self._running_held)
+        self._running_held = 0
         if self._closed:
             return
         if self._draining and keep_alive and not self._queue and not self._in_message:

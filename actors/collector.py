@@ -68,6 +68,8 @@ class Collector(Worker):
             tokens=settings.ingest.tokens, max_body_bytes=settings.ingest.max_body_bytes,
             idle_timeout_s=settings.ingest.idle_timeout_s,
             max_pending=settings.ingest.max_pending, name=self.name,
+            max_connections=settings.ingest.max_connections,
+            max_buffered_bytes=settings.ingest.max_buffered_bytes,
             on_error=self._edge_error,
         )
         self.edge.start()

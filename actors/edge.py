@@ -64,6 +64,8 @@ class HttpEdge:
         max_body_bytes: int = 16 * 1024 * 1024,
         idle_timeout_s: float = 30.0,
         max_pending: int = 64,
+        max_connections: int = 1024,
+        max_buffered_bytes: int | None = None,
         reuse_port: bool = True,
         name: str = "edge",
         on_error: Callable[[BaseException, Request | None], None] | None = None,
@@ -89,6 +91,13 @@ class HttpEdge:
         self._max_body_bytes = max_body_bytes
         self._idle_timeout_s = idle_timeout_s
         self._max_pending = max_pending
+        # The whole edge's memory bound: at most this many connections (more get a 503 with
+        # Retry-After), and request bodies held (arriving, queued or running) up to
+        # `max_buffered_bytes` in all (default: four of the largest) before 503s.
+        self._max_connections = max_connections
+        self._max_held = (max_buffered_bytes if max_buffered_bytes is not None
+                          else 4 * max_body_bytes)
+        self._held = 0  # body bytes held by every connection (the loop's thread only)
         self._reuse_port = reuse_port
         self._name = name
         self._on_error = on_error

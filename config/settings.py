@@ -55,6 +55,9 @@ class IngestSettings:
     collectors: int = 2
     max_body_bytes: int = 16 * 1024 * 1024
     max_pending: int = 32
+    # The edge's memory bound: connections, and request bodies held at once (then 503s).
+    max_connections: int = 1024
+    max_buffered_bytes: int = 128 * 1024 * 1024
     idle_timeout_s: float = 30.0
     max_future_ms: int = 300_000
     hint_interval_s: float = 0.25
@@ -70,6 +73,8 @@ class PredictSettings:
     replicas: int = 2
     max_body_bytes: int = 64 * 1024
     max_pending: int = 256
+    max_connections: int = 4096
+    max_buffered_bytes: int = 16 * 1024 * 1024
     idle_timeout_s: float = 30.0
     refresh_interval_s: float = 2.0
     deadline_ms: float = 250.0  # per prediction; a request may ask for its own
@@ -336,6 +341,13 @@ def _validate(s: Settings) -> Settings:
     if s.ingest.max_body_bytes < 2 * 1024 * 1024:
         raise ConfigError("ingest.max_body_bytes",
                           "must take a batch of 10,000 readings (>= 2 MiB)")
+    for section in ("ingest", "predict"):
+        edge = getattr(s, section)
+        if edge.max_connections < 1:
+            raise ConfigError(f"{section}.max_connections", "must be at least 1")
+        if edge.max_buffered_bytes < edge.max_body_bytes:
+            raise ConfigError(f"{section}.max_buffered_bytes",
+                              "must be at least max_body_bytes (one whole request)")
     if not 0 < s.predict.deadline_ms <= 60_000:
         raise ConfigError("predict.deadline_ms", "must be in (0, 60000]")
     if s.features.max_crashes < 1:

@@ -342,6 +342,63 @@ def test_overload_beyond_max_pending_is_503_with_retry_after(make_edge: EdgeFact
     assert call(client(edge), "POST", "/commit", b"{}", AUTH)[0] == 200
 
 
+def test_connections_past_the_cap_get_503_with_retry_after(make_edge: EdgeFactory) -> None:
+    edge = make_edge(max_connections=2)
+    held = [client(edge), client(edge)]
+    for conn in held:
+        assert call(conn, "GET", "/ping", headers=AUTH)[0] == 200
+    wait_until(lambda: len(edge._connections) == 2)
+    status, response, payload = call(client(edge), "GET", "/ping", headers=AUTH)
+    assert (status, payload) == (503, {"error": "overloaded"})
+    assert response.getheader("Retry-After") == "1"
+    for conn in held:  # the ones inside are served on
+        assert call(conn, "GET", "/ping", headers=AUTH)[0] == 200
+    held.pop().close()
+    wait_until(lambda: len(edge._connections) <= 1)
+    assert call(client(edge), "GET", "/ping", headers=AUTH)[0] == 200
+
+
+def test_bodies_past_the_edges_byte_budget_get_503_and_the_budget_comes_back(
+        make_edge: EdgeFactory) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def commit(request: Request) -> Response:
+        entered.set()
+        release.wait(DEADLINE_S)
+        return Response.json(200, {"size": len(request.body)})
+
+    edge = make_edge([Route("POST", "/commit", commit, blocking=True)],
+                     max_body_bytes=1000, max_buffered_bytes=2500, max_pending=10)
+    held = [client(edge), client(edge)]
+    try:
+        for conn in held:  # 2 x 1000 bytes held: one running, one queued for the worker
+            conn.request("POST", "/commit", body=b"x" * 1000, headers=AUTH)
+        assert entered.wait(DEADLINE_S)
+        wait_until(lambda: edge._held == 2000)
+        # Declared length over what is left: refused before its body is read.
+        status, response, payload = call(client(edge), "POST", "/commit", b"y" * 600, AUTH)
+        assert (status, payload) == (503, {"error": "overloaded"})
+        assert response.getheader("Retry-After") == "1"
+        # Chunked, counted as it arrives: refused once it passes the budget.
+        sock = raw(edge)
+        sock.sendall(b"POST /commit HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + TOKEN.encode() + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     + b"258\r\n" + b"z" * 600 + b"\r\n")
+        assert read_responses(sock, 1)[0][0] == 503
+        sock.close()
+        assert edge._held == 2000  # what was refused is not counted
+        within = client(edge)  # what still fits is taken (and waits its turn)
+        within.request("POST", "/commit", body=b"w" * 400, headers=AUTH)
+        held.append(within)
+        wait_until(lambda: edge._held == 2400)
+    finally:
+        release.set()
+    assert [conn.getresponse().status for conn in held] == [200, 200, 200]
+    wait_until(lambda: edge._held == 0)
+    assert call(client(edge), "POST", "/commit", b"v" * 1000, AUTH)[0] == 200
+    wait_until(lambda: edge._held == 0)
+
+
 def test_stalled_partial_request_is_closed_after_idle_timeout(make_edge: EdgeFactory) -> None:
     edge = make_edge(idle_timeout_s=0.2)
     started = time.monotonic()  # before connecting: the edge's clock starts at accept
