@@ -30,7 +30,16 @@ from thespian.actors import (
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from config.settings import Settings
 from daemon.logs import configure_logging, get_logger
-from messages.protocol import Init, MessageFailed, Peers, Ping, Pong, Ready, StoppingNormally
+from messages.protocol import (
+    Activate,
+    Init,
+    MessageFailed,
+    Peers,
+    Ping,
+    Pong,
+    Ready,
+    StoppingNormally,
+)
 
 __all__ = ["ReactiveActor", "Worker"]
 
@@ -118,6 +127,13 @@ class Worker(ReactiveActor):
     def on_start(self, init: Init) -> None:
         """Open stores and rebuild state from them (never from memory)."""
 
+    def on_serve(self) -> None:
+        """Open what faces the outside (an HTTP edge): right after ``on_start``, or when
+        a warm standby is promoted."""
+
+    def on_activate(self) -> None:
+        """A standby is promoted: catch up with the stores (they moved on while it waited)."""
+
     def on_stop(self) -> None:
         """Release what ``on_start`` acquired (threads, sockets, stores)."""
 
@@ -147,8 +163,26 @@ class Worker(ReactiveActor):
             configure_logging(msg.settings.log_dir, msg.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
             self.on_start(msg)
+            if not msg.standby:
+                self.on_serve()
             self._init_id = msg.correlation_id
-            self.log.info("actor_started", start_ms=round((time.perf_counter() - began) * 1000, 1))
+            self.log.info("actor_started", standby=msg.standby,
+                          start_ms=round((time.perf_counter() - began) * 1000, 1))
+        self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
+
+    def on_Activate(self, msg: Activate, sender: Any) -> None:  # noqa: N802
+        if self._init_id != msg.correlation_id:
+            assert self.settings is not None
+            began = time.perf_counter()
+            standby = self.name
+            self.name = msg.name
+            configure_logging(self.settings.log_dir, self.settings.log_level, actor=msg.name)
+            self.log = get_logger(actor=msg.name, role=msg.role)
+            self.on_activate()
+            self.on_serve()
+            self._init_id = msg.correlation_id
+            self.log.info("standby_promoted", standby=standby,
+                          activate_ms=round((time.perf_counter() - began) * 1000, 1))
         self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802

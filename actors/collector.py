@@ -19,6 +19,7 @@ from typing import Any
 from actors.base import Worker
 from actors.counters import Counters
 from actors.edge import HttpEdge, Request, Response, Route, Waker
+from actors.hints import HintWindow
 from messages.codec import (
     BodyError,
     decode_outcomes,
@@ -28,7 +29,7 @@ from messages.codec import (
     wire_format,
 )
 from messages.openapi import INGEST_OPENAPI_JSON
-from messages.protocol import FactsRecorded, Init
+from messages.protocol import FactsNoted, FactsRecorded, Init
 from storage.errors import StoreError
 from storage.sqlite_facts import SQLiteFactStore
 
@@ -50,12 +51,18 @@ class Collector(Worker):
         self._store: SQLiteFactStore | None = None  # used only by the edge's worker thread
         self._last_hint = 0.0
         self._hint_scheduled = False
-        self._hinted = (0, 0)
+        # What each receiver was last told (a hint carries what is new to *it*), and which
+        # receivers have not yet noted their last hint (they get no new one till then).
+        self._hinted: list[tuple[Any, tuple[int, int]]] = []
+        self._window = HintWindow()
 
     def on_start(self, init: Init) -> None:
-        settings = init.settings
         self.waker = Waker()
         self.watch_fds = (self.waker.fileno(),)
+
+    def on_serve(self) -> None:
+        settings = self.settings
+        assert settings is not None
         routes = [
             Route("POST", "/readings", self._post_readings, blocking=True),
             Route("POST", "/outcomes", self._post_outcomes, blocking=True),
@@ -143,28 +150,45 @@ class Collector(Worker):
             self._maybe_hint()
 
     def on_peers(self) -> None:
+        receivers = self._receivers()
+        self._window.forget_except(receivers)
+        self._hinted = [(a, told) for a, told in self._hinted if a in receivers]
         self._maybe_hint()
 
+    def on_FactsNoted(self, msg: FactsNoted, sender: Any) -> None:  # noqa: N802
+        self._window.noted(sender, msg.sequence)
+        self._maybe_hint()  # it may have missed some while busy
+
+    def _receivers(self) -> list[Any]:
+        return [a for role in ("feature_generator", "learner") for a in self.peers.of(role)]
+
+    def _told(self, address: Any) -> tuple[int, int]:
+        return next((told for a, told in self._hinted if a == address), (0, 0))
+
     def _maybe_hint(self) -> None:
-        """At most one ``FactsRecorded`` per interval: bursts of small actor messages are slow."""
+        """At most one ``FactsRecorded`` per interval (bursts of small actor messages are
+        slow), and none to a receiver that has not noted its last one (``actors.hints``)."""
         assert self.settings is not None
         values = self.counters.snapshot()
         seen = (values["readings_accepted"], values["outcomes_accepted"])
-        if seen == self._hinted:
+        now = time.monotonic()
+        due = [a for a in self._window.ready(self._receivers(), now) if self._told(a) != seen]
+        if not due:
             return
-        wait = self._last_hint + self.settings.ingest.hint_interval_s - time.monotonic()
+        wait = self._last_hint + self.settings.ingest.hint_interval_s - now
         if wait > 0:
             if not self._hint_scheduled:
                 self._hint_scheduled = True
                 self.wakeupAfter(wait, payload="hint")
             return
-        hint = FactsRecorded(self.name, seen[0] - self._hinted[0], seen[1] - self._hinted[1],
-                             self.watermark)
-        for role in ("feature_generator", "learner"):
-            for address in self.peers.of(role):
-                self.send(address, hint)
-        self._hinted = seen
-        self._last_hint = time.monotonic()
+        sequence = self._window.sent(due, now)
+        for address in due:
+            told = self._told(address)
+            self.send(address, FactsRecorded(self.name, seen[0] - told[0], seen[1] - told[1],
+                                             self.watermark, sequence))
+        self._hinted = [(a, t) for a, t in self._hinted if a not in due]
+        self._hinted += [(a, seen) for a in due]
+        self._last_hint = now
 
 
 def _openapi(request: Request) -> Response:

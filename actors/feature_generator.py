@@ -31,7 +31,7 @@ from learning.features import (
     register_configured_collections,
     register_declared_collections,
 )
-from messages.protocol import CollectionSwitched, FactsRecorded, Init
+from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
 
@@ -98,6 +98,7 @@ class FeatureGenerator(Worker):
         self.active = chosen
 
     def on_FactsRecorded(self, msg: FactsRecorded, sender: Any) -> None:  # noqa: N802
+        self.send(sender, FactsNoted(msg.sequence))  # the collector may hint again
         self._catch_up()
 
     def on_timer(self, payload: Any) -> None:

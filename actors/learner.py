@@ -43,6 +43,7 @@ from learning.triggers import REQUEST, RetrainState, Trigger, due_trigger, judge
 from messages.facts import Outcome, Reading
 from messages.protocol import (
     CollectionSwitched,
+    FactsNoted,
     FactsRecorded,
     Forwarded,
     Init,
@@ -117,6 +118,7 @@ class Learner(Worker):
                                               "window_ms": learning.feature_window_ms})
 
     def on_FactsRecorded(self, msg: FactsRecorded, sender: Any) -> None:  # noqa: N802
+        self.send(sender, FactsNoted(msg.sequence))  # the collector may hint again
         if msg.outcomes:
             self._maybe_train()
 

@@ -207,9 +207,13 @@ def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) ->
     if config_path:
         cmd += ["--config", str(Path(config_path).resolve())]
     env = dict(os.environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1")
-    # Thespian lets a process have only 20 sends in flight; past that every send, a Pong to
-    # a supervisor's heartbeat included, waits behind hints to a busy receiver. Measured
-    # under steady ingest: collectors killed as unresponsive with the default.
+    # Thespian lets a process have 20 transmits in flight to all receivers together, and
+    # one stays in flight until its receiver reads it between two handlers: past that,
+    # every send, a Pong to a supervisor included, waits behind the ones to a busy actor.
+    # Collectors once filled it with hints to the training learner and were killed as
+    # unresponsive; hints are now flow-controlled at the source (actors/hints.py,
+    # bench/transmit_window.py). The wider window stays as a margin for the sends that
+    # pile up towards an actor that hangs until its supervisor kills it.
     env.setdefault("THESPIAN_MAX_PENDING_TRANSMITS", "1000")
     keeper_out = open(settings.log_dir / "daemon.out", "ab")  # noqa: SIM115
     try:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "Activate",
     "ActorInfo",
     "ChildUp",
     "CollectionSwitched",
+    "FactsNoted",
     "FactsRecorded",
     "Forwarded",
     "MessageFailed",
@@ -74,6 +76,16 @@ class Init:
     settings: Any  # config.settings.Settings
     correlation_id: str
     spec: Any = None  # supervision.spec.SupervisorSpec | None
+    standby: bool = False  # start and load, but do not serve until ``Activate``
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """Supervisor -> warm standby: you are now ``name``; serve, then answer ``Ready``."""
+
+    name: str
+    role: str
+    correlation_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +180,14 @@ class FactsRecorded:
     readings: int
     outcomes: int
     watermark: int
+    sequence: int = 0  # answered with ``FactsNoted(sequence)``: see ``actors.hints``
+
+
+@dataclass(frozen=True, slots=True)
+class FactsNoted:
+    """Receiver -> collector: hint ``sequence`` arrived; another may come."""
+
+    sequence: int
 
 
 @dataclass(frozen=True, slots=True)
