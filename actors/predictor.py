@@ -111,6 +111,15 @@ class Predictor(Worker):
         self.features = SQLiteFeatureStore(settings.data_path / "features.sqlite",
                                            busy_timeout_s=timeout)
         self._refresh()
+        self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
+        self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
+
+    def on_activate(self) -> None:
+        self._refresh()  # a standby: the champion may have changed while it waited
+
+    def on_serve(self) -> None:
+        settings = self.settings
+        assert settings is not None
         routes = [
             Route("POST", "/model", self._post_model),
             Route("GET", "/health", self._health, public=True),
@@ -122,11 +131,11 @@ class Predictor(Worker):
             tokens=settings.predict.tokens, max_body_bytes=settings.predict.max_body_bytes,
             idle_timeout_s=settings.predict.idle_timeout_s,
             max_pending=settings.predict.max_pending, name=self.name,
+            max_connections=settings.predict.max_connections,
+            max_buffered_bytes=settings.predict.max_buffered_bytes,
             on_error=lambda exc, req: self.log.error("edge_error", error=repr(exc)),
         )
         self.edge.start()
-        self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
-        self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
 
     def on_stop(self) -> None:
         if self.edge is not None:

@@ -28,6 +28,7 @@ __all__ = [
     "Settings",
     "StorageSettings",
     "SupervisionSettings",
+    "SupervisorPolicy",
     "load_settings",
 ]
 
@@ -129,10 +130,39 @@ class ConfiguredCollection:
     name: str = ""
 
 
+#: The supervisors of the tree, each of which may override the ``[supervision]`` policy
+#: in a table of its own (``[supervision.serving]``).
+SUPERVISORS = ("root", "ingest", "learning", "serving")
+#: The keys such a table may set.
+POLICY_KEYS = ("strategy", "max_restarts", "period_s", "backoff_min_s", "backoff_max_s",
+               "heartbeat_timeout_s", "standby")
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+#: The supervisors of replicated roles (collectors, predictors), which may keep standbys.
+STANDBY_SUPERVISORS = ("ingest", "serving")
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorPolicy:
+    """One supervisor's resolved policy: its own table over the ``[supervision]`` defaults."""
+
+    strategy: str
+    max_restarts: int
+    period_s: float
+    backoff_min_s: float
+    backoff_max_s: float
+    heartbeat_timeout_s: float
+    standby: int  # warm spares of its replicated role (predictor, collector), promoted on a death
+
+
 @dataclass(frozen=True, slots=True)
 class SupervisionSettings:
-    """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between."""
+    """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between.
 
+    The flat keys are every supervisor's defaults; ``[supervision.root|ingest|learning|
+    serving]`` tables override them for one supervisor (kept as the pairs given).
+    """
+
+    strategy: str = "one_for_one"
     max_restarts: int = 10
     period_s: float = 30.0
     backoff_min_s: float = 0.0
@@ -146,6 +176,21 @@ class SupervisionSettings:
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 3.0
     batch_heartbeat_timeout_s: float = 120.0
+    standby: int = 0
+    root: tuple[tuple[str, Any], ...] = ()
+    ingest: tuple[tuple[str, Any], ...] = ()
+    learning: tuple[tuple[str, Any], ...] = ()
+    # A warm spare predictor: a killed one is replaced by promoting it (~ms), not by a
+    # fork and a cold start (~70 ms).
+    serving: tuple[tuple[str, Any], ...] = (("standby", 1),)
+
+    def policy(self, supervisor: str) -> SupervisorPolicy:
+        """``supervisor``'s policy: its own table over the defaults above."""
+        values = {key: getattr(self, key) for key in POLICY_KEYS}
+        if supervisor not in STANDBY_SUPERVISORS:
+            values["standby"] = 0  # nothing of theirs to keep warm
+        values.update(dict(getattr(self, supervisor)) if supervisor in SUPERVISORS else {})
+        return SupervisorPolicy(**values)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +291,15 @@ def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool)
     changes: dict[str, Any] = {}
     for name, raw in values.items():
         key = f"{prefix}.{name}"
+        if isinstance(section, SupervisionSettings):
+            table, _, inner = name.partition("_") if from_env else (name, "", "")
+            if table in SUPERVISORS and (inner or not from_env):
+                # [supervision.serving] in a file; RML_SUPERVISION_SERVING_STANDBY from env.
+                given = {inner: raw} if from_env else raw
+                current = changes.get(table, known[table])
+                changes[table] = _policy_table(section, f"{prefix}.{table}", current, given,
+                                               from_env)
+                continue
         if key == "features.collections":
             changes[name] = _configured_collections(key, raw)
             continue
@@ -274,6 +328,19 @@ def _configured_collections(key: str, raw: Any) -> tuple[ConfiguredCollection, .
         label = _coerce(f"{here}.name", table.get("name", ""), "", False)
         out.append(ConfiguredCollection(features, label))
     return tuple(out)
+
+
+def _policy_table(section: SupervisionSettings, prefix: str, current: tuple[tuple[str, Any], ...],
+                  values: Any, from_env: bool) -> tuple[tuple[str, Any], ...]:
+    """One supervisor's overrides, merged over the ones it had, each key checked."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(prefix, "expected a table")
+    merged = dict(current)
+    for name, raw in values.items():
+        if name not in POLICY_KEYS:
+            raise ConfigError(f"{prefix}.{name}", "unknown key")
+        merged[name] = _coerce(f"{prefix}.{name}", raw, getattr(section, name), from_env)
+    return tuple(sorted(merged.items()))
 
 
 def _from_mapping(base: Settings, data: Mapping[str, Any], from_env: bool) -> Settings:
@@ -375,21 +442,18 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.drift_threshold", "must be in (0, 100]")
     if not 0 <= s.learning.shadow_requests <= 100_000_000:
         raise ConfigError("learning.shadow_requests", "must be in 0..100000000 (0: no shadow)")
-    if s.supervision.max_restarts < 0:
-        raise ConfigError("supervision.max_restarts", "must be at least 0")
-    if s.supervision.period_s <= 0:
-        raise ConfigError("supervision.period_s", "must be greater than 0")
-    if s.supervision.backoff_min_s < 0:
-        raise ConfigError("supervision.backoff_min_s", "must be at least 0")
-    if s.supervision.backoff_max_s < s.supervision.backoff_min_s:
-        raise ConfigError("supervision.backoff_max_s", "must be at least backoff_min_s")
     if s.supervision.heartbeat_interval_s <= 0:
         raise ConfigError("supervision.heartbeat_interval_s", "must be greater than 0")
-    for key, timeout in (("supervision.heartbeat_timeout_s", s.supervision.heartbeat_timeout_s),
-                         ("supervision.batch_heartbeat_timeout_s",
-                          s.supervision.batch_heartbeat_timeout_s)):
-        if timeout < 2 * s.supervision.heartbeat_interval_s:
-            raise ConfigError(key, "must be at least twice heartbeat_interval_s")
+    if s.supervision.batch_heartbeat_timeout_s < 2 * s.supervision.heartbeat_interval_s:
+        raise ConfigError("supervision.batch_heartbeat_timeout_s",
+                          "must be at least twice heartbeat_interval_s")
+    defaults = SupervisorPolicy(**{key: getattr(s.supervision, key) for key in POLICY_KEYS})
+    _validate_policy("supervision", defaults, set(POLICY_KEYS), s.supervision,
+                     standby_role=True)
+    for name in SUPERVISORS:
+        _validate_policy(f"supervision.{name}", s.supervision.policy(name),
+                         set(dict(getattr(s.supervision, name))), s.supervision,
+                         standby_role=name in STANDBY_SUPERVISORS)
     if s.storage.backend not in {"sqlite"}:
         raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
     from config.job import ModelType  # local: config.job is the learning side's
@@ -400,6 +464,35 @@ def _validate(s: Settings) -> Settings:
         choices = ", ".join(m.value for m in ModelType)
         raise ConfigError("learning.model_type", f"must be one of {choices}") from None
     return s
+
+
+def _validate_policy(prefix: str, p: SupervisorPolicy, own: set[str], sup: SupervisionSettings,
+                     standby_role: bool) -> None:
+    """One supervisor's policy; an error names the table the bad value comes from (its
+    own keys are ``own``; the rest it inherits from ``[supervision]``)."""
+    def key(name: str) -> str:
+        return f"{prefix}.{name}" if name in own else f"supervision.{name}"
+
+    if p.strategy not in STRATEGIES:
+        raise ConfigError(key("strategy"), f"must be one of {', '.join(STRATEGIES)}")
+    if p.max_restarts < 0:
+        raise ConfigError(key("max_restarts"), "must be at least 0")
+    if p.period_s <= 0:
+        raise ConfigError(key("period_s"), "must be greater than 0")
+    if p.backoff_min_s < 0:
+        raise ConfigError(key("backoff_min_s"), "must be at least 0")
+    if p.backoff_max_s < p.backoff_min_s:
+        if "backoff_min_s" in own and "backoff_max_s" not in own:
+            raise ConfigError(key("backoff_min_s"), "must be at most backoff_max_s")
+        raise ConfigError(key("backoff_max_s"), "must be at least backoff_min_s")
+    if p.heartbeat_timeout_s < 2 * sup.heartbeat_interval_s:
+        raise ConfigError(key("heartbeat_timeout_s"),
+                          "must be at least twice heartbeat_interval_s")
+    if not 0 <= p.standby <= 4:
+        raise ConfigError(key("standby"), "must be in 0..4")
+    if p.standby and not standby_role:
+        raise ConfigError(key("standby"), "only the ingest and serving supervisors keep "
+                                          "standbys (of collectors and predictors)")
 
 
 def _validate_trainer(s: Settings) -> None:

@@ -11,6 +11,7 @@ and must come back as a duplicate: proof that each was stored, exactly once.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
@@ -49,6 +51,9 @@ class ChaosReport:
     daemon_kills: int = 0
     restarts: int = 0
     kill_to_answer_s: dict[str, list[float]] = field(default_factory=dict)
+    # As the supervisors logged it: from a child's exit to its replacement running, by
+    # "<role> via standby|start" (the clients' view above adds the status round trips).
+    replaced_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def answered_share(self) -> float:
@@ -76,7 +81,28 @@ class ChaosReport:
         ]
         for role, values in sorted(self.kill_to_answer_s.items()):
             out.append(f"kill-to-answer {role + ':':<10} {stats(values)}")
+        for what, values in sorted(self.replaced_s.items()):
+            out.append(f"exit-to-running {what + ':':<28} {stats(values)} (supervisors' log)")
         return out
+
+
+def replacements(log_file: Path) -> dict[str, list[float]]:
+    """``child_replaced`` events of a daemon log: seconds by "<role> via <how>"."""
+    out: dict[str, list[float]] = {}
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        if '"child_replaced"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+            key = f"{event['role']} via {event['via']}"
+            out.setdefault(key, []).append(float(event["down_ms"]) / 1000)
+        except (ValueError, KeyError, TypeError):
+            continue
+    return out
 
 
 _clients = threading.local()
@@ -316,4 +342,5 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
         report.restarts += sum(a.restarts for a in final.actors) if final else 0
     finally:
         stop(settings)
+        report.replaced_s = replacements(settings.log_dir / "rml.log")
     return report

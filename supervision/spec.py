@@ -43,6 +43,10 @@ class SupervisorSpec:
     backoff_max_s: float = 2.0
     heartbeat_interval_s: float = 0.5
     heartbeat_timeout_s: float = 3.0
+    # Warm spares of ``standby_role``: started and loaded but not serving; a dead child of
+    # that role is replaced by promoting one (a message) instead of starting a new actor.
+    standby: int = 0
+    standby_role: str | None = None
 
 
 #: Roles that work for seconds inside one handler (training, catching up, judging),
@@ -50,14 +54,21 @@ class SupervisorSpec:
 BATCH_ROLES = frozenset({"learner", "feature_generator", "publisher"})
 
 
+#: Roles whose actors can wait as warm standbys (replicated, sharing a port).
+STANDBY_ROLES = ("predictor", "collector")
+
+
 def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> SupervisorSpec:
-    sup = settings.supervision
+    """``name``'s spec with its policy from ``[supervision]`` and ``[supervision.<name>]``."""
+    policy = settings.supervision.policy(name)
+    roles = [c.role for c in children if c.role in STANDBY_ROLES]
     return SupervisorSpec(
-        name=name, children=children,
-        max_restarts=sup.max_restarts, period_s=sup.period_s,
-        backoff_min_s=sup.backoff_min_s, backoff_max_s=sup.backoff_max_s,
-        heartbeat_interval_s=sup.heartbeat_interval_s,
-        heartbeat_timeout_s=sup.heartbeat_timeout_s,
+        name=name, children=children, strategy=policy.strategy,  # type: ignore[arg-type]
+        max_restarts=policy.max_restarts, period_s=policy.period_s,
+        backoff_min_s=policy.backoff_min_s, backoff_max_s=policy.backoff_max_s,
+        heartbeat_interval_s=settings.supervision.heartbeat_interval_s,
+        heartbeat_timeout_s=policy.heartbeat_timeout_s,
+        standby=policy.standby if roles else 0, standby_role=roles[0] if roles else None,
     )
 
 

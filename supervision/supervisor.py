@@ -6,23 +6,26 @@ actors (fed by ``ChildUp`` from every supervisor below), answers ``status``,
 tells workers where their peers are, and routes requests from outside
 (``PredictRequest``, ``TrainRequest``) to a live worker.
 
-Liveness: a crash is reported by Thespian (``ChildActorExited``), a hang is not.
-So every ``heartbeat_interval_s`` a supervisor pings each running child; a child
-whose last ``Pong`` is older than its heartbeat timeout is SIGKILLed by pid (with
-whatever processes it started, so that nothing keeps holding its port) and
+Liveness (``supervision.liveness``): a crash is reported by Thespian
+(``ChildActorExited``), a hang is not, so every ``heartbeat_interval_s`` a
+supervisor pings each child and SIGKILLs by pid one silent past its timeout; it is
 restarted through the same path as a crash, with the cause logged.
+
+Standbys: a supervisor of a replicated role (``standby_role``) keeps ``standby``
+warm spares, started with ``Init(standby=True)`` (stores open, model loaded, no
+port). A dead child of that role is replaced by sending a spare ``Activate``
+(milliseconds) instead of starting a new actor (a fork and a cold start); a new
+spare is warmed once the promoted one answers.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import itertools
 import os
-import signal
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -32,6 +35,7 @@ from config.settings import Settings
 from daemon.group import descendants, process_alive
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
+    Activate,
     ActorInfo,
     ChildUp,
     Forwarded,
@@ -53,39 +57,15 @@ from messages.protocol import (
     TrainRequest,
     TrainResult,
 )
+from supervision.child import Child, standby_spec
+from supervision.directory import Directory
+from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
 from supervision.policy import decide_restart
-from supervision.spec import ChildSpec, SupervisorSpec, system_tree
+from supervision.spec import SupervisorSpec, system_tree
 
 __all__ = ["ROOT_NAME", "Supervisor"]
 
 ROOT_NAME = "rml-root"
-
-
-@dataclass
-class _Child:
-    """What a supervisor knows of one child (mutable: it is the supervisor's own state)."""
-
-    spec: ChildSpec
-    address: Any = None
-    pid: int = 0
-    restarts: int = 0
-    state: str = "starting"
-    init_id: str = ""
-    expected_exit: bool = False
-    normal_exit: bool = False
-    last_seen: float = 0.0  # monotonic time of its Ready or last Pong
-    ping_sent: float = 0.0  # monotonic time of the unanswered Ping; 0 when answered
-    kill_cause: str = ""  # why the supervisor killed it (a missed heartbeat)
-    gone_since: float = 0.0  # when its process was first seen gone with no exit reported
-    restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
-    # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
-    # a supervisor that dies abruptly leaves them running, so we end them.
-    below: dict[str, int] = field(default_factory=dict)
-
-    def info(self, supervisor: str) -> ActorInfo:
-        return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
-                         supervisor, self.address if self.state == "running" else None)
-
 
 class Supervisor(ReactiveActor):
     """OTP-style supervisor (one_for_one, one_for_all, rest_for_one) with intensity and backoff."""
@@ -94,7 +74,9 @@ class Supervisor(ReactiveActor):
         super().__init__()
         self.spec: SupervisorSpec | None = None
         self.settings: Settings | None = None
-        self.children: list[_Child] = []
+        self.children: list[Child] = []
+        # Warm spares of the spec's standby role, in slots named ``<role>-standby-<n>``.
+        self.standbys: list[Child] = []
         # Restart intensity is the supervisor's, as in OTP: all its children's restarts count.
         self.restart_times: list[float] = []
         self.is_root = False
@@ -103,7 +85,7 @@ class Supervisor(ReactiveActor):
         self._start_reply: tuple[Any, str] | None = None  # root: (launcher, correlation id)
         self._init_id: str | None = None
         # Root only: the directory of every actor below, and routing state.
-        self.directory: dict[str, ActorInfo] = {}
+        self.directory = Directory()
         self.started_at_ms = int(time.time() * 1000)
         self._last_peers: Peers | None = None
         self._round_robin = itertools.count()
@@ -138,17 +120,18 @@ class Supervisor(ReactiveActor):
         self.spec = spec
         configure_logging(settings.log_dir, settings.log_level, actor=name)
         self.log = get_logger(actor=name, role="supervisor")
-        self.children = [_Child(spec=c) for c in spec.children]
+        self.children = [Child(spec=c) for c in spec.children]
+        self.standbys = [Child(spec=standby_spec(spec, n)) for n in range(1, spec.standby + 1)]
         self.log.info("supervisor_started", strategy=spec.strategy,
-                      children=[c.name for c in spec.children])
-        for child in self.children:
+                      children=[c.name for c in spec.children], standbys=spec.standby,
+                      max_restarts=spec.max_restarts, period_s=spec.period_s)
+        for child in (*self.children, *self.standbys):
             self._start(child)
         self._last_tick = time.monotonic()
         self.wakeupAfter(spec.heartbeat_interval_s, payload="heartbeat")
 
-    def _start(self, child: _Child) -> None:
+    def _start(self, child: Child) -> None:
         assert self.settings is not None
-        child.address = self.createActor(child.spec.actor_class)
         child.state = "starting"
         child.expected_exit = False
         child.normal_exit = False
@@ -156,8 +139,40 @@ class Supervisor(ReactiveActor):
         child.ping_sent = 0.0
         child.gone_since = 0.0
         child.init_id = uuid.uuid4().hex
+        standby = self._ready_standby(child)
+        child.via_standby = standby is not None
+        if standby is not None:
+            # Promotion: one message to a process that is already up and loaded.
+            child.address, child.pid, child.last_seen = (standby.address, standby.pid,
+                                                         time.monotonic())
+            standby.address, standby.pid, standby.state = None, 0, "refilling"
+            self._report(standby.info(self.name))
+            self.log.info("standby_promoting", child=child.spec.name, standby=standby.spec.name,
+                          pid=child.pid)
+            self.send(child.address, Activate(child.spec.name, child.spec.role, child.init_id))
+            return
+        child.address = self.createActor(child.spec.actor_class)
+        is_standby = child in self.standbys
         self.send(child.address, Init(child.spec.name, child.spec.role, self.settings,
-                                      child.init_id, spec=child.spec.spec))
+                                      child.init_id, spec=child.spec.spec, standby=is_standby))
+
+    def _ready_standby(self, child: Child) -> Child | None:
+        """A warm standby that can take ``child``'s place, if there is one."""
+        assert self.spec is not None
+        if child.spec.role != self.spec.standby_role or child in self.standbys:
+            return None
+        return next((s for s in self.standbys
+                     if s.state == "standby" and s.address is not None and not s.gone_since
+                     and process_alive(s.pid)), None)
+
+    def _refill_standbys(self, states: tuple[str, ...] = ("refilling",)) -> None:
+        """Start a new standby in each empty slot: ``refilling`` after a promotion,
+        ``restarting`` after a standby's death (once its backoff is over)."""
+        if self.stopping:
+            return
+        for slot in self.standbys:
+            if slot.state in states and slot.address is None:
+                self._start(slot)
 
     def on_Ready(self, msg: Ready, sender: Any) -> None:  # noqa: N802
         child = self._by_address(sender)
@@ -166,23 +181,34 @@ class Supervisor(ReactiveActor):
         if child.expected_exit:
             return  # asked to exit while starting: it is not running, its group restart is due
         child.pid = msg.pid
-        child.state = "running"
-        child.last_seen = time.monotonic()
+        child.state = "standby" if child in self.standbys else "running"
+        child.last_seen = now = time.monotonic()
         self.log.info("child_running", child=child.spec.name, pid=msg.pid,
-                      restarts=child.restarts)
+                      restarts=child.restarts, state=child.state)
+        if child.failed_at and child.state == "running":
+            # From its exit (as reported to us) to its replacement answering Init/Activate.
+            self.log.info("child_replaced", child=child.spec.name, role=child.spec.role,
+                          down_ms=round((now - child.failed_at) * 1000, 1),
+                          via="standby" if child.via_standby else "start")
+            child.failed_at = 0.0
         self._report(child.info(self.name))
         self._maybe_announce()
+        # Warm a new spare only now: forking one (tens of ms, in this process) must not
+        # delay the promoted child's answer above.
+        self._refill_standbys()
 
     def _maybe_announce(self) -> None:
         """Once every child runs, tell whoever started us (parent, or the launcher)."""
         if not all(c.state == "running" for c in self.children):
             return
+        if not self.announced and not all(s.state == "standby" for s in self.standbys):
+            return  # the first time, "started" includes the warm spares
         if self.is_root:
             if self._start_reply is not None:
                 launcher, correlation_id = self._start_reply
                 self._start_reply = None
                 self.send(launcher, SystemStarted(correlation_id, True,
-                                                  tuple(self.directory.values())))
+                                                  self.directory.actors()))
         elif self.supervisor is not None and self._init_id is not None:
             self.send(self.supervisor, Ready(self.name, "supervisor", os.getpid(),
                                              self._init_id))
@@ -200,6 +226,9 @@ class Supervisor(ReactiveActor):
         if self.stopping:
             child.state = "stopped"
             return
+        if child in self.standbys:
+            self._standby_failed(child)
+            return
         if child.expected_exit:
             child.state = "restarting"
             self._report(child.info(self.name))
@@ -211,10 +240,11 @@ class Supervisor(ReactiveActor):
         if child is not None:
             child.normal_exit = True
 
-    def _failed(self, child: _Child, cause: str) -> None:
+    def _failed(self, child: Child, cause: str) -> None:
         assert self.spec is not None
         spec = child.spec
         self.log.warning("child_failed", child=spec.name, cause=cause, pid=child.pid)
+        child.failed_at = child.failed_at or time.monotonic()
         if spec.restart == "temporary" or (spec.restart == "transient" and cause == "normal"):
             child.state = "stopped"
             self._report(child.info(self.name))
@@ -250,7 +280,24 @@ class Supervisor(ReactiveActor):
         else:
             self._restart(names)
 
-    def _restart_group(self, failed: _Child) -> list[_Child]:
+    def _standby_failed(self, slot: Child) -> None:
+        """A standby died: warm another after its own backoff (no intensity: it served
+        nothing, and a standby that cannot start must not take its supervisor down)."""
+        assert self.spec is not None
+        now = time.monotonic()
+        self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
+        slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.period_s]
+        delay_s = decide_restart(slot.restart_times, now, max_restarts=1_000_000,
+                                 period_s=self.spec.period_s,
+                                 backoff_min_s=max(self.spec.backoff_min_s, 0.1),
+                                 backoff_max_s=max(self.spec.backoff_max_s, 1.0)).delay_s
+        slot.restart_times.append(now)
+        slot.restarts += 1
+        slot.address, slot.pid, slot.state = None, 0, "restarting"
+        self._report(slot.info(self.name))
+        self.wakeupAfter(delay_s, payload="refill")
+
+    def _restart_group(self, failed: Child) -> list[Child]:
         assert self.spec is not None
         if self.spec.strategy == "one_for_all":
             return list(self.children)
@@ -265,7 +312,7 @@ class Supervisor(ReactiveActor):
                     continue  # already restarted
                 self._start(child)
 
-    def _escalate(self, child: _Child, recent: int) -> None:
+    def _escalate(self, child: Child, recent: int) -> None:
         assert self.spec is not None
         self.log.error("restart_intensity_exceeded", child=child.spec.name, restarts=recent,
                        period_s=self.spec.period_s)
@@ -281,10 +328,12 @@ class Supervisor(ReactiveActor):
             self._heartbeat()
         elif isinstance(payload, tuple) and payload and payload[0] == "restart":
             self._restart(payload[1])
+        elif payload == "refill":
+            self._refill_standbys(("refilling", "restarting"))
 
     # --- liveness ------------------------------------------------------------------
 
-    def _timeout(self, child: _Child) -> float:
+    def _timeout(self, child: Child) -> float:
         assert self.spec is not None
         return child.spec.heartbeat_timeout_s or self.spec.heartbeat_timeout_s
 
@@ -297,29 +346,20 @@ class Supervisor(ReactiveActor):
         if now - self._last_tick > self.spec.heartbeat_timeout_s:
             # We were stalled ourselves (stopped, or a slow handler): our children's
             # silence says nothing about them, so start their clocks afresh.
-            for child in self.children:
+            for child in (*self.children, *self.standbys):
                 child.last_seen, child.ping_sent = now, 0.0
         self._last_tick = now
-        for child in self.children:
-            if child.address is None or child.state not in ("running", "unresponsive"):
+        for child in (*self.children, *self.standbys):
+            if child.address is None or child.state not in PINGED_STATES:
                 continue
-            timeout = self._timeout(child)
-            silent = now - child.last_seen
             if not child.gone_since and not process_alive(child.pid):
                 child.gone_since = now
-            if (child.gone_since and now - child.gone_since >= self.spec.heartbeat_interval_s
-                    or child.state == "unresponsive" and silent > 2 * timeout):
-                # Thespian reports a dead child within milliseconds, but it can miss one
-                # (two children dying at once): a tick later, act as its report would.
-                # A process we killed that never went away is given up on as well.
+            verdict = judge(child, now, self._timeout(child), self.spec.heartbeat_interval_s)
+            if verdict == "exit_not_reported":
                 self._exit_not_reported(child)
-            elif child.gone_since or child.state == "unresponsive":
-                continue  # it just exited, or we just killed it: its report is on its way
-            elif silent > timeout:
-                self._kill_unresponsive(child, silent)
-            elif not child.ping_sent or now - child.ping_sent > timeout / 3:
-                # One Ping in flight per child (resent now and then, in case one was
-                # lost): a hung child's inbox must not fill with them.
+            elif verdict == "kill":
+                self._kill_unresponsive(child, now - child.last_seen)
+            elif verdict == "ping":
                 child.ping_sent = now
                 self.send(child.address, Ping(child.init_id))
         self.wakeupAfter(self.spec.heartbeat_interval_s, payload="heartbeat")
@@ -330,7 +370,7 @@ class Supervisor(ReactiveActor):
             child.last_seen = time.monotonic()
             child.ping_sent = 0.0
 
-    def _kill_unresponsive(self, child: _Child, silent_s: float) -> None:
+    def _kill_unresponsive(self, child: Child, silent_s: float) -> None:
         """SIGKILL a hung child by pid (a stopped process still holds its sockets) and let
         ``ChildActorExited`` restart it like a crashed one."""
         cause = f"heartbeat missed for {silent_s:.1f} s"
@@ -341,9 +381,9 @@ class Supervisor(ReactiveActor):
         # Its own children first noted, then everything killed: once it is gone they are
         # reparented and no longer findable as its descendants.
         victims = {child.pid, *descendants(child.pid), *child.below.values()}
-        _kill(victims)
+        kill_ours(victims)
 
-    def _exit_not_reported(self, child: _Child) -> None:
+    def _exit_not_reported(self, child: Child) -> None:
         """The child is gone but Thespian has not said so: handle it as its report would."""
         self.log.warning("child_exit_not_reported", child=child.spec.name, pid=child.pid)
         if child.below:
@@ -354,16 +394,19 @@ class Supervisor(ReactiveActor):
         gone = child.address
         child.address = None
         self.send(self.myAddress, ChildActorExited(gone))
+        if child in self.standbys:
+            self._standby_failed(child)
+            return
         self._failed(child, child.kill_cause or ("normal" if child.normal_exit
                                                  else "exited (not reported by Thespian)"))
 
-    def _end_orphans(self, child: _Child) -> None:
+    def _end_orphans(self, child: Child) -> None:
         """A child supervisor is gone; SIGKILL what it left running (it cannot any more)."""
-        left = {pid for pid in child.below.values() if _ours(pid)}
+        left = {pid for pid in child.below.values() if ours(pid)}
         child.below.clear()
         if left:
             self.log.warning("orphans_ended", child=child.spec.name, pids=sorted(left))
-            _kill(left)
+            kill_ours(left)
 
     def on_MessageFailed(self, msg: MessageFailed, sender: Any) -> None:  # noqa: N802
         """Record a poison message in the dead-letter table; a failed Init fails the child."""
@@ -403,37 +446,21 @@ class Supervisor(ReactiveActor):
         self._report(msg.info)
 
     def _record(self, info: ActorInfo) -> None:
-        self.directory[info.name] = info
-        if info.role == "supervisor" and info.state != "running":
-            # Its whole subtree went with it.
-            for other in list(self.directory.values()):
-                if other.supervisor == info.name and other.state == "running":
-                    self._record(replace(other, state="restarting", address=None))
-        self._broadcast_peers()
-
-    def _broadcast_peers(self) -> None:
-        by_role: dict[str, list[Any]] = {}
-        for info in sorted(self.directory.values(), key=lambda i: i.name):
-            if info.state == "running" and info.address is not None and info.role != "supervisor":
-                by_role.setdefault(info.role, []).append(info.address)
-        peers = Peers(tuple((role, tuple(addrs)) for role, addrs in sorted(by_role.items())))
+        self.directory.record(info)
+        peers = self.directory.peers()
         if peers == self._last_peers:
             return
         self._last_peers = peers
-        for addrs in by_role.values():
-            for addr in addrs:
-                self.send(addr, peers)
-
-    def _live(self, role: str) -> list[Any]:
-        return [i.address for i in sorted(self.directory.values(), key=lambda i: i.name)
-                if i.role == role and i.state == "running" and i.address is not None]
+        for _role, addresses in peers.by_role:
+            for address in addresses:
+                self.send(address, peers)
 
     # --- answers and routing (root) -------------------------------------------------
 
     def on_StatusRequest(self, msg: StatusRequest, sender: Any) -> None:  # noqa: N802
         own = ActorInfo(self.name, "supervisor", os.getpid(), 0,
                         "running" if self.spec else "starting", "")
-        actors = (own, *sorted(self.directory.values(), key=lambda i: i.name))
+        actors = (own, *self.directory.actors())
         dead = 0
         try:
             if self.settings is not None:
@@ -458,7 +485,7 @@ class Supervisor(ReactiveActor):
                                    "no publisher is running"))
 
     def _route(self, role: str, msg: Any, sender: Any, unavailable: Any) -> None:
-        live = self._live(role)
+        live = self.directory.live(role)
         if not live:
             self.send(sender, unavailable)
             return
@@ -472,25 +499,10 @@ class Supervisor(ReactiveActor):
         self.stopping = True
         self.log.info("supervisor_stopping")
 
-    def _by_address(self, address: Any) -> _Child | None:
+    def _by_address(self, address: Any) -> Child | None:
         if address is None:
             return None
-        for child in self.children:
+        for child in (*self.children, *self.standbys):
             if child.address is not None and child.address == address:
                 return child
         return None
-
-
-def _ours(pid: int) -> bool:
-    """Whether ``pid`` is a live process of our own process group (not a reused pid)."""
-    try:
-        return pid > 0 and pid != os.getpid() and os.getpgid(pid) == os.getpgrp()
-    except ProcessLookupError:
-        return False
-
-
-def _kill(pids: set[int]) -> None:
-    for pid in pids:
-        if _ours(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)

@@ -61,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "features.plugins": (),
     "features.max_crashes": 3,
     "features.collections": (),
+    "supervision.strategy": "one_for_one",
     "supervision.max_restarts": 10,
     "supervision.period_s": 30.0,
     "supervision.backoff_min_s": 0.0,
@@ -68,6 +69,11 @@ DEFAULTS: dict[str, Any] = {
     "supervision.heartbeat_interval_s": 0.5,
     "supervision.heartbeat_timeout_s": 3.0,
     "supervision.batch_heartbeat_timeout_s": 120.0,
+    "supervision.standby": 0,
+    "supervision.root": (),
+    "supervision.ingest": (),
+    "supervision.learning": (),
+    "supervision.serving": (("standby", 1),),
     "storage.backend": "sqlite",
     "storage.busy_timeout_s": 10.0,
 }
@@ -421,3 +427,61 @@ def test_cli_with_unknown_key_exits_2_and_names_the_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "learning.min_outcome" in result.stderr
+
+
+# --- per-supervisor policy ------------------------------------------------------------------
+
+
+def test_a_supervisor_table_overrides_the_defaults_for_that_supervisor_only(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[supervision]
+max_restarts = 7
+[supervision.serving]
+max_restarts = 20
+strategy = "one_for_all"
+standby = 2
+[supervision.learning]
+backoff_max_s = 5.0
+""")
+    sup = load_settings(path, {}).supervision
+    assert (sup.policy("serving").max_restarts, sup.policy("serving").strategy,
+            sup.policy("serving").standby) == (20, "one_for_all", 2)
+    assert (sup.policy("learning").max_restarts, sup.policy("learning").backoff_max_s) == (7, 5.0)
+    assert (sup.policy("ingest").max_restarts, sup.policy("ingest").standby) == (7, 0)
+    assert sup.policy("root").strategy == "one_for_one"
+
+
+def test_supervisor_policy_from_the_environment_merges_with_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[supervision.serving]\nmax_restarts = 20\n")
+    sup = load_settings(path, {"RML_SUPERVISION_SERVING_STANDBY": "0",
+                               "RML_SUPERVISION_INGEST_STANDBY": "1"}).supervision
+    assert (sup.policy("serving").max_restarts, sup.policy("serving").standby) == (20, 0)
+    assert sup.policy("ingest").standby == 1
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[supervision.serving]\nstrategy = \"all_at_once\"\n", "supervision.serving.strategy"),
+    ("[supervision.serving]\nrestarts = 3\n", "supervision.serving.restarts"),
+    ("[supervision.learning]\nstandby = 1\n", "supervision.learning.standby"),
+    ("[supervision.ingest]\nheartbeat_timeout_s = 0.1\n",
+     "supervision.ingest.heartbeat_timeout_s"),
+    ("[supervision.serving]\nbackoff_min_s = 3.0\n", "supervision.serving.backoff_min_s"),
+    ("[supervision]\nserving = 3\n", "supervision.serving"),
+])
+def test_a_bad_supervisor_table_is_refused_with_its_key(tmp_path: Path, text: str,
+                                                          key: str) -> None:
+    assert refused_key(write(tmp_path, text)) == key
+
+
+def test_the_tree_takes_each_supervisors_policy(tmp_path: Path) -> None:
+    from supervision.spec import system_tree
+
+    path = write(tmp_path, "[supervision.serving]\nmax_restarts = 20\nstandby = 2\n"
+                           "[supervision.ingest]\nstrategy = \"rest_for_one\"\n")
+    tree = system_tree(load_settings(path, {}))
+    subs = {c.name: c.spec for c in tree.children if c.spec is not None}
+    assert (subs["serving"].max_restarts, subs["serving"].standby,
+            subs["serving"].standby_role) == (20, 2, "predictor")
+    assert (subs["ingest"].strategy, subs["ingest"].standby) == ("rest_for_one", 0)
+    assert subs["learning"].standby_role is None and tree.max_restarts == 10

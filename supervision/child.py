@@ -1,0 +1,50 @@
+"""What a supervisor knows of each child: one mutable record per child (its own state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from messages.protocol import ActorInfo
+from supervision.spec import ChildSpec, SupervisorSpec
+
+__all__ = ["REACHABLE", "Child", "standby_spec"]
+
+#: States whose actors hear their peers' news (a standby must follow the champion too);
+#: only ``running`` ones are sent work.
+REACHABLE = ("running", "standby")
+
+
+@dataclass
+class Child:
+    """One child of a supervisor (or one standby slot) and its incarnation's state."""
+
+    spec: ChildSpec
+    address: Any = None
+    pid: int = 0
+    restarts: int = 0
+    state: str = "starting"
+    init_id: str = ""
+    expected_exit: bool = False
+    normal_exit: bool = False
+    last_seen: float = 0.0  # monotonic time of its Ready or last Pong
+    ping_sent: float = 0.0  # monotonic time of the unanswered Ping; 0 when answered
+    kill_cause: str = ""  # why the supervisor killed it (a missed heartbeat)
+    gone_since: float = 0.0  # when its process was first seen gone with no exit reported
+    failed_at: float = 0.0  # when its failure was handled; 0 once a replacement runs
+    via_standby: bool = False  # its current incarnation is a promoted standby
+    restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
+    # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
+    # a supervisor that dies abruptly leaves them running, so we end them.
+    below: dict[str, int] = field(default_factory=dict)
+
+    def info(self, supervisor: str) -> ActorInfo:
+        """What the root's directory (and ``rml status``) shows of it."""
+        return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
+                         supervisor, self.address if self.state in REACHABLE else None)
+
+
+def standby_spec(spec: SupervisorSpec, n: int) -> ChildSpec:
+    """Standby slot ``n``'s spec: a copy of the first child of the standby role, renamed."""
+    template = next(c for c in spec.children if c.role == spec.standby_role)
+    return replace(template, name=f"{template.role}-standby-{n}")
