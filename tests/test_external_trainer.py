@@ -405,11 +405,12 @@ def test_a_trainer_past_the_deadline_leaves_the_champion_and_is_recorded(
 def test_the_learner_goes_on_after_a_timeout_and_reports_a_failing_trainer(
         daemon: RunningDaemon, behind: Behind) -> None:
     behind.become("error")
-    request = TrainRequest(uuid.uuid4().hex, force=True)
-    result = ask_root(daemon.settings, request, 60.0)
-    assert isinstance(result, TrainResult) and not result.published
-    assert "HTTP 500: fit_failed: RuntimeError: this trainer fails on purpose" in result.reason
-    mine = [a for a in attempts(daemon) if a.correlation_id == request.correlation_id]
-    assert [a.outcome for a in mine] == ["failed"]
+    seen = len(attempts(daemon))
+    done = daemon.rml("train", "--force")  # the CLI: it prints the TrainResult's reason
+    assert done.returncode == 1, done.stdout
+    assert (f"rml: training failed: external trainer {behind.url}: HTTP 500: fit_failed: "
+            "RuntimeError: this trainer fails on purpose; the champion stays") in done.stderr
+    newest = attempts(daemon)
+    assert len(newest) == seen + 1 and newest[0].outcome == "failed"
     learner = daemon.actor("learner")
     assert learner["state"] == "running" and learner["restarts"] == 0
