@@ -28,6 +28,18 @@ from storage.registry import (
 
 __all__ = ["SQLiteModelRegistry"]
 
+# The status log's columns. SQLite fixes a CHECK when the table is created, so a file made
+# before a status existed refuses that status until the table is rebuilt (``_widen_statuses``).
+_STATUS_NAMES = ", ".join(f"'{status}'" for status in sorted(STATUSES))
+_STATUS_LOG_COLUMNS = f"""(
+    seq INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ({_STATUS_NAMES})),
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT"""
+_STATUS_INDEX = "CREATE INDEX IF NOT EXISTS status_by_version ON status_log (version, seq)"
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     version INTEGER PRIMARY KEY,
@@ -43,15 +55,7 @@ CREATE TABLE IF NOT EXISTS artifacts (
     version INTEGER PRIMARY KEY,
     data BLOB NOT NULL
 ) STRICT;
-CREATE TABLE IF NOT EXISTS status_log (
-    seq INTEGER PRIMARY KEY,
-    version INTEGER NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('candidate', 'champion', 'rejected', 'retired',
-                                          'shadow')),
-    reason TEXT NOT NULL,
-    at_ms INTEGER NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS status_by_version ON status_log (version, seq);
+CREATE TABLE IF NOT EXISTS status_log """ + _STATUS_LOG_COLUMNS + ";\n" + _STATUS_INDEX + """;
 CREATE TABLE IF NOT EXISTS champion_log (
     seq INTEGER PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -98,6 +102,28 @@ def _has_evaluation(conn: sqlite3.Connection) -> bool:
     return any(row[1] == "evaluation" for row in conn.execute("PRAGMA table_info(models)"))
 
 
+def _refused_statuses(conn: sqlite3.Connection) -> frozenset[str]:
+    """The statuses the file's ``status_log`` CHECK leaves out (a file made before they
+    existed); none when its CHECK names them all, or it has none."""
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' "
+                       "AND name = 'status_log'").fetchone()
+    sql = str(row[0]) if row is not None else ""
+    if "CHECK" not in sql.upper():
+        return frozenset()
+    return frozenset(status for status in STATUSES if f"'{status}'" not in sql)
+
+
+def _widen_statuses(conn: sqlite3.Connection) -> None:
+    """Inside a write transaction: rebuild ``status_log`` with the current CHECK, every row
+    kept (SQLite cannot alter a CHECK in place), and its index."""
+    conn.execute(f"CREATE TABLE status_log_widened {_STATUS_LOG_COLUMNS}")
+    conn.execute("INSERT INTO status_log_widened (seq, version, status, reason, at_ms) "
+                 "SELECT seq, version, status, reason, at_ms FROM status_log")
+    conn.execute("DROP TABLE status_log")  # drops its index too
+    conn.execute("ALTER TABLE status_log_widened RENAME TO status_log")
+    conn.execute(_STATUS_INDEX)
+
+
 class SQLiteModelRegistry(SQLiteBacked):
     """Versioned models with verified artifacts, status log and champion history."""
 
@@ -108,13 +134,18 @@ class SQLiteModelRegistry(SQLiteBacked):
         super().__init__(path, busy_timeout_s=busy_timeout_s, read_only=read_only)
         self._records = _RECORDS
         with self._db.read() as conn:
-            present = _has_evaluation(conn)
-        if not present and read_only:  # an older file, read as is: no evaluation records
-            self._records = _RECORDS.replace("m.evaluation", "'{}'")
-        elif not present:
+            present, refused = _has_evaluation(conn), _refused_statuses(conn)
+        if read_only:  # an older file is read as is (and never written through this store)
+            if not present:  # no evaluation records
+                self._records = _RECORDS.replace("m.evaluation", "'{}'")
+        elif not present or refused:
+            # An older file is brought up to date on the first writable open, in one
+            # transaction; another process may have just done it, hence the checks again.
             with self._db.write() as conn:
-                if not _has_evaluation(conn):  # another process may have just added it
+                if not _has_evaluation(conn):
                     conn.execute(_ADD_EVALUATION)
+                if _refused_statuses(conn):
+                    _widen_statuses(conn)
 
     # -- writing -----------------------------------------------------------
 

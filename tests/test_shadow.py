@@ -3,6 +3,7 @@ shadow model off the hot path, the choice of models to load, and the durable tri
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +172,81 @@ def test_shadow_is_a_status_the_registry_file_accepts(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         registry.set_status(version, "sideways", "no such status", 3)
     registry.close()
+
+
+# The registry's schema as of 4376b91, before the shadow status (and the evaluation column).
+_SCHEMA_BEFORE_SHADOW = """
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,
+    created_at_ms INTEGER NOT NULL,
+    feature_collection_id INTEGER NOT NULL,
+    job TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    artifact_sha256 TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS artifacts (
+    version INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS status_log (
+    seq INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('candidate', 'champion', 'rejected', 'retired')),
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS status_by_version ON status_log (version, seq);
+CREATE TABLE IF NOT EXISTS champion_log (
+    seq INTEGER PRIMARY KEY,
+    version INTEGER NOT NULL,
+    previous_version INTEGER,
+    reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO models VALUES (1, 5, 1, '{}', '[["roc_auc", 0.7]]', '{}', 'sha1');
+INSERT INTO models VALUES (2, 6, 1, '{}', '[["roc_auc", 0.8]]', '{}', 'sha2');
+INSERT INTO status_log VALUES (1, 1, 'candidate', 'registered', 5);
+INSERT INTO status_log VALUES (2, 1, 'champion', 'first model', 5);
+INSERT INTO status_log VALUES (3, 2, 'candidate', 'registered', 6);
+INSERT INTO champion_log VALUES (1, 1, NULL, 'first model', 5);
+"""
+
+
+def test_a_registry_file_from_before_the_shadow_status_accepts_it_after_a_writable_open(
+        tmp_path: Path) -> None:
+    path = tmp_path / "models.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_SCHEMA_BEFORE_SHADOW)
+    conn.close()
+    reader = SQLiteModelRegistry(path, read_only=True)  # e.g. `rml status` on the old file
+    assert [(r.version, r.status) for r in reader.versions()] == [(1, "champion"),
+                                                                  (2, "candidate")]
+    reader.close()
+    registry = SQLiteModelRegistry(path)
+    try:
+        registry.set_status(2, "shadow", "passed the gate", 7)
+        assert registry.get(2).status == "shadow"
+        assert [(s.status, s.reason, s.at_ms) for s in registry.status_history(2)] == [
+            ("candidate", "registered", 6), ("shadow", "passed the gate", 7)]
+        assert [s.status for s in registry.status_history(1)] == ["candidate", "champion"]
+        champion = registry.champion()
+        assert champion is not None and champion.version == 1
+        registry.promote(2, "shadow finished", 8)  # the sequence carries on after the rebuild
+        assert [s.status for s in registry.status_history(1)] == ["candidate", "champion",
+                                                                  "retired"]
+    finally:
+        registry.close()
+    SQLiteModelRegistry(path).close()  # opening the rebuilt file again changes nothing
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index' "
+                            "AND name = 'status_by_version'").fetchone() == (1,)
+        assert [row[0] for row in conn.execute("SELECT seq FROM status_log ORDER BY seq")] == [
+            1, 2, 3, 4, 5, 6]
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):  # the CHECK still guards
+            conn.execute("INSERT INTO status_log (version, status, reason, at_ms) "
+                         "VALUES (2, 'sideways', 'no such status', 9)")
+    conn.close()
 
 
 def test_runner_stops_at_its_time_budget_and_leaves_the_rest_waiting() -> None:
