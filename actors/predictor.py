@@ -49,6 +49,7 @@ from messages.protocol import (
     ShadowServed,
     ShadowStarted,
 )
+from storage import FEATURES_FILE
 from storage.registry import ModelRecord
 from storage.shadow import ShadowCounts
 from storage.sqlite_features import SQLiteFeatureStore
@@ -97,6 +98,9 @@ class Predictor(Worker):
         self.edge: HttpEdge | None = None
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
         self._edge_local = threading.local()
+        # Every edge thread's own feature store, so that on_stop closes them all.
+        self._edge_stores: list[SQLiteFeatureStore] = []
+        self._edge_stores_lock = threading.Lock()
         # Shadow serving: requests wait here for the shadow model (the edge only appends).
         self.shadow = ShadowRunner()
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
@@ -140,7 +144,9 @@ class Predictor(Worker):
     def on_stop(self) -> None:
         if self.edge is not None:
             self.edge.stop()
-        for store in (self.registry, self.features):
+        with self._edge_stores_lock:
+            edge_stores, self._edge_stores = self._edge_stores, []
+        for store in (self.registry, self.features, *edge_stores):
             if store is not None:
                 store.close()
 
@@ -209,7 +215,10 @@ class Predictor(Worker):
         then report this incarnation's cumulative count to the publisher (coalesced)."""
         assert self.settings is not None
         debug = self.settings.log_level == "debug"
-        self.shadow.run_pending(self._log_shadow_prediction if debug else None,
+        assert self.features is not None
+        # Rows the champion was not asked with: through the actor's own store, on its thread.
+        self.shadow.run_pending(self.features.latest_row,
+                                self._log_shadow_prediction if debug else None,
                                 budget_s=_SHADOW_BUDGET_S)
         shadow = self.snapshot.shadow
         if shadow is None:
@@ -249,24 +258,28 @@ class Predictor(Worker):
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
         snapshot = self.snapshot
-        lookup = self.features.latest_row if snapshot.shadow is None else RowMemo(
-            self.features.latest_row)
-        answer = predict(snapshot, query, lookup, request.correlation_id,
-                         deadline_ms=self.settings.predict.deadline_ms)
+        rows = None if snapshot.shadow is None else RowMemo(self.features.latest_row)
+        answer = predict(snapshot, query, rows or self.features.latest_row,
+                         request.correlation_id, deadline_ms=self.settings.predict.deadline_ms)
         self.send(msg.reply_to, answer)
-        if snapshot.shadow is not None and isinstance(answer, Prediction):
-            self.shadow.offer(snapshot.shadow, query, lookup, answer)
+        if snapshot.shadow is not None and rows is not None and isinstance(answer, Prediction):
+            self.shadow.offer(snapshot.shadow, query, rows, answer)
 
     def _edge_features(self) -> SQLiteFeatureStore:
+        """The calling edge thread's own feature store (opened on its first request, closed
+        in ``on_stop``): edge threads never queue on the actor's connection."""
         store = getattr(self._edge_local, "features", None)
         if store is None:
             assert self.settings is not None
-            store = SQLiteFeatureStore(self.settings.data_path / "features.sqlite",
+            store = SQLiteFeatureStore(self.settings.data_path / FEATURES_FILE,
                                        busy_timeout_s=self.settings.storage.busy_timeout_s)
+            with self._edge_stores_lock:
+                self._edge_stores.append(store)
             self._edge_local.features = store
         return store
 
     def _lookup(self, collection_id: int, location_id: int) -> FeatureRow | None:
+        """A location's latest row, for the edge threads only (the actor uses ``features``)."""
         return self._edge_features().latest_row(collection_id, location_id)
 
     def _post_model(self, request: Request) -> Response:
@@ -278,11 +291,12 @@ class Predictor(Worker):
         assert self.settings is not None
         snapshot = self.snapshot
         shadow = snapshot.shadow
-        lookup = self._lookup if shadow is None else RowMemo(self._lookup)
-        answer = predict(snapshot, query, lookup, deadline_ms=self.settings.predict.deadline_ms)
+        rows = None if shadow is None else RowMemo(self._lookup)
+        answer = predict(snapshot, query, rows or self._lookup,
+                         deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
-            if shadow is not None:  # asked later, by the actor: the client does not wait
-                self.shadow.offer(shadow, query, lookup, answer)
+            if shadow is not None and rows is not None:  # asked later by the actor: no wait
+                self.shadow.offer(shadow, query, rows, answer)
             self.counters.bump("fallback" if answer.fallback else "ok")
             return Response.json(200, {
                 "label": answer.label, "probability": answer.probability,

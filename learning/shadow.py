@@ -4,7 +4,9 @@ A candidate that passes the gate may first serve in shadow for ``[learning]
 shadow_requests`` requests: for each request the champion answered, the shadow model's
 prediction is computed as well and tallied, never returned. The predictor's edge only
 ``offer``s a request (a deque append); the actor computes the shadow predictions later
-(``run_pending``), off the client's answer, with the same feature rows the champion saw.
+(``run_pending``), off the client's answer. On the champion's feature collection the shadow
+is given the very row the champion was asked with (``RowMemo``); on another collection, the
+location's latest row there, read by the actor through its own store when the shadow runs.
 """
 
 from __future__ import annotations
@@ -52,8 +54,13 @@ def plan_candidate(passed_gate: bool, has_champion: bool, forced: bool,
 
 
 class RowMemo:
-    """A feature lookup that remembers its rows: the shadow model, asked later, sees the very
-    rows the champion was asked with (and the store is read once per collection)."""
+    """A feature lookup that remembers the rows it read, for the shadow model asked later.
+
+    Called on the thread that answers the champion, through that thread's store. The shadow,
+    asked later on the actor's thread, gets ``replay(lookup)``: the remembered rows (so on the
+    champion's collection it sees the very row the champion was asked with), and for a row
+    never read here (the shadow is on another collection) ``lookup``, the actor's own store.
+    """
 
     __slots__ = ("_lookup", "_rows")
 
@@ -71,6 +78,17 @@ class RowMemo:
             return rows[key]
         row = rows[key] = self._lookup(collection_id, location_id)
         return row
+
+    def replay(self, lookup: RowLookup) -> RowLookup:
+        """A lookup that answers the rows remembered and asks ``lookup`` for any other (it
+        never calls this memo's own lookup, which belongs to another thread)."""
+        rows = self._rows or {}
+
+        def replayed(collection_id: int, location_id: int) -> FeatureRow | None:
+            key = (collection_id, location_id)
+            return rows[key] if key in rows else lookup(collection_id, location_id)
+
+        return replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,34 +127,37 @@ class ShadowRunner:
     """
 
     def __init__(self, capacity: int = 50_000) -> None:
-        self._pending: collections.deque[tuple[LoadedModel, PredictQuery, RowLookup,
+        self._pending: collections.deque[tuple[LoadedModel, PredictQuery, RowMemo,
                                                Prediction]] = collections.deque(maxlen=capacity)
         self._dropped = 0
         self._lock = threading.Lock()
         self._counts: dict[int, ShadowCounts] = {}
         self._differences: dict[int, float] = {}  # sum of |shadow - champion| probabilities
 
-    def offer(self, model: LoadedModel, query: PredictQuery, lookup: RowLookup,
+    def offer(self, model: LoadedModel, query: PredictQuery, rows: RowMemo,
               answer: Prediction) -> None:
-        """Queue a request the champion answered for ``model`` (the shadow) to answer too."""
+        """Queue a request the champion answered (through ``rows``) for ``model`` (the
+        shadow) to answer too."""
         if len(self._pending) == self._pending.maxlen:
             self._dropped += 1  # approximate under a race between threads: a tally, no more
-        self._pending.append((model, query, lookup, answer))
+        self._pending.append((model, query, rows, answer))
 
-    def run_pending(self, on_each: Callable[[ShadowPrediction], None] | None = None,
+    def run_pending(self, lookup: RowLookup,
+                    on_each: Callable[[ShadowPrediction], None] | None = None,
                     budget_s: float | None = None,
                     clock: Callable[[], float] = time.perf_counter) -> int:
         """Ask the shadow model for the waiting requests, oldest first, for at most
-        ``budget_s`` seconds (None: all of them); how many ran. The budget keeps the actor's
-        thread free for its messages (and its heartbeat) however slow the shadow model."""
+        ``budget_s`` seconds (None: all of them); how many ran. Rows the champion was not
+        asked with come from ``lookup`` (the calling thread's store). The budget keeps the
+        actor's thread free for its messages (and its heartbeat) however slow the shadow."""
         done = 0
         deadline = None if budget_s is None else clock() + budget_s
         while deadline is None or clock() < deadline:
             try:
-                model, query, lookup, answer = self._pending.popleft()
+                model, query, rows, answer = self._pending.popleft()
             except IndexError:
                 break
-            outcome = _shadow_predict(model, query, lookup, answer)
+            outcome = _shadow_predict(model, query, rows.replay(lookup), answer)
             done += 1
             with self._lock:
                 old = self._counts.get(outcome.version, ShadowCounts())

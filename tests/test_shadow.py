@@ -3,14 +3,25 @@ shadow model off the hot path, the choice of models to load, and the durable tri
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from learning.collections import FeatureRow
-from learning.serving import LoadedModel, RowLookup, ServingChoice, choose_models
+from actors.edge import Request, Response
+from actors.predictor import Predictor
+from config.settings import Settings
+from learning.collections import FeatureCollection, FeatureRow
+from learning.serving import (
+    LoadedModel,
+    RowLookup,
+    ServingChoice,
+    ServingSnapshot,
+    choose_models,
+)
 from learning.shadow import (
     CandidatePlan,
     RowMemo,
@@ -20,7 +31,9 @@ from learning.shadow import (
 )
 from messages.codec import PredictQuery
 from messages.protocol import Prediction
+from storage import FEATURES_FILE, StoreError
 from storage.shadow import ShadowCounts
+from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
 from storage.sqlite_shadow import SQLiteShadowTrials
 
@@ -66,17 +79,17 @@ def test_runner_asks_the_shadow_later_and_tallies_agreement_per_version() -> Non
     runner = ShadowRunner()
     lookups: list[tuple[int, int]] = []
     query = PredictQuery(location_id=7, features=None)
-    runner.offer(_model(2, 0.8), query, _rows(lookups), _answer(0.9))  # agrees (True)
-    runner.offer(_model(2, 0.3), query, _rows(lookups), _answer(0.9))  # disagrees
+    runner.offer(_model(2, 0.8), query, RowMemo(_rows([])), _answer(0.9))  # agrees (True)
+    runner.offer(_model(2, 0.3), query, RowMemo(_rows([])), _answer(0.9))  # disagrees
     assert runner.counts(2) == ShadowCounts()  # offering computes nothing
-    assert lookups == []
     seen: list[ShadowPrediction] = []
-    assert runner.run_pending(seen.append) == 2
+    assert runner.run_pending(_rows(lookups), seen.append) == 2
+    assert lookups == [(1, 7), (1, 7)]  # the champion's memos were never filled
     assert runner.counts(2) == ShadowCounts(served=2, agreed=1, errors=0)
     assert [(s.version, s.probability, s.agreed) for s in seen] == [(2, 0.8, True),
                                                                      (2, 0.3, False)]
     assert runner.mean_difference(2) == pytest.approx((0.1 + 0.6) / 2)
-    assert runner.run_pending() == 0 and runner.waiting == 0
+    assert runner.run_pending(_rows(lookups)) == 0 and runner.waiting == 0
 
 
 def test_a_shadow_that_cannot_answer_is_counted_as_an_error_never_raised() -> None:
@@ -84,10 +97,10 @@ def test_a_shadow_that_cannot_answer_is_counted_as_an_error_never_raised() -> No
     narrow = LoadedModel(3, 1, ("animal_estimate", "reading_count"), lambda v: 0.5)
     broken = LoadedModel(3, 1, FEATURES, lambda v: 1 / 0)
     given = PredictQuery(None, (("animal_estimate", 1.0), ("zebra_share", 0.2)))
-    runner.offer(narrow, given, _rows([]), _answer(0.7))
-    runner.offer(broken, given, _rows([]), _answer(0.7))
+    runner.offer(narrow, given, RowMemo(_rows([])), _answer(0.7))
+    runner.offer(broken, given, RowMemo(_rows([])), _answer(0.7))
     seen: list[ShadowPrediction] = []
-    runner.run_pending(seen.append)
+    runner.run_pending(_rows([]), seen.append)
     assert runner.counts(3) == ShadowCounts(served=0, agreed=0, errors=2)
     assert seen[0].error.startswith("missing_feature: reading_count")
     assert seen[1].error.startswith("ZeroDivisionError")
@@ -96,9 +109,9 @@ def test_a_shadow_that_cannot_answer_is_counted_as_an_error_never_raised() -> No
 def test_runner_keeps_at_most_its_capacity_and_counts_what_it_dropped() -> None:
     runner = ShadowRunner(capacity=3)
     for _ in range(5):
-        runner.offer(_model(4, 0.9), PredictQuery(1, None), _rows([]), _answer(0.9))
+        runner.offer(_model(4, 0.9), PredictQuery(1, None), RowMemo(_rows([])), _answer(0.9))
     assert (runner.waiting, runner.dropped) == (3, 2)
-    assert runner.run_pending() == 3
+    assert runner.run_pending(_rows([])) == 3
     assert runner.counts(4).served == 3
 
 
@@ -109,6 +122,21 @@ def test_row_memo_reads_each_row_once_so_the_shadow_sees_the_champions_row() -> 
     assert memo(1, 7) is first
     memo(2, 7)
     assert lookups == [(1, 7), (2, 7)]
+
+
+def test_a_shadow_on_another_collection_reads_its_row_through_the_runners_lookup() -> None:
+    edge: list[tuple[int, int]] = []  # the store of the thread that answered the champion
+    actor: list[tuple[int, int]] = []  # the store of the thread that runs the shadow
+    memo = RowMemo(_rows(edge))
+    champion_row = memo(1, 7)  # what the champion was asked with
+    runner = ShadowRunner()
+    for collection in (1, 2):
+        runner.offer(_model(3, 0.9, collection), PredictQuery(7, None), memo, _answer(0.9))
+    assert runner.run_pending(_rows(actor)) == 2
+    assert edge == [(1, 7)]  # the memo's own lookup never ran on the shadow's thread
+    assert actor == [(2, 7)]  # only the row the champion was not asked with
+    assert memo.replay(_rows(actor))(1, 7) is champion_row
+    assert runner.counts(3) == ShadowCounts(served=2, agreed=2, errors=0)
 
 
 # --- which models a predictor loads ----------------------------------------------------
@@ -252,7 +280,50 @@ def test_a_registry_file_from_before_the_shadow_status_accepts_it_after_a_writab
 def test_runner_stops_at_its_time_budget_and_leaves_the_rest_waiting() -> None:
     runner = ShadowRunner()
     for _ in range(10):
-        runner.offer(_model(5, 0.9), PredictQuery(1, None), _rows([]), _answer(0.9))
+        runner.offer(_model(5, 0.9), PredictQuery(1, None), RowMemo(_rows([])), _answer(0.9))
     ticks = iter(range(100))  # a clock that advances one second per reading
-    assert runner.run_pending(budget_s=3.5, clock=lambda: float(next(ticks))) == 3
+    assert runner.run_pending(_rows([]), budget_s=3.5,
+                              clock=lambda: float(next(ticks))) == 3
     assert runner.waiting == 7 and runner.counts(5).served == 3
+
+
+# --- the predictor's stores -------------------------------------------------------------
+
+
+def test_a_predictor_reads_shadow_rows_on_its_own_store_and_closes_every_store_it_opened(
+        tmp_path: Path) -> None:
+    store = SQLiteFeatureStore(tmp_path / FEATURES_FILE)
+    for collection in (1, 2):
+        store.register_collection(FeatureCollection(collection, 0, FEATURES))
+        store.write_rows([FeatureRow(collection, 7, 100, (3.0, 0.5), 100)])
+    predictor = Predictor()
+    predictor.settings = Settings(data_dir=str(tmp_path))
+    predictor.features = store  # the actor thread's store, as on_start opens it
+    predictor.snapshot = ServingSnapshot(_model(1, 0.9, collection=1), reason="",
+                                         shadow=_model(2, 0.8, collection=2))
+    answers: list[Response] = []
+    request = Request("POST", "/model", "", {"content-type": "application/json"},
+                      b'{"location_id": 7}', "test")
+    edge_thread = threading.Thread(target=lambda: answers.append(predictor._post_model(request)))
+    edge_thread.start()
+    edge_thread.join()
+    assert [a.status for a in answers] == [200]
+    predictor._run_shadow()  # on this thread, as the actor's shadow timer would
+    assert predictor.shadow.counts(2) == ShadowCounts(served=1, agreed=1, errors=0)
+    assert _open_files(tmp_path / FEATURES_FILE) == 2  # the actor's store and the edge's
+    predictor.on_stop()
+    assert _open_files(tmp_path / FEATURES_FILE) == 0
+    with pytest.raises(StoreError, match="closed"):
+        store.latest_row(1, 7)
+
+
+def _open_files(path: Path) -> int:
+    """How many file descriptors of this process are open on ``path``."""
+    fds = Path("/proc/self/fd")
+    if not fds.is_dir():
+        pytest.skip("needs /proc/self/fd to count open files")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):  # closed since the listing (the listing's own)
+            count += fd.readlink() == path
+    return count
