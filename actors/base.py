@@ -179,10 +179,12 @@ class Worker(ReactiveActor):
             configure_logging(self.settings.log_dir, self.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
             self.on_activate()
+            caught_up = time.perf_counter()
             self.on_serve()
             self._init_id = msg.correlation_id
             self.log.info("standby_promoted", standby=standby,
-                          activate_ms=round((time.perf_counter() - began) * 1000, 1))
+                          catch_up_ms=round((caught_up - began) * 1000, 1),
+                          serve_ms=round((time.perf_counter() - caught_up) * 1000, 1))
         self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802

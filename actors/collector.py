@@ -59,8 +59,15 @@ class Collector(Worker):
     def on_start(self, init: Init) -> None:
         self.waker = Waker()
         self.watch_fds = (self.waker.fileno(),)
+        # Its threads now, its port in on_serve (at once, or when a standby is promoted).
+        self.edge = self._make_edge()
+        self.edge.prepare()
 
     def on_serve(self) -> None:
+        assert self.edge is not None
+        self.edge.listen()  # a bind: cheap, so a promoted standby serves at once
+
+    def _make_edge(self) -> HttpEdge:
         settings = self.settings
         assert settings is not None
         routes = [
@@ -70,7 +77,7 @@ class Collector(Worker):
             # Public, like /health: it holds no secret and tells clients how to authenticate.
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
-        self.edge = HttpEdge(
+        return HttpEdge(
             host=settings.ingest.host, port=settings.ingest.port, routes=routes,
             tokens=settings.ingest.tokens, max_body_bytes=settings.ingest.max_body_bytes,
             idle_timeout_s=settings.ingest.idle_timeout_s,
@@ -79,7 +86,6 @@ class Collector(Worker):
             max_buffered_bytes=settings.ingest.max_buffered_bytes,
             on_error=self._edge_error,
         )
-        self.edge.start()
 
     def on_stop(self) -> None:
         if self.edge is not None:

@@ -130,16 +130,43 @@ class HttpEdge:
         return self._served
 
     def start(self, timeout_s: float = 5.0) -> None:
-        """Bind and listen (an OSError is raised here), then serve from a daemon thread."""
+        """`prepare`, then `listen`: bind (an OSError is raised here) and serve."""
+        self.prepare(timeout_s)
+        try:
+            self.listen()
+        except BaseException:
+            self.stop(timeout_s)
+            raise
+
+    def listen(self) -> None:
+        """Bind and listen now, in the caller's thread (an OSError is raised here); the
+        prepared loop accepts from the next turn on (until then the kernel queues clients).
+
+        Cheap on purpose: a standby actor prepares its edge while it waits and only
+        listens when promoted, so that taking a dead replica's place costs a bind.
+        """
+        loop = self._loop
+        if loop is None or self._stopped:
+            raise RuntimeError(f"{self._name} is not prepared, or stopped")
+        if self._port:
+            return  # listening already (a handler retried after a later failure)
+        sock = self._bind()
+        self._port = sock.getsockname()[1]
+        try:
+            loop.call_soon_threadsafe(self._open, sock)
+        except RuntimeError:  # the loop ended meanwhile (stopped)
+            sock.close()
+            raise
+
+    def prepare(self, timeout_s: float = 5.0) -> None:
+        """Start the loop and the worker threads, with no listener yet (see `listen`)."""
         with self._lifecycle:
             if self._thread is not None or self._stopped:
                 raise RuntimeError(f"{self._name} already started or stopped")
-            sock = self._bind()
-            self._port = sock.getsockname()[1]
             ready = threading.Event()
             failure: list[BaseException] = []
             self._thread = threading.Thread(
-                target=self._serve, args=(sock, ready, failure), name=self._name, daemon=True
+                target=self._serve, args=(ready, failure), name=self._name, daemon=True
             )
             self._worker = threading.Thread(
                 target=self._work, name=f"{self._name}-worker", daemon=True
@@ -198,14 +225,31 @@ class HttpEdge:
             raise
         return sock
 
-    def _serve(
-        self, sock: socket.socket, ready: threading.Event, failure: list[BaseException]
-    ) -> None:
+    def _open(self, sock: socket.socket) -> None:
+        """In the loop: serve the listening `sock` (closed instead if we are stopping)."""
+        if self._draining:
+            sock.close()
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._opened(loop, sock))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _opened(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        try:
+            server = await loop.create_server(lambda: Connection(self, loop), sock=sock,
+                                              backlog=1024)
+        except Exception:
+            sock.close()
+            _log.exception("%s: cannot serve the listening socket", self._name)
+            return
+        self._server = server
+        if self._draining:  # stop() came while the server was being set up
+            server.close()
+
+    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
         try:
-            self._server = loop.run_until_complete(
-                loop.create_server(lambda: Connection(self, loop), sock=sock, backlog=1024)
-            )
             self._drained = asyncio.Event()
             sweeper = loop.create_task(self._sweep())
             loop.call_soon(ready.set)
@@ -217,9 +261,8 @@ class HttpEdge:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 loop.run_until_complete(sweeper)
-        except BaseException as error:  # reported to start()
+        except BaseException as error:  # reported to prepare()
             failure.append(error)
-            sock.close()
             ready.set()
         finally:
             loop.close()

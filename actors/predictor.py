@@ -116,12 +116,19 @@ class Predictor(Worker):
                                            busy_timeout_s=timeout)
         self._refresh()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
+        # Its threads now, its port in on_serve (at once, or when a standby is promoted).
+        self.edge = self._make_edge()
+        self.edge.prepare()
         self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
 
     def on_activate(self) -> None:
         self._refresh()  # a standby: the champion may have changed while it waited
 
     def on_serve(self) -> None:
+        assert self.edge is not None
+        self.edge.listen()  # a bind: cheap, so a promoted standby serves at once
+
+    def _make_edge(self) -> HttpEdge:
         settings = self.settings
         assert settings is not None
         routes = [
@@ -130,7 +137,7 @@ class Predictor(Worker):
             Route("GET", "/metrics", self._metrics),
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
-        self.edge = HttpEdge(
+        return HttpEdge(
             host=settings.predict.host, port=settings.predict.port, routes=routes,
             tokens=settings.predict.tokens, max_body_bytes=settings.predict.max_body_bytes,
             idle_timeout_s=settings.predict.idle_timeout_s,
@@ -139,7 +146,6 @@ class Predictor(Worker):
             max_buffered_bytes=settings.predict.max_buffered_bytes,
             on_error=lambda exc, req: self.log.error("edge_error", error=repr(exc)),
         )
-        self.edge.start()
 
     def on_stop(self) -> None:
         if self.edge is not None:

@@ -12,6 +12,7 @@ free ports and is always stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -27,8 +28,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--kill-every", type=float, default=1.0)
     parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (its logs) and print where it is")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rml-chaos-") as tmp:
+    where = (contextlib.nullcontext(tempfile.mkdtemp(prefix="rml-chaos-")) if args.keep
+             else tempfile.TemporaryDirectory(prefix="rml-chaos-"))
+    with where as tmp:
+        if args.keep:
+            print(f"data and logs in {tmp}")
         admin, ingest, predict = free_ports(3)
         config = Path(tmp) / "rml.toml"
         config.write_text(
