@@ -32,6 +32,7 @@ class Child:
     kill_cause: str = ""  # why the supervisor killed it (a missed heartbeat)
     gone_since: float = 0.0  # when its process was first seen gone with no exit reported
     failed_at: float = 0.0  # when its failure was handled; 0 once a replacement runs
+    started_at: float = 0.0  # when its Init (or Activate) was sent
     via_standby: bool = False  # its current incarnation is a promoted standby
     restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):

@@ -139,6 +139,7 @@ class Supervisor(ReactiveActor):
         child.ping_sent = 0.0
         child.gone_since = 0.0
         child.init_id = uuid.uuid4().hex
+        child.started_at = time.monotonic()
         standby = self._ready_standby(child)
         child.via_standby = standby is not None
         if standby is not None:
@@ -350,6 +351,12 @@ class Supervisor(ReactiveActor):
                 child.last_seen, child.ping_sent = now, 0.0
         self._last_tick = now
         for child in (*self.children, *self.standbys):
+            if (child.state == "starting" and child.address is not None
+                    and now - child.started_at > self._start_timeout()):
+                # Its Init (or Activate) never came back Ready: it is as good as hung.
+                child.last_seen = now  # the clock for giving up on its exit starts now
+                self._kill_unresponsive(child, now - child.started_at, "never became ready")
+                continue
             if child.address is None or child.state not in PINGED_STATES:
                 continue
             if not child.gone_since and not process_alive(child.pid):
@@ -370,18 +377,26 @@ class Supervisor(ReactiveActor):
             child.last_seen = time.monotonic()
             child.ping_sent = 0.0
 
-    def _kill_unresponsive(self, child: Child, silent_s: float) -> None:
+    def _start_timeout(self) -> float:
+        assert self.settings is not None
+        return self.settings.actor_system.start_timeout_s
+
+    def _kill_unresponsive(self, child: Child, silent_s: float,
+                           why: str = "heartbeat missed") -> None:
         """SIGKILL a hung child by pid (a stopped process still holds its sockets) and let
         ``ChildActorExited`` restart it like a crashed one."""
-        cause = f"heartbeat missed for {silent_s:.1f} s"
+        cause = f"{why} for {silent_s:.1f} s"
         self.log.error("child_unresponsive", child=child.spec.name, pid=child.pid, cause=cause)
         child.state = "unresponsive"
         child.kill_cause = cause
         self._report(child.info(self.name))
         # Its own children first noted, then everything killed: once it is gone they are
         # reparented and no longer findable as its descendants.
-        victims = {child.pid, *descendants(child.pid), *child.below.values()}
-        kill_ours(victims)
+        if child.pid:
+            victims = {child.pid, *descendants(child.pid), *child.below.values()}
+            kill_ours(victims)
+        elif child.address is not None:
+            self.send(child.address, ActorExitRequest())  # not Ready yet: no pid known
 
     def _exit_not_reported(self, child: Child) -> None:
         """The child is gone but Thespian has not said so: handle it as its report would."""
@@ -420,8 +435,10 @@ class Supervisor(ReactiveActor):
         except Exception:
             self.log.exception("dead_letter_not_recorded")
         child = self._by_address(sender)
-        if child is not None and msg.message_type == "Init" and child.address is not None:
-            self.send(child.address, ActorExitRequest())  # -> ChildActorExited -> restart
+        if (child is not None and msg.message_type in ("Init", "Activate")
+                and child.address is not None):
+            # It could not start (or take a standby's place): -> ChildActorExited -> restart.
+            self.send(child.address, ActorExitRequest())
 
     def _dead_letter_store(self) -> Any:
         if self._dead_letters is None:

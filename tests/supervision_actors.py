@@ -29,6 +29,8 @@ __all__ = [
     "SPINNER",
     "Boom",
     "CrashOnInit",
+    "SERVE_FAILS_AS_STANDBY",
+    "ServeFailsAsStandby",
     "EchoWorker",
     "Gated",
     "Labour",
@@ -48,6 +50,7 @@ __all__ = [
 ECHO = "tests.supervision_actors.EchoWorker"
 CRASH_ON_INIT = "tests.supervision_actors.CrashOnInit"
 POISON_ON_MESSAGE = "tests.supervision_actors.PoisonOnMessage"
+SERVE_FAILS_AS_STANDBY = "tests.supervision_actors.ServeFailsAsStandby"
 GATED = "tests.supervision_actors.Gated"
 QUITTER = "tests.supervision_actors.Quitter"
 SPINNER = "tests.supervision_actors.Spinner"
@@ -75,6 +78,23 @@ class CrashOnInit(Worker):
 
     def on_start(self, init: Init) -> None:
         raise RuntimeError(f"{init.name} cannot start")
+
+
+class ServeFailsAsStandby(Worker):
+    """Starts fine, but cannot serve once promoted from standby (say its port is taken)."""
+
+    role = "worker"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.standby = False
+
+    def on_start(self, init: Init) -> None:
+        self.standby = init.standby
+
+    def on_serve(self) -> None:
+        if self.standby:
+            raise RuntimeError("cannot serve: port taken")
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ processes, or its admin port, outlives it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -38,6 +39,7 @@ from tests.supervision_actors import (
     GATED,
     POISON_ON_MESSAGE,
     QUITTER,
+    SERVE_FAILS_AS_STANDBY,
     Boom,
     Quit,
     child,
@@ -254,6 +256,42 @@ def probe(tmp_path: Path) -> Iterator[Probe]:
 
 
 # --- restarts and strategies -------------------------------------------------------
+
+
+def test_a_killed_child_is_replaced_by_its_warm_standby(probe: Probe) -> None:
+    spec = dataclasses.replace(supervisor_spec(child("a"), child("b")), standby=1,
+                               standby_role="worker")
+    sup = probe.start_supervisor(spec)
+    spare = probe.child_up("worker-standby-1", "standby")
+    a = sup.children["a"]
+
+    kill(a.pid)
+
+    a2 = probe.child_up("a", not_pid=a.pid)
+    assert (a2.pid, a2.restarts) == (spare.pid, 1)  # the spare's process took a's place
+    assert probe.ping(a2.address).pid == spare.pid
+    again = probe.child_up("worker-standby-1", "standby", not_pid=spare.pid)
+    assert again.pid not in (a.pid, spare.pid)
+
+
+def test_a_standby_that_cannot_take_over_is_given_up_and_the_child_starts_cold(
+        probe: Probe) -> None:
+    spec = dataclasses.replace(supervisor_spec(child("a", SERVE_FAILS_AS_STANDBY)),
+                               standby=1, standby_role="worker")
+    sup = probe.start_supervisor(spec)
+    spare = probe.child_up("worker-standby-1", "standby")
+    a = sup.children["a"]
+
+    kill(a.pid)
+
+    a2 = probe.child_up("a", not_pid=a.pid)  # after the Activate failed twice
+    assert a2.pid not in (a.pid, spare.pid)
+    assert probe.ping(a2.address).pid == a2.pid
+    letters = read_dead_letters(probe.settings)
+    assert [(d.actor, d.message_type) for d in letters] == [("a", "Activate")]
+    # A new spare is warmed (and the test ends only once it is up: Thespian can hang a
+    # shutdown that races with a child still starting).
+    assert probe.child_up("worker-standby-1", "standby", not_pid=spare.pid).pid != a2.pid
 
 
 def test_killed_child_is_replaced_and_its_sibling_keeps_running(probe: Probe) -> None:
