@@ -3,7 +3,7 @@
 Owns: nothing in memory; candidates, champions and shadow trials live in the registry's
 file (the status log, the champion log and the trial counts).
 Receives: ``ModelCandidate`` (and a timer: candidates left unjudged while it was down are
-judged from the registry, trials that reached their count are promoted);
+judged from the registry, trials that reached a verdict are ended);
 ``ShadowServed`` (a predictor's cumulative shadow count); ``Forwarded(RollbackRequest)``
 (``rml rollback``).
 Sends: ``ModelPublished`` (a new champion) or ``ShadowStarted`` (a new shadow) to every
@@ -20,7 +20,7 @@ from learning.artifacts import load_model
 from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
 from learning.rollback import rollback_reason, rollback_refusal
-from learning.shadow import CandidatePlan, plan_candidate
+from learning.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
 from messages.protocol import (
     Forwarded,
     Init,
@@ -32,6 +32,7 @@ from messages.protocol import (
     ShadowStarted,
     TrainResult,
 )
+from storage import FEATURES_FILE, MODELS_FILE
 from storage.registry import CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW
 from storage.shadow import ShadowCounts, ShadowTrial
 from storage.sqlite_features import SQLiteFeatureStore
@@ -47,14 +48,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _progress(trial: ShadowTrial | None) -> str:
-    if trial is None:
-        return "no request"
-    counts = trial.counts
-    agreed = f", {counts.agreed / counts.served:.1%} agreed" if counts.served else ""
-    return f"{counts.served}/{trial.target} requests{agreed}"
-
-
 class Publisher(Worker):
     """The publish gate between the learner and the predictors."""
 
@@ -68,9 +61,9 @@ class Publisher(Worker):
 
     def on_start(self, init: Init) -> None:
         data, timeout = init.settings.data_path, init.settings.storage.busy_timeout_s
-        self.registry = SQLiteModelRegistry(data / "models.sqlite", busy_timeout_s=timeout)
-        self.trials = SQLiteShadowTrials(data / "models.sqlite", busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(data / "features.sqlite", busy_timeout_s=timeout)
+        self.registry = SQLiteModelRegistry(data / MODELS_FILE, busy_timeout_s=timeout)
+        self.trials = SQLiteShadowTrials(data / MODELS_FILE, busy_timeout_s=timeout)
+        self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
         self.wakeupAfter(_SCAN_S, payload="scan")
 
     def on_stop(self) -> None:
@@ -92,7 +85,7 @@ class Publisher(Worker):
                         self._judge(record.version, False, None, "")
                     elif record.status == SHADOW:
                         trial = self.trials.get(record.version)
-                        if trial is not None and trial.done:  # promotion cut short by a crash
+                        if trial is not None:  # an ending cut short by a crash
                             self._finish_shadow(trial)
             finally:
                 self.wakeupAfter(_SCAN_S, payload="scan")
@@ -147,29 +140,43 @@ class Publisher(Worker):
         assert self.registry is not None and self.trials is not None
         try:
             status = self.registry.get(msg.version).status
-            if status != SHADOW:
-                return  # ended (promoted, superseded, rolled back): late reports change nothing
-            trial = self.trials.record(msg.version, msg.reporter,
-                                       ShadowCounts(msg.served, msg.agreed, msg.errors),
-                                       _now_ms())
         except KeyError:
             self.log.warning("shadow_report_unknown_version", version=msg.version,
                              reporter=msg.reporter)
             return
-        self.log.debug("shadow_progress", version=msg.version, progress=_progress(trial))
-        if trial.done:
-            self._finish_shadow(trial)
+        if status != SHADOW:
+            return  # ended (promoted, superseded, rolled back): late reports change nothing
+        try:
+            trial = self.trials.record(msg.version, msg.reporter,
+                                       ShadowCounts(msg.served, msg.agreed, msg.errors),
+                                       _now_ms())
+        except KeyError:  # in shadow without a trial (not put there by _judge): not counted
+            self.log.warning("shadow_report_without_trial", version=msg.version,
+                             reporter=msg.reporter,
+                             reason=f"version {msg.version} is in shadow but no shadow trial "
+                                    "was ever started for it; the report is not counted")
+            return
+        self.log.debug("shadow_progress", version=msg.version, progress=trial_progress(trial))
+        self._finish_shadow(trial)
 
     def _finish_shadow(self, trial: ShadowTrial) -> None:
-        """Promote a shadow that served its requests (a no-op once it is champion)."""
-        assert self.registry is not None
+        """End a shadow whose trial reached a verdict (``judge_trial``): promote it, or reject
+        it with the reason; a no-op while it goes on, and once it has ended."""
+        assert self.registry is not None and self.settings is not None
+        verdict = judge_trial(trial, self.settings.learning.shadow_max_error_rate)
+        if verdict is None:
+            return
         record = self.registry.get(trial.version)
         if record.status != SHADOW:
             return
-        reason = f"shadow finished: {_progress(trial)} with the champion's label"
-        self.registry.promote(trial.version, reason, _now_ms())
-        self._tell_predictors(ModelPublished(trial.version, record.feature_collection_id))
-        self.log.info("model_published", version=trial.version, reason=reason)
+        if verdict.plan is CandidatePlan.PROMOTE:
+            self.registry.promote(trial.version, verdict.reason, _now_ms())
+            self._tell_predictors(ModelPublished(trial.version, record.feature_collection_id))
+            self.log.info("model_published", version=trial.version, reason=verdict.reason)
+        else:
+            # The predictors drop the shadow on their next refresh (it is no longer one).
+            self.registry.set_status(trial.version, REJECTED, verdict.reason, _now_ms())
+            self.log.warning("shadow_rejected", version=trial.version, reason=verdict.reason)
 
     def _end_shadows(self, why: str, keep: int) -> None:
         """End every unfinished shadow but ``keep``'s (a newer candidate or a rollback won)."""
@@ -177,7 +184,7 @@ class Publisher(Worker):
         for record in self.registry.versions():
             if record.status == SHADOW and record.version != keep:
                 trial = self.trials.get(record.version)
-                reason = f"shadow ended unfinished after {_progress(trial)}: {why}"
+                reason = f"shadow ended unfinished after {trial_progress(trial)}: {why}"
                 self.registry.set_status(record.version, REJECTED, reason, _now_ms())
                 self.log.info("shadow_ended", version=record.version, reason=reason)
 

@@ -103,6 +103,9 @@ class LearningSettings:
     # A candidate that passes the gate first serves in shadow (answers computed and logged,
     # not returned) for this many requests before its promotion; 0 promotes at once.
     shadow_requests: int = 0
+    # A shadow asked ``shadow_requests`` times or more is rejected when more than this share
+    # of its predictions failed (1: never), so one that cannot answer does not wait for ever.
+    shadow_max_error_rate: float = 0.1
     # Fitting may be handed to an external trainer service (``learning.trainer_service``):
     # "local" fits in the learner; an http(s) URL ships the training rows there and waits at
     # most ``trainer_timeout_s`` (inside one handler: below the batch heartbeat timeout).
@@ -442,6 +445,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.drift_threshold", "must be in (0, 100]")
     if not 0 <= s.learning.shadow_requests <= 100_000_000:
         raise ConfigError("learning.shadow_requests", "must be in 0..100000000 (0: no shadow)")
+    if not 0.0 <= s.learning.shadow_max_error_rate <= 1.0:
+        raise ConfigError("learning.shadow_max_error_rate", "must be in [0, 1] (1: never reject)")
     if s.supervision.heartbeat_interval_s <= 0:
         raise ConfigError("supervision.heartbeat_interval_s", "must be greater than 0")
     if s.supervision.batch_heartbeat_timeout_s < 2 * s.supervision.heartbeat_interval_s:

@@ -22,14 +22,17 @@ from learning.collections import FeatureRow
 from learning.serving import LoadedModel, RowLookup, feature_values
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
-from storage.shadow import ShadowCounts
+from storage.shadow import ShadowCounts, ShadowTrial
 
 __all__ = [
     "CandidatePlan",
     "RowMemo",
     "ShadowPrediction",
     "ShadowRunner",
+    "TrialVerdict",
+    "judge_trial",
     "plan_candidate",
+    "trial_progress",
 ]
 
 
@@ -51,6 +54,46 @@ def plan_candidate(passed_gate: bool, has_champion: bool, forced: bool,
     if shadow_requests <= 0 or not has_champion or forced:
         return CandidatePlan.PROMOTE
     return CandidatePlan.SHADOW
+
+
+def trial_progress(trial: ShadowTrial | None) -> str:
+    """How far a shadow trial has got, for the status log and the logs."""
+    if trial is None:
+        return "no request"
+    counts = trial.counts
+    agreed = f", {counts.agreed / counts.served:.1%} agreed" if counts.served else ""
+    return f"{counts.served}/{trial.target} requests{agreed}"
+
+
+@dataclass(frozen=True, slots=True)
+class TrialVerdict:
+    """How a shadow trial ends: ``PROMOTE`` or ``REJECT``, and why (for the status log)."""
+
+    plan: CandidatePlan
+    reason: str
+
+
+def judge_trial(trial: ShadowTrial, max_error_rate: float) -> TrialVerdict | None:
+    """Reject a shadow asked ``target`` times or more of which more than ``max_error_rate``
+    failed; else promote it once it has served ``target`` requests; else None (it goes on).
+
+    Errors count as requests asked, so a shadow that cannot answer (say, the features
+    clients send are not its own) ends after about ``target`` requests instead of waiting
+    for ever; one within the rate serves its target in at most ``target / (1 -
+    max_error_rate)`` requests. ``max_error_rate`` 1 never rejects.
+    """
+    counts = trial.counts
+    asked = counts.served + counts.errors
+    if asked >= trial.target and counts.errors > max_error_rate * asked:
+        return TrialVerdict(CandidatePlan.REJECT, (
+            f"shadow rejected: {counts.errors} of {asked} shadow predictions failed "
+            f"({counts.errors / asked:.1%}, above the shadow_max_error_rate of "
+            f"{max_error_rate:.1%}); {trial_progress(trial)}"))
+    if counts.served >= trial.target:
+        failed = f"; {counts.errors} shadow predictions failed" if counts.errors else ""
+        return TrialVerdict(CandidatePlan.PROMOTE, (
+            f"shadow finished: {trial_progress(trial)} with the champion's label{failed}"))
+    return None
 
 
 class RowMemo:

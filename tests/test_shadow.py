@@ -27,12 +27,13 @@ from learning.shadow import (
     RowMemo,
     ShadowPrediction,
     ShadowRunner,
+    judge_trial,
     plan_candidate,
 )
 from messages.codec import PredictQuery
 from messages.protocol import Prediction
 from storage import FEATURES_FILE, StoreError
-from storage.shadow import ShadowCounts
+from storage.shadow import ShadowCounts, ShadowTrial
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
 from storage.sqlite_shadow import SQLiteShadowTrials
@@ -70,6 +71,54 @@ def test_a_candidate_that_passes_the_gate_goes_to_shadow_only_beside_a_champion_
         passed: bool, has_champion: bool, forced: bool, requests: int,
         plan: CandidatePlan) -> None:
     assert plan_candidate(passed, has_champion, forced, requests) is plan
+
+
+# --- the end of a shadow trial ----------------------------------------------------------
+
+
+def _trial(served: int, agreed: int, errors: int, target: int = 100) -> ShadowTrial:
+    return ShadowTrial(2, target, 0, ShadowCounts(served, agreed, errors), 0)
+
+
+def test_a_shadow_that_served_its_target_within_the_error_rate_is_promoted() -> None:
+    assert judge_trial(_trial(99, 99, 9), 0.1) is None  # asked 108 times, 8.3% failed
+    verdict = judge_trial(_trial(100, 95, 10), 0.1)
+    assert verdict is not None and verdict.plan is CandidatePlan.PROMOTE
+    assert verdict.reason == ("shadow finished: 100/100 requests, 95.0% agreed with the "
+                              "champion's label; 10 shadow predictions failed")
+    clean = judge_trial(_trial(100, 100, 0), 0.1)
+    assert clean is not None and clean.reason == (
+        "shadow finished: 100/100 requests, 100.0% agreed with the champion's label")
+
+
+def test_a_shadow_that_keeps_failing_is_rejected_once_asked_its_target() -> None:
+    assert judge_trial(_trial(0, 0, 99), 0.1) is None  # not asked 100 times yet
+    verdict = judge_trial(_trial(0, 0, 100), 0.1)  # it could never have served its target
+    assert verdict is not None and verdict.plan is CandidatePlan.REJECT
+    assert verdict.reason == ("shadow rejected: 100 of 100 shadow predictions failed (100.0%, "
+                              "above the shadow_max_error_rate of 10.0%); 0/100 requests")
+    partly = judge_trial(_trial(80, 80, 20), 0.1)
+    assert partly is not None and partly.plan is CandidatePlan.REJECT
+    assert partly.reason.endswith("; 80/100 requests, 100.0% agreed")
+    assert judge_trial(_trial(80, 80, 20), 0.25) is None  # within a looser rate: goes on
+
+
+def test_with_an_error_rate_of_one_errors_never_reject_a_shadow() -> None:
+    assert judge_trial(_trial(0, 0, 10_000), 1.0) is None
+    verdict = judge_trial(_trial(100, 50, 10_000), 1.0)
+    assert verdict is not None and verdict.plan is CandidatePlan.PROMOTE
+
+
+def test_every_shadow_trial_ends_within_its_target_over_one_minus_the_rate() -> None:
+    for rate in (0.0, 0.1, 0.5):
+        for failing_every in (1, 2, 3, 10, 1_000):  # one request in n fails
+            served = errors = 0
+            while judge_trial(_trial(served, served, errors), rate) is None:
+                if (served + errors) % failing_every == 0:
+                    errors += 1
+                else:
+                    served += 1
+            assert served + errors <= 100 / (1 - rate) + 1, (rate, failing_every)
 
 
 # --- the runner ------------------------------------------------------------------------
