@@ -81,12 +81,14 @@ def drift_view(settings: Settings) -> dict[str, Any]:
 
 def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
     """Models serving in shadow, each with how far it is towards its promotion."""
+    from storage import MODELS_FILE
+    from storage.registry import SHADOW
     from storage.sqlite_shadow import SQLiteShadowTrials
 
-    shadows = [r for r in registry.versions() if r.status == "shadow"]
+    shadows = [r for r in registry.versions() if r.status == SHADOW]
     if not shadows:
         return []
-    trials = SQLiteShadowTrials(settings.data_path / "models.sqlite",
+    trials = SQLiteShadowTrials(settings.data_path / MODELS_FILE,
                                 busy_timeout_s=settings.storage.busy_timeout_s, read_only=True)
     try:
         view = []

@@ -25,6 +25,7 @@ from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
 from learning.inference import MissingFeature, UnknownFeature, features_from_mapping
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
+from storage.registry import CHAMPION, RETIRED, SHADOW
 
 __all__ = [
     "NO_MODEL_YET",
@@ -40,8 +41,7 @@ __all__ = [
 
 RowLookup = Callable[[int, int], FeatureRow | None]
 
-_SERVABLE = frozenset({"champion", "retired"})
-_SHADOW = "shadow"
+_SERVABLE = frozenset({CHAMPION, RETIRED})
 NO_MODEL_YET = "no model has been published yet"
 
 
@@ -107,7 +107,7 @@ def choose_models(
     other such model on the fallback collection, else the newest other one. The shadow is the
     newest model in shadow on a usable collection, asked only beside a served model."""
     records = tuple(records)
-    champion = next((r for r in records if r.status == "champion"), None)
+    champion = next((r for r in records if r.status == CHAMPION), None)
     if champion is None:
         return ServingChoice(None, None, False, NO_MODEL_YET)
     servable = sorted((r for r in records if r.status in _SERVABLE
@@ -128,7 +128,7 @@ def choose_models(
     others = [r for r in servable if r is not first]
     fallback = next((r for r in others if r.feature_collection_id == FALLBACK_COLLECTION_ID),
                     others[0] if others else None)
-    shadow = max((r.version for r in records if r.status == _SHADOW
+    shadow = max((r.version for r in records if r.status == SHADOW
                   and r.feature_collection_id in usable_collections), default=None)
     return ServingChoice(first.version, fallback.version if fallback else None,
                          first is not champion, reason, shadow)
