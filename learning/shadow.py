@@ -90,7 +90,8 @@ def judge_trial(trial: ShadowTrial, max_error_rate: float) -> TrialVerdict | Non
             f"({counts.errors / asked:.1%}, above the shadow_max_error_rate of "
             f"{max_error_rate:.1%}); {trial_progress(trial)}"))
     if counts.served >= trial.target:
-        failed = f"; {counts.errors} shadow predictions failed" if counts.errors else ""
+        plural = "s" if counts.errors > 1 else ""
+        failed = f"; {counts.errors} shadow prediction{plural} failed" if counts.errors else ""
         return TrialVerdict(CandidatePlan.PROMOTE, (
             f"shadow finished: {trial_progress(trial)} with the champion's label{failed}"))
     return None

@@ -13,6 +13,7 @@ import pytest
 
 from actors.edge import Request, Response
 from actors.predictor import Predictor
+from actors.publisher import Publisher
 from config.settings import Settings
 from learning.collections import FeatureCollection, FeatureRow
 from learning.serving import (
@@ -31,8 +32,8 @@ from learning.shadow import (
     plan_candidate,
 )
 from messages.codec import PredictQuery
-from messages.protocol import Prediction
-from storage import FEATURES_FILE, StoreError
+from messages.protocol import Prediction, ShadowServed
+from storage import FEATURES_FILE, MODELS_FILE, StoreError
 from storage.shadow import ShadowCounts, ShadowTrial
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
@@ -376,3 +377,38 @@ def _open_files(path: Path) -> int:
         with contextlib.suppress(OSError):  # closed since the listing (the listing's own)
             count += fd.readlink() == path
     return count
+
+
+# --- the publisher ends trials ----------------------------------------------------------
+
+
+def test_the_publisher_rejects_a_failing_shadow_and_promotes_a_good_one(tmp_path: Path) -> None:
+    registry = SQLiteModelRegistry(tmp_path / MODELS_FILE)
+    versions = [registry.register(feature_collection_id=1, job={}, metrics={"roc_auc": 0.7},
+                                  lineage={}, artifact=b"x", created_at_ms=1) for _ in range(4)]
+    registry.promote(versions[0], "first model", 2)
+    trials = SQLiteShadowTrials(tmp_path / MODELS_FILE)
+    for version in versions[1:3]:
+        trials.start(version, target=10, at_ms=3)
+        registry.set_status(version, "shadow", "passed the gate", 3)
+    registry.set_status(versions[3], "shadow", "put there by hand: no trial", 3)
+    publisher = Publisher()
+    publisher.settings = Settings(data_dir=str(tmp_path))  # shadow_max_error_rate 0.1
+    publisher.registry, publisher.trials = registry, trials
+    failing, good, untracked = versions[1:]
+    publisher.on_ShadowServed(ShadowServed("predictor-a", failing, 5, 5, 4), None)
+    assert registry.get(failing).status == "shadow"  # asked 9 times: not yet judged
+    for _ in range(2):  # a redelivered report changes nothing
+        publisher.on_ShadowServed(ShadowServed("predictor-a", failing, 6, 6, 4), None)
+    record = registry.get(failing)
+    assert (record.status, record.status_reason) == ("rejected", (
+        "shadow rejected: 4 of 10 shadow predictions failed (40.0%, above the "
+        "shadow_max_error_rate of 10.0%); 6/10 requests, 100.0% agreed"))
+    publisher.on_ShadowServed(ShadowServed("predictor-a", good, 10, 9, 1), None)
+    champion = registry.champion()
+    assert champion is not None and champion.version == good
+    assert champion.status_reason == ("shadow finished: 10/10 requests, 90.0% agreed with the "
+                                      "champion's label; 1 shadow prediction failed")
+    publisher.on_ShadowServed(ShadowServed("predictor-a", untracked, 10, 10, 0), None)
+    assert registry.get(untracked).status == "shadow" and trials.get(untracked) is None
+    publisher.on_stop()
