@@ -16,6 +16,8 @@ from sklearn.svm import SVC
 from config.job import JobConfiguration, ModelType
 from learning.artifacts import (
     ALLOWED_TYPES,
+    MAX_MEMBERS,
+    MAX_UNCOMPRESSED_BYTES,
     SKOPS_TRUSTED,
     UntrustedArtifact,
     artifact_types,
@@ -23,6 +25,12 @@ from learning.artifacts import (
     load_model,
 )
 from learning.pipeline import build_pipeline
+from tests.faulty_trainer import (
+    BOMB_DECLARED_BYTES,
+    bomb_artifact,
+    empty_zip_artifact,
+    pipeline_schema_artifact,
+)
 
 
 def fitted(model_type: ModelType) -> Pipeline:
@@ -83,3 +91,39 @@ def test_bytes_that_are_not_a_skops_file_are_refused() -> None:
         archive.writestr("other.txt", "x")
     with pytest.raises(UntrustedArtifact):
         load_model(buffer.getvalue())
+
+
+def test_a_schema_skops_itself_chokes_on_is_refused_as_untrusted_with_the_cause() -> None:
+    # The schema names only Pipeline (allowed), but skops raises TypeError reading it.
+    with pytest.raises(UntrustedArtifact, match="TypeError") as caught:
+        load_model(pipeline_schema_artifact())
+    assert isinstance(caught.value.__cause__, TypeError)
+
+
+def test_an_empty_zip_is_refused() -> None:
+    with pytest.raises(UntrustedArtifact, match="not a skops artifact"):
+        load_model(empty_zip_artifact())
+
+
+def test_a_member_declaring_a_huge_size_is_refused_before_anything_is_unpacked() -> None:
+    # Apart from the extra member, this is a real pipeline that would load.
+    assert BOMB_DECLARED_BYTES > MAX_UNCOMPRESSED_BYTES
+    with pytest.raises(UntrustedArtifact, match=f"over {MAX_UNCOMPRESSED_BYTES}"):
+        load_model(bomb_artifact())
+    assert isinstance(load_model(bomb_artifact(declared=1024)), Pipeline)
+
+
+def test_an_archive_of_too_many_members_is_refused() -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for index in range(MAX_MEMBERS + 1):
+            archive.writestr(str(index), b"")
+    with pytest.raises(UntrustedArtifact, match=f"over {MAX_MEMBERS} members"):
+        load_model(buffer.getvalue())
+
+
+@pytest.mark.parametrize("data", [b"", b"PK\x05\x06" + b"\0" * 18, b"PK\x03\x04" * 100,
+                                  b"\x80\x04not a model"])
+def test_bytes_that_are_no_zip_give_only_untrusted_artifact(data: bytes) -> None:
+    with pytest.raises(UntrustedArtifact):
+        load_model(data)
