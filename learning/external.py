@@ -153,20 +153,28 @@ def decode_job(body: bytes) -> TrainingJob:
 
 def verify_artifact(data: bytes, n_features: int) -> Pipeline:
     """The pipeline in a trainer's answer, loaded through the allow-list and checked to be a
-    binary classifier over ``n_features`` columns; ``UntrustedArtifact`` otherwise."""
+    binary classifier over ``n_features`` columns; ``UntrustedArtifact`` otherwise (whatever
+    the check itself raised on a hostile object)."""
     pipeline = load_model(data)
+    try:
+        _check_classifier(pipeline, n_features)
+    except UntrustedArtifact:
+        raise
+    except Exception as exc:  # a model that cannot answer is no model
+        raise UntrustedArtifact(f"the model is not a usable classifier ({type(exc).__name__}: "
+                                f"{exc})") from exc
+    return pipeline
+
+
+def _check_classifier(pipeline: Pipeline, n_features: int) -> None:
+    """Raise unless ``pipeline`` classifies ``n_features`` columns into False/True."""
     classes = getattr(pipeline, "classes_", None)
     if classes is None or sorted(bool(c) for c in classes) != [False, True]:
         raise UntrustedArtifact(f"the model's classes are {classes!r}, not [False, True]")
     if getattr(pipeline, "n_features_in_", n_features) != n_features:
         raise UntrustedArtifact(f"the model takes {pipeline.n_features_in_} features, "
                                 f"not {n_features}")
-    try:
-        pipeline.predict_proba(np.zeros((1, n_features)))
-    except Exception as exc:  # a model that cannot answer is no model
-        raise UntrustedArtifact(f"the model does not predict ({type(exc).__name__}: "
-                                f"{exc})") from exc
-    return pipeline
+    pipeline.predict_proba(np.zeros((1, n_features)))
 
 
 def call_trainer(url: str, token: str, body: bytes, timeout_s: float) -> bytes:
@@ -221,7 +229,7 @@ def call_trainer(url: str, token: str, body: bytes, timeout_s: float) -> bytes:
                                      time.monotonic() - began) from None
     except _Refused as exc:
         raise ExternalTrainerFailed(url, str(exc), time.monotonic() - began) from None
-    except (OSError, http.client.HTTPException, ValueError) as exc:
+    except Exception as exc:  # OSError, HTTPException, a bad header: any broken exchange
         raise ExternalTrainerFailed(url, f"unreachable or broken answer ({type(exc).__name__}: "
                                          f"{exc})", time.monotonic() - began) from None
     finally:
@@ -246,7 +254,9 @@ def _error_text(data: bytes) -> str:
 class ExternalTrainer:
     """A fit step (``learning.pipeline.Fit``) that ships the rows to the trainer at ``url``
     and waits at most ``timeout_s``; raises ``ExternalTrainerTimeout`` or
-    ``ExternalTrainerFailed`` (an untrusted artifact included) instead of a model."""
+    ``ExternalTrainerFailed`` (an untrusted artifact included) instead of a model, and never
+    any other exception for anything the trainer sent (so the learner's handler does not
+    fail and have Thespian deliver the whole run again)."""
 
     url: str
     token: str
@@ -264,7 +274,10 @@ class ExternalTrainer:
             return verify_artifact(data, len(feature_names))
         except UntrustedArtifact as exc:
             raise ExternalTrainerFailed(self.url, f"refused its artifact: {exc}",
-                                        time.monotonic() - began) from None
+                                        time.monotonic() - began) from exc
+        except Exception as exc:  # belt and braces: verify_artifact should name every failure
+            raise ExternalTrainerFailed(self.url, f"refused its artifact ({type(exc).__name__}: "
+                                                  f"{exc})", time.monotonic() - began) from exc
 
 
 def fit_step(trainer: str, token: str, timeout_s: float) -> Fit:

@@ -3,16 +3,20 @@
 Unit level: the wire format, the settings' checks, the training log, and the client against
 real trainer processes — the real service (``learning.trainer_service``) and deliberately
 bad ones (``tests.faulty_trainer``: slow past the deadline, failing with a 500, answering
-garbage, answering a pipeline with a type outside the allow-list).
+garbage, answering a pipeline with a type outside the allow-list, answering hostile zips).
+The service's own guards against untrusted clients: every error answer closes the
+connection, a silent client is dropped, and past its job or connection limit it answers 503.
 End to end: a daemon with ``[learning] trainer = URL`` publishes a model the trainer fitted;
 with the trainer behind that URL made slow, a training request times out, the champion
-stays, the attempt is recorded, and the learner goes on answering.
+stays, the attempt is recorded, and the learner goes on answering; a hostile artifact is one
+failed attempt, not a redelivered message.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +37,7 @@ from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import free_ports
 from daemon.process import ask_root
+from learning.artifacts import MAX_UNCOMPRESSED_BYTES
 from learning.collections import FeatureCollection
 from learning.external import (
     BadTrainingJob,
@@ -46,7 +51,7 @@ from learning.external import (
 from learning.features import FEATURE_TYPES
 from learning.pipeline import fit_locally, train
 from learning.simulator import Savanna, reading_item
-from learning.trainer_service import make_server
+from learning.trainer_service import RETRY_AFTER_S, make_server
 from learning.training import build_training_set
 from messages.protocol import TrainRequest, TrainResult
 from storage import SYSTEM_FILE, open_sqlite_stores
@@ -113,17 +118,25 @@ class Trainer:
         self._out.close()
 
 
-FAULTY = {"slow": ("--sleep-s", "60"), "error": (), "garbage": (), "disallowed": ()}
+#: One job at a time, each sleeping past any test, and silent clients dropped after 2 s.
+BUSY = ("--mode", "slow", "--sleep-s", "60", "--max-jobs", "1", "--request-timeout-s", "2")
 
 
 @pytest.fixture(scope="module")
 def trainers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Trainer]]:
-    """The real trainer and each faulty one, each a process of its own."""
+    """The real trainer and the faulty ones, each a process of its own: ``slow``, ``busy``,
+    and ``hostile``, which reads its mode per job from ``hostile.mode`` beside its log (see
+    ``answering``), so one process plays every bad answer."""
     logs = tmp_path_factory.mktemp("trainers")
-    started = {"real": Trainer("learning.trainer_service", logs / "real.log")}
-    for mode, extra in FAULTY.items():
-        started[mode] = Trainer("tests.faulty_trainer", logs / f"{mode}.log", "--mode", mode,
-                                *extra)
+    (logs / "hostile.mode").write_text("real")
+    started = {
+        "real": Trainer("learning.trainer_service", logs / "real.log"),
+        "slow": Trainer("tests.faulty_trainer", logs / "slow.log", "--mode", "slow",
+                        "--sleep-s", "60"),
+        "hostile": Trainer("tests.faulty_trainer", logs / "hostile.log",
+                           "--mode-file", str(logs / "hostile.mode")),
+        "busy": Trainer("tests.faulty_trainer", logs / "busy.log", *BUSY),
+    }
     try:
         for trainer in started.values():  # started together: their imports overlap
             trainer.wait_ready()
@@ -277,6 +290,13 @@ def test_a_trainer_slower_than_the_deadline_is_a_timeout(trainers: dict[str, Tra
     assert caught.value.trainer == trainers["slow"].url
 
 
+def answering(trainers: dict[str, Trainer], mode: str) -> str:
+    """The hostile trainer's URL, its next jobs answered in ``mode`` (``tests.faulty_trainer``)."""
+    hostile = trainers["hostile"]
+    (hostile.log.parent / "hostile.mode").write_text(mode)
+    return hostile.url
+
+
 @pytest.mark.parametrize(("mode", "says"), [
     ("error", "HTTP 500: fit_failed: RuntimeError: this trainer fails on purpose"),
     ("garbage", "refused its artifact: not a skops artifact"),
@@ -285,7 +305,7 @@ def test_a_trainer_slower_than_the_deadline_is_a_timeout(trainers: dict[str, Tra
 def test_a_failing_trainer_is_a_named_failure(trainers: dict[str, Trainer], mode: str,
                                               says: str) -> None:
     with pytest.raises(ExternalTrainerFailed) as caught:
-        _fit_with(trainers[mode].url)
+        _fit_with(answering(trainers, mode))
     assert says in caught.value.reason
 
 
@@ -308,6 +328,101 @@ def test_a_job_over_the_trainers_body_limit_is_refused_unread() -> None:
         server.server_close()
 
 
+@pytest.mark.parametrize(("mode", "says"), [
+    ("pipeline_schema", "refused its artifact: artifact does not load (TypeError"),
+    ("bomb", f"unpacks to 629155775 bytes, over {MAX_UNCOMPRESSED_BYTES}"),
+    ("empty_zip", "refused its artifact: not a skops artifact"),
+    ("bad_classes", "not a usable classifier (ValueError"),
+])
+def test_a_hostile_artifact_is_only_ever_a_named_failure(trainers: dict[str, Trainer],
+                                                         mode: str, says: str) -> None:
+    with pytest.raises(ExternalTrainerFailed) as caught:
+        _fit_with(answering(trainers, mode))
+    assert says in caught.value.reason
+
+
+def exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a fresh connection and read until the server closes it (20 s at
+    most: a server that keeps it open fails the caller's assertions)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20.0) as sock:
+        sock.sendall(request)
+        received = b""
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+        return received
+
+
+def post(path: str, body: bytes, content_type: str = "application/msgpack") -> bytes:
+    """A raw HTTP/1.1 POST with our token and a keep-alive connection."""
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: keep-alive\r\n\r\n").encode() + body
+
+
+#: A body that is itself a request: if the server answered early and kept reading, it would
+#: take this for the connection's next request and answer it too.
+SMUGGLED = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize(("path", "content_type", "status"), [
+    ("/nowhere", "application/msgpack", b"404"),
+    ("/train", "text/plain", b"415"),
+])
+def test_an_early_error_answer_closes_the_connection_unread_body_and_all(
+        trainers: dict[str, Trainer], path: str, content_type: str, status: bytes) -> None:
+    received = exchange(trainers["real"].port, post(path, SMUGGLED, content_type))
+    assert received.startswith(b"HTTP/1.1 " + status)
+    assert b"\r\nConnection: close\r\n" in received
+    assert received.count(b"HTTP/1.1 ") == 1  # the body was never taken for a request
+
+
+def test_a_client_that_sends_nothing_is_dropped(trainers: dict[str, Trainer]) -> None:
+    busy = trainers["busy"]  # its request timeout is 2 s
+    assert exchange(busy.port, b"") == b""
+    assert exchange(busy.port, b"POST /train HTTP/1.1\r\n") == b""  # and one that stalls
+    assert health(busy.port) is not None
+
+
+def test_a_trainer_at_its_job_limit_answers_503_with_retry_after(
+        trainers: dict[str, Trainer]) -> None:
+    busy = trainers["busy"]  # one job at a time, and each sleeps 60 s
+    X, y = rows(10)
+    body = encode_job(JobConfiguration(), ("a", "b", "c"), X, y)
+    with socket.create_connection(("127.0.0.1", busy.port), timeout=20.0) as first:
+        first.sendall(post("/train", body))
+        wait_for("the first job running", lambda: (health(busy.port) or {}).get("running"),
+                 20.0)
+        received = exchange(busy.port, post("/train", body))
+        assert received.startswith(b"HTTP/1.1 503")
+        assert f"\r\nRetry-After: {RETRY_AFTER_S}\r\n".encode() in received
+        assert b"\r\nConnection: close\r\n" in received
+        with pytest.raises(ExternalTrainerFailed, match="HTTP 503: busy"):
+            _fit_with(busy.url)
+
+
+def test_a_trainer_at_its_connection_limit_answers_503_without_a_thread() -> None:
+    server = make_server("127.0.0.1", 0, [TOKEN], max_connections=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    port = server.server_address[1]
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=20.0) for _ in range(2)]
+    try:
+        # Accepted in order: both idle connections hold their slots before this one comes.
+        received = exchange(port, b"")
+        assert received.startswith(b"HTTP/1.1 503")
+        assert f"\r\nRetry-After: {RETRY_AFTER_S}\r\n".encode() in received
+        idle.pop().close()
+        assert wait_for("a slot given back", lambda: health(port), 20.0)["ok"] is True
+    finally:
+        for sock in idle:
+            sock.close()
+        server.shutdown()
+        server.server_close()
+
+
 def test_an_unreachable_trainer_is_a_named_failure() -> None:
     (port,) = free_ports(1)
     with pytest.raises(ExternalTrainerFailed, match="ConnectionRefusedError"):
@@ -324,8 +439,10 @@ class Behind:
     def __init__(self, logs: Path) -> None:
         self.mode_file = logs / "mode"
         self.become("real")
+        # Enough job slots that the slow test's sleeping job never makes a later one a 503.
         self.trainer = Trainer("tests.faulty_trainer", logs / "behind.log",
-                               "--mode-file", str(self.mode_file), "--sleep-s", "60")
+                               "--mode-file", str(self.mode_file), "--sleep-s", "60",
+                               "--max-jobs", "8")
 
     @property
     def url(self) -> str:
@@ -412,5 +529,21 @@ def test_the_learner_goes_on_after_a_timeout_and_reports_a_failing_trainer(
             "RuntimeError: this trainer fails on purpose; the champion stays") in done.stderr
     newest = attempts(daemon)
     assert len(newest) == seen + 1 and newest[0].outcome == "failed"
+    learner = daemon.actor("learner")
+    assert learner["state"] == "running" and learner["restarts"] == 0
+
+
+@pytest.mark.e2e
+def test_a_hostile_artifact_is_one_failed_attempt_not_a_redelivered_run(
+        daemon: RunningDaemon, behind: Behind) -> None:
+    behind.become("pipeline_schema")  # skops itself raises TypeError on this one
+    seen = len(attempts(daemon))
+    before = champion(daemon)
+    done = daemon.rml("train", "--force")
+    assert done.returncode == 1, done.stdout
+    assert "refused its artifact: artifact does not load (TypeError" in done.stderr
+    newest = attempts(daemon)
+    assert len(newest) == seen + 1 and newest[0].outcome == "failed"  # one fit, recorded
+    assert champion(daemon).version == before.version
     learner = daemon.actor("learner")
     assert learner["state"] == "running" and learner["restarts"] == 0
