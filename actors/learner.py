@@ -1,18 +1,20 @@
 """Learner: trains a model candidate on new outcomes, a schedule, drift, or on request.
 
 Owns: nothing in memory that matters; how far it has trained is read back
-from the registry's lineage, drift checks and triggers from the drift log.
+from the registry's lineage, drift checks from the drift log, earlier runs from the
+training runs (``storage.training_runs``).
 Receives: ``FactsRecorded`` hints and a timer (check whether to train, see
 ``learning.triggers``), a drift timer (PSI of the recent window against the champion's
 training profile, recorded in the drift log), ``CollectionSwitched`` (the champion may
 now be on an invalid collection), ``Forwarded(TrainRequest)`` (train now, ``rml train``).
-Every run's trigger goes to the drift log and the model's lineage.
+Every run is one row of the training runs (trigger, trainer, outcome, seconds, version),
+whatever its end; a registered version also has its trigger in its lineage.
 Trains on the active collection (the newest with no invalid feature); when the
 champion's collection has an invalid feature it trains on the active one
 without waiting for the next scheduled run.
 Fits locally or through an external trainer (``[learning] trainer``), waiting at most
 ``trainer_timeout_s``; either way it scores the model on its own holdout. A trainer that
-times out or fails leaves the champion as it is; every fit attempt is in the training log.
+times out or fails leaves the champion as it is, and automatic runs back off from it.
 Sends: ``ModelCandidate`` (a registered version) to the publisher, which
 answers whoever asked.
 """
@@ -23,6 +25,7 @@ import json
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from actors.base import Worker
@@ -39,7 +42,15 @@ from learning.features import (
     register_declared_collections,
 )
 from learning.pipeline import TrainingError
-from learning.triggers import REQUEST, RetrainState, Trigger, due_trigger, judge_drift, with_trigger
+from learning.triggers import (
+    REQUEST,
+    RetrainState,
+    Trigger,
+    due_trigger,
+    judge_drift,
+    retry_at_ms,
+    with_trigger,
+)
 from messages.facts import Outcome, Reading
 from messages.protocol import (
     CollectionSwitched,
@@ -52,10 +63,27 @@ from messages.protocol import (
     TrainResult,
 )
 from storage import SYSTEM_FILE, ModelRecord, Stores, open_sqlite_stores
-from storage.drift_log import DRIFT_FILE, SQLiteDriftLog, TriggerRecord
-from storage.sqlite_training_log import SQLiteTrainingLog, TrainingAttempt
+from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+from storage.training_runs import (
+    FAILED,
+    REGISTERED,
+    SKIPPED,
+    TIMEOUT,
+    SQLiteTrainingRuns,
+    TrainingRun,
+)
 
-__all__ = ["Learner"]
+__all__ = ["Learner", "NoModel"]
+
+
+@dataclass(frozen=True, slots=True)
+class NoModel:
+    """Why a run registered nothing: its outcome (``skipped``, ``timeout``, ``failed``), the
+    error for the training runs, and the reason for whoever asked."""
+
+    outcome: str
+    error: str
+    reason: str
 
 
 class Learner(Worker):
@@ -66,7 +94,7 @@ class Learner(Worker):
     def __init__(self) -> None:
         super().__init__()
         self.stores: Stores | None = None
-        self.training_log: SQLiteTrainingLog | None = None
+        self.runs: SQLiteTrainingRuns | None = None
         self.drift_log: SQLiteDriftLog | None = None
         self.trained_on = 0  # outcomes seen by the newest registered model
         self.attempted_at = 0  # outcomes count at the last attempt (failed or not)
@@ -75,8 +103,8 @@ class Learner(Worker):
     def on_start(self, init: Init) -> None:
         self.stores = open_sqlite_stores(init.settings.data_path,
                                          busy_timeout_s=init.settings.storage.busy_timeout_s)
-        self.training_log = SQLiteTrainingLog(init.settings.data_path / SYSTEM_FILE,
-                                              busy_timeout_s=init.settings.storage.busy_timeout_s)
+        self.runs = SQLiteTrainingRuns(init.settings.data_path / SYSTEM_FILE,
+                                       busy_timeout_s=init.settings.storage.busy_timeout_s)
         features = self.stores.features
         problems = register_declared_collections(init.settings.features.plugins,
                                                  features.register_collection)
@@ -104,8 +132,8 @@ class Learner(Worker):
     def on_stop(self) -> None:
         if self.stores is not None:
             self.stores.close()
-        if self.training_log is not None:
-            self.training_log.close()
+        if self.runs is not None:
+            self.runs.close()
         if self.drift_log is not None:
             self.drift_log.close()
 
@@ -167,30 +195,56 @@ class Learner(Worker):
 
     def _retrain_state(self, outcomes: int, champion: ModelRecord | None,
                        stale: bool) -> RetrainState:
-        """What ``due_trigger`` needs, from the stores and the drift log."""
-        assert self.drift_log is not None and self.settings is not None
+        """What ``due_trigger`` needs, from the stores, the drift log and the runs."""
+        assert self.drift_log is not None and self.runs is not None
+        assert self.settings is not None
         learning = self.settings.learning
         drift = self.drift_log.latest_check()
         if drift is not None and (champion is None or drift.champion_version != champion.version):
             drift = None  # checked against an earlier champion: says nothing about this one
         retrained = (drift is not None and drift.episode_started_at_ms is not None
-                     and self.drift_log.retrained_in_episode(drift.champion_version,
-                                                             drift.episode_started_at_ms))
-        last = self.drift_log.triggers(1)
+                     and self.runs.retrained_in_episode(drift.champion_version,
+                                                        drift.episode_started_at_ms))
+        last = self.runs.runs(1)
+        retry_at = None
+        if learning.trainer != "local":
+            failures = self.runs.failures_in_a_row(learning.trainer)
+            retry_at = retry_at_ms(tuple(run.ended_at_ms for run in failures),
+                                   learning.trainer_timeout_s)
         return RetrainState(outcomes, self.trained_on, learning.min_outcomes,
                             learning.retrain_every_outcomes, stale, int(time.time() * 1000),
-                            last[0].at_ms if last else None, learning.retrain_interval_s,
-                            drift, retrained)
+                            last[0].started_at_ms if last else None,
+                            learning.retrain_interval_s, drift, retrained, retry_at)
 
     def _start_training(self, correlation_id: str, trigger: Trigger, job: JobConfiguration,
                         force: bool, reply_to: Any) -> None:
-        """Log the trigger (the drift log keeps it), then train."""
-        assert self.drift_log is not None
-        self.drift_log.record_trigger(TriggerRecord(int(time.time() * 1000), correlation_id,
-                                                    trigger))
+        """Train, record the run (one row, however it ends), then tell: a registered version
+        goes to the publisher (which answers ``reply_to``), anything else to ``reply_to``."""
         self.log.info("training_triggered", kind=trigger.kind, reason=trigger.reason,
                       correlation_id=correlation_id)
-        self._train(correlation_id, job, force, reply_to, trigger)
+        started_ms, clock = int(time.time() * 1000), time.monotonic()
+
+        def record(outcome: str, error: str, version: int | None) -> None:
+            assert self.runs is not None and self.settings is not None
+            self.runs.record(TrainingRun(correlation_id, started_ms, trigger,
+                                         self.settings.learning.trainer, outcome, error,
+                                         time.monotonic() - clock, version))
+
+        try:
+            ended = self._train(correlation_id, job, trigger)
+        except Exception as exc:  # recorded; then Thespian's redelivery and dead letter
+            record(FAILED, f"{type(exc).__name__}: {exc}", None)
+            raise
+        if isinstance(ended, int):
+            record(REGISTERED, "", ended)
+            message = ModelCandidate(correlation_id, ended, force, reply_to)
+            for address in self.peers.of("publisher")[:1]:
+                self.send(address, message)
+            # No publisher up right now: it judges pending candidates from the registry on start.
+            return
+        record(ended.outcome, ended.error, None)
+        if reply_to is not None:
+            self.send(reply_to, TrainResult(correlation_id, None, False, (), ended.reason))
 
     def _check_drift(self) -> None:
         """PSI per feature of the recent window against the champion's training profile;
@@ -233,19 +287,19 @@ class Learner(Worker):
             episode_started_at_ms=check.episode_started_at_ms)
         self._maybe_train()
 
-    def _train(self, correlation_id: str, job: JobConfiguration, force: bool,
-               reply_to: Any, trigger: Trigger | None = None) -> None:
+    def _train(self, correlation_id: str, job: JobConfiguration,
+               trigger: Trigger) -> int | NoModel:
+        """Fit a candidate and register it: its version, or why there is none."""
         assert self.stores is not None
         stores = self.stores
         started = time.monotonic()
         readings = stores.facts.all_readings()
         outcomes = stores.facts.all_outcomes()
         fitted = self._fit(readings, outcomes, job, correlation_id)
-        if isinstance(fitted, str):
-            self.log.warning("training_skipped", reason=fitted, outcomes=len(outcomes))
-            if reply_to is not None:
-                self.send(reply_to, TrainResult(correlation_id, None, False, (), fitted))
-            return
+        if isinstance(fitted, NoModel):
+            self.log.warning("training_skipped", outcome=fitted.outcome, reason=fitted.reason,
+                             outcomes=len(outcomes), correlation_id=correlation_id)
+            return fitted
         candidate, collection = fitted
         version = stores.registry.register(
             feature_collection_id=collection.id, job=job.to_mapping(),
@@ -254,25 +308,20 @@ class Learner(Worker):
             artifact=candidate.artifact, created_at_ms=int(time.time() * 1000),
             evaluation=json.loads(candidate.evaluation),
         )
-        self._record_attempt(correlation_id, "ok", "", candidate.trained.fit_seconds, version)
         self.trained_on = max(self.trained_on, len(outcomes))
         self.log.info("candidate_registered", version=version, collection_id=collection.id,
                       model_type=job.model_type.value, outcomes=len(outcomes),
                       roc_auc=dict(candidate.metrics).get("roc_auc"),
                       seconds=round(time.monotonic() - started, 3),
                       correlation_id=correlation_id)
-        message = ModelCandidate(correlation_id, version, force, reply_to)
-        publishers = self.peers.of("publisher")
-        for address in publishers[:1]:
-            self.send(address, message)
-        # No publisher up right now: it judges pending candidates from the registry on start.
+        return version
 
     def _fit(self, readings: Sequence[Reading], outcomes: Sequence[Outcome],
              job: JobConfiguration, correlation_id: str,
-             ) -> tuple[Candidate, FeatureCollection] | str:
+             ) -> tuple[Candidate, FeatureCollection] | NoModel:
         """A candidate on the active collection, or why not. A feature that crashes here,
         before the feature generator's verdict, is left out of this run's choice; an
-        external trainer's timeout or failure is recorded and ends the run."""
+        external trainer's timeout or failure ends the run."""
         assert self.stores is not None and self.settings is not None
         learning = self.settings.learning
         fit = fit_step(learning.trainer, learning.trainer_token, learning.trainer_timeout_s)
@@ -287,33 +336,25 @@ class Learner(Worker):
                 return (make_candidate(readings, outcomes, collection, job, champion, fit=fit),
                         collection)
             except TrainingError as exc:
-                return str(exc)
+                return NoModel(SKIPPED, str(exc), str(exc))
             except ExternalTrainerError as exc:
-                outcome = "timeout" if isinstance(exc, ExternalTrainerTimeout) else "failed"
-                self._record_attempt(correlation_id, outcome, exc.reason, exc.seconds, None)
+                outcome = TIMEOUT if isinstance(exc, ExternalTrainerTimeout) else FAILED
                 self.log.warning("external_training_failed", trainer=exc.trainer,
                                  outcome=outcome, error=exc.reason,
                                  seconds=round(exc.seconds, 3), collection_id=collection.id,
                                  correlation_id=correlation_id)
-                return f"{exc}; the champion stays"
+                return NoModel(outcome, exc.reason, f"{exc}; the champion stays")
             except FeatureCrashed as exc:
                 self.log.warning("training_feature_crashed", feature=exc.feature,
                                  collection_id=collection.id, error=exc.error)
                 if exc.feature in collection.features:
                     if exc.feature in crashed:  # the fallback collection itself crashes
-                        return str(exc)
+                        return NoModel(FAILED, str(exc), str(exc))
                     crashed.add(exc.feature)
                 elif champion is not None:
                     champion = None  # the champion's features crash: it is not comparable
                 else:
-                    return str(exc)
-
-    def _record_attempt(self, correlation_id: str, outcome: str, error: str, seconds: float,
-                        version: int | None) -> None:
-        assert self.training_log is not None and self.settings is not None
-        self.training_log.record(TrainingAttempt(
-            correlation_id, self.settings.learning.trainer, outcome, error, seconds,
-            int(time.time() * 1000), version))
+                    return NoModel(FAILED, str(exc), str(exc))
 
     def _champion(self) -> ChampionRef | None:
         assert self.stores is not None

@@ -37,8 +37,9 @@ from learning.pipeline import split_by_location, train
 from learning.simulator import Savanna, outcome_item, reading_item
 from learning.training import build_training_set
 from learning.triggers import DriftCheck
-from storage import ModelRecord, open_sqlite_stores
+from storage import SYSTEM_FILE, ModelRecord, open_sqlite_stores
 from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+from storage.training_runs import SQLiteTrainingRuns
 
 _TOKEN = "bench-learning-token"
 T = TypeVar("T")
@@ -154,19 +155,20 @@ def _play(settings: Settings, scenario: RegimeChange) -> None:
         b_before = holdout_auc(first, stores.registry.artifact(first.version), scenario, True)
         b_after = holdout_auc(second, stores.registry.artifact(second.version), scenario, True)
         a_after = holdout_auc(second, stores.registry.artifact(second.version), scenario, False)
-    log = drift_log()
+    runs = SQLiteTrainingRuns(data / SYSTEM_FILE, read_only=True)
     try:
-        trigger = next(t for t in log.triggers() if t.trigger.kind == "drift")
+        run = next(r for r in runs.runs() if r.trigger.kind == "drift")
     finally:
-        log.close()
+        runs.close()
     drifting_features = ", ".join(f"{k} {v:.2f}"
                                   for k, v in sorted(detected.drifting().items()))
     print(f"regime B readings sent at t=0; drift detected at "
           f"{detected.at_ms / 1000 - sent_at:.1f} s (max PSI {detected.max_psi:.2f}: "
           f"{drifting_features})")
     print(f"regime B outcomes stored {stored_at - detected.at_ms / 1000:.1f} s after detection; "
-          f"drift retrain started {trigger.at_ms / 1000 - stored_at:.2f} s later; "
-          f"version {second.version} champion {(promoted - trigger.at_ms) / 1000:.2f} s after that")
+          f"drift retrain started {run.started_at_ms / 1000 - stored_at:.2f} s later; "
+          f"version {second.version} champion {(promoted - run.started_at_ms) / 1000:.2f} s "
+          "after that")
     print(f"time from drift detected to the new champion: {(promoted - detected.at_ms) / 1000:.1f}"
           " s (waiting for the regime's outcomes included)")
     print(f"{'holdout AUC (model / best)':<30}{'regime A':>18}{'regime B':>18}")

@@ -10,11 +10,12 @@ import time
 from typing import Any
 
 from config.settings import Settings
-from storage import MODELS_FILE
-from storage.errors import StoreUnavailable
+from storage import MODELS_FILE, SYSTEM_FILE
+from storage.errors import StoreError, StoreUnavailable
 from storage.shadow import ShadowTrial
 from storage.sqlite_registry import SQLiteModelRegistry
 from storage.sqlite_shadow import SQLiteShadowTrials
+from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 
 __all__ = ["format_metrics", "models_view", "render_models"]
 
@@ -36,9 +37,34 @@ def _shadow(trial: ShadowTrial | None) -> dict[str, Any] | None:
             "updated_at_ms": trial.updated_at_ms}
 
 
+def _runs(settings: Settings, versions: list[int]) -> dict[int, TrainingRun]:
+    """The training run that registered each version (those the training runs know)."""
+    path = settings.data_path / SYSTEM_FILE
+    if not versions or not path.exists():
+        return {}
+    try:
+        log = SQLiteTrainingRuns(path, busy_timeout_s=settings.storage.busy_timeout_s,
+                                 read_only=True)
+        try:
+            found = {v: log.run_of(v) for v in versions}
+        finally:
+            log.close()
+    except StoreError:  # no learner has created the table yet
+        return {}
+    return {v: run for v, run in found.items() if run is not None}
+
+
+def _run(run: TrainingRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {"correlation_id": run.correlation_id, "started_at_ms": run.started_at_ms,
+            "trainer": run.trainer, "seconds": run.seconds}
+
+
 def models_view(settings: Settings) -> dict[str, Any]:
-    """Every version (lineage: facts, feature collection, job, metrics, code version; created
-    time; status, its reason and log; shadow progress) and the champion history."""
+    """Every version (lineage: facts, feature collection, job, metrics, code version, trigger;
+    created time; status, its reason and log; shadow progress; the training run that
+    registered it: trainer, seconds) and the champion history."""
     path, timeout = settings.data_path / MODELS_FILE, settings.storage.busy_timeout_s
     try:
         registry = SQLiteModelRegistry(path, busy_timeout_s=timeout, read_only=True)
@@ -50,8 +76,10 @@ def models_view(settings: Settings) -> dict[str, Any]:
             trials = {t.version: t for t in trials_store.trials()}
         finally:
             trials_store.close()
+        records = registry.versions()
+        runs = _runs(settings, [record.version for record in records])
         models = []
-        for record in registry.versions():
+        for record in records:
             lineage = _lineage(record.lineage)
             models.append({
                 "version": record.version,
@@ -65,6 +93,7 @@ def models_view(settings: Settings) -> dict[str, Any]:
                 "job": lineage.get("job", _lineage(record.job)),
                 "code_version": lineage.get("code_version", ""),
                 "trigger": lineage.get("trigger"),
+                "run": _run(runs.get(record.version)),
                 "artifact_sha256": record.artifact_sha256,
                 "history": [{"status": change.status, "reason": change.reason,
                              "at_ms": change.at_ms}
@@ -127,8 +156,11 @@ def render_models(view: dict[str, Any]) -> str:
         lines.append(f"    feature collection {model['feature_collection_id']}: {features}")
         lines.append(f"    {_job(model['job'])}")
         if model.get("trigger"):
+            run = model.get("run")
+            where = (f" (run {run['correlation_id'][:12]}: {run['trainer']}, "
+                     f"{run['seconds']:.1f} s)") if run else ""
             lines.append(f"    trained because: {model['trigger'].get('kind')}: "
-                         f"{model['trigger'].get('reason', '')}")
+                         f"{model['trigger'].get('reason', '')}{where}")
         lines.append(f"    metrics: {format_metrics(metrics, skip=('roc_auc',))}")
         lines.append(f"    code {model['code_version']}, artifact sha256 "
                      f"{model['artifact_sha256'][:16]}")

@@ -44,14 +44,15 @@ def _store_view(settings: Settings) -> dict[str, Any]:
 
 
 def drift_view(settings: Settings) -> dict[str, Any]:
-    """The newest drift check (PSI per feature, threshold, when) and the last training
-    trigger, from the learner's drift log (nothing yet: ``None`` for each)."""
+    """The newest drift check (PSI per feature, threshold, when), from the learner's drift
+    log, and the last training run (trigger, trainer, outcome), from the training runs
+    (nothing yet: ``None`` for each)."""
     from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
     from storage.errors import StoreUnavailable
 
     view: dict[str, Any] = {"threshold": settings.learning.drift_threshold,
                             "check_interval_s": settings.learning.drift_check_interval_s,
-                            "last_check": None, "last_trigger": None}
+                            "last_check": None, "last_run": _last_run(settings)}
     path = settings.data_path / DRIFT_FILE
     if not path.exists():
         return view
@@ -61,7 +62,6 @@ def drift_view(settings: Settings) -> dict[str, Any]:
         return view
     try:
         check = log.latest_check()
-        triggers = log.triggers(1)
     finally:
         log.close()
     if check is not None:
@@ -72,11 +72,34 @@ def drift_view(settings: Settings) -> dict[str, Any]:
             "rows": check.rows, "psi": dict(check.scores), "max_psi": check.max_psi,
             "above_threshold": check.above, "episode_started_at_ms": check.episode_started_at_ms,
         }
-    if triggers:
-        record = triggers[0]
-        view["last_trigger"] = {"at_ms": record.at_ms, "correlation_id": record.correlation_id,
-                                **record.trigger.to_mapping()}
     return view
+
+
+def _last_run(settings: Settings) -> dict[str, Any] | None:
+    """The newest training run from the training runs (None before the first)."""
+    from storage import SYSTEM_FILE
+    from storage.errors import StoreError
+    from storage.training_runs import SQLiteTrainingRuns
+
+    path = settings.data_path / SYSTEM_FILE
+    if not path.exists():
+        return None
+    try:
+        log = SQLiteTrainingRuns(path, busy_timeout_s=settings.storage.busy_timeout_s,
+                                 read_only=True)
+        try:
+            runs = log.runs(1)
+        finally:
+            log.close()
+    except StoreError:  # no learner has created the table yet
+        return None
+    if not runs:
+        return None
+    run = runs[0]
+    return {"correlation_id": run.correlation_id, "started_at_ms": run.started_at_ms,
+            "trigger": run.trigger.to_mapping(), "trainer": run.trainer,
+            "outcome": run.outcome, "error": run.error, "seconds": run.seconds,
+            "version": run.version}
 
 
 def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
@@ -199,7 +222,7 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
     """The drift section of ``render_status``."""
     if not drift:
         return []
-    check, trigger = drift.get("last_check"), drift.get("last_trigger")
+    check, run = drift.get("last_check"), drift.get("last_run")
     if check is None:
         lines = [f"drift: not checked yet (threshold {drift['threshold']:g}, every "
                  f"{drift['check_interval_s']:g} s)"]
@@ -211,7 +234,11 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
         for name, score in sorted(check["psi"].items(), key=lambda item: -item[1]):
             mark = "  <- drift" if score > check["threshold"] else ""
             lines.append(f"  psi {name:<20} {score:8.3f}{mark}")
-    if trigger is not None:
-        lines.append(f"last training trigger: {trigger['kind']} at {trigger['at_ms']}: "
-                     f"{trigger['reason']}")
+    if run is not None:
+        trigger = run["trigger"]
+        ended = (f"registered version {run['version']}" if run["outcome"] == "registered"
+                 else run["outcome"] + (f": {run['error']}" if run["error"] else ""))
+        lines.append(f"last training run: {trigger['kind']} at {run['started_at_ms']}: "
+                     f"{trigger['reason']} -> {ended} ({run['trainer']}, "
+                     f"{run['seconds']:.1f} s)")
     return lines

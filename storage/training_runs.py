@@ -1,75 +1,169 @@
-"""The training log: every fit the learner attempted, where, and how it ended.
+"""The training runs: every run the learner started, why, where it fitted, how it ended.
 
-An external trainer can be slow or broken; when it is, the champion stays and nothing in
-the registry changes, so this append-only table (in the system database) is where the
-attempt is remembered: its correlation id, the trainer (``local`` or its URL), the outcome
-(``ok``, ``timeout``, ``failed``), the error, how long it took, and the version it gave.
+One append-only table, ``training_runs`` in the system database, one row per run, written
+when the run ends (before anyone is told the result): its correlation id, when it started,
+its trigger (kind, reason and details, as in the model's lineage), the trainer (``local``
+or the external trainer's URL), the outcome (one of ``RUN_OUTCOMES``) with its error, how
+long it took, and the version it registered. The learner is its only writer; it reads back
+from it whether a drift episode already retrained and whether a failing external trainer
+is still in its backoff; ``rml status`` shows the newest run.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+from learning.triggers import Trigger
 from storage._sqlite import SQLiteBacked
 
-__all__ = ["OUTCOMES", "SQLiteTrainingLog", "TrainingAttempt"]
+__all__ = [
+    "FAILED", "REGISTERED", "RUN_OUTCOMES", "SKIPPED", "TIMEOUT",
+    "SQLiteTrainingRuns", "TrainingRun", "TrainingRuns",
+]
 
-#: How an attempt can end.
-OUTCOMES = ("ok", "timeout", "failed")
+REGISTERED = "registered"  # a candidate version is in the registry (the publisher judges it)
+SKIPPED = "skipped"  # the facts cannot train a model yet (too few rows, a single class)
+TIMEOUT = "timeout"  # the external trainer gave no answer within trainer_timeout_s
+FAILED = "failed"  # anything else: the trainer failed, a feature crashed, an error in the run
+#: How a run can end.
+RUN_OUTCOMES = (REGISTERED, SKIPPED, TIMEOUT, FAILED)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS training_attempts (
+CREATE TABLE IF NOT EXISTS training_runs (
     seq INTEGER PRIMARY KEY,
     correlation_id TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL,
     trainer TEXT NOT NULL,
     outcome TEXT NOT NULL,
     error TEXT NOT NULL,
     seconds REAL NOT NULL,
-    at_ms INTEGER NOT NULL,
     version INTEGER
 ) STRICT;
+CREATE INDEX IF NOT EXISTS training_runs_by_kind ON training_runs (kind, outcome);
+CREATE INDEX IF NOT EXISTS training_runs_by_version ON training_runs (version);
 """
 
-_COLUMNS = "correlation_id, trainer, outcome, error, seconds, at_ms, version"
+_COLUMNS = ("correlation_id, started_at_ms, kind, reason, detail, trainer, outcome, error, "
+            "seconds, version")
 
 
 @dataclass(frozen=True, slots=True)
-class TrainingAttempt:
-    """One fit attempt; ``version`` is the model it registered (``ok`` only)."""
+class TrainingRun:
+    """One training run: which (correlation id), when it started, why, where it fitted and
+    how it ended; ``seconds`` is the whole run, ``version`` the one it registered."""
 
     correlation_id: str
+    started_at_ms: int
+    trigger: Trigger
     trainer: str  # "local" or the external trainer's URL
-    outcome: str  # one of OUTCOMES
-    error: str
-    seconds: float
-    at_ms: int
+    outcome: str  # one of RUN_OUTCOMES
+    error: str = ""
+    seconds: float = 0.0
     version: int | None = None
 
     def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}, "
+        if self.outcome not in RUN_OUTCOMES:
+            raise ValueError(f"outcome must be one of {', '.join(RUN_OUTCOMES)}, "
                              f"got {self.outcome!r}")
+        if (self.version is not None) != (self.outcome == REGISTERED):
+            raise ValueError(f"a {self.outcome} run {'has no' if self.version else 'needs a'} "
+                             "version")
+
+    @property
+    def ended_at_ms(self) -> int:
+        """When the run ended."""
+        return self.started_at_ms + round(self.seconds * 1000)
 
 
-class SQLiteTrainingLog(SQLiteBacked):
-    """Training attempts in an SQLite file (the system database), append-only."""
+class TrainingRuns(Protocol):
+    """An append-only log of training runs."""
+
+    def record(self, run: TrainingRun) -> None:
+        """Append ``run`` (durable on return)."""
+        ...
+
+    def runs(self, limit: int = 100) -> tuple[TrainingRun, ...]:
+        """The newest runs, newest first."""
+        ...
+
+    def retrained_in_episode(self, champion_version: int, episode_started_at_ms: int) -> bool:
+        """Whether a drift run registered a version in this champion's drift episode."""
+        ...
+
+    def failures_in_a_row(self, trainer: str) -> tuple[TrainingRun, ...]:
+        """The newest runs through ``trainer`` that timed out or failed, up to the newest run
+        that did not (or went through another trainer); newest first."""
+        ...
+
+    def run_of(self, version: int) -> TrainingRun | None:
+        """The run that registered ``version``, or None."""
+        ...
+
+    def close(self) -> None:
+        """Release the backend's connection; idempotent."""
+        ...
+
+
+def _run(row: Sequence[Any]) -> TrainingRun:
+    correlation_id, started, kind, reason, detail, trainer, outcome, error, seconds, version = row
+    return TrainingRun(correlation_id, started, Trigger(kind, reason, json.loads(detail)),
+                       trainer, outcome, error, seconds, version)
+
+
+class SQLiteTrainingRuns(SQLiteBacked):
+    """The training runs on an SQLite file (the system database)."""
 
     SCHEMA = _SCHEMA
 
-    def record(self, attempt: TrainingAttempt) -> None:
-        """Append ``attempt`` (durably committed on return)."""
+    def record(self, run: TrainingRun) -> None:
+        """Append ``run`` (durable on return)."""
+        detail = {k: v for k, v in run.trigger.to_mapping().items() if k not in ("kind", "reason")}
         with self._db.write() as conn:
-            conn.execute(f"INSERT INTO training_attempts ({_COLUMNS}) "
-                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (attempt.correlation_id, attempt.trainer, attempt.outcome,
-                          attempt.error, float(attempt.seconds), attempt.at_ms,
-                          attempt.version))
+            conn.execute(f"INSERT INTO training_runs ({_COLUMNS}) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (run.correlation_id, run.started_at_ms, run.trigger.kind,
+                          run.trigger.reason, json.dumps(detail, sort_keys=True), run.trainer,
+                          run.outcome, run.error, float(run.seconds), run.version))
 
-    def attempts(self, limit: int = 100) -> tuple[TrainingAttempt, ...]:
-        """The newest attempts, newest first."""
+    def runs(self, limit: int = 100) -> tuple[TrainingRun, ...]:
+        """The newest runs, newest first."""
         if limit <= 0:
             return ()
         with self._db.read() as conn:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM training_attempts "
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM training_runs "
                                 "ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        return tuple(TrainingAttempt(*row) for row in rows)
+        return tuple(_run(row) for row in rows)
+
+    def retrained_in_episode(self, champion_version: int, episode_started_at_ms: int) -> bool:
+        """Whether a drift run registered a version in this champion's drift episode (a run
+        that timed out or failed leaves the episode free to retrain)."""
+        with self._db.read() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM training_runs WHERE kind = 'drift' AND outcome = ? "
+                "AND json_extract(detail, '$.champion_version') = ? "
+                "AND json_extract(detail, '$.episode_started_at_ms') = ? LIMIT 1",
+                (REGISTERED, champion_version, episode_started_at_ms)).fetchone()
+        return row is not None
+
+    def run_of(self, version: int) -> TrainingRun | None:
+        """The run that registered ``version``, or None."""
+        with self._db.read() as conn:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM training_runs WHERE version = ? "
+                               "ORDER BY seq DESC LIMIT 1", (version,)).fetchone()
+        return None if row is None else _run(row)
+
+    def failures_in_a_row(self, trainer: str, limit: int = 64) -> tuple[TrainingRun, ...]:
+        """The newest runs through ``trainer`` that timed out or failed, up to the newest run
+        that did not (or went through another trainer); newest first, at most ``limit``."""
+        failures = []
+        for run in self.runs(limit):
+            if run.trainer != trainer or run.outcome not in (TIMEOUT, FAILED):
+                break
+            failures.append(run)
+        return tuple(failures)

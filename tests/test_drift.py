@@ -23,7 +23,9 @@ from learning.features import default_collections
 from learning.simulator import Savanna
 from learning.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading
-from storage.drift_log import SQLiteDriftLog, TriggerRecord
+from storage import SYSTEM_FILE
+from storage.drift_log import SQLiteDriftLog
+from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 
 H = 3_600_000
 
@@ -175,23 +177,14 @@ def test_a_new_champion_starts_a_new_episode() -> None:
     assert _check(3, 0.4, version=2, previous=first).episode_started_at_ms == 3
 
 
-def test_drift_log_keeps_checks_and_triggers(tmp_path: Path) -> None:
+def test_drift_log_keeps_checks(tmp_path: Path) -> None:
     log = SQLiteDriftLog(tmp_path / "drift.sqlite")
     try:
-        assert log.latest_check() is None and log.triggers() == ()
+        assert log.latest_check() is None
         check = _check(7, 0.6, version=3)
         log.record_check(_check(6, 0.1, version=3))
         log.record_check(check)
         assert log.latest_check() == check
-        assert not log.retrained_in_episode(3, 7)
-        trigger = Trigger("drift", "PSI above 0.25 in a",
-                          {"champion_version": 3, "episode_started_at_ms": 7, "psi": {"a": 0.6}})
-        log.record_trigger(TriggerRecord(8, "run-1", trigger))
-        log.record_trigger(TriggerRecord(9, "run-2", Trigger("request", "asked to train")))
-        assert log.retrained_in_episode(3, 7) and not log.retrained_in_episode(4, 7)
-        newest, older = log.triggers()
-        assert (newest.correlation_id, newest.trigger.kind) == ("run-2", "request")
-        assert older.trigger == trigger and older.at_ms == 8
     finally:
         log.close()
     reader = SQLiteDriftLog(tmp_path / "drift.sqlite", read_only=True)
@@ -231,25 +224,35 @@ def test_a_regime_change_keeps_the_past_and_shifts_herds_and_truth_after_it() ->
     assert np.corrcoef(moved, kept)[0, 1] < 0  # more animals now means less success
 
 
-def test_status_shows_the_newest_check_and_trigger_from_the_drift_log(tmp_path: Path) -> None:
+def test_status_shows_the_newest_check_and_the_last_run(tmp_path: Path) -> None:
     from config.settings import Settings
     from daemon.status import drift_view, render_status
 
     settings = Settings(data_dir=str(tmp_path))
-    assert drift_view(settings)["last_check"] is None  # no learner has checked yet
+    view = drift_view(settings)
+    assert view["last_check"] is None and view["last_run"] is None  # no learner yet
     log = SQLiteDriftLog(tmp_path / "drift.sqlite")
+    runs = SQLiteTrainingRuns(tmp_path / SYSTEM_FILE)
     try:
         log.record_check(_check(7, 0.6, version=3))
-        log.record_trigger(TriggerRecord(8, "run-1", Trigger(
-            "drift", "PSI above 0.25 in a", {"champion_version": 3, "psi": {"a": 0.6}})))
+        trigger = Trigger("drift", "PSI above 0.25 in a",
+                          {"champion_version": 3, "psi": {"a": 0.6}})
+        runs.record(TrainingRun("run-1", 8, trigger, "http://127.0.0.1:1", "timeout",
+                                "no answer within 2 s", 2.04))
     finally:
         log.close()
+        runs.close()
     view = drift_view(settings)
     check = view["last_check"]
     assert check["psi"] == {"a": 0.6, "b": 0.01} and check["above_threshold"]
     assert (check["champion_version"], check["max_psi"], check["at_ms"]) == (3, 0.6, 7)
-    assert view["last_trigger"]["kind"] == "drift" and view["threshold"] == 0.25
+    run = view["last_run"]
+    assert run["trigger"]["kind"] == "drift" and run["trigger"]["champion_version"] == 3
+    assert (run["outcome"], run["version"], run["started_at_ms"]) == ("timeout", None, 8)
+    assert view["threshold"] == 0.25
     text = render_status({"pgid": 1, "data_dir": str(tmp_path), "actors": [],
                           "ports": {"admin": 1, "ingest": 2, "predict": 3}, "drift": view})
     assert "max PSI 0.600, ABOVE threshold 0.25" in text
-    assert "a" in text and "<- drift" in text and "last training trigger: drift" in text
+    assert "a" in text and "<- drift" in text
+    assert ("last training run: drift at 8: PSI above 0.25 in a -> timeout: no answer within "
+            "2 s (http://127.0.0.1:1, 2.0 s)") in text

@@ -1,6 +1,6 @@
 """Hybrid learning: fitting through an external trainer process, with a deadline.
 
-Unit level: the wire format, the settings' checks, the training log, and the client against
+Unit level: the wire format, the settings' checks, and the client against
 real trainer processes — the real service (``learning.trainer_service``) and deliberately
 bad ones (``tests.faulty_trainer``: slow past the deadline, failing with a 500, answering
 garbage, answering a pipeline with a type outside the allow-list, answering hostile zips).
@@ -55,7 +55,7 @@ from learning.trainer_service import RETRY_AFTER_S, make_server
 from learning.training import build_training_set
 from messages.protocol import TrainRequest, TrainResult
 from storage import SYSTEM_FILE, open_sqlite_stores
-from storage.sqlite_training_log import SQLiteTrainingLog, TrainingAttempt
+from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -230,26 +230,6 @@ def test_the_trainer_settings_come_from_the_environment_too() -> None:
                                     "RML_LEARNING_TRAINER_TIMEOUT_S": "5"}).learning
     assert (learning.trainer, learning.trainer_token, learning.trainer_timeout_s) == (
         "http://127.0.0.1:8480", "a-long-token", 5.0)
-
-
-# --- the training log ----------------------------------------------------------------------
-
-
-def test_training_attempts_are_kept_durably_newest_first(tmp_path: Path) -> None:
-    log = SQLiteTrainingLog(tmp_path / SYSTEM_FILE)
-    first = TrainingAttempt("c-1", "http://127.0.0.1:1", "timeout", "no answer", 2.5, 1_000)
-    second = TrainingAttempt("c-2", "local", "ok", "", 0.1, 2_000, version=4)
-    log.record(first)
-    log.record(second)
-    log.close()
-    reopened = SQLiteTrainingLog(tmp_path / SYSTEM_FILE, read_only=True)
-    try:
-        assert reopened.attempts() == (second, first)
-        assert reopened.attempts(1) == (second,)
-    finally:
-        reopened.close()
-    with pytest.raises(ValueError, match="outcome must be one of"):
-        TrainingAttempt("c-3", "local", "maybe", "", 0.0, 0)
 
 
 # --- the client against real trainer processes ---------------------------------------------
@@ -470,10 +450,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, behind: Behind) -> Iterator
         yield d
 
 
-def attempts(daemon: RunningDaemon) -> tuple[TrainingAttempt, ...]:
-    log = SQLiteTrainingLog(daemon.settings.data_path / SYSTEM_FILE, read_only=True)
+def attempts(daemon: RunningDaemon) -> tuple[TrainingRun, ...]:
+    """The daemon's training runs, newest first (tests/test_training_runs.py tests the log)."""
+    log = SQLiteTrainingRuns(daemon.settings.data_path / SYSTEM_FILE, read_only=True)
     try:
-        return log.attempts()
+        return log.runs()
     finally:
         log.close()
 
@@ -493,7 +474,8 @@ def test_a_model_fitted_by_the_external_trainer_is_published(
     assert send_items(ingest, "outcomes", outcomes, batch_size=5000).accepted == len(outcomes)
     record = wait_for("a champion", lambda: champion(daemon), 60.0, 0.2)
     ok = [a for a in attempts(daemon) if a.version == record.version]
-    assert len(ok) == 1 and ok[0].outcome == "ok" and ok[0].trainer == behind.url
+    assert len(ok) == 1 and ok[0].outcome == "registered" and ok[0].trainer == behind.url
+    assert ok[0].trigger.kind == "outcomes"  # the first model
     served = health(behind.trainer.port)
     assert served is not None and served["jobs"] >= 1
     # The learner scored it on its own holdout: the trainer sends no metrics at all.
@@ -515,7 +497,7 @@ def test_a_trainer_past_the_deadline_leaves_the_champion_and_is_recorded(
     assert champion(daemon).version == before.version
     mine = [a for a in attempts(daemon) if a.correlation_id == request.correlation_id]
     assert [(a.outcome, a.trainer, a.version) for a in mine] == [("timeout", behind.url, None)]
-    assert mine[0].error == "no answer within 2 s"
+    assert mine[0].error == "no answer within 2 s" and mine[0].trigger.kind == "request"
 
 
 @pytest.mark.e2e

@@ -119,5 +119,6 @@ def test_drift_retrains_and_the_new_champion_recovers_on_regime_b(
     assert [(h["version"], h["previous_version"]) for h in history][-1] == (
         champion["version"], 1)
     assert "trained because: drift" in daemon.rml("models").stdout
-    last_trigger = daemon.status()["drift"]["last_trigger"]
-    assert last_trigger["kind"] == "drift" and last_trigger["champion_version"] == 1
+    last_run = daemon.status()["drift"]["last_run"]
+    assert (last_run["outcome"], last_run["version"]) == ("registered", champion["version"])
+    assert last_run["trigger"]["kind"] == "drift" and last_run["trigger"]["champion_version"] == 1

@@ -1,5 +1,6 @@
 """Retraining triggers: first model, broken collection, drift (once per episode), outcomes,
-schedule; and the trigger written into the lineage."""
+schedule; the backoff after a failing external trainer; and the trigger written into the
+lineage."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from dataclasses import replace
 import pytest
 
 from learning.triggers import (
+    MAX_BACKOFF_S,
+    NEW_OUTCOMES,
     DriftCheck,
     RetrainState,
     Trigger,
     due_trigger,
     judge_drift,
+    retry_at_ms,
+    retry_backoff_s,
     with_trigger,
 )
 
@@ -70,6 +75,18 @@ def test_drift_retrains_once_per_episode() -> None:
     assert due_trigger(replace(STEADY, drift=_drift(0.9), drift_retrained=True)) is None
 
 
+def test_a_drift_run_that_registered_nothing_leaves_the_episode_to_retrain() -> None:
+    # The learner's drift_retrained counts only runs that registered a version
+    # (tests/test_training_runs.py); after a timed-out run the same episode is due again,
+    # once the backoff from the failing trainer has passed.
+    failed_at = NOW - 1_000
+    state = replace(STEADY, drift=_drift(0.9), drift_retrained=False,
+                    retry_at_ms=retry_at_ms((failed_at,), 30.0))
+    assert due_trigger(state) is None
+    trigger = due_trigger(replace(state, now_ms=failed_at + 30_000))
+    assert trigger is not None and trigger.kind == "drift"
+
+
 def test_drift_below_the_threshold_is_no_trigger() -> None:
     assert due_trigger(replace(STEADY, drift=_drift(0.2))) is None
 
@@ -90,6 +107,25 @@ def test_the_schedule_trains_after_its_interval_when_something_is_new() -> None:
     assert trigger.detail["interval_s"] == 60.0
     assert due_trigger(replace(later, trained_on=1500)) is None  # nothing new: no run
     assert due_trigger(replace(later, retrain_interval_s=0.0)) is None  # schedule off
+
+
+def test_automatic_runs_wait_out_the_backoff_of_a_failing_trainer() -> None:
+    first_model = replace(STEADY, outcomes=600, trained_on=0)
+    waiting = replace(first_model, retry_at_ms=NOW + 1)
+    assert due_trigger(waiting) is None
+    assert due_trigger(replace(waiting, stale_collection=True, trained_on=100)) is None
+    trigger = due_trigger(replace(waiting, now_ms=NOW + 1))
+    assert trigger is not None and trigger.kind == NEW_OUTCOMES == "outcomes"
+
+
+def test_the_backoff_starts_at_the_trainers_timeout_and_doubles_up_to_a_cap() -> None:
+    assert [retry_backoff_s(n, 60.0) for n in range(5)] == [0.0, 60.0, 120.0, 240.0, 480.0]
+    assert retry_backoff_s(10, 60.0) == MAX_BACKOFF_S
+    assert retry_backoff_s(10_000, 60.0) == MAX_BACKOFF_S  # no overflow on a long streak
+    assert retry_backoff_s(3, 2 * MAX_BACKOFF_S) == 2 * MAX_BACKOFF_S  # never below timeout
+    assert retry_at_ms((), 60.0) is None
+    # From the end of the newest failure; three in a row: four times the timeout.
+    assert retry_at_ms((9_000, 5_000, 1_000), 2.5) == 9_000 + 10_000
 
 
 def test_a_trigger_goes_into_the_lineage_and_refuses_unknown_kinds() -> None:
