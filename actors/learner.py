@@ -111,11 +111,13 @@ class Learner(Worker):
         configured, more = register_configured_collections(
             init.settings.features.collections, features.collections,
             features.register_collection, int(time.time() * 1000))
-        problems.update(more)
         for what, error in problems.items():
             self.log.error("feature_plugin_failed", what=what, error=error)
+        for what, error in more.items():
+            self.log.error("configured_collection_refused", what=what, error=error)
         if configured:
-            self.log.info("configured_collections", collection_ids=[c.id for c in configured])
+            self.log.info("configured_collections",
+                          collection_ids={what: c.id for what, c in configured.items()})
         for record in self.stores.registry.versions():
             try:
                 seen = json.loads(record.lineage)["facts"]["outcomes"]

@@ -124,13 +124,20 @@ class FeatureSettings:
     collections: tuple[ConfiguredCollection, ...] = ()
 
 
+#: The lowest id a configured collection may fix: 0 and 1 are the built-in collections
+#: (``learning.features.default_collections``).
+_FIRST_CONFIGURABLE_ID = 2
+
+
 @dataclass(frozen=True, slots=True)
 class ConfiguredCollection:
-    """A ``[[features.collections]]`` table: registered feature types by name, and an
-    optional name for people (the collection's identity is its set of features)."""
+    """A ``[[features.collections]]`` table: registered feature types by name, an optional
+    name for people (in the logs), and an optional fixed ``id``. Without an id, the
+    collection's identity is its set of features and it is numbered when first registered."""
 
     features: tuple[str, ...]
     name: str = ""
+    id: int | None = None
 
 
 #: The supervisors of the tree, each of which may override the ``[supervision]`` policy
@@ -314,22 +321,29 @@ def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool)
 
 def _configured_collections(key: str, raw: Any) -> tuple[ConfiguredCollection, ...]:
     """``[[features.collections]]``: an array of tables, each ``features`` (a non-empty list
-    of distinct names) and an optional ``name``; errors name ``features.collections[i].x``."""
+    of distinct names), an optional ``name`` and an optional ``id``; errors name
+    ``features.collections[i].x``."""
     if not isinstance(raw, list | tuple) or not all(isinstance(t, Mapping) for t in raw):
         raise ConfigError(key, "expected an array of tables ([[features.collections]])")
     out: list[ConfiguredCollection] = []
     for i, table in enumerate(raw):
         here = f"{key}[{i}]"
         for name in table:
-            if name not in ("name", "features"):
+            if name not in ("name", "features", "id"):
                 raise ConfigError(f"{here}.{name}", "unknown key")
         if "features" not in table:
             raise ConfigError(f"{here}.features", "missing: the feature types to collect")
         features = _coerce(f"{here}.features", table["features"], (), False)
         if not features or len(set(features)) != len(features):
             raise ConfigError(f"{here}.features", "must name at least one feature, each once")
+        if not all(feature.isidentifier() for feature in features):
+            raise ConfigError(f"{here}.features", "feature type names are identifiers")
         label = _coerce(f"{here}.name", table.get("name", ""), "", False)
-        out.append(ConfiguredCollection(features, label))
+        fixed = None if "id" not in table else _coerce(f"{here}.id", table["id"], 0, False)
+        if fixed is not None and fixed < _FIRST_CONFIGURABLE_ID:
+            raise ConfigError(f"{here}.id", f"must be at least {_FIRST_CONFIGURABLE_ID} "
+                              "(0 and 1 are the built-in collections)")
+        out.append(ConfiguredCollection(features, label, fixed))
     return tuple(out)
 
 
@@ -520,25 +534,21 @@ def _validate_trainer(s: Settings) -> None:
 
 
 def _validate_collections(features: FeatureSettings) -> None:
-    """Every configured collection names registered feature types (plugins imported here,
-    as the actors will) and no two name the same set."""
-    if not features.collections:
-        return
-    from learning.features import feature_type, load_plugins  # local: numpy, plugins
+    """No two configured collections name the same set of features or the same id.
 
-    failed = load_plugins(features.plugins)
+    Whether each feature type exists is checked where the feature generator and the
+    learner register the collections (``learning.features``), not here: knowing the feature
+    types means importing numpy and the plugins, too much for every ``rml status``."""
     seen: dict[frozenset[str], int] = {}
+    ids: dict[int, int] = {}
     for i, collection in enumerate(features.collections):
-        key = f"features.collections[{i}].features"
-        unknown = [name for name in collection.features if feature_type(name) is None]
-        if unknown:
-            why = f"unknown feature type {', '.join(map(repr, unknown))}"
-            if failed:
-                why += f" (plugins that failed to import: {', '.join(sorted(failed))})"
-            raise ConfigError(key, why)
         same = seen.setdefault(frozenset(collection.features), i)
         if same != i:
-            raise ConfigError(key, f"the same features as features.collections[{same}]")
+            raise ConfigError(f"features.collections[{i}].features",
+                              f"the same features as features.collections[{same}]")
+        if collection.id is not None and ids.setdefault(collection.id, i) != i:
+            raise ConfigError(f"features.collections[{i}].id",
+                              f"the same id as features.collections[{ids[collection.id]}]")
 
 
 def load_settings(

@@ -51,6 +51,7 @@ __all__ = [
     "declared_collections",
     "default_collections",
     "newly_invalid",
+    "FIXED_ID_CREATED_AT",
     "register_configured_collections",
     "register_declared_collections",
     "feature_type",
@@ -322,40 +323,67 @@ def register_declared_collections(
     return problems
 
 
+#: ``created_at`` of a configured collection with a fixed ``id``: like a plugin's declared
+#: collection (``declare_collection``'s default), so those two rank among themselves by id.
+FIXED_ID_CREATED_AT = 1
+
+
 def register_configured_collections(
     configured: Iterable[ConfiguredCollection],
     registered: Callable[[], Iterable[FeatureCollection]],
     register: Callable[[FeatureCollection], object],
     now_ms: int,
-) -> tuple[tuple[FeatureCollection, ...], dict[str, str]]:
-    """Give each ``[[features.collections]]`` entry its collection: the registered one with
-    the same set of features, else a new one with the next free id, created ``now_ms`` (so
-    the newest, in configuration order). Idempotent across restarts; when several processes
-    register at once, an id another took meanwhile is looked up again. ``registered`` and
-    ``register`` are the feature store's. Returns the collections, in configuration order,
-    and what failed -> why, for the caller to log; nothing is fatal."""
-    found: list[FeatureCollection] = []
+) -> tuple[dict[str, FeatureCollection], dict[str, str]]:
+    """Give each ``[[features.collections]]`` entry its collection; ``registered`` and
+    ``register`` are the feature store's. Call after ``register_declared_collections``, so
+    that the plugins' collections hold their ids first.
+
+    With an ``id``: that id, created at ``FIXED_ID_CREATED_AT`` (ranked with the plugins'
+    collections, by id); the same id with the same set of features is the same collection.
+    Without: the registered collection with the same set of features, else a new one
+    numbered after every registered collection and every fixed id, created ``now_ms`` (so the
+    newest, in configuration order). Idempotent across restarts; when several processes
+    register at once, an id another took meanwhile is looked up again.
+
+    Returns ``features.collections[i] (name)`` -> its collection, and the same key -> why it
+    was not registered (an unknown feature type, an id taken by other features), for the
+    caller to log; nothing is fatal.
+    """
+    specs = tuple(configured)
+    fixed = {spec.id for spec in specs if spec.id is not None}
+    found: dict[str, FeatureCollection] = {}
     problems: dict[str, str] = {}
-    for i, spec in enumerate(configured):
+    for i, spec in enumerate(specs):
         what = f"features.collections[{i}]" + (f" ({spec.name})" if spec.name else "")
         unknown = [name for name in spec.features if feature_type(name) is None]
         if unknown:
-            problems[what] = f"unknown feature types {', '.join(unknown)}"
+            problems[what] = (f"unknown feature type {', '.join(map(repr, unknown))}: neither "
+                              "built in nor registered by a plugin in [features] plugins")
             continue
         for _ in range(20):
             every = tuple(registered())
-            same = next((c for c in every if set(c.features) == set(spec.features)), None)
+            if spec.id is not None:
+                same = next((c for c in every if c.id == spec.id), None)
+                if same is not None and set(same.features) != set(spec.features):
+                    problems[what] = (f"id {spec.id} is already the collection of "
+                                      f"{', '.join(same.features)}")
+                    break
+            else:
+                same = next((c for c in every if set(c.features) == set(spec.features)), None)
             if same is not None:
-                found.append(same)
+                found[what] = same
                 break
-            new = FeatureCollection(max((c.id for c in every), default=0) + 1, now_ms,
-                                    tuple(spec.features))
+            if spec.id is not None:
+                new = FeatureCollection(spec.id, FIXED_ID_CREATED_AT, tuple(spec.features))
+            else:
+                new = FeatureCollection(max({c.id for c in every} | fixed, default=0) + 1,
+                                        now_ms, tuple(spec.features))
             try:
                 register(new)
             except ValueError:  # another process took this id first: look again
                 continue
-            found.append(new)
+            found[what] = new
             break
         else:
             problems[what] = "could not register: its id kept being taken"
-    return tuple(found), problems
+    return found, problems
