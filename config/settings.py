@@ -17,6 +17,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config.errors import ConfigError
+from config.supervision import (
+    SUPERVISORS,
+    SupervisionSettings,
+    SupervisorPolicy,
+    policy_table,
+    validate_supervision,
+)
 
 __all__ = [
     "ActorSystemSettings",
@@ -140,69 +147,6 @@ class ConfiguredCollection:
     id: int | None = None
 
 
-#: The supervisors of the tree, each of which may override the ``[supervision]`` policy
-#: in a table of its own (``[supervision.serving]``).
-SUPERVISORS = ("root", "ingest", "learning", "serving")
-#: The keys such a table may set.
-POLICY_KEYS = ("strategy", "max_restarts", "period_s", "backoff_min_s", "backoff_max_s",
-               "heartbeat_timeout_s", "standby")
-STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
-#: The supervisors of replicated roles (collectors, predictors), which may keep standbys.
-STANDBY_SUPERVISORS = ("ingest", "serving")
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisorPolicy:
-    """One supervisor's resolved policy: its own table over the ``[supervision]`` defaults."""
-
-    strategy: str
-    max_restarts: int
-    period_s: float
-    backoff_min_s: float
-    backoff_max_s: float
-    heartbeat_timeout_s: float
-    standby: int  # warm spares of its replicated role (predictor, collector), promoted on a death
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisionSettings:
-    """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between.
-
-    The flat keys are every supervisor's defaults; ``[supervision.root|ingest|learning|
-    serving]`` tables override them for one supervisor (kept as the pairs given).
-    """
-
-    strategy: str = "one_for_one"
-    max_restarts: int = 10
-    period_s: float = 30.0
-    backoff_min_s: float = 0.0
-    backoff_max_s: float = 2.0
-    # Liveness: a supervisor pings each running child every ``heartbeat_interval_s``; a
-    # child silent for longer than its timeout is SIGKILLed by pid and restarted. A child
-    # answers between two messages, so the timeout must exceed its longest handler: the
-    # hot roles (collectors, predictors, supervisors) never block theirs, while the batch
-    # roles (learner training, feature generator catching up, publisher judging) may
-    # work for seconds inside one handler and get ``batch_heartbeat_timeout_s``.
-    heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 3.0
-    batch_heartbeat_timeout_s: float = 120.0
-    standby: int = 0
-    root: tuple[tuple[str, Any], ...] = ()
-    ingest: tuple[tuple[str, Any], ...] = ()
-    learning: tuple[tuple[str, Any], ...] = ()
-    # A warm spare predictor: a killed one is replaced by promoting it (~ms), not by a
-    # fork and a cold start (~70 ms).
-    serving: tuple[tuple[str, Any], ...] = (("standby", 1),)
-
-    def policy(self, supervisor: str) -> SupervisorPolicy:
-        """``supervisor``'s policy: its own table over the defaults above."""
-        values = {key: getattr(self, key) for key in POLICY_KEYS}
-        if supervisor not in STANDBY_SUPERVISORS:
-            values["standby"] = 0  # nothing of theirs to keep warm
-        values.update(dict(getattr(self, supervisor)) if supervisor in SUPERVISORS else {})
-        return SupervisorPolicy(**values)
-
-
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     """The store backend (SQLite files in ``data_dir`` by default)."""
@@ -307,8 +251,8 @@ def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool)
                 # [supervision.serving] in a file; RML_SUPERVISION_SERVING_STANDBY from env.
                 given = {inner: raw} if from_env else raw
                 current = changes.get(table, known[table])
-                changes[table] = _policy_table(section, f"{prefix}.{table}", current, given,
-                                               from_env)
+                changes[table] = policy_table(section, f"{prefix}.{table}", current, given,
+                                              from_env, _coerce)
                 continue
         if key == "features.collections":
             changes[name] = _configured_collections(key, raw)
@@ -345,19 +289,6 @@ def _configured_collections(key: str, raw: Any) -> tuple[ConfiguredCollection, .
                               "(0 and 1 are the built-in collections)")
         out.append(ConfiguredCollection(features, label, fixed))
     return tuple(out)
-
-
-def _policy_table(section: SupervisionSettings, prefix: str, current: tuple[tuple[str, Any], ...],
-                  values: Any, from_env: bool) -> tuple[tuple[str, Any], ...]:
-    """One supervisor's overrides, merged over the ones it had, each key checked."""
-    if not isinstance(values, Mapping):
-        raise ConfigError(prefix, "expected a table")
-    merged = dict(current)
-    for name, raw in values.items():
-        if name not in POLICY_KEYS:
-            raise ConfigError(f"{prefix}.{name}", "unknown key")
-        merged[name] = _coerce(f"{prefix}.{name}", raw, getattr(section, name), from_env)
-    return tuple(sorted(merged.items()))
 
 
 def _from_mapping(base: Settings, data: Mapping[str, Any], from_env: bool) -> Settings:
@@ -461,18 +392,7 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.shadow_requests", "must be in 0..100000000 (0: no shadow)")
     if not 0.0 <= s.learning.shadow_max_error_rate <= 1.0:
         raise ConfigError("learning.shadow_max_error_rate", "must be in [0, 1] (1: never reject)")
-    if s.supervision.heartbeat_interval_s <= 0:
-        raise ConfigError("supervision.heartbeat_interval_s", "must be greater than 0")
-    if s.supervision.batch_heartbeat_timeout_s < 2 * s.supervision.heartbeat_interval_s:
-        raise ConfigError("supervision.batch_heartbeat_timeout_s",
-                          "must be at least twice heartbeat_interval_s")
-    defaults = SupervisorPolicy(**{key: getattr(s.supervision, key) for key in POLICY_KEYS})
-    _validate_policy("supervision", defaults, set(POLICY_KEYS), s.supervision,
-                     standby_role=True)
-    for name in SUPERVISORS:
-        _validate_policy(f"supervision.{name}", s.supervision.policy(name),
-                         set(dict(getattr(s.supervision, name))), s.supervision,
-                         standby_role=name in STANDBY_SUPERVISORS)
+    validate_supervision(s.supervision)
     if s.storage.backend not in {"sqlite"}:
         raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
     from config.job import ModelType  # local: config.job is the learning side's
@@ -483,35 +403,6 @@ def _validate(s: Settings) -> Settings:
         choices = ", ".join(m.value for m in ModelType)
         raise ConfigError("learning.model_type", f"must be one of {choices}") from None
     return s
-
-
-def _validate_policy(prefix: str, p: SupervisorPolicy, own: set[str], sup: SupervisionSettings,
-                     standby_role: bool) -> None:
-    """One supervisor's policy; an error names the table the bad value comes from (its
-    own keys are ``own``; the rest it inherits from ``[supervision]``)."""
-    def key(name: str) -> str:
-        return f"{prefix}.{name}" if name in own else f"supervision.{name}"
-
-    if p.strategy not in STRATEGIES:
-        raise ConfigError(key("strategy"), f"must be one of {', '.join(STRATEGIES)}")
-    if p.max_restarts < 0:
-        raise ConfigError(key("max_restarts"), "must be at least 0")
-    if p.period_s <= 0:
-        raise ConfigError(key("period_s"), "must be greater than 0")
-    if p.backoff_min_s < 0:
-        raise ConfigError(key("backoff_min_s"), "must be at least 0")
-    if p.backoff_max_s < p.backoff_min_s:
-        if "backoff_min_s" in own and "backoff_max_s" not in own:
-            raise ConfigError(key("backoff_min_s"), "must be at most backoff_max_s")
-        raise ConfigError(key("backoff_max_s"), "must be at least backoff_min_s")
-    if p.heartbeat_timeout_s < 2 * sup.heartbeat_interval_s:
-        raise ConfigError(key("heartbeat_timeout_s"),
-                          "must be at least twice heartbeat_interval_s")
-    if not 0 <= p.standby <= 4:
-        raise ConfigError(key("standby"), "must be in 0..4")
-    if p.standby and not standby_role:
-        raise ConfigError(key("standby"), "only the ingest and serving supervisors keep "
-                                          "standbys (of collectors and predictors)")
 
 
 def _validate_trainer(s: Settings) -> None:
@@ -526,10 +417,11 @@ def _validate_trainer(s: Settings) -> None:
         if len(learning.trainer_token) < 8:
             raise ConfigError("learning.trainer_token",
                               "an external trainer needs a bearer token of at least 8 characters")
-    limit = s.supervision.batch_heartbeat_timeout_s
+    limit = s.supervision.policy("learning").batch_heartbeat_timeout_s
     if not 0 < learning.trainer_timeout_s < limit:
         raise ConfigError("learning.trainer_timeout_s",
-                          f"must be above 0 and below supervision.batch_heartbeat_timeout_s "
+                          f"must be above 0 and below the learning supervisor's "
+                          f"batch_heartbeat_timeout_s "
                           f"({limit:g} s): the learner waits for the trainer inside one handler")
 
 

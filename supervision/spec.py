@@ -72,9 +72,11 @@ def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) 
     )
 
 
-def _worker(settings: Settings, name: str, role: str, actor_class: str) -> ChildSpec:
-    timeout = (settings.supervision.batch_heartbeat_timeout_s if role in BATCH_ROLES
-               else None)
+def _worker(settings: Settings, supervisor: str, name: str, role: str,
+            actor_class: str) -> ChildSpec:
+    """A leaf under ``supervisor``: batch roles get that supervisor's batch timeout."""
+    batch = settings.supervision.policy(supervisor).batch_heartbeat_timeout_s
+    timeout = batch if role in BATCH_ROLES else None
     return ChildSpec(name, role, actor_class, heartbeat_timeout_s=timeout)
 
 
@@ -87,7 +89,7 @@ def system_tree(settings: Settings) -> SupervisorSpec:
     """The daemon's tree: ingest, learning and serving each under their own supervisor,
     so a failure is contained where it happens."""
     collectors = tuple(
-        _worker(settings, f"collector-{i}", "collector", "actors.collector.Collector")
+        _worker(settings, "ingest", f"collector-{i}", "collector", "actors.collector.Collector")
         for i in range(1, settings.ingest.collectors + 1)
     )
     ingest = _sub(
@@ -95,7 +97,7 @@ def system_tree(settings: Settings) -> SupervisorSpec:
         "ingest",
         (
             *collectors,
-            _worker(settings, "feature-generator", "feature_generator",
+            _worker(settings, "ingest", "feature-generator", "feature_generator",
                     "actors.feature_generator.FeatureGenerator"),
         ),
     )
@@ -103,12 +105,12 @@ def system_tree(settings: Settings) -> SupervisorSpec:
         settings,
         "learning",
         (
-            _worker(settings, "learner", "learner", "actors.learner.Learner"),
-            _worker(settings, "publisher", "publisher", "actors.publisher.Publisher"),
+            _worker(settings, "learning", "learner", "learner", "actors.learner.Learner"),
+            _worker(settings, "learning", "publisher", "publisher", "actors.publisher.Publisher"),
         ),
     )
     predictors = tuple(
-        _worker(settings, f"predictor-{i}", "predictor", "actors.predictor.Predictor")
+        _worker(settings, "serving", f"predictor-{i}", "predictor", "actors.predictor.Predictor")
         for i in range(1, settings.predict.replicas + 1)
     )
     serving = _sub(settings, "serving", predictors)

@@ -487,3 +487,16 @@ def test_the_tree_takes_each_supervisors_policy(tmp_path: Path) -> None:
             subs["serving"].standby_role) == (20, 2, "predictor")
     assert (subs["ingest"].strategy, subs["ingest"].standby) == ("rest_for_one", 0)
     assert subs["learning"].standby_role is None and tree.max_restarts == 10
+
+
+def test_a_supervisors_batch_heartbeat_timeout_reaches_its_batch_children(
+        tmp_path: Path) -> None:
+    from supervision.spec import system_tree
+
+    path = write(tmp_path, "[supervision.learning]\nbatch_heartbeat_timeout_s = 300\n"
+                           "heartbeat_timeout_s = 5\n")
+    tree = system_tree(load_settings(path, {}))
+    timeouts = {c.name: c.heartbeat_timeout_s for sub in tree.children if sub.spec
+                for c in sub.spec.children}
+    assert (timeouts["learner"], timeouts["publisher"]) == (300.0, 300.0)
+    assert timeouts["feature-generator"] == 120.0 and timeouts["predictor-1"] is None
