@@ -11,7 +11,9 @@ and must come back as a duplicate: proof that each was stored, exactly once.
 
 from __future__ import annotations
 
+import http.client
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -31,7 +33,7 @@ from daemon.process import RootClient, read_record, start, stop
 from learning.simulator import Savanna
 from messages.protocol import StatusReport, StatusRequest
 
-__all__ = ["ChaosReport", "run_chaos"]
+__all__ = ["ChaosReport", "answered_by", "replacements", "run_chaos"]
 
 
 @dataclass
@@ -51,6 +53,8 @@ class ChaosReport:
     daemon_kills: int = 0
     restarts: int = 0
     kill_to_answer_s: dict[str, list[float]] = field(default_factory=dict)
+    # A SIGKILLed predictor: until its replacement answers GET /health on the predict port.
+    kill_to_http_s: list[float] = field(default_factory=list)
     # As the supervisors logged it: from a child's exit to its replacement running, by
     # "<role> via standby|start" (the clients' view above adds the status round trips).
     replaced_s: dict[str, list[float]] = field(default_factory=dict)
@@ -80,7 +84,9 @@ class ChaosReport:
             f"restarts (status):       {self.restarts}",
         ]
         for role, values in sorted(self.kill_to_answer_s.items()):
-            out.append(f"kill-to-answer {role + ':':<10} {stats(values)}")
+            out.append(f"kill-to-running {role + ':':<10} {stats(values)} (root's status)")
+        out.append(f"kill-to-answer predictor:  {stats(self.kill_to_http_s)} "
+                   "(its replacement answers HTTP)")
         for what, values in sorted(self.replaced_s.items()):
             out.append(f"exit-to-running {what + ':':<28} {stats(values)} (supervisors' log)")
         return out
@@ -131,15 +137,42 @@ def _reading(gateway: int, n: int, location: int, now_ms: int) -> dict[str, Any]
             "percent_zebras": (n % 10) / 10}
 
 
+_FORK = multiprocessing.get_context("fork")
+
+
+def answered_by(settings: Settings, name: str, give_up: Callable[[], bool] = lambda: False,
+                timeout_s: float = 30.0) -> float | None:
+    """When (``time.monotonic()``) a new connection to the predict port is first answered
+    by the predictor called ``name``; None at the deadline. After a SIGKILL that is its
+    replacement (the killed process cannot answer, and its listening socket went with it).
+    Fresh connections, since SO_REUSEPORT spreads them over the replicas' listeners."""
+    predict = settings.predict
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not give_up():
+        connection = http.client.HTTPConnection(predict.host, predict.port, timeout=0.5)
+        try:
+            connection.request("GET", "/health")
+            answer = json.loads(connection.getresponse().read() or b"{}")
+            if isinstance(answer, dict) and answer.get("actor") == name:
+                return time.monotonic()
+        except (OSError, ValueError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.001)
+    return None
+
+
 class _Chaos:
     def __init__(self, settings: Settings, config_path: str | None, report: ChaosReport,
                  say: Callable[[str], None], seed: int) -> None:
         self.settings, self.config_path, self.report, self.say = settings, config_path, report, say
         self.rng = random.Random(seed)
-        self.stop_flag = threading.Event()
+        # Shared with the killer's own process (see run_chaos).
+        self.stop_flag = _FORK.Event()
         self.lock = threading.Lock()
         self.acknowledged: list[dict[str, Any]] = []
-        self.daemon_down = threading.Event()
+        self.daemon_down = _FORK.Event()
 
     # --- load ------------------------------------------------------------------------
 
@@ -209,6 +242,11 @@ class _Chaos:
                         return
             time.sleep(0.002)
 
+    def _wait_answering(self, name: str, since: float) -> None:
+        answered = answered_by(self.settings, name, self.stop_flag.is_set)
+        if answered is not None:
+            self.report.kill_to_http_s.append(answered - since)
+
     def killer(self, kill_every_s: float, duration_s: float, sigstop: bool,
                kill_daemon: bool) -> None:
         started = time.monotonic()
@@ -244,10 +282,29 @@ class _Chaos:
                 os.kill(victim.pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
+            killed_at = time.monotonic()
             self.report.kills.append(victim.name)
             threading.Thread(target=self._wait_replaced,
-                             args=(victim.name, victim.pid, time.monotonic()),
-                             daemon=True).start()
+                             args=(victim.name, victim.pid, killed_at), daemon=True).start()
+            if victim.role == "predictor":
+                threading.Thread(target=self._wait_answering, args=(victim.name, killed_at),
+                                 daemon=True).start()
+
+    def killer_process(self, results: Any, kill_every_s: float, duration_s: float,
+                       sigstop: bool, kill_daemon: bool) -> None:
+        """The killer in a process of its own: the load's threads share the bench's GIL,
+        and would otherwise delay the status polls that time each replacement."""
+        _clients.root = None  # never a client inherited from the parent
+        waiters_before = set(threading.enumerate())
+        try:
+            self.killer(kill_every_s, duration_s, sigstop, kill_daemon)
+            deadline = time.monotonic() + 30.0
+            for thread in set(threading.enumerate()) - waiters_before:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        finally:
+            r = self.report
+            results.put((r.kills, r.stopped, r.kill_to_answer_s, r.kill_to_http_s,
+                         r.daemon_kills, r.restarts))
 
     def _kill_daemon(self) -> None:
         record = read_record(self.settings)
@@ -321,7 +378,12 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
     start(settings, config_path)
     try:
         _seed_model(settings, say)
+        _clients.root = None  # the killer's process must not share this thread's client
         chaos = _Chaos(settings, config_path, report, say, seed)
+        results = _FORK.Queue()
+        killer = _FORK.Process(target=chaos.killer_process, daemon=True, args=(
+            results, kill_every_s, duration_s, sigstop, kill_daemon))
+        killer.start()  # forked before any load thread runs (their locks would be copied)
         threads = [threading.Thread(target=chaos.gateway, args=(g, 200, 0.05), daemon=True)
                    for g in range(gateways)]
         threads += [threading.Thread(target=chaos.predictor_client, daemon=True)
@@ -331,8 +393,15 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
         began = time.monotonic()
         say(f"  chaos for {duration_s:.0f} s: {gateways} gateways, {predict_clients} "
             f"prediction clients, a SIGKILL every {kill_every_s} s")
-        chaos.killer(kill_every_s, duration_s, sigstop, kill_daemon)
-        chaos.stop_flag.set()
+        try:
+            kills, stopped, timings, http_timings, daemon_kills, restarts = results.get(
+                timeout=duration_s + 300.0)
+        finally:
+            chaos.stop_flag.set()
+            killer.join(30.0)
+        report.kills, report.stopped, report.kill_to_answer_s = kills, stopped, timings
+        report.kill_to_http_s = http_timings
+        report.daemon_kills, report.restarts = daemon_kills, report.restarts + restarts
         for thread in threads:
             thread.join(120.0)
         report.duration_s = time.monotonic() - began
