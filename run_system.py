@@ -1,7 +1,8 @@
 """The launcher: ``rml [--config FILE] VERB`` (also ``python run_system.py ...``).
 
 Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``;
-``train``, ``models``, ``rollback`` (``daemon.registry_cli``).
+``train``, ``models``, ``rollback`` (``daemon.registry_cli``); ``report``
+(``daemon.report_cli``).
 """
 
 from __future__ import annotations

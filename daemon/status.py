@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import asdict
 from typing import Any
@@ -175,6 +176,14 @@ def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any
     return status
 
 
+def _utc(at_ms: Any) -> str:
+    """A store's millisecond timestamp as a UTC time people read."""
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(int(at_ms) / 1000))
+    except (TypeError, ValueError, OverflowError):
+        return str(at_ms)
+
+
 def render_status(status: dict[str, Any]) -> str:
     """A human view of ``collect_status``: the tree, then model and counters."""
     lines = [f"daemon: running (process group {status['pgid']}), data in {status['data_dir']}"]
@@ -211,8 +220,8 @@ def render_status(status: dict[str, Any]) -> str:
     for verdict in fc.get("invalid", []):
         lines.append(f"  invalid feature {verdict['feature']}: {verdict['reason']}")
     for switch in fc.get("switches", []):
-        lines.append(f"  switched to collection {switch['collection_id']} at {switch['at_ms']}: "
-                     f"{switch['reason']}")
+        lines.append(f"  switched to collection {switch['collection_id']} at "
+                     f"{_utc(switch['at_ms'])}: {switch['reason']}")
     lines.extend(_render_drift(status.get("drift")))
     lines.append("counters: " + json.dumps(status.get("counters", {})))
     return "\n".join(lines)
@@ -230,7 +239,7 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
         verdict = "ABOVE threshold" if check["above_threshold"] else "below threshold"
         lines = [f"drift: max PSI {check['max_psi']:.3f}, {verdict} {check['threshold']:g} "
                  f"(champion version {check['champion_version']}, {check['rows']} recent rows, "
-                 f"checked at {check['at_ms']})"]
+                 f"checked at {_utc(check['at_ms'])})"]
         for name, score in sorted(check["psi"].items(), key=lambda item: -item[1]):
             mark = "  <- drift" if score > check["threshold"] else ""
             lines.append(f"  psi {name:<20} {score:8.3f}{mark}")
@@ -238,7 +247,7 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
         trigger = run["trigger"]
         ended = (f"registered version {run['version']}" if run["outcome"] == "registered"
                  else run["outcome"] + (f": {run['error']}" if run["error"] else ""))
-        lines.append(f"last training run: {trigger['kind']} at {run['started_at_ms']}: "
+        lines.append(f"last training run: {trigger['kind']} at {_utc(run['started_at_ms'])}: "
                      f"{trigger['reason']} -> {ended} ({run['trainer']}, "
                      f"{run['seconds']:.1f} s)")
     return lines
