@@ -28,6 +28,7 @@ from thespian.actors import (
 )
 
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
+from actors.edge import HttpEdge
 from config.settings import Settings
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
@@ -41,7 +42,7 @@ from messages.protocol import (
     StoppingNormally,
 )
 
-__all__ = ["ReactiveActor", "Worker"]
+__all__ = ["EdgeWorker", "ReactiveActor", "Worker"]
 
 
 class ReactiveActor(Actor):
@@ -206,3 +207,26 @@ class Worker(ReactiveActor):
             self.on_stop()
         finally:
             self.log.info("actor_stopped")
+
+
+class EdgeWorker(Worker):
+    """A worker that serves HTTP from its own edge: the edge's threads start with the actor
+    (``prepare_edge`` in ``on_start``), its port is bound in ``on_serve`` (at once, or when
+    a warm standby is promoted, when a bind is all that is left to do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.edge: HttpEdge | None = None
+
+    def make_edge(self) -> HttpEdge:
+        """The actor's edge (routes, limits), not yet started."""
+        raise NotImplementedError
+
+    def prepare_edge(self) -> None:
+        """Build the edge and start its threads, with no port yet."""
+        self.edge = self.make_edge()
+        self.edge.prepare()
+
+    def on_serve(self) -> None:
+        assert self.edge is not None
+        self.edge.listen()

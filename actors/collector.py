@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from actors.base import Worker
+from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import HttpEdge, Request, Response, Route, Waker
 from actors.hints import HintWindow
@@ -36,14 +36,13 @@ from storage.sqlite_facts import SQLiteFactStore
 __all__ = ["Collector"]
 
 
-class Collector(Worker):
+class Collector(EdgeWorker):
     """Serves ingest over HTTP; every acknowledged fact is committed first."""
 
     role = "collector"
 
     def __init__(self) -> None:
         super().__init__()
-        self.edge: HttpEdge | None = None
         self.waker: Waker | None = None
         # What the hints report; written by the edge thread, read by the actor.
         self.counters = Counters(("readings_accepted", "outcomes_accepted"))
@@ -59,15 +58,9 @@ class Collector(Worker):
     def on_start(self, init: Init) -> None:
         self.waker = Waker()
         self.watch_fds = (self.waker.fileno(),)
-        # Its threads now, its port in on_serve (at once, or when a standby is promoted).
-        self.edge = self._make_edge()
-        self.edge.prepare()
+        self.prepare_edge()
 
-    def on_serve(self) -> None:
-        assert self.edge is not None
-        self.edge.listen()  # a bind: cheap, so a promoted standby serves at once
-
-    def _make_edge(self) -> HttpEdge:
+    def make_edge(self) -> HttpEdge:
         settings = self.settings
         assert settings is not None
         routes = [

@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import Any
 
-from actors.base import Worker
+from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import HttpEdge, Request, Response, Route
 from learning.artifacts import load_model
@@ -85,7 +85,7 @@ def _served(snapshot: ServingSnapshot) -> ServingChoice:
                          shadow.version if shadow else None)
 
 
-class Predictor(Worker):
+class Predictor(EdgeWorker):
     """Answers predictions from the champion; swaps models on ``ModelPublished``."""
 
     role = "predictor"
@@ -95,7 +95,6 @@ class Predictor(Worker):
         self.snapshot = ServingSnapshot()
         self.registry: SQLiteModelRegistry | None = None
         self.features: SQLiteFeatureStore | None = None  # actor thread only
-        self.edge: HttpEdge | None = None
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
         self._edge_local = threading.local()
         # Every edge thread's own feature store, so that on_stop closes them all.
@@ -116,19 +115,13 @@ class Predictor(Worker):
                                            busy_timeout_s=timeout)
         self._refresh()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
-        # Its threads now, its port in on_serve (at once, or when a standby is promoted).
-        self.edge = self._make_edge()
-        self.edge.prepare()
+        self.prepare_edge()
         self.wakeupAfter(_SHADOW_TICK_S, payload="shadow")
 
     def on_activate(self) -> None:
         self._refresh()  # a standby: the champion may have changed while it waited
 
-    def on_serve(self) -> None:
-        assert self.edge is not None
-        self.edge.listen()  # a bind: cheap, so a promoted standby serves at once
-
-    def _make_edge(self) -> HttpEdge:
+    def make_edge(self) -> HttpEdge:
         settings = self.settings
         assert settings is not None
         routes = [
