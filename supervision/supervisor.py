@@ -2,9 +2,8 @@
 
 One mechanism for the whole tree. The root is a Supervisor created by the
 launcher with a Thespian ``globalName``; it also keeps the directory of live
-actors (fed by ``ChildUp`` from every supervisor below), answers ``status``,
-tells workers where their peers are, and routes requests from outside
-(``PredictRequest``, ``TrainRequest``) to a live worker.
+actors, answers ``status`` and routes requests from outside to a live worker
+(``supervision.root``).
 
 Liveness (``supervision.liveness``): a crash is reported by Thespian
 (``ChildActorExited``), a hang is not, so every ``heartbeat_interval_s`` a
@@ -25,7 +24,6 @@ import itertools
 import os
 import time
 import uuid
-from dataclasses import replace
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -38,36 +36,28 @@ from messages.protocol import (
     Activate,
     ActorInfo,
     ChildUp,
-    Forwarded,
     Init,
     MessageFailed,
     Peers,
     Ping,
     Pong,
-    PredictionError,
-    PredictRequest,
     Ready,
-    RollbackRequest,
-    RollbackResult,
     StartSystem,
-    StatusReport,
-    StatusRequest,
     StoppingNormally,
     SystemStarted,
-    TrainRequest,
-    TrainResult,
 )
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
 from supervision.policy import decide_restart
+from supervision.root import RootServices
 from supervision.spec import SupervisorSpec, system_tree
 
 __all__ = ["ROOT_NAME", "Supervisor"]
 
 ROOT_NAME = "rml-root"
 
-class Supervisor(ReactiveActor):
+class Supervisor(RootServices, ReactiveActor):
     """OTP-style supervisor (one_for_one, one_for_all, rest_for_one) with intensity and backoff."""
 
     def __init__(self) -> None:
@@ -440,14 +430,6 @@ class Supervisor(ReactiveActor):
             # It could not start (or take a standby's place): -> ChildActorExited -> restart.
             self.send(child.address, ActorExitRequest())
 
-    def _dead_letter_store(self) -> Any:
-        if self._dead_letters is None:
-            from storage.deadletters import SQLiteDeadLetters
-
-            assert self.settings is not None
-            self._dead_letters = SQLiteDeadLetters(self.settings.data_path / "system.sqlite")
-        return self._dead_letters
-
     # --- directory (reported up to the root) ----------------------------------------
 
     def _report(self, info: ActorInfo) -> None:
@@ -461,53 +443,6 @@ class Supervisor(ReactiveActor):
         if child is not None and msg.info.pid:
             child.below[msg.info.name] = msg.info.pid
         self._report(msg.info)
-
-    def _record(self, info: ActorInfo) -> None:
-        self.directory.record(info)
-        peers = self.directory.peers()
-        if peers == self._last_peers:
-            return
-        self._last_peers = peers
-        for _role, addresses in peers.by_role:
-            for address in addresses:
-                self.send(address, peers)
-
-    # --- answers and routing (root) -------------------------------------------------
-
-    def on_StatusRequest(self, msg: StatusRequest, sender: Any) -> None:  # noqa: N802
-        own = ActorInfo(self.name, "supervisor", os.getpid(), 0,
-                        "running" if self.spec else "starting", "")
-        actors = (own, *self.directory.actors())
-        dead = 0
-        try:
-            if self.settings is not None:
-                dead = self._dead_letter_store().count()
-        except Exception:
-            self.log.exception("dead_letters_unreadable")
-        self.send(sender, StatusReport(msg.correlation_id,
-                                       tuple(replace(a, address=None) for a in actors),
-                                       self.started_at_ms, dead))
-
-    def on_PredictRequest(self, msg: PredictRequest, sender: Any) -> None:  # noqa: N802
-        self._route("predictor", msg, sender,
-                    PredictionError(msg.correlation_id, "no predictor is running", 503))
-
-    def on_TrainRequest(self, msg: TrainRequest, sender: Any) -> None:  # noqa: N802
-        self._route("learner", msg, sender,
-                    TrainResult(msg.correlation_id, None, False, (), "no learner is running"))
-
-    def on_RollbackRequest(self, msg: RollbackRequest, sender: Any) -> None:  # noqa: N802
-        self._route("publisher", msg, sender,
-                    RollbackResult(msg.correlation_id, msg.version, False, None,
-                                   "no publisher is running"))
-
-    def _route(self, role: str, msg: Any, sender: Any, unavailable: Any) -> None:
-        live = self.directory.live(role)
-        if not live:
-            self.send(sender, unavailable)
-            return
-        target = live[next(self._round_robin) % len(live)]
-        self.send(target, Forwarded(msg, sender))
 
     def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
         self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
