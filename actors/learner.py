@@ -234,9 +234,12 @@ class Learner(Worker):
 
         try:
             ended = self._train(correlation_id, job, trigger)
-        except Exception as exc:  # recorded; then Thespian's redelivery and dead letter
-            record(FAILED, f"{type(exc).__name__}: {exc}", None)
-            raise
+        except Exception as exc:
+            # Recorded once and answered: a redelivery would run the whole training again
+            # (and record it twice) only to fail the same way.
+            self.log.exception("training_failed", correlation_id=correlation_id)
+            ended = NoModel(FAILED, f"{type(exc).__name__}: {exc}",
+                            f"training failed: {type(exc).__name__}: {exc}")
         if isinstance(ended, int):
             record(REGISTERED, "", ended)
             message = ModelCandidate(correlation_id, ended, force, reply_to)
