@@ -254,5 +254,5 @@ def test_status_shows_the_newest_check_and_the_last_run(tmp_path: Path) -> None:
                           "ports": {"admin": 1, "ingest": 2, "predict": 3}, "drift": view})
     assert "max PSI 0.600, ABOVE threshold 0.25" in text
     assert "a" in text and "<- drift" in text
-    assert ("last training run: drift at 1970-01-01 00:00:00Z: PSI above 0.25 in a -> timeout: no answer within "
-            "2 s (http://127.0.0.1:1, 2.0 s)") in text
+    assert ("last training run: drift at 1970-01-01 00:00:00Z: PSI above 0.25 in a -> "
+            "timeout: no answer within 2 s (http://127.0.0.1:1, 2.0 s)") in text
