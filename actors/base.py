@@ -15,7 +15,7 @@ import copy
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from thespian.actors import (
@@ -28,8 +28,8 @@ from thespian.actors import (
 )
 
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
-from actors.edge import HttpEdge
-from config.settings import Settings
+from actors.edge import HttpEdge, Request, Route
+from config.settings import IngestSettings, PredictSettings, Settings
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     Activate,
@@ -218,15 +218,35 @@ class EdgeWorker(Worker):
         super().__init__()
         self.edge: HttpEdge | None = None
 
-    def make_edge(self) -> HttpEdge:
-        """The actor's edge (routes, limits), not yet started."""
+    def edge_settings(self) -> IngestSettings | PredictSettings:
+        """The section with the edge's address, tokens and limits."""
+        raise NotImplementedError
+
+    def edge_routes(self) -> Sequence[Route]:
+        """What the edge serves."""
         raise NotImplementedError
 
     def prepare_edge(self) -> None:
-        """Build the edge and start its threads, with no port yet."""
-        self.edge = self.make_edge()
+        """Build the edge from ``edge_settings`` and start its threads, with no port yet."""
+        section = self.edge_settings()
+        self.edge = HttpEdge(
+            host=section.host, port=section.port, routes=self.edge_routes(),
+            tokens=section.tokens, max_body_bytes=section.max_body_bytes,
+            idle_timeout_s=section.idle_timeout_s, max_pending=section.max_pending,
+            max_connections=section.max_connections,
+            max_buffered_bytes=section.max_buffered_bytes,
+            name=self.name, on_error=self._edge_error,
+        )
         self.edge.prepare()
 
     def on_serve(self) -> None:
         assert self.edge is not None
         self.edge.listen()
+
+    def stop_edge(self) -> None:
+        """Drain and stop the edge (``on_stop``)."""
+        if self.edge is not None:
+            self.edge.stop()
+
+    def _edge_error(self, exc: BaseException, request: Request | None) -> None:
+        self.log.error("edge_error", error=repr(exc), path=request.path if request else None)

@@ -18,8 +18,9 @@ from typing import Any
 
 from actors.base import EdgeWorker
 from actors.counters import Counters
-from actors.edge import HttpEdge, Request, Response, Route, Waker
+from actors.edge import Request, Response, Route, Waker
 from actors.hints import HintWindow
+from config.settings import IngestSettings
 from messages.codec import (
     BodyError,
     decode_outcomes,
@@ -60,29 +61,21 @@ class Collector(EdgeWorker):
         self.watch_fds = (self.waker.fileno(),)
         self.prepare_edge()
 
-    def make_edge(self) -> HttpEdge:
-        settings = self.settings
-        assert settings is not None
-        routes = [
+    def edge_settings(self) -> IngestSettings:
+        assert self.settings is not None
+        return self.settings.ingest
+
+    def edge_routes(self) -> list[Route]:
+        return [
             Route("POST", "/readings", self._post_readings, blocking=True),
             Route("POST", "/outcomes", self._post_outcomes, blocking=True),
             Route("GET", "/health", self._health, public=True),
             # Public, like /health: it holds no secret and tells clients how to authenticate.
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
-        return HttpEdge(
-            host=settings.ingest.host, port=settings.ingest.port, routes=routes,
-            tokens=settings.ingest.tokens, max_body_bytes=settings.ingest.max_body_bytes,
-            idle_timeout_s=settings.ingest.idle_timeout_s,
-            max_pending=settings.ingest.max_pending, name=self.name,
-            max_connections=settings.ingest.max_connections,
-            max_buffered_bytes=settings.ingest.max_buffered_bytes,
-            on_error=self._edge_error,
-        )
 
     def on_stop(self) -> None:
-        if self.edge is not None:
-            self.edge.stop()
+        self.stop_edge()
         if self.waker is not None:
             self.waker.close()
 
@@ -132,9 +125,6 @@ class Collector(EdgeWorker):
 
     def _health(self, request: Request) -> Response:
         return Response.json(200, {"status": "ok", "actor": self.name})
-
-    def _edge_error(self, exc: BaseException, request: Request | None) -> None:
-        self.log.error("edge_error", error=repr(exc), path=request.path if request else None)
 
     # --- hints ----------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from actors.base import EdgeWorker
 from actors.counters import Counters
-from actors.edge import HttpEdge, Request, Response, Route
+from actors.edge import Request, Response, Route
+from config.settings import PredictSettings
 from learning.artifacts import load_model
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
 from learning.inference import ServingModel
@@ -121,28 +122,20 @@ class Predictor(EdgeWorker):
     def on_activate(self) -> None:
         self._refresh()  # a standby: the champion may have changed while it waited
 
-    def make_edge(self) -> HttpEdge:
-        settings = self.settings
-        assert settings is not None
-        routes = [
+    def edge_settings(self) -> PredictSettings:
+        assert self.settings is not None
+        return self.settings.predict
+
+    def edge_routes(self) -> list[Route]:
+        return [
             Route("POST", "/model", self._post_model),
             Route("GET", "/health", self._health, public=True),
             Route("GET", "/metrics", self._metrics),
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
-        return HttpEdge(
-            host=settings.predict.host, port=settings.predict.port, routes=routes,
-            tokens=settings.predict.tokens, max_body_bytes=settings.predict.max_body_bytes,
-            idle_timeout_s=settings.predict.idle_timeout_s,
-            max_pending=settings.predict.max_pending, name=self.name,
-            max_connections=settings.predict.max_connections,
-            max_buffered_bytes=settings.predict.max_buffered_bytes,
-            on_error=lambda exc, req: self.log.error("edge_error", error=repr(exc)),
-        )
 
     def on_stop(self) -> None:
-        if self.edge is not None:
-            self.edge.stop()
+        self.stop_edge()
         with self._edge_stores_lock:
             edge_stores, self._edge_stores = self._edge_stores, []
         for store in (self.registry, self.features, *edge_stores):
