@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from config.settings import Settings
+from config.supervision import SupervisorPolicy
 
 __all__ = ["ChildSpec", "Restart", "Strategy", "SupervisorSpec", "system_tree"]
 
@@ -32,20 +33,15 @@ class ChildSpec:
 
 @dataclass(frozen=True, slots=True)
 class SupervisorSpec:
-    """A supervisor's children, strategy and restart intensity."""
+    """A supervisor's children and its policy (strategy, intensity, backoff, liveness,
+    standbys: ``config.supervision.SupervisorPolicy``)."""
 
     name: str
     children: tuple[ChildSpec, ...]
-    strategy: Strategy = "one_for_one"
-    max_restarts: int = 10
-    period_s: float = 30.0
-    backoff_min_s: float = 0.0
-    backoff_max_s: float = 2.0
+    policy: SupervisorPolicy
     heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 3.0
-    # Warm spares of ``standby_role``: started and loaded but not serving; a dead child of
-    # that role is replaced by promoting one (a message) instead of starting a new actor.
-    standby: int = 0
+    # Warm spares (``policy.standby``) of this role: started and loaded but not serving; a
+    # dead child of that role is replaced by promoting one (a message), not a new actor.
     standby_role: str | None = None
 
 
@@ -63,12 +59,10 @@ def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) 
     policy = settings.supervision.policy(name)
     roles = [c.role for c in children if c.role in STANDBY_ROLES]
     return SupervisorSpec(
-        name=name, children=children, strategy=policy.strategy,  # type: ignore[arg-type]
-        max_restarts=policy.max_restarts, period_s=policy.period_s,
-        backoff_min_s=policy.backoff_min_s, backoff_max_s=policy.backoff_max_s,
+        name=name, children=children,
+        policy=policy if roles else replace(policy, standby=0),
         heartbeat_interval_s=settings.supervision.heartbeat_interval_s,
-        heartbeat_timeout_s=policy.heartbeat_timeout_s,
-        standby=policy.standby if roles else 0, standby_role=roles[0] if roles else None,
+        standby_role=roles[0] if roles else None,
     )
 
 

@@ -111,10 +111,11 @@ class Supervisor(RootServices, ReactiveActor):
         configure_logging(settings.log_dir, settings.log_level, actor=name)
         self.log = get_logger(actor=name, role="supervisor")
         self.children = [Child(spec=c) for c in spec.children]
-        self.standbys = [Child(spec=standby_spec(spec, n)) for n in range(1, spec.standby + 1)]
-        self.log.info("supervisor_started", strategy=spec.strategy,
-                      children=[c.name for c in spec.children], standbys=spec.standby,
-                      max_restarts=spec.max_restarts, period_s=spec.period_s)
+        policy = spec.policy
+        self.standbys = [Child(spec=standby_spec(spec, n)) for n in range(1, policy.standby + 1)]
+        self.log.info("supervisor_started", strategy=policy.strategy,
+                      children=[c.name for c in spec.children], standbys=policy.standby,
+                      max_restarts=policy.max_restarts, period_s=policy.period_s)
         for child in (*self.children, *self.standbys):
             self._start(child)
         self._last_tick = time.monotonic()
@@ -233,7 +234,7 @@ class Supervisor(RootServices, ReactiveActor):
 
     def _failed(self, child: Child, cause: str) -> None:
         assert self.spec is not None
-        spec = child.spec
+        spec, policy = child.spec, self.spec.policy
         self.log.warning("child_failed", child=spec.name, cause=cause, pid=child.pid)
         child.failed_at = child.failed_at or time.monotonic()
         if spec.restart == "temporary" or (spec.restart == "transient" and cause == "normal"):
@@ -242,9 +243,9 @@ class Supervisor(RootServices, ReactiveActor):
             return
         now = time.monotonic()
         limits = functools.partial(
-            decide_restart, now=now, max_restarts=self.spec.max_restarts,
-            period_s=self.spec.period_s, backoff_min_s=self.spec.backoff_min_s,
-            backoff_max_s=self.spec.backoff_max_s)
+            decide_restart, now=now, max_restarts=policy.max_restarts,
+            period_s=policy.period_s, backoff_min_s=policy.backoff_min_s,
+            backoff_max_s=policy.backoff_max_s)
         # Intensity is the supervisor's (OTP): every child's restarts count against it.
         decision = limits(self.restart_times)
         if not decision.restart:
@@ -253,9 +254,9 @@ class Supervisor(RootServices, ReactiveActor):
         # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
         # does not wait because a sibling was restarted a moment ago.
         delay_s = limits(child.restart_times).delay_s
-        self.restart_times = [t for t in self.restart_times if now - t <= self.spec.period_s]
+        self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
         self.restart_times.append(now)
-        child.restart_times = [t for t in child.restart_times if now - t <= self.spec.period_s]
+        child.restart_times = [t for t in child.restart_times if now - t <= policy.period_s]
         child.restart_times.append(now)
         group = self._restart_group(child)
         for member in group:
@@ -277,11 +278,11 @@ class Supervisor(RootServices, ReactiveActor):
         assert self.spec is not None
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
-        slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.period_s]
+        slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.policy.period_s]
         delay_s = decide_restart(slot.restart_times, now, max_restarts=1_000_000,
-                                 period_s=self.spec.period_s,
-                                 backoff_min_s=max(self.spec.backoff_min_s, 0.1),
-                                 backoff_max_s=max(self.spec.backoff_max_s, 1.0)).delay_s
+                                 period_s=self.spec.policy.period_s,
+                                 backoff_min_s=max(self.spec.policy.backoff_min_s, 0.1),
+                                 backoff_max_s=max(self.spec.policy.backoff_max_s, 1.0)).delay_s
         slot.restart_times.append(now)
         slot.restarts += 1
         slot.address, slot.pid, slot.state = None, 0, "restarting"
@@ -290,9 +291,9 @@ class Supervisor(RootServices, ReactiveActor):
 
     def _restart_group(self, failed: Child) -> list[Child]:
         assert self.spec is not None
-        if self.spec.strategy == "one_for_all":
+        if self.spec.policy.strategy == "one_for_all":
             return list(self.children)
-        if self.spec.strategy == "rest_for_one":
+        if self.spec.policy.strategy == "rest_for_one":
             return self.children[self.children.index(failed):]
         return [failed]
 
@@ -306,7 +307,7 @@ class Supervisor(RootServices, ReactiveActor):
     def _escalate(self, child: Child, recent: int) -> None:
         assert self.spec is not None
         self.log.error("restart_intensity_exceeded", child=child.spec.name, restarts=recent,
-                       period_s=self.spec.period_s)
+                       period_s=self.spec.policy.period_s)
         child.state = "failed"
         self._report(child.info(self.name))
         if not self.is_root:
@@ -326,7 +327,7 @@ class Supervisor(RootServices, ReactiveActor):
 
     def _timeout(self, child: Child) -> float:
         assert self.spec is not None
-        return child.spec.heartbeat_timeout_s or self.spec.heartbeat_timeout_s
+        return child.spec.heartbeat_timeout_s or self.spec.policy.heartbeat_timeout_s
 
     def _heartbeat(self) -> None:
         """Ping every running child; kill the ones silent past their deadline."""
@@ -334,7 +335,7 @@ class Supervisor(RootServices, ReactiveActor):
         if self.stopping:
             return
         now = time.monotonic()
-        if now - self._last_tick > self.spec.heartbeat_timeout_s:
+        if now - self._last_tick > self.spec.policy.heartbeat_timeout_s:
             # We were stalled ourselves (stopped, or a slow handler): our children's
             # silence says nothing about them, so start their clocks afresh.
             for child in (*self.children, *self.standbys):

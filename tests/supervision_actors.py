@@ -16,6 +16,7 @@ from typing import Any
 
 from actors.base import Worker
 from config.settings import Settings
+from config.supervision import SupervisorPolicy
 from messages.protocol import Init
 from supervision.spec import SUPERVISOR_CLASS, ChildSpec, Restart, Strategy, SupervisorSpec
 
@@ -201,13 +202,15 @@ def supervisor_spec(*children: ChildSpec, strategy: Strategy = "one_for_one",
                     max_restarts: int = 5, period_s: float = 30.0,
                     backoff_min_s: float = 0.0, backoff_max_s: float = 0.05,
                     heartbeat_interval_s: float = 0.5, heartbeat_timeout_s: float = 3.0,
-                    name: str = "test-sup") -> SupervisorSpec:
+                    name: str = "test-sup", standby: int = 0,
+                    standby_role: str | None = None) -> SupervisorSpec:
     """A test supervisor's spec; by default with tiny backoffs, so restarts take milliseconds."""
-    return SupervisorSpec(name=name, children=children, strategy=strategy,
-                          max_restarts=max_restarts, period_s=period_s,
-                          backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s,
-                          heartbeat_interval_s=heartbeat_interval_s,
-                          heartbeat_timeout_s=heartbeat_timeout_s)
+    policy = SupervisorPolicy(strategy=strategy, max_restarts=max_restarts, period_s=period_s,
+                              backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s,
+                              heartbeat_timeout_s=heartbeat_timeout_s,
+                              batch_heartbeat_timeout_s=120.0, standby=standby)
+    return SupervisorSpec(name=name, children=children, policy=policy,
+                          heartbeat_interval_s=heartbeat_interval_s, standby_role=standby_role)
 
 
 def sub_supervisor(spec: SupervisorSpec) -> ChildSpec:

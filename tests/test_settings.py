@@ -483,10 +483,10 @@ def test_the_tree_takes_each_supervisors_policy(tmp_path: Path) -> None:
                            "[supervision.ingest]\nstrategy = \"rest_for_one\"\n")
     tree = system_tree(load_settings(path, {}))
     subs = {c.name: c.spec for c in tree.children if c.spec is not None}
-    assert (subs["serving"].max_restarts, subs["serving"].standby,
+    assert (subs["serving"].policy.max_restarts, subs["serving"].policy.standby,
             subs["serving"].standby_role) == (20, 2, "predictor")
-    assert (subs["ingest"].strategy, subs["ingest"].standby) == ("rest_for_one", 0)
-    assert subs["learning"].standby_role is None and tree.max_restarts == 10
+    assert (subs["ingest"].policy.strategy, subs["ingest"].policy.standby) == ("rest_for_one", 0)
+    assert subs["learning"].standby_role is None and tree.policy.max_restarts == 10
 
 
 def test_a_supervisors_batch_heartbeat_timeout_reaches_its_batch_children(

@@ -13,7 +13,6 @@ processes, or its admin port, outlives it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
@@ -259,8 +258,7 @@ def probe(tmp_path: Path) -> Iterator[Probe]:
 
 
 def test_a_killed_child_is_replaced_by_its_warm_standby(probe: Probe) -> None:
-    spec = dataclasses.replace(supervisor_spec(child("a"), child("b")), standby=1,
-                               standby_role="worker")
+    spec = supervisor_spec(child("a"), child("b"), standby=1, standby_role="worker")
     sup = probe.start_supervisor(spec)
     spare = probe.child_up("worker-standby-1", "standby")
     a = sup.children["a"]
@@ -276,8 +274,8 @@ def test_a_killed_child_is_replaced_by_its_warm_standby(probe: Probe) -> None:
 
 def test_a_standby_that_cannot_take_over_is_given_up_and_the_child_starts_cold(
         probe: Probe) -> None:
-    spec = dataclasses.replace(supervisor_spec(child("a", SERVE_FAILS_AS_STANDBY)),
-                               standby=1, standby_role="worker")
+    spec = supervisor_spec(child("a", SERVE_FAILS_AS_STANDBY), standby=1,
+                           standby_role="worker")
     sup = probe.start_supervisor(spec)
     spare = probe.child_up("worker-standby-1", "standby")
     a = sup.children["a"]
