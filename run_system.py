@@ -61,11 +61,12 @@ def _cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     """Poison messages recorded by supervisors (read from the store; no daemon needed)."""
     from dataclasses import asdict
 
+    from storage import SYSTEM_FILE
     from storage.deadletters import SQLiteDeadLetters
     from storage.errors import StoreUnavailable
 
     try:
-        store = SQLiteDeadLetters(settings.data_path / "system.sqlite", read_only=True)
+        store = SQLiteDeadLetters(settings.data_path / SYSTEM_FILE, read_only=True)
     except StoreUnavailable:
         letters: tuple[Any, ...] = ()
     else:

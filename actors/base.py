@@ -96,6 +96,10 @@ class ReactiveActor(Actor):
 
     # Thespian system messages that every actor treats alike.
 
+    def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
+        self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
+
+
     def on_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:  # noqa: N802
         """Something we sent failed twice at its receiver: record it via the supervisor."""
         poison = msg.poisonMessage
@@ -191,9 +195,6 @@ class Worker(ReactiveActor):
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802
         self.peers = msg
         self.on_peers()
-
-    def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
-        self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
 
     def on_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
         self.on_timer(msg.payload)

@@ -31,6 +31,7 @@ from messages.codec import (
 )
 from messages.openapi import INGEST_OPENAPI_JSON
 from messages.protocol import FactsNoted, FactsRecorded, Init
+from storage import FACTS_FILE
 from storage.errors import StoreError
 from storage.sqlite_facts import SQLiteFactStore
 
@@ -84,7 +85,7 @@ class Collector(EdgeWorker):
     def _facts(self) -> SQLiteFactStore:
         if self._store is None:
             assert self.settings is not None
-            self._store = SQLiteFactStore(self.settings.data_path / "facts.sqlite",
+            self._store = SQLiteFactStore(self.settings.data_path / FACTS_FILE,
                                           busy_timeout_s=self.settings.storage.busy_timeout_s)
         return self._store
 

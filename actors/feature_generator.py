@@ -32,6 +32,7 @@ from learning.features import (
     register_declared_collections,
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
+from storage import FACTS_FILE, FEATURES_FILE
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
 
@@ -63,8 +64,8 @@ class FeatureGenerator(Worker):
     def on_start(self, init: Init) -> None:
         data = init.settings.data_path
         timeout = init.settings.storage.busy_timeout_s
-        self.facts = SQLiteFactStore(data / "facts.sqlite", busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(data / "features.sqlite", busy_timeout_s=timeout)
+        self.facts = SQLiteFactStore(data / FACTS_FILE, busy_timeout_s=timeout)
+        self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
         problems = register_declared_collections(init.settings.features.plugins,
                                                  self.features.register_collection)

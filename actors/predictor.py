@@ -50,7 +50,7 @@ from messages.protocol import (
     ShadowServed,
     ShadowStarted,
 )
-from storage import FEATURES_FILE
+from storage import FEATURES_FILE, MODELS_FILE
 from storage.registry import ModelRecord
 from storage.shadow import ShadowCounts
 from storage.sqlite_features import SQLiteFeatureStore
@@ -110,9 +110,9 @@ class Predictor(EdgeWorker):
     def on_start(self, init: Init) -> None:
         settings = init.settings
         timeout = settings.storage.busy_timeout_s
-        self.registry = SQLiteModelRegistry(settings.data_path / "models.sqlite",
+        self.registry = SQLiteModelRegistry(settings.data_path / MODELS_FILE,
                                             busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(settings.data_path / "features.sqlite",
+        self.features = SQLiteFeatureStore(settings.data_path / FEATURES_FILE,
                                            busy_timeout_s=timeout)
         self._refresh()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")

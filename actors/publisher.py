@@ -90,10 +90,6 @@ class Publisher(Worker):
             finally:
                 self.wakeupAfter(_SCAN_S, payload="scan")
 
-    def on_peers(self) -> None:
-        # A predictor that (re)started loads the champion and shadow itself; nothing to resend.
-        pass
-
     def _judge(self, version: int, force: bool, reply_to: Any, correlation_id: str) -> None:
         """Idempotent: a version already judged is answered with its recorded verdict."""
         assert self.registry is not None and self.settings is not None

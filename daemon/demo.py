@@ -54,9 +54,10 @@ def _wait(what: str, predicate: Any, timeout_s: float, every_s: float = 0.2) -> 
 
 
 def _champion(settings: Settings) -> Any:
+    from storage import MODELS_FILE
     from storage.sqlite_registry import SQLiteModelRegistry
 
-    registry = SQLiteModelRegistry(settings.data_path / "models.sqlite")
+    registry = SQLiteModelRegistry(settings.data_path / MODELS_FILE)
     try:
         return registry.champion()
     finally:

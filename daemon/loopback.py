@@ -14,15 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["bind_thespian_to", "bound_host"]
+__all__ = ["bind_thespian_to"]
 
 _ENV = "RML_THESPIAN_BIND"
 _patched = False
-
-
-def bound_host() -> str:
-    """The address Thespian binds and advertises in this process."""
-    return os.environ.get(_ENV, "127.0.0.1")
 
 
 def bind_thespian_to(host: str = "127.0.0.1") -> None:

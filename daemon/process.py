@@ -39,6 +39,7 @@ from daemon.group import (
     wait_until,
 )
 from daemon.loopback import bind_thespian_to
+from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
 __all__ = [
     "DaemonError",
@@ -52,8 +53,6 @@ __all__ = [
     "stop",
 ]
 
-ROOT_CLASS = "supervision.supervisor.Supervisor"
-ROOT_NAME = "rml-root"
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -131,7 +130,7 @@ class RootClient:
 
     def __init__(self, settings: Settings) -> None:
         self._asys = connect(settings)
-        self._root = self._asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+        self._root = self._asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
 
     def ask(self, message: Any, timeout_s: float = 10.0) -> Any:
         """Send ``message`` to the root and wait for one answer (None on timeout)."""
@@ -329,7 +328,7 @@ def serve(settings: Settings) -> int:
     _write_record(settings, record)
     asys = ActorSystem("multiprocTCPBase", _capabilities(settings),
                        logDefs=thespian_log_defs(settings.log_dir, settings.log_level))
-    root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+    root = asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
     correlation_id = uuid.uuid4().hex
     answer = asys.ask(root, StartSystem(settings, correlation_id),
                       settings.actor_system.start_timeout_s)
@@ -379,7 +378,7 @@ def _preload_actor_modules(settings: Settings) -> None:
                 found |= classes(child.spec)
         return found
 
-    for actor_class in sorted(classes(system_tree(settings)) | {ROOT_CLASS}):
+    for actor_class in sorted(classes(system_tree(settings)) | {SUPERVISOR_CLASS}):
         importlib.import_module(actor_class.rpartition(".")[0])
     for module in _IMPORTED_ON_FIRST_USE:
         importlib.import_module(module)

@@ -22,13 +22,14 @@ from config.errors import ConfigError
 from config.job import JobConfiguration
 from config.settings import Settings
 from daemon.models_view import format_metrics, models_view, render_models
-from daemon.process import ROOT_CLASS, ROOT_NAME, connect
+from daemon.process import connect
 from messages.protocol import RollbackRequest, RollbackResult, TrainRequest, TrainResult
 from storage import MODELS_FILE, SYSTEM_FILE
 from storage.deadletters import SQLiteDeadLetters
 from storage.errors import StoreError
 from storage.registry import ModelRecord
 from storage.sqlite_registry import SQLiteModelRegistry
+from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
 __all__ = ["add_registry_parsers", "ask_with_progress", "load_job_file"]
 
@@ -76,7 +77,7 @@ def ask_with_progress(settings: Settings, message: Any, timeout_s: float,
     ``say(elapsed_s)`` every ``every_s`` meanwhile. None at the timeout; a ``str`` (the error)
     when the request became a dead letter, so no answer will come."""
     asys = connect(settings)
-    root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
+    root = asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
     started = time.monotonic()
     asys.tell(root, message)
     while True:

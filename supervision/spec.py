@@ -8,7 +8,8 @@ from typing import Literal
 from config.settings import Settings
 from config.supervision import SupervisorPolicy
 
-__all__ = ["ChildSpec", "Restart", "Strategy", "SupervisorSpec", "system_tree"]
+__all__ = ["ROOT_NAME", "SUPERVISOR_CLASS", "ChildSpec", "Restart", "Strategy", "SupervisorSpec",
+           "system_tree"]
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 #: permanent: always restarted; transient: only after an abnormal exit;
@@ -16,6 +17,8 @@ Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 Restart = Literal["permanent", "transient", "temporary"]
 
 SUPERVISOR_CLASS = "supervision.supervisor.Supervisor"
+#: The root supervisor's Thespian ``globalName``: the one way in from outside.
+ROOT_NAME = "rml-root"
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,11 +51,10 @@ from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
 from supervision.policy import decide_restart
 from supervision.root import RootServices
-from supervision.spec import SupervisorSpec, system_tree
+from supervision.spec import ROOT_NAME, SupervisorSpec, system_tree
 
 __all__ = ["ROOT_NAME", "Supervisor"]
 
-ROOT_NAME = "rml-root"
 
 class Supervisor(RootServices, ReactiveActor):
     """OTP-style supervisor (one_for_one, one_for_all, rest_for_one) with intensity and backoff."""
@@ -444,9 +443,6 @@ class Supervisor(RootServices, ReactiveActor):
         if child is not None and msg.info.pid:
             child.below[msg.info.name] = msg.info.pid
         self._report(msg.info)
-
-    def on_Ping(self, msg: Ping, sender: Any) -> None:  # noqa: N802
-        self.send(sender, Pong(msg.correlation_id, self.name, os.getpid()))
 
     def on_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802
         self.stopping = True
