@@ -31,7 +31,6 @@ __all__ = [
     "load_plugins",
     "register_feature_type",
 ]
-_MS_PER_HOUR = 3_600_000.0
 _MS_PER_DAY = 86_400_000
 
 

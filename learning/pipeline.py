@@ -61,36 +61,22 @@ class TrainedModel:
         return dict(self.metrics)[name]
 
 
+_ESTIMATORS: dict[ModelType, type[ClassifierMixin]] = {
+    ModelType.DECISION_TREE: DecisionTreeClassifier,
+    ModelType.RANDOM_FOREST: RandomForestClassifier,
+    ModelType.LOGISTIC_REGRESSION: LogisticRegression,
+    ModelType.GRADIENT_BOOSTING: GradientBoostingClassifier,
+}
+
+
 def build_pipeline(job: JobConfiguration) -> Pipeline:
     """Median imputation, scaling for logistic regression, then the job's estimator.
 
     ``keep_empty_features`` keeps a column that is all NaN in training (imputed as 0),
     so the pipeline always takes the collection's full feature vector.
     """
-    p = job.params
-    estimator: ClassifierMixin
-    if job.model_type is ModelType.DECISION_TREE:
-        estimator = DecisionTreeClassifier(
-            max_depth=p["max_depth"], min_samples_leaf=p["min_samples_leaf"], random_state=job.seed
-        )
-    elif job.model_type is ModelType.RANDOM_FOREST:
-        estimator = RandomForestClassifier(
-            n_estimators=p["n_estimators"],
-            max_depth=p["max_depth"],
-            min_samples_leaf=p["min_samples_leaf"],
-            random_state=job.seed,
-        )
-    elif job.model_type is ModelType.LOGISTIC_REGRESSION:
-        estimator = LogisticRegression(C=p["C"], max_iter=p["max_iter"], random_state=job.seed)
-    elif job.model_type is ModelType.GRADIENT_BOOSTING:
-        estimator = GradientBoostingClassifier(
-            n_estimators=p["n_estimators"],
-            learning_rate=p["learning_rate"],
-            max_depth=p["max_depth"],
-            random_state=job.seed,
-        )
-    else:  # pragma: no cover - ModelType is closed
-        raise AssertionError(job.model_type)
+    # The job's hyperparameter names are scikit-learn's own (config.job checks them).
+    estimator = _ESTIMATORS[job.model_type](**job.params, random_state=job.seed)
     steps: list[tuple[str, object]] = [
         ("impute", SimpleImputer(strategy="median", keep_empty_features=True))
     ]
