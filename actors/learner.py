@@ -41,6 +41,7 @@ from learning.features import (
     register_configured_collections,
     register_declared_collections,
 )
+from learning.lineage import outcomes_seen
 from learning.pipeline import TrainingError
 from learning.triggers import (
     REQUEST,
@@ -120,10 +121,9 @@ class Learner(Worker):
                           collection_ids={what: c.id for what, c in configured.items()})
         for record in self.stores.registry.versions():
             try:
-                seen = json.loads(record.lineage)["facts"]["outcomes"]
+                self.trained_on = max(self.trained_on, outcomes_seen(record.lineage))
             except (ValueError, KeyError, TypeError):
                 continue
-            self.trained_on = max(self.trained_on, int(seen))
         self.attempted_at = self.trained_on
         self.drift_log = SQLiteDriftLog(init.settings.data_path / DRIFT_FILE,
                                         busy_timeout_s=init.settings.storage.busy_timeout_s)

@@ -16,8 +16,6 @@ is not served; a model on a valid collection stands in (answers marked
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 import uuid
 from typing import Any
@@ -26,18 +24,16 @@ from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import Request, Response, Route
 from config.settings import PredictSettings
-from learning.artifacts import load_model
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
-from learning.inference import ServingModel
 from learning.serving import (
     NO_MODEL_YET,
     LoadedModel,
     ServingChoice,
     ServingSnapshot,
     choose_models,
-    predict,
+    load_serving_model,
 )
-from learning.shadow import RowMemo, ShadowPrediction, ShadowRunner
+from learning.shadow import ShadowPrediction, ShadowRunner
 from messages.codec import BodyError, PredictQuery, decode_predict_query
 from messages.openapi import PREDICT_OPENAPI_JSON
 from messages.protocol import (
@@ -51,12 +47,11 @@ from messages.protocol import (
     ShadowStarted,
 )
 from storage import FEATURES_FILE, MODELS_FILE
-from storage.registry import ModelRecord
 from storage.shadow import ShadowCounts
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
 
-__all__ = ["Predictor", "load_serving_model"]
+__all__ = ["Predictor"]
 
 _SHADOW_TICK_S = 0.25  # shadow predictions are made, and reported, at most this often
 # At most this much of each tick goes to shadow predictions: the rest of the actor's time is
@@ -65,16 +60,6 @@ _SHADOW_TICK_S = 0.25  # shadow predictions are made, and reported, at most this
 _SHADOW_BUDGET_S = 0.05
 _SHADOW_RESEND_S = 2.0  # an unchanged count is sent again this often (a report may be lost)
 _SHADOW_SUMMARY_S = 10.0  # one summary log line per shadow model at most this often
-
-
-def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
-    """A registry version as a ``LoadedModel`` (skops artifact: no code runs on load)."""
-    pipeline = load_model(artifact)
-    names = tuple(json.loads(record.lineage)["feature_collection"]["features"])
-    fast = ServingModel.from_pipeline(pipeline, version=record.version,
-                                      feature_collection_id=record.feature_collection_id,
-                                      feature_names=names)
-    return LoadedModel(record.version, record.feature_collection_id, names, fast.predict_one)
 
 
 def _served(snapshot: ServingSnapshot) -> ServingChoice:
@@ -97,10 +82,7 @@ class Predictor(EdgeWorker):
         self.registry: SQLiteModelRegistry | None = None
         self.features: SQLiteFeatureStore | None = None  # actor thread only
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
-        self._edge_local = threading.local()
-        # Every edge thread's own feature store, so that on_stop closes them all.
-        self._edge_stores: list[SQLiteFeatureStore] = []
-        self._edge_stores_lock = threading.Lock()
+        self._edge_store: SQLiteFeatureStore | None = None  # the edge's loop thread only
         # Shadow serving: requests wait here for the shadow model (the edge only appends).
         self.shadow = ShadowRunner()
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
@@ -135,10 +117,8 @@ class Predictor(EdgeWorker):
         ]
 
     def on_stop(self) -> None:
-        self.stop_edge()
-        with self._edge_stores_lock:
-            edge_stores, self._edge_stores = self._edge_stores, []
-        for store in (self.registry, self.features, *edge_stores):
+        self.stop_edge()  # first: the edge's thread uses its store until it has stopped
+        for store in (self.registry, self.features, self._edge_store):
             if store is not None:
                 store.close()
 
@@ -249,30 +229,21 @@ class Predictor(EdgeWorker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
-        snapshot = self.snapshot
-        rows = None if snapshot.shadow is None else RowMemo(self.features.latest_row)
-        answer = predict(snapshot, query, rows or self.features.latest_row,
-                         request.correlation_id, deadline_ms=self.settings.predict.deadline_ms)
-        self.send(msg.reply_to, answer)
-        if snapshot.shadow is not None and rows is not None and isinstance(answer, Prediction):
-            self.shadow.offer(snapshot.shadow, query, rows, answer)
-
-    def _edge_features(self) -> SQLiteFeatureStore:
-        """The calling edge thread's own feature store (opened on its first request, closed
-        in ``on_stop``): edge threads never queue on the actor's connection."""
-        store = getattr(self._edge_local, "features", None)
-        if store is None:
-            assert self.settings is not None
-            store = SQLiteFeatureStore(self.settings.data_path / FEATURES_FILE,
-                                       busy_timeout_s=self.settings.storage.busy_timeout_s)
-            with self._edge_stores_lock:
-                self._edge_stores.append(store)
-            self._edge_local.features = store
-        return store
+        self.send(msg.reply_to, self.shadow.answer(
+            self.snapshot, query, self.features.latest_row, request.correlation_id,
+            deadline_ms=self.settings.predict.deadline_ms))
 
     def _lookup(self, collection_id: int, location_id: int) -> FeatureRow | None:
-        """A location's latest row, for the edge threads only (the actor uses ``features``)."""
-        return self._edge_features().latest_row(collection_id, location_id)
+        """A location's latest row, for the edge's loop thread (``/model`` is answered
+        there): its own store, opened on the first request, so it never queues on the
+        actor's connection; closed in ``on_stop`` once the edge has stopped."""
+        store = self._edge_store
+        if store is None:
+            assert self.settings is not None
+            store = self._edge_store = SQLiteFeatureStore(
+                self.settings.data_path / FEATURES_FILE,
+                busy_timeout_s=self.settings.storage.busy_timeout_s)
+        return store.latest_row(collection_id, location_id)
 
     def _post_model(self, request: Request) -> Response:
         try:
@@ -281,14 +252,9 @@ class Predictor(EdgeWorker):
             self.counters.bump("bad_request")
             return Response.json(exc.status, {"error": f"{exc.code}: {exc.detail}"})
         assert self.settings is not None
-        snapshot = self.snapshot
-        shadow = snapshot.shadow
-        rows = None if shadow is None else RowMemo(self._lookup)
-        answer = predict(snapshot, query, rows or self._lookup,
-                         deadline_ms=self.settings.predict.deadline_ms)
+        answer = self.shadow.answer(self.snapshot, query, self._lookup,
+                                    deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
-            if shadow is not None and rows is not None:  # asked later by the actor: no wait
-                self.shadow.offer(shadow, query, rows, answer)
             self.counters.bump("fallback" if answer.fallback else "ok")
             return Response.json(200, {
                 "label": answer.label, "probability": answer.probability,

@@ -25,6 +25,7 @@ from config.settings import Settings
 from daemon.gateway import HttpClient, IngestTally, send_items
 from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
+from learning.lineage import outcomes_seen
 from learning.pipeline import split_by_location
 from learning.simulator import Savanna
 from messages.protocol import ActorInfo, Prediction, PredictRequest, StatusReport, StatusRequest
@@ -177,8 +178,7 @@ def _play(settings: Settings, started: float) -> int:
         champion = _champion(settings)
         if champion is None:
             return None
-        seen = json.loads(champion.lineage)["facts"]["outcomes"]
-        return champion if seen >= outcomes.accepted else None
+        return champion if outcomes_seen(champion.lineage) >= outcomes.accepted else None
 
     champion = _wait("a published model trained on every outcome", trained_on_everything, 90.0)
     metrics = dict(champion.metrics)

@@ -15,7 +15,8 @@ from typing import Any
 from config.job import JobConfiguration
 from messages.facts import Outcome, Reading
 
-__all__ = ["FactsFingerprint", "Lineage", "code_version", "facts_fingerprint"]
+__all__ = ["FactsFingerprint", "Lineage", "code_version", "facts_fingerprint", "feature_names_of",
+           "outcomes_seen"]
 
 _PACKAGE = "reactive-ml"
 
@@ -144,3 +145,14 @@ class Lineage:
             code_version=str(data["code_version"]),
             created_at_ms=int(data["created_at_ms"]),
         )
+
+
+def feature_names_of(lineage: str | bytes) -> tuple[str, ...]:
+    """The features a model was trained on, read from its lineage JSON (only that part:
+    an old lineage whose job no longer validates still serves)."""
+    return tuple(json.loads(lineage)["feature_collection"]["features"])
+
+
+def outcomes_seen(lineage: str | bytes) -> int:
+    """How many outcomes a model was trained on, read from its lineage JSON."""
+    return int(json.loads(lineage)["facts"]["outcomes"])

@@ -21,14 +21,22 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from learning.artifacts import load_model
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
-from learning.inference import MissingFeature, UnknownFeature, features_from_mapping
+from learning.inference import (
+    MissingFeature,
+    ServingModel,
+    UnknownFeature,
+    features_from_mapping,
+)
+from learning.lineage import feature_names_of
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
-from storage.registry import CHAMPION, RETIRED, SHADOW
+from storage.registry import CHAMPION, RETIRED, SHADOW, ModelRecord
 
 __all__ = [
     "NO_MODEL_YET",
+    "load_serving_model",
     "LoadedModel",
     "RegisteredModel",
     "RowLookup",
@@ -198,3 +206,12 @@ def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
         return PredictionError(correlation_id, f"{problem}; fallback model {fallback.version}: "
                                f"{answer.reason}", 503)
     return answer
+
+
+def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
+    """A registry version as a ``LoadedModel`` (skops artifact: no code runs on load)."""
+    names = feature_names_of(record.lineage)
+    fast = ServingModel.from_pipeline(load_model(artifact), version=record.version,
+                                      feature_collection_id=record.feature_collection_id,
+                                      feature_names=names)
+    return LoadedModel(record.version, record.feature_collection_id, names, fast.predict_one)

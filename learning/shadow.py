@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from learning.collections import FeatureRow
-from learning.serving import LoadedModel, RowLookup, feature_values
+from learning.serving import LoadedModel, RowLookup, ServingSnapshot, feature_values, predict
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.shadow import ShadowCounts, ShadowTrial
@@ -177,6 +177,21 @@ class ShadowRunner:
         self._lock = threading.Lock()
         self._counts: dict[int, ShadowCounts] = {}
         self._differences: dict[int, float] = {}  # sum of |shadow - champion| probabilities
+
+    def answer(self, snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
+               correlation_id: str = "", *,
+               deadline_ms: float | None = None) -> Prediction | PredictionError:
+        """The champion's answer (``learning.serving.predict``). With a shadow in the
+        snapshot, the rows the champion was asked with are remembered and the request is
+        queued for the shadow, asked later off the answer's path."""
+        shadow = snapshot.shadow
+        if shadow is None:
+            return predict(snapshot, query, lookup, correlation_id, deadline_ms=deadline_ms)
+        rows = RowMemo(lookup)
+        result = predict(snapshot, query, rows, correlation_id, deadline_ms=deadline_ms)
+        if isinstance(result, Prediction):
+            self.offer(shadow, query, rows, result)
+        return result
 
     def offer(self, model: LoadedModel, query: PredictQuery, rows: RowMemo,
               answer: Prediction) -> None:
