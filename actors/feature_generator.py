@@ -28,8 +28,7 @@ from learning.collections import (
 from learning.features import (
     compute_rows,
     newly_invalid,
-    register_configured_collections,
-    register_declared_collections,
+    register_collections,
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
 from storage import FACTS_FILE, FEATURES_FILE
@@ -67,13 +66,9 @@ class FeatureGenerator(Worker):
         self.facts = SQLiteFactStore(data / FACTS_FILE, busy_timeout_s=timeout)
         self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
-        problems = register_declared_collections(init.settings.features.plugins,
-                                                 self.features.register_collection)
-        problems.update(register_configured_collections(
-            init.settings.features.collections, self.features.collections,
-            self.features.register_collection, _now_ms())[1])
+        _, problems = register_collections(init.settings.features, self.features, _now_ms())
         for what, error in problems.items():
-            self.log.error("feature_plugin_failed", what=what, error=error)
+            self.log.error("feature_collection_refused", what=what, error=error)
         # Rebuild from the stores: where we were, and which collection is valid.
         self.watermark = self.features.watermark(WATERMARK)
         self._choose_collection("started")

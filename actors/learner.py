@@ -38,8 +38,7 @@ from learning.drift_sample import recent_feature_matrix
 from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
 from learning.features import (
     FeatureCrashed,
-    register_configured_collections,
-    register_declared_collections,
+    register_collections,
 )
 from learning.lineage import outcomes_seen
 from learning.pipeline import TrainingError
@@ -107,15 +106,10 @@ class Learner(Worker):
         self.runs = SQLiteTrainingRuns(init.settings.data_path / SYSTEM_FILE,
                                        busy_timeout_s=init.settings.storage.busy_timeout_s)
         features = self.stores.features
-        problems = register_declared_collections(init.settings.features.plugins,
-                                                 features.register_collection)
-        configured, more = register_configured_collections(
-            init.settings.features.collections, features.collections,
-            features.register_collection, int(time.time() * 1000))
+        configured, problems = register_collections(init.settings.features, features,
+                                                    int(time.time() * 1000))
         for what, error in problems.items():
-            self.log.error("feature_plugin_failed", what=what, error=error)
-        for what, error in more.items():
-            self.log.error("configured_collection_refused", what=what, error=error)
+            self.log.error("feature_collection_refused", what=what, error=error)
         if configured:
             self.log.info("configured_collections",
                           collection_ids={what: c.id for what, c in configured.items()})

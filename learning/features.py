@@ -18,10 +18,11 @@ disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
-from config.settings import ConfiguredCollection
+from config.settings import ConfiguredCollection, FeatureSettings
 from learning._feature_registry import (
     FEATURE_TYPES,
     ORIGINAL_FEATURES,
@@ -41,6 +42,7 @@ from messages.facts import Reading
 __all__ = [
     "FEATURE_TYPES",
     "ORIGINAL_FEATURES",
+    "CollectionStore",
     "FeatureCrashed",
     "FeatureType",
     "Windows",
@@ -51,6 +53,7 @@ __all__ = [
     "declared_collections",
     "default_collections",
     "newly_invalid",
+    "register_collections",
     "FIXED_ID_CREATED_AT",
     "register_configured_collections",
     "register_declared_collections",
@@ -387,3 +390,22 @@ def register_configured_collections(
         else:
             problems[what] = "could not register: its id kept being taken"
     return found, problems
+
+
+class CollectionStore(Protocol):
+    """What ``register_collections`` needs of a feature store."""
+
+    def collections(self) -> tuple[FeatureCollection, ...]: ...
+
+    def register_collection(self, collection: FeatureCollection) -> object: ...
+
+
+def register_collections(settings: FeatureSettings, store: CollectionStore,
+                         now_ms: int) -> tuple[dict[str, FeatureCollection], dict[str, str]]:
+    """Every collection ``[features]`` asks for, into ``store``: the plugins' declared ones
+    first (they hold their ids), then ``[[features.collections]]``. Returns the configured
+    ones by key, and what failed -> why, for the caller to log (nothing is fatal)."""
+    problems = register_declared_collections(settings.plugins, store.register_collection)
+    configured, refused = register_configured_collections(
+        settings.collections, store.collections, store.register_collection, now_ms)
+    return configured, {**problems, **refused}
