@@ -6,7 +6,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["RestartDecision", "decide_restart"]
+__all__ = ["RestartDecision", "backoff_delay", "decide_restart"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,23 @@ def decide_restart(
     recent = sum(1 for t in history if now - t <= period_s) + 1
     if recent > max_restarts:
         return RestartDecision(False, 0.0, recent)
+    return RestartDecision(True, backoff_delay(history, now, period_s=period_s,
+                                               backoff_min_s=backoff_min_s,
+                                               backoff_max_s=backoff_max_s, rng=rng), recent)
+
+
+def backoff_delay(
+    history: Sequence[float],
+    now: float,
+    *,
+    period_s: float,
+    backoff_min_s: float,
+    backoff_max_s: float,
+    rng: random.Random | None = None,
+) -> float:
+    """How long to wait before one more start, given the times of earlier ones (the
+    backoff of ``decide_restart``, without its intensity limit)."""
+    recent = sum(1 for t in history if now - t <= period_s) + 1
     if recent == 1 or backoff_max_s <= 0:
         delay = backoff_min_s
     else:
@@ -47,4 +64,4 @@ def decide_restart(
     if delay > 0:
         delay *= 1.0 + 0.2 * (rng or random).random()
         delay = min(delay, backoff_max_s) if backoff_max_s > 0 else delay
-    return RestartDecision(True, delay, recent)
+    return delay

@@ -19,7 +19,6 @@ spare is warmed once the promoted one answers.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import time
@@ -49,11 +48,15 @@ from messages.protocol import (
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
-from supervision.policy import decide_restart
+from supervision.policy import backoff_delay, decide_restart
 from supervision.root import RootServices
 from supervision.spec import ROOT_NAME, SupervisorSpec, system_tree
 
 __all__ = ["ROOT_NAME", "Supervisor"]
+
+# A standby that cannot start is warmed again no faster than this (a fork each time).
+_STANDBY_BACKOFF_MIN_S = 0.1
+_STANDBY_BACKOFF_MAX_S = 1.0
 
 
 class Supervisor(RootServices, ReactiveActor):
@@ -217,14 +220,19 @@ class Supervisor(RootServices, ReactiveActor):
         if self.stopping:
             child.state = "stopped"
             return
-        if child in self.standbys:
-            self._standby_failed(child)
-            return
         if child.expected_exit:
             child.state = "restarting"
             self._report(child.info(self.name))
             return  # stopped on purpose by one_for_all / rest_for_one; restarted with the group
-        self._failed(child, child.kill_cause or ("normal" if child.normal_exit else "exited"))
+        self._gone(child, "exited")
+
+    def _gone(self, child: Child, unexplained: str) -> None:
+        """``child`` exited (reported or not): a standby is warmed again, a child restarted
+        with the cause we know (our kill, its own normal stop), else ``unexplained``."""
+        if child in self.standbys:
+            self._standby_failed(child)
+            return
+        self._failed(child, child.kill_cause or ("normal" if child.normal_exit else unexplained))
 
     def on_StoppingNormally(self, msg: StoppingNormally, sender: Any) -> None:  # noqa: N802
         child = self._by_address(sender)
@@ -241,18 +249,18 @@ class Supervisor(RootServices, ReactiveActor):
             self._report(child.info(self.name))
             return
         now = time.monotonic()
-        limits = functools.partial(
-            decide_restart, now=now, max_restarts=policy.max_restarts,
-            period_s=policy.period_s, backoff_min_s=policy.backoff_min_s,
-            backoff_max_s=policy.backoff_max_s)
         # Intensity is the supervisor's (OTP): every child's restarts count against it.
-        decision = limits(self.restart_times)
+        decision = decide_restart(self.restart_times, now, max_restarts=policy.max_restarts,
+                                  period_s=policy.period_s, backoff_min_s=policy.backoff_min_s,
+                                  backoff_max_s=policy.backoff_max_s)
         if not decision.restart:
             self._escalate(child, decision.recent)
             return
         # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
         # does not wait because a sibling was restarted a moment ago.
-        delay_s = limits(child.restart_times).delay_s
+        delay_s = backoff_delay(child.restart_times, now, period_s=policy.period_s,
+                                backoff_min_s=policy.backoff_min_s,
+                                backoff_max_s=policy.backoff_max_s)
         self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
         self.restart_times.append(now)
         child.restart_times = [t for t in child.restart_times if now - t <= policy.period_s]
@@ -278,10 +286,10 @@ class Supervisor(RootServices, ReactiveActor):
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
         slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.policy.period_s]
-        delay_s = decide_restart(slot.restart_times, now, max_restarts=1_000_000,
-                                 period_s=self.spec.policy.period_s,
-                                 backoff_min_s=max(self.spec.policy.backoff_min_s, 0.1),
-                                 backoff_max_s=max(self.spec.policy.backoff_max_s, 1.0)).delay_s
+        policy = self.spec.policy
+        delay_s = backoff_delay(slot.restart_times, now, period_s=policy.period_s,
+                                backoff_min_s=max(policy.backoff_min_s, _STANDBY_BACKOFF_MIN_S),
+                                backoff_max_s=max(policy.backoff_max_s, _STANDBY_BACKOFF_MAX_S))
         slot.restart_times.append(now)
         slot.restarts += 1
         slot.address, slot.pid, slot.state = None, 0, "restarting"
@@ -399,11 +407,7 @@ class Supervisor(RootServices, ReactiveActor):
         gone = child.address
         child.address = None
         self.send(self.myAddress, ChildActorExited(gone))
-        if child in self.standbys:
-            self._standby_failed(child)
-            return
-        self._failed(child, child.kill_cause or ("normal" if child.normal_exit
-                                                 else "exited (not reported by Thespian)"))
+        self._gone(child, "exited (not reported by Thespian)")
 
     def _end_orphans(self, child: Child) -> None:
         """A child supervisor is gone; SIGKILL what it left running (it cannot any more)."""
