@@ -54,7 +54,6 @@ class Collector(EdgeWorker):
         self._hint_scheduled = False
         # What each receiver was last told (a hint carries what is new to *it*), and which
         # receivers have not yet noted their last hint (they get no new one till then).
-        self._hinted: list[tuple[Any, tuple[int, int]]] = []
         self._window = HintWindow()
 
     def on_start(self, init: Init) -> None:
@@ -142,7 +141,6 @@ class Collector(EdgeWorker):
     def on_peers(self) -> None:
         receivers = self._receivers()
         self._window.forget_except(receivers)
-        self._hinted = [(a, told) for a, told in self._hinted if a in receivers]
         self._maybe_hint()
 
     def on_FactsNoted(self, msg: FactsNoted, sender: Any) -> None:  # noqa: N802
@@ -152,9 +150,6 @@ class Collector(EdgeWorker):
     def _receivers(self) -> list[Any]:
         return [a for role in ("feature_generator", "learner") for a in self.peers.of(role)]
 
-    def _told(self, address: Any) -> tuple[int, int]:
-        return next((told for a, told in self._hinted if a == address), (0, 0))
-
     def _maybe_hint(self) -> None:
         """At most one ``FactsRecorded`` per interval (bursts of small actor messages are
         slow), and none to a receiver that has not noted its last one (``actors.hints``)."""
@@ -162,7 +157,8 @@ class Collector(EdgeWorker):
         values = self.counters.snapshot()
         seen = (values["readings_accepted"], values["outcomes_accepted"])
         now = time.monotonic()
-        due = [a for a in self._window.ready(self._receivers(), now) if self._told(a) != seen]
+        window = self._window
+        due = [a for a in window.ready(self._receivers(), now) if window.told(a, (0, 0)) != seen]
         if not due:
             return
         wait = self._last_hint + self.settings.ingest.hint_interval_s - now
@@ -171,13 +167,11 @@ class Collector(EdgeWorker):
                 self._hint_scheduled = True
                 self.wakeupAfter(wait, payload="hint")
             return
-        sequence = self._window.sent(due, now)
-        for address in due:
-            told = self._told(address)
-            self.send(address, FactsRecorded(self.name, seen[0] - told[0], seen[1] - told[1],
+        before = [window.told(a, (0, 0)) for a in due]
+        sequence = window.sent(due, now, seen)
+        for address, (readings, outcomes) in zip(due, before, strict=True):
+            self.send(address, FactsRecorded(self.name, seen[0] - readings, seen[1] - outcomes,
                                              self.watermark, sequence))
-        self._hinted = [(a, t) for a, t in self._hinted if a not in due]
-        self._hinted += [(a, seen) for a in due]
         self._last_hint = now
 
 

@@ -23,52 +23,58 @@ RESEND_AFTER_S = 30.0
 
 
 class HintWindow:
-    """Which receivers may get a hint now: those with none unacknowledged.
+    """Which receivers may get a hint now (those with none unacknowledged), and what each
+    was last told (a hint carries what is new to *its* receiver).
 
     Thespian's addresses compare equal but are not hashable: a short list, searched.
     """
 
     def __init__(self, resend_after_s: float = RESEND_AFTER_S) -> None:
-        self._outstanding: list[tuple[Any, int, float]] = []  # (address, sequence, sent)
+        # Per receiver: [address, what it was last told, unacknowledged sequence or 0, sent]
+        self._receivers: list[list[Any]] = []
         self._sequence = 0
         self._resend_after_s = resend_after_s
 
-    def _find(self, address: Any) -> int:
-        for i, (other, _, _) in enumerate(self._outstanding):
-            if other == address:
-                return i
-        return -1
+    def _find(self, address: Any) -> list[Any] | None:
+        return next((entry for entry in self._receivers if entry[0] == address), None)
 
     def ready(self, receivers: Iterable[Any], now: float) -> list[Any]:
         """The receivers a hint may go to now."""
         out = []
         for address in receivers:
-            i = self._find(address)
-            if i < 0 or now - self._outstanding[i][2] >= self._resend_after_s:
+            entry = self._find(address)
+            if entry is None or not entry[2] or now - entry[3] >= self._resend_after_s:
                 out.append(address)
         return out
 
-    def sent(self, receivers: Iterable[Any], now: float) -> int:
-        """Record a hint sent to ``receivers``; returns its sequence number (to put in it)."""
+    def told(self, address: Any, default: Any = None) -> Any:
+        """What ``address`` was last told (``default`` if nothing yet)."""
+        entry = self._find(address)
+        return default if entry is None else entry[1]
+
+    def sent(self, receivers: Iterable[Any], now: float, told: Any = None) -> int:
+        """Record a hint telling ``told`` sent to ``receivers``; returns its sequence number
+        (to put in it)."""
         self._sequence += 1
         for address in receivers:
-            i = self._find(address)
-            if i >= 0:
-                del self._outstanding[i]
-            self._outstanding.append((address, self._sequence, now))
+            entry = self._find(address)
+            if entry is None:
+                self._receivers.append([address, told, self._sequence, now])
+            else:
+                entry[1:] = [told, self._sequence, now]
         return self._sequence
 
     def noted(self, receiver: Any, sequence: int) -> None:
         """``receiver`` acknowledged hint ``sequence`` (an older one leaves a newer pending)."""
-        i = self._find(receiver)
-        if i >= 0 and sequence >= self._outstanding[i][1]:
-            del self._outstanding[i]
+        entry = self._find(receiver)
+        if entry is not None and entry[2] and sequence >= entry[2]:
+            entry[2] = 0
 
     def forget_except(self, live: Iterable[Any]) -> None:
         """Drop receivers that are gone (their replacements have new addresses)."""
         keep = list(live)
-        self._outstanding = [entry for entry in self._outstanding if entry[0] in keep]
+        self._receivers = [entry for entry in self._receivers if entry[0] in keep]
 
     def waiting(self) -> int:
         """How many receivers have a hint unacknowledged."""
-        return len(self._outstanding)
+        return sum(1 for entry in self._receivers if entry[2])

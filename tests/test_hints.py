@@ -54,3 +54,13 @@ def test_receivers_that_are_gone_are_forgotten() -> None:
     window.sent([A, B], 0.0)
     window.forget_except([B])
     assert window.waiting() == 1 and window.ready([A], 0.1) == [A]
+
+
+def test_what_a_receiver_was_told_outlives_its_acknowledgement() -> None:
+    window = HintWindow()
+    assert window.told(A, (0, 0)) == (0, 0)
+    sequence = window.sent([A], 0.0, (10, 2))
+    window.noted(A, sequence)
+    assert window.told(A, (0, 0)) == (10, 2) and window.ready([A], 0.1) == [A]
+    window.forget_except([B])
+    assert window.told(A, (0, 0)) == (0, 0)
