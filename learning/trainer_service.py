@@ -38,6 +38,7 @@ from typing import Any
 from learning.artifacts import dump_model
 from learning.external import ARTIFACT_TYPE, JOB_TYPE, BadTrainingJob, TrainingJob, decode_job
 from learning.pipeline import fit_locally
+from messages.codec import MSGPACK_MEDIA_TYPES
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_JOBS",
            "DEFAULT_REQUEST_TIMEOUT_S", "RETRY_AFTER_S", "TrainerServer", "add_arguments",
@@ -55,7 +56,7 @@ DEFAULT_MAX_CONNECTIONS = 32
 DEFAULT_REQUEST_TIMEOUT_S = 30.0
 #: What a 503 asks the client to wait: a fit takes seconds to a minute.
 RETRY_AFTER_S = 10
-_JOB_TYPES = frozenset({JOB_TYPE, "application/x-msgpack", "application/vnd.msgpack"})
+_JOB_TYPES = frozenset({JOB_TYPE, *MSGPACK_MEDIA_TYPES})
 
 #: Turns a decoded job into artifact bytes (the real one fits; tests substitute bad ones).
 Produce = Callable[[TrainingJob], bytes]

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import msgpack
 
 __all__ = [
+    "MSGPACK_MEDIA_TYPES",
     "BodyError",
     "DuplicateKeys",
     "UnsupportedMediaType",
@@ -30,9 +31,9 @@ __all__ = [
 
 WireFormat = Literal["json", "msgpack"]
 
-_MSGPACK_MEDIA_TYPES = frozenset(
-    {"application/msgpack", "application/x-msgpack", "application/vnd.msgpack"}
-)
+#: msgpack's media types: the preferred name first; the other two are accepted (DESIGN.md).
+MSGPACK_MEDIA_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_MSGPACK_MEDIA_TYPES = frozenset(MSGPACK_MEDIA_TYPES)
 _MAX_DEPTH = 32  # real bodies nest 3 deep; anything far deeper is an attack, not data
 _MAX_MSGPACK_STR = 1 << 20
 

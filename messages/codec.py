@@ -32,6 +32,7 @@ from messages._wire_fields import (
     to_reading,
 )
 from messages._wire_parse import (
+    MSGPACK_MEDIA_TYPES,
     BodyError,
     DuplicateKeys,
     UnsupportedMediaType,
@@ -44,6 +45,7 @@ from messages._wire_parse import (
 from messages.facts import ItemError, Outcome, Reading
 
 __all__ = [
+    "MSGPACK_MEDIA_TYPES",
     "BodyError",
     "DecodedBatch",
     "PredictQuery",

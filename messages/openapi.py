@@ -19,7 +19,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from messages import _wire_fields as fields
-from messages.codec import _MAX_FEATURES, decode_outcomes, decode_readings
+from messages.codec import (
+    _MAX_FEATURES,
+    MSGPACK_MEDIA_TYPES,
+    decode_outcomes,
+    decode_readings,
+)
 
 __all__ = [
     "INGEST_OPENAPI_JSON",
@@ -30,8 +35,6 @@ __all__ = [
 ]
 
 OPENAPI_VERSION = "3.1.0"
-# The preferred name first; the collector also accepts the other two (DESIGN.md).
-MSGPACK_MEDIA_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 _JSON = "application/json"
 _Schema = dict[str, Any]
 
