@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,10 +78,11 @@ def _cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     if not letters:
         print("no dead letters")
+    from daemon.status import utc_text
+
     for letter in letters:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.at_ms / 1000))
         last = (letter.error.strip().splitlines() or [""])[-1]
-        print(f"{when}Z  {letter.actor:<18} {letter.message_type:<16} {last}")
+        print(f"{utc_text(letter.at_ms)}  {letter.actor:<18} {letter.message_type:<16} {last}")
     return 0
 
 

@@ -6,10 +6,10 @@ Read from the registry's file (read-only), so it works with or without a running
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from config.settings import Settings
+from daemon.status import utc_text
 from storage import MODELS_FILE, SYSTEM_FILE
 from storage.errors import StoreError, StoreUnavailable
 from storage.shadow import ShadowTrial
@@ -116,10 +116,6 @@ def format_metrics(metrics: dict[str, float], skip: tuple[str, ...] = ()) -> str
     return ", ".join(shown(k, v) for k, v in sorted(metrics.items()) if k not in skip)
 
 
-def _when(ms: int | None) -> str:
-    if ms is None:
-        return "?"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
 
 def _facts(facts: dict[str, Any]) -> str:
@@ -127,8 +123,8 @@ def _facts(facts: dict[str, Any]) -> str:
         return "facts: unknown"
     digest = str(facts.get("content_hash", ""))[:16]
     return (f"facts: {facts.get('readings', '?')} readings, {facts.get('outcomes', '?')} "
-            f"outcomes, {_when(facts.get('first_timestamp'))} .. "
-            f"{_when(facts.get('last_timestamp'))}, sha256 {digest}")
+            f"outcomes, {utc_text(facts.get('first_timestamp'))} .. "
+            f"{utc_text(facts.get('last_timestamp'))}, sha256 {digest}")
 
 
 def _job(job: dict[str, Any]) -> str:
@@ -150,7 +146,7 @@ def render_models(view: dict[str, Any]) -> str:
         collection = model["feature_collection"]
         features = ", ".join(collection.get("features", []))
         lines.append(f"version {model['version']:<4} {model['status']:<9} "
-                     f"created {_when(model['created_at_ms'])}  {score}")
+                     f"created {utc_text(model['created_at_ms'])}  {score}")
         lines.append(f"    {model['status']}: {model['status_reason']}")
         lines.append(f"    {_facts(model['facts'])}")
         lines.append(f"    feature collection {model['feature_collection_id']}: {features}")
@@ -173,6 +169,6 @@ def render_models(view: dict[str, Any]) -> str:
     for change in view["champion_history"]:
         was = (f" (replacing version {change['previous_version']})"
                if change["previous_version"] is not None else "")
-        lines.append(f"  {_when(change['at_ms'])}  version {change['version']}{was}: "
+        lines.append(f"  {utc_text(change['at_ms'])}  version {change['version']}{was}: "
                      f"{change['reason']}")
     return "\n".join(lines)

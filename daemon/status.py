@@ -12,7 +12,7 @@ from config.settings import Settings
 from daemon.process import DaemonError, ask_root, read_record
 from messages.protocol import StatusReport, StatusRequest
 
-__all__ = ["collect_status", "drift_view", "render_status"]
+__all__ = ["collect_status", "drift_view", "render_status", "utc_text"]
 
 
 def _store_view(settings: Settings) -> dict[str, Any]:
@@ -176,8 +176,10 @@ def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any
     return status
 
 
-def _utc(at_ms: Any) -> str:
-    """A store's millisecond timestamp as a UTC time people read."""
+def utc_text(at_ms: Any) -> str:
+    """A store's millisecond timestamp as a UTC time people read (``?`` for none)."""
+    if at_ms is None:
+        return "?"
     try:
         return time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(int(at_ms) / 1000))
     except (TypeError, ValueError, OverflowError):
@@ -221,7 +223,7 @@ def render_status(status: dict[str, Any]) -> str:
         lines.append(f"  invalid feature {verdict['feature']}: {verdict['reason']}")
     for switch in fc.get("switches", []):
         lines.append(f"  switched to collection {switch['collection_id']} at "
-                     f"{_utc(switch['at_ms'])}: {switch['reason']}")
+                     f"{utc_text(switch['at_ms'])}: {switch['reason']}")
     lines.extend(_render_drift(status.get("drift")))
     lines.append("counters: " + json.dumps(status.get("counters", {})))
     return "\n".join(lines)
@@ -239,7 +241,7 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
         verdict = "ABOVE threshold" if check["above_threshold"] else "below threshold"
         lines = [f"drift: max PSI {check['max_psi']:.3f}, {verdict} {check['threshold']:g} "
                  f"(champion version {check['champion_version']}, {check['rows']} recent rows, "
-                 f"checked at {_utc(check['at_ms'])})"]
+                 f"checked at {utc_text(check['at_ms'])})"]
         for name, score in sorted(check["psi"].items(), key=lambda item: -item[1]):
             mark = "  <- drift" if score > check["threshold"] else ""
             lines.append(f"  psi {name:<20} {score:8.3f}{mark}")
@@ -247,7 +249,7 @@ def _render_drift(drift: dict[str, Any] | None) -> list[str]:
         trigger = run["trigger"]
         ended = (f"registered version {run['version']}" if run["outcome"] == "registered"
                  else run["outcome"] + (f": {run['error']}" if run["error"] else ""))
-        lines.append(f"last training run: {trigger['kind']} at {_utc(run['started_at_ms'])}: "
+        lines.append(f"last training run: {trigger['kind']} at {utc_text(run['started_at_ms'])}: "
                      f"{trigger['reason']} -> {ended} ({run['trainer']}, "
                      f"{run['seconds']:.1f} s)")
     return lines

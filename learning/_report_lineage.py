@@ -14,7 +14,7 @@ from typing import Any
 
 from storage.registry import ModelRecord
 
-__all__ = ["HASH_CHARS", "LINEAGE_COLUMNS", "lineage_cells"]
+__all__ = ["HASH_CHARS", "LINEAGE_COLUMNS", "lineage_cells", "utc_text"]
 
 #: Characters of the facts' content hash shown; the whole hash is in the cell's tooltip.
 HASH_CHARS = 12
@@ -35,7 +35,8 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _utc(ms: int | None, pattern: str) -> str:
+def utc_text(ms: int | None, pattern: str) -> str:
+    """A millisecond timestamp as UTC text in ``pattern``; ``?`` when there is none."""
     if ms is None:
         return _UNKNOWN
     try:
@@ -59,8 +60,8 @@ def _facts(facts: dict[str, Any]) -> tuple[str, str, str]:
     if first is None and last is None and readings == 0 and outcomes == 0:
         span = "no facts"
     else:
-        span = (f"{escape(_utc(first, '%Y-%m-%d %H:%M'))} –<br>"
-                f"{escape(_utc(last, '%Y-%m-%d %H:%M'))}")
+        span = (f"{escape(utc_text(first, '%Y-%m-%d %H:%M'))} –<br>"
+                f"{escape(utc_text(last, '%Y-%m-%d %H:%M'))}")
     content = facts.get("content_hash")
     digest = content if isinstance(content, str) else _UNKNOWN
     return count, span, digest
@@ -123,7 +124,7 @@ def lineage_cells(record: ModelRecord) -> tuple[str, ...]:
         f"<td>{escape(_collection(lineage, record.feature_collection_id))}</td>",
         f"<td>{escape(_job(record.job, lineage))}</td>",
         f'<td><code title="{escape(code)}">{escape(_short_code_version(code))}</code></td>',
-        f'<td class="nowrap">{escape(_utc(record.created_at_ms, "%Y-%m-%d %H:%M:%S"))}</td>',
+        f'<td class="nowrap">{escape(utc_text(record.created_at_ms, "%Y-%m-%d %H:%M:%S"))}</td>',
         f"<td>{escape(status)}</td>",
     )
     return cells

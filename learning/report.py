@@ -9,14 +9,13 @@ from files and is not trusted.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
 from learning._plot import PALETTE, Series, line_chart
 from learning._report_evaluation import Curve, Evaluation, parse_evaluation
-from learning._report_lineage import LINEAGE_COLUMNS, lineage_cells
+from learning._report_lineage import LINEAGE_COLUMNS, lineage_cells, utc_text
 from storage.registry import CHAMPION, STATUSES, ChampionChange, ModelRecord, StatusChange
 
 __all__ = ["MAX_PLOTTED_VERSIONS", "RegistrySnapshot", "is_rollback", "render_report"]
@@ -63,7 +62,7 @@ def is_rollback(change: ChampionChange) -> bool:
 
 
 def _utc(ms: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ms / 1000))
+    return utc_text(ms, "%Y-%m-%d %H:%M:%S UTC")
 
 
 def _number(value: float | None) -> str:
