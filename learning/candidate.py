@@ -21,7 +21,7 @@ from learning.collections import FeatureCollection
 from learning.drift import profile_features
 from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc
-from learning.pipeline import Fit, TrainedModel, fit_locally, split_by_location, train
+from learning.pipeline import Fit, TrainedModel, fit_locally, train
 from learning.training import TrainingSet, build_training_set
 from messages.facts import Outcome, Reading
 
@@ -73,8 +73,8 @@ def make_candidate(
     metrics["n_test"] = float(trained.n_test)
     if champion is not None:
         metrics["champion_version"] = float(champion.version)
-        metrics["champion_roc_auc"] = _champion_auc(readings, outcomes, job, training_set.y,
-                                                    training_set.location_ids, champion)
+        metrics["champion_roc_auc"] = _champion_auc(readings, outcomes, training_set,
+                                                    trained.test_mask, champion)
     ordered = tuple(sorted(metrics.items()))
     lineage = Lineage(
         facts=facts_fingerprint(readings, outcomes),
@@ -107,8 +107,7 @@ def evaluation_record(trained: TrainedModel, training_set: TrainingSet,
     record: dict[str, Any] = dict(curves(trained.y_true, trained.y_score))
     record["holdout"] = {"rows": int(trained.y_true.size),
                          "positives": int(np.count_nonzero(trained.y_true))}
-    train_mask, _ = split_by_location(training_set.location_ids, trained.job.seed,
-                                      trained.job.test_fraction, training_set.y)
+    train_mask = trained.train_mask
     rows = train_mask
     if warm_from_ms is not None:
         warm = train_mask & (training_set.timestamps >= warm_from_ms)
@@ -119,11 +118,12 @@ def evaluation_record(trained: TrainedModel, training_set: TrainingSet,
 
 
 def _champion_auc(readings: Sequence[Reading], outcomes: Sequence[Outcome],
-                  job: JobConfiguration, y: np.ndarray, location_ids: np.ndarray,
-                  champion: ChampionRef) -> float:
-    """The champion's ROC AUC on the candidate's holdout rows (same outcomes, same split)."""
-    theirs = build_training_set(readings, outcomes, champion.collection, champion.window_ms)
-    _, test_mask = split_by_location(location_ids, job.seed, job.test_fraction, y)
+                  ours: TrainingSet, test_mask: np.ndarray, champion: ChampionRef) -> float:
+    """The champion's ROC AUC on the candidate's holdout rows (same outcomes, same split);
+    its features are the candidate's own when it has the same collection and window."""
+    same = (champion.collection.id, champion.window_ms) == (ours.collection_id, ours.window_ms)
+    theirs = ours if same else build_training_set(readings, outcomes, champion.collection,
+                                                  champion.window_ms)
     model = champion.pipeline
     true_column = list(model.classes_).index(True)
     scores = model.predict_proba(theirs.X[test_mask])[:, true_column]

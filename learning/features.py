@@ -195,26 +195,17 @@ def compute_row(
     window_ms: int,
     computed_at_ms: int,
 ) -> FeatureRow:
-    """The online feature row of one location at ``as_of_ms``.
+    """The online feature row of one location at ``as_of_ms`` (``compute_rows`` for one
+    collection; ``FeatureCrashed`` if a feature's compute fails).
 
     Readings of other locations and outside the window are ignored, so the caller may
     pass a superset.
     """
-    start = as_of_ms - window_ms
-    own = [
-        r
-        for r in readings_of_location
-        if r.location_id == location_id and start <= r.timestamp < as_of_ms
-    ]
-    windows = summarise_windows(*reading_arrays(own), np.array([as_of_ms]), window_ms)
-    values = compute_matrix(collection.features, windows)[0]
-    return FeatureRow(
-        collection_id=collection.id,
-        location_id=location_id,
-        as_of_ms=as_of_ms,
-        values=tuple(float(v) for v in values),
-        computed_at_ms=computed_at_ms,
-    )
+    rows, crashes = compute_rows((collection,), readings_of_location, location_id, as_of_ms,
+                                 window_ms, computed_at_ms)
+    for feature, error in crashes.items():
+        raise FeatureCrashed(feature, error)
+    return rows[0]
 
 
 def compute_rows(

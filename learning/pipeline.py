@@ -54,6 +54,8 @@ class TrainedModel:
     collection_id: int
     job: JobConfiguration
     split: str  # "location" or "row": how the holdout was chosen
+    train_mask: np.ndarray  # bool, over the training set's rows: the part fitted on
+    test_mask: np.ndarray  # bool: the holdout
     fit_seconds: float = 0.0  # how long the fit step took (local or external)
 
     def metric(self, name: str) -> float:
@@ -170,7 +172,7 @@ def train(training_set: TrainingSet, job: JobConfiguration,
     y_score = pipeline.predict_proba(X[test_mask])[:, true_column]
     y_true = y[test_mask]
     metrics = holdout_metrics(y_true, y_score)
-    for array in (y_true, y_score):
+    for array in (y_true, y_score, train_mask, test_mask):
         array.setflags(write=False)
     return TrainedModel(
         pipeline=pipeline,
@@ -183,5 +185,7 @@ def train(training_set: TrainingSet, job: JobConfiguration,
         collection_id=training_set.collection_id,
         job=job,
         split=kind,
+        train_mask=train_mask,
+        test_mask=test_mask,
         fit_seconds=fit_seconds,
     )

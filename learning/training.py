@@ -28,6 +28,7 @@ class TrainingSet:
     timestamps: np.ndarray  # int64, (n,): the outcome times, i.e. each row's as_of
     feature_names: tuple[str, ...]
     collection_id: int
+    window_ms: int = 0  # the trailing window the features were computed over
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -70,4 +71,5 @@ def build_training_set(
         timestamps=timestamps,
         feature_names=tuple(collection.features),
         collection_id=collection.id,
+        window_ms=window_ms,
     )
