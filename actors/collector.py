@@ -14,6 +14,7 @@ no actor hop on the hot path. The actor only hears that something was stored.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from actors.base import EdgeWorker
@@ -89,28 +90,24 @@ class Collector(EdgeWorker):
         return self._store
 
     def _post_readings(self, request: Request) -> Response:
-        return self._ingest(request, "readings")
+        return self._ingest(request, "readings", decode_readings, SQLiteFactStore.insert_readings)
 
     def _post_outcomes(self, request: Request) -> Response:
-        return self._ingest(request, "outcomes")
+        return self._ingest(request, "outcomes", decode_outcomes, SQLiteFactStore.insert_outcomes)
 
-    def _ingest(self, request: Request, kind: str) -> Response:
+    def _ingest(self, request: Request, kind: str, decode: Callable[..., Any],
+                insert: Callable[[SQLiteFactStore, Any], Any]) -> Response:
+        """Decode, commit, then answer: nothing is acknowledged before it is durable."""
         assert self.settings is not None
         content_type = request.headers.get("content-type")
         try:
             fmt = wire_format(content_type)
-            now_ms = int(time.time() * 1000)
-            decode = decode_readings if kind == "readings" else decode_outcomes
-            batch: Any = decode(request.body, content_type, now_ms=now_ms,
-                                max_future_ms=self.settings.ingest.max_future_ms)
+            batch = decode(request.body, content_type, now_ms=int(time.time() * 1000),
+                           max_future_ms=self.settings.ingest.max_future_ms)
         except BodyError as exc:
-            return Response(exc.status, encode({"error": f"{exc.code}: {exc.detail}"}, "json"))
+            return Response.error(exc.status, str(exc))
         try:
-            store = self._facts()
-            if kind == "readings":
-                result = store.insert_readings(batch.items)
-            else:
-                result = store.insert_outcomes(batch.items)
+            result = insert(self._facts(), batch.items)
         except StoreError as exc:
             # Nothing was acknowledged: the gateway retries.
             self.log.error("store_error", kind=kind, error=str(exc))

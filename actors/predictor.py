@@ -250,7 +250,7 @@ class Predictor(EdgeWorker):
             query = decode_predict_query(request.body, request.headers.get("content-type"))
         except BodyError as exc:
             self.counters.bump("bad_request")
-            return Response.json(exc.status, {"error": f"{exc.code}: {exc.detail}"})
+            return Response.error(exc.status, str(exc))
         assert self.settings is not None
         answer = self.shadow.answer(self.snapshot, query, self._lookup,
                                     deadline_ms=self.settings.predict.deadline_ms)
