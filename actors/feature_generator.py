@@ -21,13 +21,10 @@ from actors.base import Worker
 from learning.collections import (
     CrashStreaks,
     FeatureCollection,
-    FeatureRow,
-    usable_collection_ids,
     valid_collection,
 )
+from learning.feature_batch import compute_batch
 from learning.features import (
-    compute_rows,
-    newly_invalid,
     register_collections,
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
@@ -125,66 +122,25 @@ class FeatureGenerator(Worker):
         if len(batch) == _BATCH and not self._more_scheduled:
             self._more_scheduled = True
             self.wakeupAfter(0.0, payload="more")
-        newest: dict[int, int] = {}
-        for _, reading in batch:
-            newest[reading.location_id] = max(newest.get(reading.location_id, 0),
-                                              reading.timestamp)
-        computed_at = _now_ms()
-        invalid = self.features.invalid_features()
-        every = self.features.collections()
-        usable = usable_collection_ids(every, invalid)
-        collections = tuple(c for c in every if c.id in usable)
-        names = {name for c in collections for name in c.features}
-        rows: list[FeatureRow] = []
-        crashed: dict[str, str] = {}
-        for location_id, latest in sorted(newest.items()):
-            as_of = latest + 1
-            readings = self.facts.readings_for_location(location_id, as_of - window, as_of)
-            location_rows, crashes = compute_rows(collections, readings, location_id,
-                                                  as_of, window, computed_at)
-            rows.extend(location_rows)
-            over = self._count_crashes(names, crashes, location_id)
-            if over:  # judged: stop computing it for the rest of the batch
-                crashed.update(over)
-                collections = tuple(c for c in collections if not over.keys() & set(c.features))
-                names = {name for c in collections for name in c.features}
-        found = self._check_validity(collections, rows, invalid, crashed)
-        self.features.write_rows([r for r in rows if r.collection_id in usable
-                                  and not found.intersection(self._features_of(r, every))])
+        result = compute_batch((reading for _, reading in batch),
+                               self.facts.readings_for_location, self.features.collections(),
+                               self.features.invalid_features(), window, _now_ms(), self.crashes)
+        for crash in result.crashes:
+            self.log.warning("feature_crashed", feature=crash.feature,
+                             location_id=crash.location_id, error=crash.error,
+                             in_a_row=crash.in_a_row)
+        self._record_invalid(result.invalid)
+        self.features.write_rows(list(result.rows))
         self.watermark = batch[-1][0]
-        self.features.advance_watermark(WATERMARK, self.watermark, computed_at)
-        self.log.debug("features_written", watermark=self.watermark,
-                       locations=len(newest))
+        self.features.advance_watermark(WATERMARK, self.watermark, _now_ms())
+        self.log.debug("features_written", watermark=self.watermark, locations=result.locations)
 
-    @staticmethod
-    def _features_of(row: FeatureRow, collections: tuple[FeatureCollection, ...]) -> set[str]:
-        return next((set(c.features) for c in collections if c.id == row.collection_id), set())
-
-    def _count_crashes(self, names: set[str], crashes: dict[str, str],
-                       location_id: int) -> dict[str, str]:
-        """Update the streaks; feature -> why it is now invalid, for those past the limit."""
-        over: dict[str, str] = {}
-        for name in names - crashes.keys():
-            self.crashes.succeeded(name)
-        for name, error in crashes.items():
-            self.log.warning("feature_crashed", feature=name, location_id=location_id,
-                             error=error, in_a_row=self.crashes.streak(name) + 1)
-            if self.crashes.crashed(name):
-                over[name] = (f"crashed {self.crashes.streak(name)} times in a row "
-                              f"(last: {error})")
-        return over
-
-    def _check_validity(self, collections: tuple[FeatureCollection, ...],
-                        rows: list[FeatureRow], already: frozenset[str],
-                        crashed: dict[str, str]) -> set[str]:
-        """Mark features invalid (crashed too often, or values breaking their type's rules)
-        and switch the collection if that changes it; the features found."""
+    def _record_invalid(self, found: dict[str, str]) -> None:
+        """Record the features judged invalid, and switch the collection if that changes it."""
         assert self.features is not None
-        found = newly_invalid(collections, rows, already, crashed)
         for name, reason in sorted(found.items()):
             self.features.mark_invalid(name, reason, _now_ms())
             self.log.warning("feature_invalid", feature=name, reason=reason)
         if found:
             self._choose_collection("invalid features: " + "; ".join(
                 f"{name} ({reason})" for name, reason in sorted(found.items())))
-        return set(found)
