@@ -150,19 +150,12 @@ class JobConfiguration:
         for key in data:
             if key not in _TOP_LEVEL_KEYS:
                 raise ConfigError(f"job.{key}", "unknown key")
-        model_type = _check_model_type(
-            data.get("model_type", ModelType.DECISION_TREE), "job.model_type"
-        )
         raw = data.get("hyperparameters", {})
         if not isinstance(raw, Mapping):
             raise ConfigError("job.hyperparameters", f"expected a table, got {type(raw).__name__}")
-        return cls(
-            model_type=model_type,
-            hyperparameters=_check_hyperparameters(model_type, dict(raw)),
-            test_fraction=data.get("test_fraction", 0.25),
-            seed=data.get("seed", 7),
-            window_ms=data.get("window_ms", DEFAULT_WINDOW_MS),
-        )
+        # Only what is given: the defaults are the dataclass's, checked once in __post_init__.
+        given = {key: value for key, value in data.items() if key != "hyperparameters"}
+        return cls(hyperparameters=tuple(raw.items()), **given)
 
     def to_mapping(self) -> dict[str, Any]:
         """A JSON-able dict that ``from_mapping`` turns back into an equal job."""
