@@ -34,7 +34,7 @@ from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
 from learning.drift import drift_scores, profiles_from_mapping
-from learning.drift_sample import recent_feature_matrix
+from learning.drift_sample import sample_recent
 from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
 from learning.features import (
     FeatureCrashed,
@@ -260,13 +260,11 @@ class Learner(Worker):
         latest = () if collection is None else self.stores.features.latest_rows(collection.id)
         if not profiles or collection is None or not latest:
             return  # no profile (a model from before evaluation records) or no features yet
-        end = max(row.as_of_ms for row in latest)
-        start = end - learning.drift_window_ms
         window_ms = int(json.loads(champion.job).get("window_ms", learning.feature_window_ms))
-        readings = {row.location_id: self.stores.facts.readings_for_location(
-            row.location_id, start - window_ms, end) for row in latest if row.as_of_ms > start}
         try:
-            recent = recent_feature_matrix(readings, collection.features, window_ms, start, end)
+            recent, window = sample_recent(latest, self.stores.facts.readings_for_location,
+                                           collection.features, window_ms,
+                                           learning.drift_window_ms)
             scores = drift_scores(profiles, recent, collection.features)
         except (FeatureCrashed, ValueError) as exc:
             self.log.warning("drift_check_failed", champion_version=champion.version,
@@ -276,7 +274,7 @@ class Learner(Worker):
             return
         check = judge_drift(scores, learning.drift_threshold, self.drift_log.latest_check(),
                             at_ms=int(time.time() * 1000), champion_version=champion.version,
-                            collection_id=collection.id, window=(start, end),
+                            collection_id=collection.id, window=window,
                             rows=int(recent.shape[0]))
         self.drift_log.record_check(check)
         (self.log.warning if check.above else self.log.info)(

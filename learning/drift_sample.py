@@ -17,10 +17,12 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from learning.collections import FeatureRow
+from learning.feature_batch import ReadLocation
 from learning.features import compute_matrix, reading_arrays, summarise_windows
 from messages.facts import Reading
 
-__all__ = ["DEFAULT_POINTS", "recent_feature_matrix"]
+__all__ = ["DEFAULT_POINTS", "recent_feature_matrix", "sample_recent"]
 
 DEFAULT_POINTS = 48  # per location: every 30 minutes over a day
 
@@ -58,3 +60,17 @@ def recent_feature_matrix(
     if not blocks:
         return np.empty((0, len(feature_names)))
     return np.vstack(blocks)
+
+
+def sample_recent(latest: Sequence[FeatureRow], read_location: ReadLocation,
+                  feature_names: Sequence[str], feature_window_ms: int, drift_window_ms: int,
+                  points: int = DEFAULT_POINTS) -> tuple[np.ndarray, tuple[int, int]]:
+    """``recent_feature_matrix`` over the ``drift_window_ms`` ending at the newest online row
+    (``latest``: one per location), for the locations whose newest row falls in it, read
+    with ``read_location``; the matrix and the window ``(start, end)``."""
+    end = max(row.as_of_ms for row in latest)
+    start = end - drift_window_ms
+    readings = {row.location_id: read_location(row.location_id, start - feature_window_ms, end)
+                for row in latest if row.as_of_ms > start}
+    matrix = recent_feature_matrix(readings, feature_names, feature_window_ms, start, end, points)
+    return matrix, (start, end)
