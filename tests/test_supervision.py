@@ -33,6 +33,7 @@ from daemon.loopback import bind_thespian_to
 from messages.protocol import ActorInfo, ChildUp, Init, Ping, Pong, Ready
 from storage.deadletters import DeadLetter, SQLiteDeadLetters
 from supervision.spec import SUPERVISOR_CLASS, SupervisorSpec
+from tests.e2e_support import wait_for as e2e_wait_for
 from tests.supervision_actors import (
     CRASH_ON_INIT,
     GATED,
@@ -89,15 +90,8 @@ def session_members(sids: set[int]) -> set[int]:
 
 
 def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
-    """Poll ``predicate`` until it is truthy; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    """``e2e_support.wait_for`` with this module's deadline and a finer poll."""
+    return e2e_wait_for(what, predicate, timeout_s, interval_s=0.02)
 
 
 def gone(*pids: int) -> bool:
