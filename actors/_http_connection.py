@@ -358,8 +358,9 @@ class Connection(asyncio.Protocol):
         if self._closed:
             return
         assert self._transport is not None
-        self._transport.write(data)
+        # Counted before the write: a client that has read the answer must see it counted.
         self._edge._served += 1
+        self._transport.write(data)
         if keep_alive:
             self.active = True
             return
