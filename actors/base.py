@@ -181,15 +181,19 @@ class Worker(ReactiveActor):
             began = time.perf_counter()
             standby = self.name
             self.name = msg.name
+            # Serve first: the dead replica's clients wait on this, not on the catch-up
+            # below, which only applies what the standby may have missed (a publish seen
+            # a moment late, as by any replica between a publish and its notice). Both
+            # steps are idempotent, so Thespian's redelivery after a failure repeats them.
+            self.on_serve()
+            serving = time.perf_counter()
+            self.on_activate()
             configure_logging(self.settings.log_dir, self.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
-            self.on_activate()
-            caught_up = time.perf_counter()
-            self.on_serve()
             self._init_id = msg.correlation_id
             self.log.info("standby_promoted", standby=standby,
-                          catch_up_ms=round((caught_up - began) * 1000, 1),
-                          serve_ms=round((time.perf_counter() - caught_up) * 1000, 1))
+                          serve_ms=round((serving - began) * 1000, 1),
+                          catch_up_ms=round((time.perf_counter() - serving) * 1000, 1))
         self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802
