@@ -29,7 +29,7 @@ __all__ = [
 SUPERVISORS = ("root", "ingest", "learning", "serving")
 #: The keys such a table may set.
 POLICY_KEYS = ("strategy", "max_restarts", "period_s", "backoff_min_s", "backoff_max_s",
-               "heartbeat_timeout_s", "batch_heartbeat_timeout_s", "standby")
+               "backoff_reset_s", "heartbeat_timeout_s", "batch_heartbeat_timeout_s", "standby")
 STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
 #: The supervisors of replicated roles (collectors, predictors), which may keep standbys.
 STANDBY_SUPERVISORS = ("ingest", "serving")
@@ -44,6 +44,7 @@ class SupervisorPolicy:
     period_s: float
     backoff_min_s: float
     backoff_max_s: float
+    backoff_reset_s: float  # a child that ran this long before failing had a stable run
     heartbeat_timeout_s: float  # for its hot children (and sub-supervisors)
     batch_heartbeat_timeout_s: float  # for its batch children (learner, feature generator, ...)
     standby: int  # warm spares of its replicated role (predictor, collector), promoted on a death
@@ -58,6 +59,10 @@ class SupervisionSettings:
     period_s: float = 30.0
     backoff_min_s: float = 0.0
     backoff_max_s: float = 2.0
+    # Akka's autoReset: the backoff paces crash loops (a child that fails within this
+    # long of its start); a child that ran longer had a stable run, so its next restart
+    # waits only backoff_min_s. Intensity (max_restarts in period_s) bounds the rest.
+    backoff_reset_s: float = 1.0
     # Liveness: a supervisor pings each running child every ``heartbeat_interval_s``; a
     # child silent for longer than its timeout is SIGKILLed by pid and restarted. A child
     # answers between two messages, so the timeout must exceed its longest handler: the
@@ -133,6 +138,8 @@ def _validate_policy(prefix: str, p: SupervisorPolicy, own: set[str], sup: Super
         if "backoff_min_s" in own and "backoff_max_s" not in own:
             raise ConfigError(key("backoff_min_s"), "must be at most backoff_max_s")
         raise ConfigError(key("backoff_max_s"), "must be at least backoff_min_s")
+    if p.backoff_reset_s < 0:
+        raise ConfigError(key("backoff_reset_s"), "must be at least 0")
     for name in ("heartbeat_timeout_s", "batch_heartbeat_timeout_s"):
         if getattr(p, name) < 2 * sup.heartbeat_interval_s:
             raise ConfigError(key(name), "must be at least twice heartbeat_interval_s")

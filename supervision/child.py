@@ -33,8 +33,14 @@ class Child:
     gone_since: float = 0.0  # when its process was first seen gone with no exit reported
     failed_at: float = 0.0  # when its failure was handled; 0 once a replacement runs
     started_at: float = 0.0  # when its Init (or Activate) was sent
+    ready_at: float = 0.0  # when its Ready arrived; 0 until then
     via_standby: bool = False  # its current incarnation is a promoted standby
     restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
+
+    def had_stable_run(self, now: float, reset_s: float) -> bool:
+        """It ran ``reset_s`` or longer before failing (Akka's autoReset): not a crash
+        loop, so its backoff starts over."""
+        return bool(self.ready_at) and now - self.ready_at >= reset_s
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)

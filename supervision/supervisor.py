@@ -131,6 +131,7 @@ class Supervisor(RootServices, ReactiveActor):
         child.kill_cause = ""
         child.ping_sent = 0.0
         child.gone_since = 0.0
+        child.ready_at = 0.0
         child.init_id = uuid.uuid4().hex
         child.started_at = time.monotonic()
         standby = self._ready_standby(child)
@@ -176,7 +177,7 @@ class Supervisor(RootServices, ReactiveActor):
             return  # asked to exit while starting: it is not running, its group restart is due
         child.pid = msg.pid
         child.state = "standby" if child in self.standbys else "running"
-        child.last_seen = now = time.monotonic()
+        child.last_seen = child.ready_at = now = time.monotonic()
         self.log.info("child_running", child=child.spec.name, pid=msg.pid,
                       restarts=child.restarts, state=child.state)
         if child.failed_at and child.state == "running":
@@ -257,7 +258,10 @@ class Supervisor(RootServices, ReactiveActor):
             self._escalate(child, decision.recent)
             return
         # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
-        # does not wait because a sibling was restarted a moment ago.
+        # does not wait because a sibling was restarted a moment ago, nor because it was
+        # itself, after a stable run.
+        if child.had_stable_run(now, policy.backoff_reset_s):
+            child.restart_times.clear()
         delay_s = backoff_delay(child.restart_times, now, period_s=policy.period_s,
                                 backoff_min_s=policy.backoff_min_s,
                                 backoff_max_s=policy.backoff_max_s)
@@ -285,6 +289,8 @@ class Supervisor(RootServices, ReactiveActor):
         assert self.spec is not None
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
+        if slot.had_stable_run(now, self.spec.policy.backoff_reset_s):
+            slot.restart_times.clear()
         slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.policy.period_s]
         policy = self.spec.policy
         delay_s = backoff_delay(slot.restart_times, now, period_s=policy.period_s,

@@ -201,12 +201,14 @@ def child(name: str, actor_class: str = ECHO, restart: Restart = "permanent",
 def supervisor_spec(*children: ChildSpec, strategy: Strategy = "one_for_one",
                     max_restarts: int = 5, period_s: float = 30.0,
                     backoff_min_s: float = 0.0, backoff_max_s: float = 0.05,
-                    heartbeat_interval_s: float = 0.5, heartbeat_timeout_s: float = 3.0,
+                    backoff_reset_s: float = 1.0, heartbeat_interval_s: float = 0.5,
+                    heartbeat_timeout_s: float = 3.0,
                     name: str = "test-sup", standby: int = 0,
                     standby_role: str | None = None) -> SupervisorSpec:
     """A test supervisor's spec; by default with tiny backoffs, so restarts take milliseconds."""
     policy = SupervisorPolicy(strategy=strategy, max_restarts=max_restarts, period_s=period_s,
                               backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s,
+                              backoff_reset_s=backoff_reset_s,
                               heartbeat_timeout_s=heartbeat_timeout_s,
                               batch_heartbeat_timeout_s=120.0, standby=standby)
     return SupervisorSpec(name=name, children=children, policy=policy,

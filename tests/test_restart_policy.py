@@ -1,4 +1,5 @@
-"""``decide_restart``: restart intensity (OTP's N restarts in T seconds) and backoff with jitter."""
+"""``decide_restart``: restart intensity (OTP's N restarts in T seconds) and backoff with jitter,
+reset after a stable run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from supervision.policy import RestartDecision, decide_restart
+from supervision.child import Child
+from supervision.policy import RestartDecision, backoff_delay, decide_restart
+from supervision.spec import ChildSpec
 
 NO_JITTER = random.Random()
 NO_JITTER.random = lambda: 0.0  # type: ignore[method-assign]
@@ -93,3 +96,23 @@ def test_full_jitter_is_exactly_a_fifth_below_the_cap() -> None:
     assert decide([], 0.0, rng=FULL_JITTER).delay_s == pytest.approx(0.12)
     assert decide([0.0, 1.0, 2.0], 3.0, rng=FULL_JITTER, max_restarts=100,
                   backoff_max_s=0.25).delay_s == pytest.approx(0.25)
+
+
+def backoff_after(ran_s: float | None, reset_s: float = 1.0) -> float:
+    """The delay a child's next restart would wait, after three restarts in the last
+    three seconds, when it ran ``ran_s`` seconds (None: never ready) before failing."""
+    child = Child(spec=ChildSpec("a", "worker", "x.Y"), restart_times=[1.0, 2.0, 3.0])
+    now = 10.0
+    child.ready_at = 0.0 if ran_s is None else now - ran_s
+    if child.had_stable_run(now, reset_s):
+        child.restart_times.clear()
+    return backoff_delay(child.restart_times, now, period_s=30.0, backoff_min_s=0.1,
+                         backoff_max_s=5.0, rng=NO_JITTER)
+
+
+def test_a_stable_run_resets_the_childs_backoff_as_akkas_auto_reset() -> None:
+    assert backoff_after(ran_s=1.5) == pytest.approx(0.1)  # ran long enough: the minimum
+    assert backoff_after(ran_s=0.2) == pytest.approx(0.4)  # a crash loop: it keeps doubling
+    assert backoff_after(ran_s=None) == pytest.approx(0.4)  # never became ready
+    # 0: every run that got as far as ready counts as stable; only failed starts back off.
+    assert backoff_after(ran_s=0.2, reset_s=0.0) == pytest.approx(0.1)

@@ -67,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "supervision.period_s": 30.0,
     "supervision.backoff_min_s": 0.0,
     "supervision.backoff_max_s": 2.0,
+    "supervision.backoff_reset_s": 1.0,
     "supervision.heartbeat_interval_s": 0.5,
     "supervision.heartbeat_timeout_s": 3.0,
     "supervision.batch_heartbeat_timeout_s": 120.0,
