@@ -145,7 +145,9 @@ class Predictor(EdgeWorker):
             if wanted is None:
                 return None
             if wanted not in loaded:
-                loaded[wanted] = load_serving_model(records[wanted], registry.artifact(wanted))
+                loaded[wanted] = load_serving_model(records[wanted],
+                                                    registry.compiled_form(wanted),
+                                                    lambda: registry.artifact(wanted))
             return loaded[wanted]
 
         first, fallback = load(choice.first), load(choice.fallback)

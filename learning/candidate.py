@@ -19,6 +19,7 @@ from config.job import JobConfiguration
 from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
 from learning.drift import profile_features
+from learning.inference import ServingModel
 from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc
 from learning.pipeline import Fit, TrainedModel, fit_locally, train
@@ -42,14 +43,16 @@ class ChampionRef:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Candidate:
-    """A trained model ready to register: artifact bytes, metrics, lineage and its evaluation
-    record (canonical JSON text, see ``evaluation_record``)."""
+    """A trained model ready to register: artifact bytes, metrics, lineage, its evaluation
+    record (canonical JSON text, see ``evaluation_record``) and its compiled form for
+    predictors (``learning.compiled``; None for a pipeline with no fast path)."""
 
     trained: TrainedModel
     artifact: bytes
     metrics: tuple[tuple[str, float], ...]
     lineage: Lineage
     evaluation: str = "{}"
+    compiled: bytes | None = None
 
 
 def make_candidate(
@@ -89,7 +92,10 @@ def make_candidate(
     warm_from = None if first_reading is None else first_reading + job.window_ms
     evaluation = json.dumps(evaluation_record(trained, training_set, warm_from), sort_keys=True,
                             allow_nan=False)
-    return Candidate(trained, dump_model(trained.pipeline), ordered, lineage, evaluation)
+    compiled = ServingModel.from_pipeline(trained.pipeline, 0, collection.id,
+                                          collection.features).compiled
+    return Candidate(trained, dump_model(trained.pipeline), ordered, lineage, evaluation,
+                     compiled.to_bytes() if compiled is not None else None)
 
 
 def evaluation_record(trained: TrainedModel, training_set: TrainingSet,

@@ -7,13 +7,16 @@ or gradient boosting level by level over all its trees at once with numpy, and l
 regression is a dot product. Trees compare float32 inputs with float64 thresholds, exactly
 as scikit-learn does, so the fast path gives scikit-learn's probabilities (see tests). Any
 other pipeline goes through ``predict_proba``.
+
+The one-row walks are ``learning.compiled``'s (numpy only): ``ServingModel.compiled`` is
+what the registry keeps for predictors, which never import scikit-learn. This module builds
+them from the fitted estimators and answers batches (``predict_many``) with their ``apply``.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,70 +28,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-__all__ = [
-    "FeatureInputError",
-    "InvalidFeatureValue",
-    "MissingFeature",
-    "ServingModel",
-    "UnknownFeature",
-    "features_from_mapping",
-]
+from learning.compiled import CompiledModel, EnsembleWalk, LinearWalk, TreeWalk, Walk
 
-
-class FeatureInputError(KeyError):
-    """Features given for a prediction do not match the model's; ``reason`` says how."""
-
-    def __init__(self, reason: str, names: tuple[str, ...] = ()) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.names = names
-
-    def __str__(self) -> str:
-        return self.reason
-
-
-class MissingFeature(FeatureInputError):
-    """A feature the model needs was not given."""
-
-
-class UnknownFeature(FeatureInputError):
-    """A feature was given that the model does not use."""
-
-
-class InvalidFeatureValue(FeatureInputError):
-    """A feature value is not a number (null stands for a missing value and is allowed)."""
-
-
-def features_from_mapping(
-    feature_names: Sequence[str], mapping: Mapping[str, object]
-) -> tuple[float, ...]:
-    """The values of ``mapping`` in ``feature_names`` order; ``None`` becomes NaN (imputed).
-
-    Raises ``MissingFeature``, ``UnknownFeature`` or ``InvalidFeatureValue`` naming the features.
-    """
-    missing = tuple(name for name in feature_names if name not in mapping)
-    if missing:
-        raise MissingFeature(f"missing features: {', '.join(missing)}", missing)
-    if len(mapping) != len(feature_names):
-        known = set(feature_names)
-        unknown = tuple(sorted(str(name) for name in mapping if name not in known))
-        raise UnknownFeature(f"unknown features: {', '.join(unknown)}", unknown)
-    values = []
-    for name in feature_names:
-        value = mapping[name]
-        if value is None:
-            values.append(math.nan)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            values.append(float(value))
-        else:
-            raise InvalidFeatureValue(
-                f"feature {name} must be a number or null, got {type(value).__name__}", (name,)
-            )
-    return tuple(values)
-
-
-def _float32(values: Sequence[float]) -> array:
-    return array("f", values)
+__all__ = ["ServingModel"]
 
 
 def _true_column(classes: np.ndarray) -> int:
@@ -97,27 +39,18 @@ def _true_column(classes: np.ndarray) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Tree:
-    """One fitted tree as flat lists (a leaf has left == -1) with a value per node."""
+    """One fitted tree: its walk (one row) and sklearn's own Tree (``apply`` on batches)."""
 
-    left: list[int]
-    right: list[int]
-    feature: list[int]
-    threshold: list[float]
-    value: list[float]
+    walk: TreeWalk
     value_array: np.ndarray
-    raw: Any  # sklearn's Tree, for ``apply`` on batches
+    raw: Any  # sklearn's Tree
 
     @classmethod
     def of(cls, tree: Any, node_values: np.ndarray) -> _Tree:
-        return cls(
-            left=tree.children_left.tolist(),
-            right=tree.children_right.tolist(),
-            feature=tree.feature.tolist(),
-            threshold=tree.threshold.tolist(),
-            value=node_values.tolist(),
-            value_array=node_values,
-            raw=tree,
-        )
+        walk = TreeWalk(left=tree.children_left.tolist(), right=tree.children_right.tolist(),
+                        feature=tree.feature.tolist(), threshold=tree.threshold.tolist(),
+                        value=node_values.tolist())
+        return cls(walk=walk, value_array=node_values, raw=tree)
 
     @classmethod
     def classifier(cls, estimator: DecisionTreeClassifier) -> _Tree:
@@ -126,33 +59,16 @@ class _Tree:
         fraction = value[:, _true_column(estimator.classes_)] / value.sum(axis=1)
         return cls.of(estimator.tree_, fraction)
 
-    def predict_one(self, x: Sequence[float]) -> float:
-        left, right, feature, threshold = self.left, self.right, self.feature, self.threshold
-        node = 0
-        while left[node] != -1:
-            node = left[node] if x[feature[node]] <= threshold[node] else right[node]
-        return self.value[node]
-
     def predict_many(self, x32: np.ndarray) -> np.ndarray:
         return self.value_array[self.raw.apply(x32)]
 
 
 @dataclass(frozen=True, slots=True)
 class _Ensemble:
-    """Trees whose leaf values are summed, then ``link``ed: a forest (mean) or boosting.
-
-    For one row all trees are walked at once, level by level, in one node table.
-    """
+    """Trees whose leaf values are summed, then linked: a forest (mean) or boosting."""
 
     trees: tuple[_Tree, ...]
-    children: np.ndarray  # (nodes, 2): [right, left]; a leaf points at itself
-    feature: np.ndarray
-    threshold: np.ndarray  # +inf at leaves, so every step from a leaf stays there
-    value: np.ndarray
-    roots: np.ndarray
-    depth: int
-    offset: float  # added to the sum of leaf values before ``link``
-    logistic: bool  # link: sigmoid (boosting) or identity (a forest's mean)
+    walk: EnsembleWalk
 
     @classmethod
     def of(cls, trees: Sequence[_Tree], offset: float, logistic: bool) -> _Ensemble:
@@ -160,28 +76,28 @@ class _Ensemble:
         start = 0
         depth = 0
         for tree in trees:
-            n = len(tree.left)
-            left = np.asarray(tree.left)
+            n = len(tree.walk.left)
+            left = np.asarray(tree.walk.left)
             is_leaf = left == -1
             own = np.arange(start, start + n)
-            right = np.where(is_leaf, own, np.asarray(tree.right) + start)
+            right = np.where(is_leaf, own, np.asarray(tree.walk.right) + start)
             children.append(np.stack((right, np.where(is_leaf, own, left + start)), axis=1))
-            feature.append(np.where(is_leaf, 0, np.asarray(tree.feature)))
-            threshold.append(np.where(is_leaf, np.inf, np.asarray(tree.threshold)))
+            feature.append(np.where(is_leaf, 0, np.asarray(tree.walk.feature)))
+            threshold.append(np.where(is_leaf, np.inf, np.asarray(tree.walk.threshold)))
             roots.append(start)
             start += n
             depth = max(depth, int(tree.raw.max_depth))
-        return cls(
-            trees=tuple(trees),
-            children=np.concatenate(children),
-            feature=np.concatenate(feature),
-            threshold=np.concatenate(threshold),
-            value=np.concatenate([tree.value_array for tree in trees]),
-            roots=np.asarray(roots),
+        walk = EnsembleWalk(
+            children=np.concatenate(children).astype(np.int64),
+            feature=np.concatenate(feature).astype(np.int64),
+            threshold=np.concatenate(threshold).astype(np.float64),
+            value=np.concatenate([tree.value_array for tree in trees]).astype(np.float64),
+            roots=np.asarray(roots, dtype=np.int64),
             depth=depth,
-            offset=offset,
+            offset=float(offset),
             logistic=logistic,
         )
+        return cls(trees=tuple(trees), walk=walk)
 
     @classmethod
     def forest(cls, forest: RandomForestClassifier) -> _Ensemble:
@@ -198,28 +114,18 @@ class _Ensemble:
         init = float(model._raw_predict_init(np.zeros((1, n_features), dtype=np.float32))[0, 0])
         return cls.of(trees, init, logistic=True)
 
-    def predict_one(self, x: Sequence[float]) -> float:
-        xs = np.asarray(x, dtype=np.float64)  # already float32-rounded values
-        node = self.roots
-        children, feature, threshold = self.children, self.feature, self.threshold
-        for _ in range(self.depth):
-            node = children[node, (xs[feature[node]] <= threshold[node]).view(np.int8)]
-        total = self.offset + float(self.value[node].sum())
-        return _sigmoid(total) if self.logistic else total
-
     def predict_many(self, x32: np.ndarray) -> np.ndarray:
-        total = np.full(x32.shape[0], self.offset)
+        total = np.full(x32.shape[0], self.walk.offset)
         for tree in self.trees:
             total += tree.predict_many(x32)
-        return 0.5 * (1.0 + np.tanh(0.5 * total)) if self.logistic else total
+        return 0.5 * (1.0 + np.tanh(0.5 * total)) if self.walk.logistic else total
 
 
 @dataclass(frozen=True, slots=True)
 class _Linear:
     """Logistic regression after standard scaling: sigmoid(w . x + b), folded into one step."""
 
-    weights: list[float]
-    bias: float
+    walk: LinearWalk
     weights_array: np.ndarray
 
     @classmethod
@@ -230,45 +136,34 @@ class _Linear:
         scale = scaler.scale_ if scaler.scale_ is not None else np.ones_like(coef)
         weights = coef / scale
         bias = float(intercept - (weights * mean).sum())
-        return cls(weights=weights.tolist(), bias=bias, weights_array=weights)
-
-    def predict_one(self, x: Sequence[float]) -> float:
-        z = self.bias
-        for w, v in zip(self.weights, x, strict=True):
-            z += w * v
-        return _sigmoid(z)
+        return cls(walk=LinearWalk(weights=weights.tolist(), bias=bias), weights_array=weights)
 
     def predict_many(self, x: np.ndarray) -> np.ndarray:
-        z = x @ self.weights_array + self.bias
+        z = x @ self.weights_array + self.walk.bias
         return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 @dataclass(frozen=True, slots=True)
 class ServingModel:
     """An immutable model snapshot for predictions: ``predict_one`` gives P(label is True).
 
-    Build it with ``ServingModel.from_pipeline``; ``fast`` tells whether the hand-rolled path
-    is used.
+    Build it with ``ServingModel.from_pipeline``; ``compiled`` is the fast path as plain
+    arrays (what the registry keeps for predictors), None when the pipeline's shape has none.
     """
 
     version: int
     feature_collection_id: int
     feature_names: tuple[str, ...]
     pipeline: Pipeline = field(repr=False)
-    fast: bool
-    _statistics: list[float] = field(repr=False)
+    compiled: CompiledModel | None = field(repr=False)
     _statistics_array: np.ndarray = field(repr=False)
-    _float32_inputs: bool = field(repr=False)
-    _one: Callable[[Sequence[float]], float] | None = field(repr=False)
     _many: Callable[[np.ndarray], np.ndarray] | None = field(repr=False)
     _true_column: int = field(repr=False)
+
+    @property
+    def fast(self) -> bool:
+        """Whether the hand-rolled path answers (else ``predict_proba``)."""
+        return self.compiled is not None
 
     @classmethod
     def from_pipeline(
@@ -285,7 +180,7 @@ class ServingModel:
         classes = getattr(model, "classes_", np.array([]))
         binary = len(classes) == 2 and True in [bool(c) for c in classes]
         true_column = _true_column(classes) if binary else -1
-        one: Callable[[Sequence[float]], float] | None = None
+        walk: Walk | None = None
         many: Callable[[np.ndarray], np.ndarray] | None = None
         float32_inputs = False
         statistics = np.zeros(len(names))
@@ -295,10 +190,10 @@ class ServingModel:
             rest = steps[1:]
             if len(rest) == 1 and isinstance(model, DecisionTreeClassifier):
                 tree = _Tree.classifier(model)
-                one, many, float32_inputs = tree.predict_one, tree.predict_many, True
+                walk, many, float32_inputs = tree.walk, tree.predict_many, True
             elif len(rest) == 1 and isinstance(model, RandomForestClassifier):
                 ensemble = _Ensemble.forest(model)
-                one, many, float32_inputs = ensemble.predict_one, ensemble.predict_many, True
+                walk, many, float32_inputs = ensemble.walk, ensemble.predict_many, True
             elif (
                 len(rest) == 1
                 and isinstance(model, GradientBoostingClassifier)
@@ -306,7 +201,7 @@ class ServingModel:
                 and model.init_ != "zero"
             ):
                 ensemble = _Ensemble.boosting(model)
-                one, many, float32_inputs = ensemble.predict_one, ensemble.predict_many, True
+                walk, many, float32_inputs = ensemble.walk, ensemble.predict_many, True
             elif (
                 len(rest) == 2
                 and isinstance(rest[0], StandardScaler)
@@ -314,22 +209,19 @@ class ServingModel:
                 and model.coef_.shape[0] == 1
             ):
                 linear = _Linear.of(rest[0], model)
-                one, many = linear.predict_one, linear.predict_many
-        if len(statistics) != len(names):
-            one = many = None
+                walk, many = linear.walk, linear.predict_many
+        compiled = None
+        if walk is not None and len(statistics) == len(names) and len(names) > 0:
+            rounded = array("f", statistics.tolist()) if float32_inputs else statistics.tolist()
+            compiled = CompiledModel(walk, tuple(rounded), float32_inputs)
         return cls(
             version=version,
             feature_collection_id=feature_collection_id,
             feature_names=names,
             pipeline=pipeline,
-            fast=one is not None,
-            _statistics=(
-                list(array("f", statistics.tolist())) if float32_inputs else statistics.tolist()
-            ),
+            compiled=compiled,
             _statistics_array=statistics,
-            _float32_inputs=float32_inputs,
-            _one=one,
-            _many=many,
+            _many=many if compiled is not None else None,
             _true_column=true_column,
         )
 
@@ -340,26 +232,22 @@ class ServingModel:
         """
         if len(values) != len(self.feature_names):
             raise ValueError(f"expected {len(self.feature_names)} values, got {len(values)}")
-        if self._one is None:
+        if self.compiled is None:
             return float(self.predict_many(np.asarray([values], dtype=np.float64))[0])
-        raw = _float32(values) if self._float32_inputs else values
-        x = [v if v == v else s for v, s in zip(raw, self._statistics, strict=True)]
-        if not math.isfinite(sum(x)):
-            raise ValueError("feature values must be finite numbers or NaN")
-        return self._one(x)
+        return self.compiled.predict_one(values)
 
     def predict_many(self, X: np.ndarray) -> np.ndarray:
         """P(True) for each row of ``X`` (n x features); NaN means missing."""
         matrix = np.asarray(X, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[1] != len(self.feature_names):
             raise ValueError(f"expected shape (n, {len(self.feature_names)}), got {matrix.shape}")
-        if self._many is None:
+        if self._many is None or self.compiled is None:
             if self._true_column < 0:
                 raise ValueError("the model was not trained on both classes")
             proba = self.pipeline.predict_proba(matrix)
             return np.asarray(proba[:, self._true_column], dtype=np.float64)
         filled = np.where(np.isnan(matrix), self._statistics_array, matrix)
-        if self._float32_inputs:
+        if self.compiled.float32_inputs:
             filled = np.ascontiguousarray(filled, dtype=np.float32)
         if not np.isfinite(filled).all():
             raise ValueError("feature values must be finite numbers or NaN")

@@ -21,11 +21,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from learning.artifacts import load_model
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
-from learning.inference import (
+from learning.compiled import (
+    CompiledFormError,
+    CompiledModel,
     MissingFeature,
-    ServingModel,
     UnknownFeature,
     features_from_mapping,
 )
@@ -208,10 +208,27 @@ def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
     return answer
 
 
-def load_serving_model(record: ModelRecord, artifact: bytes) -> LoadedModel:
-    """A registry version as a ``LoadedModel`` (skops artifact: no code runs on load)."""
+def load_serving_model(record: ModelRecord, compiled: bytes | None,
+                       artifact: Callable[[], bytes]) -> LoadedModel:
+    """A registry version as a ``LoadedModel``: from its compiled form (numpy only), or
+    else (a version registered before compiled forms, or of a shape with no fast path) from
+    its skops artifact, importing scikit-learn into this process on first use.
+
+    Raises ``CompiledFormError`` for a corrupt form, ``UntrustedArtifact`` for an artifact
+    that fails its checks."""
     names = feature_names_of(record.lineage)
-    fast = ServingModel.from_pipeline(load_model(artifact), version=record.version,
+    if compiled is not None:
+        model = CompiledModel.from_bytes(compiled)
+        if model.n_features != len(names):
+            raise CompiledFormError(f"model version {record.version}'s compiled form takes "
+                                    f"{model.n_features} features, its lineage names "
+                                    f"{len(names)}")
+        return LoadedModel(record.version, record.feature_collection_id, names,
+                           model.predict_one)
+    from learning.artifacts import load_model
+    from learning.inference import ServingModel
+
+    fast = ServingModel.from_pipeline(load_model(artifact()), version=record.version,
                                       feature_collection_id=record.feature_collection_id,
                                       feature_names=names)
     return LoadedModel(record.version, record.feature_collection_id, names, fast.predict_one)

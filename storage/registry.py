@@ -75,9 +75,10 @@ class ModelRegistry(Protocol):
     def register(self, *, feature_collection_id: int, job: Mapping[str, Any],
                  metrics: Mapping[str, float], lineage: Mapping[str, Any], artifact: bytes,
                  created_at_ms: int, status: str = CANDIDATE,
-                 evaluation: Mapping[str, Any] | None = None) -> int:
-        """Store a new model (numbered 1, 2, 3, ...) with its artifact and evaluation record;
-        return its version."""
+                 evaluation: Mapping[str, Any] | None = None,
+                 compiled: bytes | None = None) -> int:
+        """Store a new model (numbered 1, 2, 3, ...) with its artifact, evaluation record
+        and compiled form (if it has one); return its version."""
         ...
 
     def set_status(self, version: int, status: str, reason: str, at_ms: int) -> None:
@@ -110,6 +111,11 @@ class ModelRegistry(Protocol):
 
     def artifact(self, version: int) -> bytes:
         """The artifact, verified against its sha256 (``StoreError`` if it fails)."""
+        ...
+
+    def compiled_form(self, version: int) -> bytes | None:
+        """The compiled form (``learning.compiled``), verified against its sha256
+        (``StoreError`` if it fails); None for a version registered without one."""
         ...
 
     def champion_for_collection(self, collection_id: int) -> ModelRecord | None:

@@ -55,6 +55,11 @@ CREATE TABLE IF NOT EXISTS artifacts (
     version INTEGER PRIMARY KEY,
     data BLOB NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS compiled_forms (
+    version INTEGER PRIMARY KEY,
+    data BLOB NOT NULL,
+    sha256 TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS status_log """ + _STATUS_LOG_COLUMNS + ";\n" + _STATUS_INDEX + """;
 CREATE TABLE IF NOT EXISTS champion_log (
     seq INTEGER PRIMARY KEY,
@@ -135,6 +140,11 @@ class SQLiteModelRegistry(SQLiteBacked):
         self._records = _RECORDS
         with self._db.read() as conn:
             present, refused = _has_evaluation(conn), _refused_statuses(conn)
+            # A file opened read-only may predate compiled forms (a writable open makes
+            # the table, in SCHEMA).
+            self._has_compiled = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'compiled_forms'"
+            ).fetchone() is not None
         if read_only:  # an older file is read as is (and never written through this store)
             if not present:  # no evaluation records
                 self._records = _RECORDS.replace("m.evaluation", "'{}'")
@@ -152,9 +162,10 @@ class SQLiteModelRegistry(SQLiteBacked):
     def register(self, *, feature_collection_id: int, job: Mapping[str, Any],
                  metrics: Mapping[str, float], lineage: Mapping[str, Any], artifact: bytes,
                  created_at_ms: int, status: str = CANDIDATE,
-                 evaluation: Mapping[str, Any] | None = None) -> int:
-        """Store a new model (numbered 1, 2, 3, ...) with its artifact and evaluation record;
-        return its version."""
+                 evaluation: Mapping[str, Any] | None = None,
+                 compiled: bytes | None = None) -> int:
+        """Store a new model (numbered 1, 2, 3, ...) with its artifact, evaluation record
+        and compiled form (if it has one); return its version."""
         _check_status(status)
         data = bytes(artifact)
         sha = hashlib.sha256(data).hexdigest()
@@ -170,6 +181,10 @@ class SQLiteModelRegistry(SQLiteBacked):
             version = cursor.lastrowid
             assert version is not None
             conn.execute("INSERT INTO artifacts (version, data) VALUES (?, ?)", (version, data))
+            if compiled is not None:
+                form = bytes(compiled)
+                conn.execute("INSERT INTO compiled_forms (version, data, sha256) VALUES (?, ?, ?)",
+                             (version, form, hashlib.sha256(form).hexdigest()))
             if status == CHAMPION:
                 _promote(conn, version, "registered as champion", created_at_ms)
             else:
@@ -243,6 +258,22 @@ class SQLiteModelRegistry(SQLiteBacked):
         if hashlib.sha256(data).hexdigest() != expected:
             raise StoreError(f"artifact of model version {version} does not match its sha256; "
                              "refusing to return it")
+        return data
+
+    def compiled_form(self, version: int) -> bytes | None:
+        """The compiled form (``learning.compiled``), verified against its sha256
+        (``StoreError`` if it fails); None for a version registered without one."""
+        if not self._has_compiled:
+            return None
+        with self._db.read() as conn:
+            row = conn.execute("SELECT data, sha256 FROM compiled_forms WHERE version = ?",
+                               (version,)).fetchone()
+        if row is None:
+            return None
+        data, expected = bytes(row[0]), row[1]
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise StoreError(f"compiled form of model version {version} does not match its "
+                             "sha256; refusing to return it")
         return data
 
     def champion_for_collection(self, collection_id: int) -> ModelRecord | None:

@@ -118,14 +118,17 @@ def test_a_registry_file_from_before_evaluation_records_gains_the_column(
     reader = SQLiteModelRegistry(path, read_only=True)  # e.g. `rml status` on an old file
     try:
         assert reader.get(1).evaluation == "{}"
+        assert reader.compiled_form(1) is None  # from before compiled forms too
     finally:
         reader.close()
     registry = SQLiteModelRegistry(path)
     try:
         version = registry.register(feature_collection_id=0, job={}, metrics={}, lineage={},
                                     artifact=b"x", created_at_ms=6,
-                                    evaluation={"holdout": {"rows": 3, "positives": 1}})
+                                    evaluation={"holdout": {"rows": 3, "positives": 1}},
+                                    compiled=b"form")
         assert registry.get(1).evaluation == "{}"
+        assert (registry.compiled_form(1), registry.compiled_form(version)) == (None, b"form")
         assert json.loads(registry.get(version).evaluation)["holdout"]["rows"] == 3
     finally:
         registry.close()

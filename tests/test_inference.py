@@ -10,13 +10,13 @@ from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
 from learning.artifacts import dump_model, load_model
-from learning.inference import (
+from learning.compiled import (
     InvalidFeatureValue,
     MissingFeature,
-    ServingModel,
     UnknownFeature,
     features_from_mapping,
 )
+from learning.inference import ServingModel
 from learning.pipeline import build_pipeline
 
 NAMES = tuple(f"f{i}" for i in range(6))

@@ -457,6 +457,23 @@ def test_tampered_artifact_is_refused(backend: Backend, stores: Stores) -> None:
         stores.registry.artifact(version)
 
 
+def test_compiled_form_round_trips_and_is_none_when_registered_without(
+        backend: Backend, stores: Stores) -> None:
+    form = bytes(range(256)) * 10
+    with_form = stores.registry.register(
+        feature_collection_id=0, job={}, metrics={}, lineage={}, artifact=b"model",
+        created_at_ms=1, compiled=form)
+    without = register(stores)
+    assert stores.registry.compiled_form(with_form) == form
+    assert stores.registry.compiled_form(without) is None
+    if backend.name == "sqlite":  # a form changed behind the registry's back is refused
+        with sqlite3.connect(Path(backend.location) / MODELS_FILE) as conn:
+            conn.execute("UPDATE compiled_forms SET data = ? WHERE version = ?",
+                         (b"evil", with_form))
+        with pytest.raises(StoreError, match="sha256"):
+            stores.registry.compiled_form(with_form)
+
+
 def test_unknown_version_raises_key_error(stores: Stores) -> None:
     with pytest.raises(KeyError):
         stores.registry.get(1)
