@@ -15,8 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import gc
-import importlib
 import json
 import os
 import signal
@@ -39,6 +37,7 @@ from daemon.group import (
     wait_until,
 )
 from daemon.loopback import bind_thespian_to
+from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
 __all__ = [
@@ -319,7 +318,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     bind_thespian_to(settings.actor_system.bind)
     _keep_admin_in_our_group()
-    _preload_actor_modules(settings)
+    _preload_actor_modules()
     from thespian.actors import ActorSystem
 
     record = RunRecord(os.getpgrp(), os.getpid(), settings.actor_system.admin_port,
@@ -355,37 +354,20 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-# Modules an actor imports on first use (a restarted predictor while loading its model);
+# Modules an actor imports on first use (zipfile's codec, for a skops artifact);
 # imported here they are inherited instead of costing each restart its import time.
 _IMPORTED_ON_FIRST_USE = ("encodings.cp437",)
 
 
-def _preload_actor_modules(settings: Settings) -> None:
-    """Import every actor's module once, here, before the admin forks.
+def _preload_actor_modules() -> None:
+    """Import the supervisor's module once, here, before the admin forks.
 
-    Every actor process is forked from the admin, which is forked from the keeper:
-    a module imported here is inherited, already loaded. Otherwise each actor process
-    imports scikit-learn and friends for itself, all at once, and on a two-core machine
-    that made ``start`` take 8-11 s instead of about 3.
+    Every actor process is forked from its parent's, down from the admin, which is forked
+    from the keeper. Only the supervisor is imported here: each supervisor imports its
+    own children's modules before forking them (``supervision.preload``), so scikit-learn
+    is loaded once, in the learning supervisor, and never in a predictor's process.
     """
-    from supervision.spec import SupervisorSpec, system_tree
-
-    def classes(spec: SupervisorSpec) -> set[str]:
-        found = set()
-        for child in spec.children:
-            found.add(child.actor_class)
-            if child.spec is not None:
-                found |= classes(child.spec)
-        return found
-
-    for actor_class in sorted(classes(system_tree(settings)) | {SUPERVISOR_CLASS}):
-        importlib.import_module(actor_class.rpartition(".")[0])
-    for module in _IMPORTED_ON_FIRST_USE:
-        importlib.import_module(module)
-    # Everything imported so far lives as long as the process: keep it out of the cyclic
-    # GC, so that a collection in a forked actor does not walk (and so copy, page by page)
-    # the inherited heap.
-    gc.freeze()
+    preload([module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE])
 
 
 def _keep_admin_in_our_group() -> None:

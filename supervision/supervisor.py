@@ -49,6 +49,7 @@ from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
 from supervision.policy import backoff_delay, decide_restart
+from supervision.preload import module_of, preload
 from supervision.root import RootServices
 from supervision.spec import ROOT_NAME, SupervisorSpec, system_tree
 
@@ -118,6 +119,7 @@ class Supervisor(RootServices, ReactiveActor):
         self.log.info("supervisor_started", strategy=policy.strategy,
                       children=[c.name for c in spec.children], standbys=policy.standby,
                       max_restarts=policy.max_restarts, period_s=policy.period_s)
+        preload(module_of(c.actor_class) for c in spec.children)
         for child in (*self.children, *self.standbys):
             self._start(child)
         self._last_tick = time.monotonic()

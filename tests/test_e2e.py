@@ -12,6 +12,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -172,6 +173,17 @@ def test_http_and_thespian_predictions_agree(daemon: RunningDaemon,
         assert over_thespian.model_version == over_http["model_version"]
         assert over_thespian.label == over_http["label"]
         assert over_http["fallback"] is False
+
+
+def test_predictors_serve_compiled_forms_without_loading_scikit_learn(
+        daemon: RunningDaemon, predictor: HttpClient) -> None:
+    wait_for("a prediction", lambda: predictor.post("/model", {"location_id": 1})[0] == 200,
+             30.0)
+    predictors = [a for a in daemon.status()["actors"] if a["role"] == "predictor"]
+    assert len(predictors) >= 2
+    for actor in predictors:  # a lean process: a kill tears it down fast
+        maps = Path(f"/proc/{actor['pid']}/maps").read_text()
+        assert "numpy" in maps and "sklearn" not in maps, actor["name"]
 
 
 def test_prediction_from_explicit_features_and_bad_input(predictor: HttpClient) -> None:
