@@ -5,8 +5,9 @@
 Two real daemons in turn (temporary directories, free ports on 127.0.0.1, always
 stopped), the first with ``[supervision.serving] standby = 1`` (the default), the second
 with ``standby = 0``. In each, a predictor is SIGKILLed ``--kills`` times (alternating
-predictor-1 and -2, each time once a standby is warm again, when there is one) and the
-time from the kill until its replacement answers ``GET /health`` on the predict port is
+predictor-1 and -2, each time once a standby is warm again, when there is one, and the
+victim has run longer than ``backoff_reset_s``: independent failures, not a crash loop) and
+the time from the kill until its replacement answers ``GET /health`` on the predict port is
 taken (``daemon.chaos.answered_by``). Prints the median and max of each, and their ratio.
 """
 
@@ -69,7 +70,9 @@ def run(standby: int, kills: int) -> list[float]:
             for n in range(kills):
                 name = f"predictor-{1 + n % 2}"
                 actors = _ready(client, standby)
-                time.sleep(0.2)  # idle: let the spare's start settle
+                # Idle, and a stable run: a kill sooner than backoff_reset_s after the
+                # victim's start is a crash loop, which the supervisor backs off on purpose.
+                time.sleep(settings.supervision.backoff_reset_s + 0.2)
                 killed_at = time.monotonic()
                 os.kill(actors[name][0], signal.SIGKILL)
                 answered = answered_by(settings, name)
