@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from config.job import ModelType
 from learning.compiled import CompiledFormError, CompiledModel, TreeWalk
 from learning.inference import ServingModel
-from tests.test_inference import NAMES, fitted, probe_rows
+from tests.test_inference import NAMES, fitted, probe_rows, split_value_rows
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -42,14 +42,7 @@ def test_decoded_form_answers_exactly_as_sklearn(model_type: ModelType) -> None:
 def test_decoded_tree_compares_like_sklearn_at_the_exact_split_values() -> None:
     pipeline = fitted(ModelType.DECISION_TREE)
     form = CompiledModel.from_bytes(compiled_bytes(ModelType.DECISION_TREE))
-    tree = pipeline.named_steps["model"].tree_
-    rows = []
-    for node in np.flatnonzero(tree.children_left != -1):
-        for nudge in (-1e-6, 0.0, 1e-6):
-            row = np.zeros(len(NAMES))
-            row[tree.feature[node]] = tree.threshold[node] + nudge
-            rows.append(row)
-    X = np.array(rows)
+    X = split_value_rows(pipeline)
     np.testing.assert_array_equal([form.predict_one(r) for r in X],
                                   pipeline.predict_proba(X)[:, 1])
 

@@ -59,9 +59,8 @@ def test_fast_path_equals_sklearn_for_every_model_type(model_type: ModelType) ->
     np.testing.assert_allclose(model.predict_many(X), expected, rtol=0, atol=1e-12)
 
 
-def test_thresholds_compare_like_sklearn_at_the_exact_split_values() -> None:
-    pipeline = fitted(ModelType.DECISION_TREE)
-    model = ServingModel.from_pipeline(pipeline, 1, 1, NAMES)
+def split_value_rows(pipeline: Pipeline) -> np.ndarray:
+    """Rows at, and just either side of, each split threshold of a fitted tree."""
     tree = pipeline.named_steps["model"].tree_
     rows = []
     for node in np.flatnonzero(tree.children_left != -1):
@@ -69,7 +68,13 @@ def test_thresholds_compare_like_sklearn_at_the_exact_split_values() -> None:
             row = np.zeros(len(NAMES))
             row[tree.feature[node]] = tree.threshold[node] + nudge
             rows.append(row)
-    X = np.array(rows)
+    return np.array(rows)
+
+
+def test_thresholds_compare_like_sklearn_at_the_exact_split_values() -> None:
+    pipeline = fitted(ModelType.DECISION_TREE)
+    model = ServingModel.from_pipeline(pipeline, 1, 1, NAMES)
+    X = split_value_rows(pipeline)
     expected = pipeline.predict_proba(X)[:, 1]
     np.testing.assert_array_equal([model.predict_one(r) for r in X], expected)
 
