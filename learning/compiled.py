@@ -37,6 +37,7 @@ __all__ = [
     "MissingFeature",
     "TreeWalk",
     "UnknownFeature",
+    "Walk",
     "features_from_mapping",
     "sigmoid",
 ]

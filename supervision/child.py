@@ -36,14 +36,16 @@ class Child:
     ready_at: float = 0.0  # when its Ready arrived; 0 until then
     via_standby: bool = False  # its current incarnation is a promoted standby
     restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
-
-    def had_stable_run(self, now: float, reset_s: float) -> bool:
-        """It ran ``reset_s`` or longer before failing (Akka's autoReset): not a crash
-        loop, so its backoff starts over."""
-        return bool(self.ready_at) and now - self.ready_at >= reset_s
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)
+
+    def backoff_history(self, now: float, reset_s: float) -> list[float]:
+        """The restarts that pace its next backoff: none once it ran ``reset_s`` or longer
+        before failing (Akka's autoReset: not a crash loop, so its backoff starts over)."""
+        if self.ready_at and now - self.ready_at >= reset_s:
+            self.restart_times.clear()
+        return self.restart_times
 
     def info(self, supervisor: str) -> ActorInfo:
         """What the root's directory (and ``rml status``) shows of it."""

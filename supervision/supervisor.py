@@ -262,9 +262,8 @@ class Supervisor(RootServices, ReactiveActor):
         # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
         # does not wait because a sibling was restarted a moment ago, nor because it was
         # itself, after a stable run.
-        if child.had_stable_run(now, policy.backoff_reset_s):
-            child.restart_times.clear()
-        delay_s = backoff_delay(child.restart_times, now, period_s=policy.period_s,
+        delay_s = backoff_delay(child.backoff_history(now, policy.backoff_reset_s), now,
+                                period_s=policy.period_s,
                                 backoff_min_s=policy.backoff_min_s,
                                 backoff_max_s=policy.backoff_max_s)
         self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
@@ -291,10 +290,9 @@ class Supervisor(RootServices, ReactiveActor):
         assert self.spec is not None
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
-        if slot.had_stable_run(now, self.spec.policy.backoff_reset_s):
-            slot.restart_times.clear()
-        slot.restart_times = [t for t in slot.restart_times if now - t <= self.spec.policy.period_s]
         policy = self.spec.policy
+        slot.restart_times = [t for t in slot.backoff_history(now, policy.backoff_reset_s)
+                              if now - t <= policy.period_s]
         delay_s = backoff_delay(slot.restart_times, now, period_s=policy.period_s,
                                 backoff_min_s=max(policy.backoff_min_s, _STANDBY_BACKOFF_MIN_S),
                                 backoff_max_s=max(policy.backoff_max_s, _STANDBY_BACKOFF_MAX_S))

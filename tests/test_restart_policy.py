@@ -104,10 +104,8 @@ def backoff_after(ran_s: float | None, reset_s: float = 1.0) -> float:
     child = Child(spec=ChildSpec("a", "worker", "x.Y"), restart_times=[1.0, 2.0, 3.0])
     now = 10.0
     child.ready_at = 0.0 if ran_s is None else now - ran_s
-    if child.had_stable_run(now, reset_s):
-        child.restart_times.clear()
-    return backoff_delay(child.restart_times, now, period_s=30.0, backoff_min_s=0.1,
-                         backoff_max_s=5.0, rng=NO_JITTER)
+    return backoff_delay(child.backoff_history(now, reset_s), now, period_s=30.0,
+                         backoff_min_s=0.1, backoff_max_s=5.0, rng=NO_JITTER)
 
 
 def test_a_stable_run_resets_the_childs_backoff_as_akkas_auto_reset() -> None:
