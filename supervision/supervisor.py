@@ -143,10 +143,11 @@ class Supervisor(RootServices, ReactiveActor):
             child.address, child.pid, child.last_seen = (standby.address, standby.pid,
                                                          time.monotonic())
             standby.address, standby.pid, standby.state = None, 0, "refilling"
+            # The Activate first: the report and the log line can wait a millisecond.
+            self.send(child.address, Activate(child.spec.name, child.spec.role, child.init_id))
             self._report(standby.info(self.name))
             self.log.info("standby_promoting", child=child.spec.name, standby=standby.spec.name,
                           pid=child.pid)
-            self.send(child.address, Activate(child.spec.name, child.spec.role, child.init_id))
             return
         child.address = self.createActor(child.spec.actor_class)
         is_standby = child in self.standbys
