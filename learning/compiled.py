@@ -1,8 +1,9 @@
 """A fitted model as plain arrays: all a predictor needs to answer, without scikit-learn.
 
-The learner compiles each candidate it registers (``learning.inference.ServingModel``'s
-``compiled``) and the registry keeps the bytes beside the artifact. A predictor loads only
-this form, so its process imports numpy and never scikit-learn or SciPy: it maps a third
+The learner compiles each candidate it registers (``learning.inference.checked_compiled_form``:
+only a form that answers as ``predict_proba`` does) and the registry keeps the bytes beside
+the artifact. A predictor loads this form, so its process imports numpy, not scikit-learn or
+SciPy (only a version without a form is loaded from its artifact): it maps a third
 of the memory, and when it is killed the kernel tears it down 3-4x faster, which was most
 of the time a predictor took to come back under load (see ``bench/teardown.py``).
 
@@ -12,8 +13,9 @@ its trees at once with numpy, and logistic regression is a dot product. Inputs t
 rounded to float32 first, as scikit-learn does.
 
 The bytes are msgpack, arrays as raw little-endian bytes with their dtype and shape (no
-pickle). ``CompiledModel.from_bytes`` checks every index before a walk could follow it, so a
-corrupt form is a ``CompiledFormError``, never an endless loop or a crash mid-request.
+pickle). ``CompiledModel.from_bytes`` checks every index before a walk could follow it, and
+that thresholds and values are numbers (a tree's leaves probabilities), so a corrupt form is
+a ``CompiledFormError`` at load, never an endless walk or a NaN answer.
 """
 
 from __future__ import annotations
@@ -154,6 +156,9 @@ class TreeWalk:
                 | (right[inner] >= n)).any():
             raise CompiledFormError("a tree's children must follow their node, within the tree")
         _check_features(feature[inner], n_features)
+        if not np.isfinite(threshold).all() or not ((value >= 0.0) & (value <= 1.0)).all():
+            raise CompiledFormError("a tree's thresholds must be finite and its values "
+                                    "probabilities")
         return cls(left.tolist(), right.tolist(), feature.tolist(), threshold.tolist(),
                    value.tolist())
 
@@ -205,6 +210,9 @@ class EnsembleWalk:
                 (roots < 0) | (roots >= n)).any():
             raise CompiledFormError("an ensemble's children and roots must be nodes of it")
         _check_features(feature, n_features)
+        if np.isnan(threshold).any() or not np.isfinite(value).all():
+            raise CompiledFormError("an ensemble's thresholds must be numbers (+inf at leaves) "
+                                    "and its values finite")
         depth, offset, logistic = body.get("depth"), body.get("offset"), body.get("logistic")
         if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= MAX_DEPTH:
             raise CompiledFormError(f"an ensemble's depth must be an integer in 0..{MAX_DEPTH}")
@@ -287,8 +295,9 @@ class CompiledModel:
             raise CompiledFormError(f"not a compiled model: {exc}") from None
         if not isinstance(document, dict) or document.get("format") != FORMAT:
             raise CompiledFormError(f"not a compiled model of format {FORMAT}")
-        walk_class = _KINDS.get(document.get("kind"))  # type: ignore[arg-type]
         float32_inputs, body = document.get("float32_inputs"), document.get("walk")
+        kind = document.get("kind")
+        walk_class = _KINDS.get(kind) if isinstance(kind, str) else None
         if walk_class is None or not isinstance(float32_inputs, bool) or not isinstance(body,
                                                                                         dict):
             raise CompiledFormError("a compiled model needs a known kind, its walk and its "
@@ -318,7 +327,7 @@ def _field(body: Mapping[str, Any], name: str, dtype: type[np.generic],
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                        for d in shape)):
         raise CompiledFormError(f"{name} must have {ndim} dimension(s) and its bytes")
-    if math.prod(shape) * expected.itemsize != len(data):
+    if math.prod(shape) * expected.itemsize != len(data) or any(d > len(data) for d in shape):
         raise CompiledFormError(f"{name}'s bytes do not match its shape")
     return np.frombuffer(data, dtype=expected).reshape(shape).astype(dtype)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import msgpack
@@ -14,10 +15,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+from sklearn.tree import DecisionTreeClassifier
 
 from config.job import ModelType
 from learning.compiled import CompiledFormError, CompiledModel, TreeWalk
-from learning.inference import ServingModel
+from learning.inference import ServingModel, checked_compiled_form
 from tests.test_inference import NAMES, fitted, probe_rows, split_value_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +75,7 @@ def tree_form(left: list[int], right: list[int], feature: list[int]) -> bytes:
     (tree_form([1, -1, -1], [5, -1, -1], [0, 0, 0]), "within the tree"),
     (tree_form([1, -1, -1], [-1, -1, -1], [0, 0, 0]), "both children or neither"),
     (tree_form([1, -1, -1], [2, -1, -1], [7, 0, 0]), "feature outside"),
+    (msgpack.packb({"format": 1, "kind": ["tree"]}), "known kind"),
 ])
 def test_corrupt_forms_are_refused_by_name(form: bytes, complaint: str) -> None:
     with pytest.raises(CompiledFormError, match=complaint):
@@ -82,10 +87,59 @@ def test_arrays_whose_bytes_do_not_match_their_shape_are_refused() -> None:
     document["walk"]["left"]["data"] = document["walk"]["left"]["data"][:-3]
     with pytest.raises(CompiledFormError, match="shape"):
         CompiledModel.from_bytes(msgpack.packb(document))
+    document = msgpack.unpackb(compiled_bytes(ModelType.DECISION_TREE))
+    document["walk"]["left"]["shape"] = [0, 2**62]  # a product that matches no bytes...
+    document["walk"]["left"]["data"] = b""  # ...but these: still refused, by name
+    with pytest.raises(CompiledFormError, match="left"):
+        CompiledModel.from_bytes(msgpack.packb(document))
     document = msgpack.unpackb(compiled_bytes(ModelType.RANDOM_FOREST))
     document["walk"]["depth"] = 10**9
     with pytest.raises(CompiledFormError, match="depth"):
         CompiledModel.from_bytes(msgpack.packb(document))
+
+
+@pytest.mark.parametrize(("kind", "field", "bad"), [
+    (ModelType.DECISION_TREE, "value", math.nan),
+    (ModelType.DECISION_TREE, "value", 1.5),  # a tree's leaves are probabilities
+    (ModelType.DECISION_TREE, "threshold", math.nan),
+    (ModelType.GRADIENT_BOOSTING, "value", math.inf),
+    (ModelType.GRADIENT_BOOSTING, "threshold", math.nan),
+])
+def test_values_a_walk_would_answer_nan_or_nonsense_with_are_refused(
+        kind: ModelType, field: str, bad: float) -> None:
+    document = msgpack.unpackb(compiled_bytes(kind))
+    values = np.frombuffer(document["walk"][field]["data"], "<f8").copy()
+    values[-1] = bad
+    document["walk"][field]["data"] = values.tobytes()
+    with pytest.raises(CompiledFormError):
+        CompiledModel.from_bytes(msgpack.packb(document))
+
+
+@pytest.mark.filterwarnings("ignore:Skipping features without any observed values")
+def test_a_pipeline_whose_imputer_dropped_a_column_has_no_compiled_form() -> None:
+    # A column never seen (all NaN) is dropped by an imputer that does not keep empty
+    # features, which shifts the model's inputs: the walk would answer wrongly.
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(400, len(NAMES)))
+    X[:, 2] = np.nan
+    y = X[:, 0] > 0
+    pipeline = Pipeline([("impute", SimpleImputer(strategy="median")),
+                         ("model", DecisionTreeClassifier(max_depth=4, random_state=0))]).fit(X, y)
+    serving = ServingModel.from_pipeline(pipeline, 1, 1, NAMES)
+    assert serving.compiled is None
+    assert checked_compiled_form(pipeline, NAMES, X[:50]) is None
+    row = [0.3, -1.0, math.nan, 0.0, 0.0, 0.0]
+    assert serving.predict_one(row) == pytest.approx(pipeline.predict_proba([row])[0, 1])
+
+
+@pytest.mark.parametrize("model_type", list(ModelType))
+def test_the_checked_form_of_each_model_type_is_the_one_predictors_load(
+        model_type: ModelType) -> None:
+    pipeline = fitted(model_type)
+    form = checked_compiled_form(pipeline, NAMES, probe_rows()[:64])
+    assert form is not None
+    assert CompiledModel.from_bytes(form).predict_one(probe_rows()[5]) == pytest.approx(
+        pipeline.predict_proba(probe_rows()[5:6])[0, 1], abs=1e-12)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -101,7 +155,13 @@ def test_mangled_forms_are_refused_or_answer_and_never_hang(data: st.DataObject,
         model = CompiledModel.from_bytes(bytes(form[:cut]))
     except CompiledFormError:
         return
-    assert isinstance(model.predict_one([0.5] * model.n_features), float)
+    answers: list[float] = []
+    walk = threading.Thread(target=lambda: answers.append(
+        model.predict_one([0.5] * model.n_features)), daemon=True)
+    walk.start()
+    walk.join(10.0)  # a walk is microseconds: one still going has lost its way
+    assert not walk.is_alive(), "the walk of a form that decoded never ended"
+    assert len(answers) == 1 and math.isfinite(answers[0])
 
 
 _FORMS = {kind: compiled_bytes(kind) for kind in (ModelType.DECISION_TREE,
