@@ -19,7 +19,7 @@ from config.job import JobConfiguration
 from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
 from learning.drift import profile_features
-from learning.inference import ServingModel
+from learning.inference import checked_compiled_form
 from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc
 from learning.pipeline import Fit, TrainedModel, fit_locally, train
@@ -29,6 +29,7 @@ from messages.facts import Outcome, Reading
 __all__ = ["Candidate", "ChampionRef", "evaluation_record", "make_candidate"]
 
 _MIN_PROFILE_ROWS = 50  # fewer warm rows than this: profile every training row instead
+_FORM_CHECK_ROWS = 256  # rows on which a compiled form must answer as predict_proba does
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +93,12 @@ def make_candidate(
     warm_from = None if first_reading is None else first_reading + job.window_ms
     evaluation = json.dumps(evaluation_record(trained, training_set, warm_from), sort_keys=True,
                             allow_nan=False)
-    compiled = ServingModel.from_pipeline(trained.pipeline, 0, collection.id,
-                                          collection.features).compiled
+    # Checked on rows it was trained on: a form that would answer otherwise is not stored
+    # (predictors then load the artifact).
+    compiled = checked_compiled_form(trained.pipeline, collection.features,
+                                     training_set.X[:_FORM_CHECK_ROWS])
     return Candidate(trained, dump_model(trained.pipeline), ordered, lineage, evaluation,
-                     compiled.to_bytes() if compiled is not None else None)
+                     compiled)
 
 
 def evaluation_record(trained: TrainedModel, training_set: TrainingSet,

@@ -28,9 +28,16 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from learning.compiled import CompiledModel, EnsembleWalk, LinearWalk, TreeWalk, Walk
+from learning.compiled import (
+    CompiledFormError,
+    CompiledModel,
+    EnsembleWalk,
+    LinearWalk,
+    TreeWalk,
+    Walk,
+)
 
-__all__ = ["ServingModel"]
+__all__ = ["ServingModel", "checked_compiled_form"]
 
 
 def _true_column(classes: np.ndarray) -> int:
@@ -211,7 +218,11 @@ class ServingModel:
                 linear = _Linear.of(rest[0], model)
                 walk, many = linear.walk, linear.predict_many
         compiled = None
-        if walk is not None and len(statistics) == len(names) and len(names) > 0:
+        # A column the imputer dropped (never seen: statistic NaN) shifts the model's
+        # inputs: no fast path then.
+        if (walk is not None and len(statistics) == len(names) and len(names) > 0
+                and np.isfinite(statistics).all()
+                and getattr(model, "n_features_in_", len(names)) == len(names)):
             rounded = array("f", statistics.tolist()) if float32_inputs else statistics.tolist()
             compiled = CompiledModel(walk, tuple(rounded), float32_inputs)
         return cls(
@@ -252,3 +263,30 @@ class ServingModel:
         if not np.isfinite(filled).all():
             raise ValueError("feature values must be finite numbers or NaN")
         return np.asarray(self._many(filled), dtype=np.float64)
+
+
+def checked_compiled_form(pipeline: Pipeline, feature_names: Sequence[str],
+                          rows: np.ndarray | None = None, atol: float = 1e-9) -> bytes | None:
+    """The pipeline's compiled form as predictors will load it, or None: when it has no fast
+    path, when its bytes do not decode (``CompiledFormError``, e.g. a tree deeper than a form
+    allows), or when the decoded form does not answer ``rows`` as ``predict_proba`` does
+    (without rows: 256 seeded random ones, a fifth of their values missing)."""
+    if rows is None:
+        rng = np.random.default_rng(0)
+        rows = rng.normal(scale=10.0, size=(256, len(feature_names)))
+        rows[rng.random(rows.shape) < 0.2] = np.nan
+    serving = ServingModel.from_pipeline(pipeline, 0, 0, feature_names)
+    if serving.compiled is None:
+        return None
+    data = serving.compiled.to_bytes()
+    try:
+        decoded = CompiledModel.from_bytes(data)
+    except CompiledFormError:
+        return None
+    matrix = np.asarray(rows, dtype=np.float64)
+    if len(matrix):
+        proba = pipeline.predict_proba(matrix)[:, serving._true_column]
+        answers = np.array([decoded.predict_one(tuple(row)) for row in matrix])
+        if not np.allclose(answers, proba, rtol=0.0, atol=atol):
+            return None
+    return data
