@@ -8,6 +8,10 @@ judged from the registry, trials that reached a verdict are ended);
 (``rml rollback``).
 Sends: ``ModelPublished`` (a new champion) or ``ShadowStarted`` (a new shadow) to every
 predictor; ``TrainResult`` to whoever asked for the run; ``RollbackResult``.
+
+Predictors serve compiled forms and never import scikit-learn; the publisher has it, so
+it compiles (``learning.inference.checked_compiled_form``) any servable version registered
+without a form (before forms existed) at its start, and a version about to be served.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from actors.base import Worker
 from learning.artifacts import load_model
 from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
+from learning.inference import checked_compiled_form
+from learning.lineage import feature_names_of
 from learning.rollback import rollback_reason, rollback_refusal
 from learning.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
 from messages.protocol import (
@@ -64,7 +70,32 @@ class Publisher(Worker):
         self.registry = SQLiteModelRegistry(data / MODELS_FILE, busy_timeout_s=timeout)
         self.trials = SQLiteShadowTrials(data / MODELS_FILE, busy_timeout_s=timeout)
         self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
+        for record in self.registry.versions():
+            if record.status in (CHAMPION, RETIRED, SHADOW):
+                self._try_compile(record.version)
         self.wakeupAfter(_SCAN_S, payload="scan")
+
+    def _compile(self, version: int, pipeline: Any = None) -> None:
+        """Give ``version`` a compiled form if it has none and its pipeline allows one (else
+        predictors load its artifact, importing scikit-learn). Idempotent."""
+        assert self.registry is not None
+        if self.registry.compiled_form(version) is not None:
+            return
+        record = self.registry.get(version)
+        if pipeline is None:
+            pipeline = load_model(self.registry.artifact(version))
+        form = checked_compiled_form(pipeline, feature_names_of(record.lineage))
+        if form is not None:
+            self.registry.add_compiled_form(version, form)
+        self.log.info("compiled_form_added" if form else "no_compiled_form", version=version)
+
+    def _try_compile(self, version: int) -> None:
+        """``_compile``, a failure logged: an artifact that cannot load is refused where it
+        is loaded (a rollback checks it first), and is no reason to stop starting or judging."""
+        try:
+            self._compile(version)
+        except Exception as exc:
+            self.log.warning("compile_failed", version=version, error=repr(exc))
 
     def on_stop(self) -> None:
         for store in (self.registry, self.trials, self.features):
@@ -108,6 +139,8 @@ class Publisher(Worker):
         target = self.settings.learning.shadow_requests
         plan = plan_candidate(decision.publish, champion is not None, force, target)
         reason = decision.reason
+        if plan is not CandidatePlan.REJECT:
+            self._try_compile(version)
         if plan is CandidatePlan.PROMOTE:
             self._end_shadows(f"version {version} was published", keep=version)
             self.registry.promote(version, reason, _now_ms())
@@ -205,7 +238,8 @@ class Publisher(Worker):
         artifact_error = None
         if record is not None:
             try:
-                load_model(self.registry.artifact(version))  # sha256, then the allow-list
+                pipeline = load_model(self.registry.artifact(version))  # sha256, allow-list
+                self._compile(version, pipeline)
             except Exception as exc:
                 artifact_error = f"{type(exc).__name__}: {exc}"
         usable = usable_collection_ids(self.features.collections(),

@@ -113,6 +113,10 @@ class ModelRegistry(Protocol):
         """The artifact, verified against its sha256 (``StoreError`` if it fails)."""
         ...
 
+    def add_compiled_form(self, version: int, compiled: bytes) -> None:
+        """Give a version registered without a compiled form one; a no-op if it has one."""
+        ...
+
     def compiled_form(self, version: int) -> bytes | None:
         """The compiled form (``learning.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""

@@ -260,6 +260,17 @@ class SQLiteModelRegistry(SQLiteBacked):
                              "refusing to return it")
         return data
 
+    def add_compiled_form(self, version: int, compiled: bytes) -> None:
+        """Give a version registered without a compiled form one; a no-op if it has one."""
+        form = bytes(compiled)
+        with self._db.write() as conn:
+            known = conn.execute("SELECT 1 FROM models WHERE version = ?", (version,))
+            if known.fetchone() is None:
+                raise KeyError(f"no model version {version}")
+            conn.execute("INSERT OR IGNORE INTO compiled_forms (version, data, sha256) "
+                         "VALUES (?, ?, ?)", (version, form, hashlib.sha256(form).hexdigest()))
+        self._has_compiled = True
+
     def compiled_form(self, version: int) -> bytes | None:
         """The compiled form (``learning.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""

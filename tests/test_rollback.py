@@ -7,7 +7,9 @@ One daemon for the module; the tests run in order and build on each other.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from daemon.registry_cli import ask_with_progress
 from learning.rollback import rollback_reason, rollback_refusal
 from learning.simulator import Savanna
 from messages.protocol import TrainRequest, TrainResult
-from storage import open_sqlite_stores
+from storage import MODELS_FILE, open_sqlite_stores
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 
 SAVANNA = Savanna(seed=11, n_locations=12, hours=72, outcomes_per_hour=2.0,
@@ -114,6 +116,11 @@ def test_a_weaker_job_is_rejected_and_forced_it_is_promoted(daemon: RunningDaemo
 
 @pytest.mark.e2e
 def test_rollback_switches_predictions_and_is_recorded(daemon: RunningDaemon) -> None:
+    # Version 2 as if registered before compiled forms: the publisher compiles it before
+    # it is served, so predictors still never load scikit-learn.
+    models_file = daemon.settings.data_path / MODELS_FILE
+    with contextlib.closing(sqlite3.connect(models_file)) as conn, conn:
+        conn.execute("DELETE FROM compiled_forms WHERE version = 2")
     done = daemon.rml("rollback", "2", "--reason", "the forced stump is worse")
     assert done.returncode == 0, done.stderr
     assert "rolled back: version 2 is the champion (was version 4)" in done.stdout
@@ -133,6 +140,11 @@ def test_rollback_switches_predictions_and_is_recorded(daemon: RunningDaemon) ->
     assert daemon.status()["model"]["version"] == 2
     human = daemon.rml("models").stdout
     assert f"version 2 (replacing version 4): {reason}" in human
+    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        assert stores.registry.compiled_form(2) is not None
+    for actor in daemon.status()["actors"]:
+        if actor["role"] == "predictor":
+            assert "sklearn" not in Path(f"/proc/{actor['pid']}/maps").read_text()
 
 
 @pytest.mark.e2e

@@ -466,6 +466,13 @@ def test_compiled_form_round_trips_and_is_none_when_registered_without(
     without = register(stores)
     assert stores.registry.compiled_form(with_form) == form
     assert stores.registry.compiled_form(without) is None
+    stores.registry.add_compiled_form(without, b"late form")  # one registered before forms
+    stores.registry.add_compiled_form(without, b"another")  # a no-op: it has one now
+    stores.registry.add_compiled_form(with_form, b"another")
+    assert stores.registry.compiled_form(without) == b"late form"
+    assert stores.registry.compiled_form(with_form) == form
+    with pytest.raises(KeyError):
+        stores.registry.add_compiled_form(99, b"form")
     if backend.name == "sqlite":  # a form changed behind the registry's back is refused
         with sqlite3.connect(Path(backend.location) / MODELS_FILE) as conn:
             conn.execute("UPDATE compiled_forms SET data = ? WHERE version = ?",
