@@ -187,9 +187,9 @@ class Worker(ReactiveActor):
             # steps are idempotent, so Thespian's redelivery after a failure repeats them.
             self.on_serve()
             serving = time.perf_counter()
-            self.on_activate()
             configure_logging(self.settings.log_dir, self.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
+            self.on_activate()
             self._init_id = msg.correlation_id
             self.log.info("standby_promoted", standby=standby,
                           serve_ms=round((serving - began) * 1000, 1),

@@ -71,8 +71,10 @@ def run(standby: int, kills: int) -> list[float]:
                 name = f"predictor-{1 + n % 2}"
                 actors = _ready(client, standby)
                 # Idle, and a stable run: a kill sooner than backoff_reset_s after the
-                # victim's start is a crash loop, which the supervisor backs off on purpose.
-                time.sleep(settings.supervision.backoff_reset_s + 0.2)
+                # victim's start (as its supervisor saw it alive: Pongs every heartbeat
+                # interval) is a crash loop, which the supervisor backs off on purpose.
+                time.sleep(settings.supervision.backoff_reset_s
+                           + settings.supervision.heartbeat_interval_s + 0.2)
                 killed_at = time.monotonic()
                 os.kill(actors[name][0], signal.SIGKILL)
                 answered = answered_by(settings, name)

@@ -365,7 +365,7 @@ def _preload_actor_modules() -> None:
     Every actor process is forked from its parent's, down from the admin, which is forked
     from the keeper. Only the supervisor is imported here: each supervisor imports its
     own children's modules before forking them (``supervision.preload``), so scikit-learn
-    is loaded once, in the learning supervisor, and never in a predictor's process.
+    is loaded once, in the learning supervisor, and not in a predictor's process.
     """
     preload([module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE])
 

@@ -40,10 +40,11 @@ class Child:
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)
 
-    def backoff_history(self, now: float, reset_s: float) -> list[float]:
-        """The restarts that pace its next backoff: none once it ran ``reset_s`` or longer
-        before failing (Akka's autoReset: not a crash loop, so its backoff starts over)."""
-        if self.ready_at and now - self.ready_at >= reset_s:
+    def backoff_history(self, reset_s: float) -> list[float]:
+        """The restarts that pace its next backoff, cleared first if it was alive ``reset_s``
+        or longer after its Ready (its last Pong counts, not the kill of a hung child):
+        Akka's autoReset, a stable run is not a crash loop, so its backoff starts over."""
+        if self.ready_at and self.last_seen - self.ready_at >= reset_s:
             self.restart_times.clear()
         return self.restart_times
 

@@ -263,7 +263,7 @@ class Supervisor(RootServices, ReactiveActor):
         # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
         # does not wait because a sibling was restarted a moment ago, nor because it was
         # itself, after a stable run.
-        delay_s = backoff_delay(child.backoff_history(now, policy.backoff_reset_s), now,
+        delay_s = backoff_delay(child.backoff_history(policy.backoff_reset_s), now,
                                 period_s=policy.period_s,
                                 backoff_min_s=policy.backoff_min_s,
                                 backoff_max_s=policy.backoff_max_s)
@@ -292,7 +292,7 @@ class Supervisor(RootServices, ReactiveActor):
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
         policy = self.spec.policy
-        slot.restart_times = [t for t in slot.backoff_history(now, policy.backoff_reset_s)
+        slot.restart_times = [t for t in slot.backoff_history(policy.backoff_reset_s)
                               if now - t <= policy.period_s]
         delay_s = backoff_delay(slot.restart_times, now, period_s=policy.period_s,
                                 backoff_min_s=max(policy.backoff_min_s, _STANDBY_BACKOFF_MIN_S),

@@ -99,18 +99,21 @@ def test_full_jitter_is_exactly_a_fifth_below_the_cap() -> None:
 
 
 def backoff_after(ran_s: float | None, reset_s: float = 1.0) -> float:
-    """The delay a child's next restart would wait, after three restarts in the last
-    three seconds, when it ran ``ran_s`` seconds (None: never ready) before failing."""
+    """The delay a child's next restart would wait, after three restarts in the last ten
+    seconds, when it answered Pongs for ``ran_s`` seconds after its Ready (None: never
+    ready), then fell silent and was killed seconds later, as a hang is at its deadline."""
     child = Child(spec=ChildSpec("a", "worker", "x.Y"), restart_times=[1.0, 2.0, 3.0])
     now = 10.0
-    child.ready_at = 0.0 if ran_s is None else now - ran_s
-    return backoff_delay(child.backoff_history(now, reset_s), now, period_s=30.0,
+    child.ready_at = 0.0 if ran_s is None else 5.0
+    child.last_seen = 5.0 + (ran_s or 0.0)  # its last Pong: later silence is not a run
+    return backoff_delay(child.backoff_history(reset_s), now, period_s=30.0,
                          backoff_min_s=0.1, backoff_max_s=5.0, rng=NO_JITTER)
 
 
 def test_a_stable_run_resets_the_childs_backoff_as_akkas_auto_reset() -> None:
     assert backoff_after(ran_s=1.5) == pytest.approx(0.1)  # ran long enough: the minimum
-    assert backoff_after(ran_s=0.2) == pytest.approx(0.4)  # a crash loop: it keeps doubling
+    # Hung 0.2 s after its Ready, killed 4.8 s later: still a crash loop, it keeps doubling.
+    assert backoff_after(ran_s=0.2) == pytest.approx(0.4)
     assert backoff_after(ran_s=None) == pytest.approx(0.4)  # never became ready
     # 0: every run that got as far as ready counts as stable; only failed starts back off.
     assert backoff_after(ran_s=0.2, reset_s=0.0) == pytest.approx(0.1)
