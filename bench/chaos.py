@@ -5,9 +5,11 @@
 Prints readings acknowledged, lost (must be 0), stored twice (must be 0),
 predictions answered and the share answered by a fallback, restarts, and three views
 of the time from a kill to the replacement: until the root's status shows it running
-(polled by the killer, in a process of its own); for a predictor, until its replacement
-answers HTTP on the predict port (the goal's measure); and from the supervisors' own log,
-exit to running, by how (a warm standby promoted, or a new actor started).
+(polled by the killer, in a process of its own; for a predictor, from when it answers
+HTTP, so that the polls do not take the GIL from the probe); for a predictor, until its
+replacement answers HTTP on the predict port (the goal's measure); and from the
+supervisors' own log, exit to running, by how (a warm standby promoted, or a new actor
+started).
 Traffic goes to 127.0.0.1 only; the daemon runs in a temporary directory on
 free ports and is always stopped.
 """

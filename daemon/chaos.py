@@ -31,7 +31,7 @@ from daemon.gateway import HttpClient
 from daemon.group import end_group
 from daemon.process import RootClient, read_record, start, stop
 from learning.simulator import Savanna
-from messages.protocol import StatusReport, StatusRequest
+from messages.protocol import ActorInfo, StatusReport, StatusRequest
 
 __all__ = ["ChaosReport", "answered_by", "replacements", "run_chaos"]
 
@@ -247,6 +247,13 @@ class _Chaos:
         if answered is not None:
             self.report.kill_to_http_s.append(answered - since)
 
+    def _wait_back(self, victim: ActorInfo, killed_at: float) -> None:
+        """A predictor's HTTP answer first, then its status: polled at once, the status
+        asks (every 2 ms) held this process's GIL while the HTTP probe waited for it."""
+        if victim.role == "predictor":
+            self._wait_answering(victim.name, killed_at)
+        self._wait_replaced(victim.name, victim.pid, killed_at)
+
     def killer(self, kill_every_s: float, duration_s: float, sigstop: bool,
                kill_daemon: bool) -> None:
         started = time.monotonic()
@@ -284,11 +291,8 @@ class _Chaos:
                 continue
             killed_at = time.monotonic()
             self.report.kills.append(victim.name)
-            threading.Thread(target=self._wait_replaced,
-                             args=(victim.name, victim.pid, killed_at), daemon=True).start()
-            if victim.role == "predictor":
-                threading.Thread(target=self._wait_answering, args=(victim.name, killed_at),
-                                 daemon=True).start()
+            threading.Thread(target=self._wait_back, args=(victim, killed_at),
+                             daemon=True).start()
 
     def killer_process(self, results: Any, kill_every_s: float, duration_s: float,
                        sigstop: bool, kill_daemon: bool) -> None:
