@@ -15,6 +15,8 @@ from typing import Any
 
 from config.settings import Settings, load_settings
 from daemon.group import end_group, free_ports, group_members, port_accepts
+from storage import open_sqlite_stores
+from storage.registry import ModelRecord
 
 TOKEN = "e2e-test-token-0123"
 
@@ -60,6 +62,11 @@ class RunningDaemon:
             if actor["name"] == name:
                 return dict(actor)
         raise KeyError(name)
+
+    def champion(self) -> ModelRecord | None:
+        """The registry's champion, read from the daemon's store (read-only), if any."""
+        with open_sqlite_stores(self.settings.data_path, read_only=True) as stores:
+            return stores.registry.champion()
 
     def ports(self) -> tuple[int, int, int]:
         s = self.settings

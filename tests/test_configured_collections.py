@@ -322,11 +322,7 @@ def test_a_configured_collection_gets_an_id_and_a_model_is_trained_on_it(
     outcomes = SAVANNA.outcome_items()
     assert send_items(ingest, "outcomes", outcomes, batch_size=5000).accepted == len(outcomes)
 
-    def champion() -> Any:
-        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-            return stores.registry.champion()
-
-    record = wait_for("a champion", champion, 60.0, 0.2)
+    record = wait_for("a champion", daemon.champion, 60.0, 0.2)
     assert record.feature_collection_id == 2
     assert json.loads(record.lineage)["feature_collection"]["features"] == list(TREND)
     with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:

@@ -54,7 +54,7 @@ from learning.simulator import Savanna, reading_item
 from learning.trainer_service import RETRY_AFTER_S, make_server
 from learning.training import build_training_set
 from messages.protocol import TrainRequest, TrainResult
-from storage import SYSTEM_FILE, open_sqlite_stores
+from storage import SYSTEM_FILE
 from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
@@ -459,11 +459,6 @@ def attempts(daemon: RunningDaemon) -> tuple[TrainingRun, ...]:
         log.close()
 
 
-def champion(daemon: RunningDaemon) -> Any:
-    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-        return stores.registry.champion()
-
-
 @pytest.mark.e2e
 def test_a_model_fitted_by_the_external_trainer_is_published(
         daemon: RunningDaemon, behind: Behind, ingest: HttpClient) -> None:
@@ -472,7 +467,7 @@ def test_a_model_fitted_by_the_external_trainer_is_published(
     assert send_items(ingest, "readings", readings, batch_size=2000).accepted == len(readings)
     outcomes = SAVANNA.outcome_items()
     assert send_items(ingest, "outcomes", outcomes, batch_size=5000).accepted == len(outcomes)
-    record = wait_for("a champion", lambda: champion(daemon), 60.0, 0.2)
+    record = wait_for("a champion", daemon.champion, 60.0, 0.2)
     ok = [a for a in attempts(daemon) if a.version == record.version]
     assert len(ok) == 1 and ok[0].outcome == "registered" and ok[0].trainer == behind.url
     assert ok[0].trigger.kind == "outcomes"  # the first model
@@ -485,7 +480,7 @@ def test_a_model_fitted_by_the_external_trainer_is_published(
 @pytest.mark.e2e
 def test_a_trainer_past_the_deadline_leaves_the_champion_and_is_recorded(
         daemon: RunningDaemon, behind: Behind) -> None:
-    before = champion(daemon)
+    before = daemon.champion()
     assert before is not None, "needs the model of the previous test"
     behind.become("slow")
     request = TrainRequest(uuid.uuid4().hex, force=True)
@@ -494,7 +489,8 @@ def test_a_trainer_past_the_deadline_leaves_the_champion_and_is_recorded(
     assert (result.published, result.version) == (False, None)
     assert result.reason == (f"external trainer {behind.url}: no answer within 2 s; "
                              "the champion stays")
-    assert champion(daemon).version == before.version
+    after = daemon.champion()
+    assert before is not None and after is not None and after.version == before.version
     mine = [a for a in attempts(daemon) if a.correlation_id == request.correlation_id]
     assert [(a.outcome, a.trainer, a.version) for a in mine] == [("timeout", behind.url, None)]
     assert mine[0].error == "no answer within 2 s" and mine[0].trigger.kind == "request"
@@ -520,12 +516,13 @@ def test_a_hostile_artifact_is_one_failed_attempt_not_a_redelivered_run(
         daemon: RunningDaemon, behind: Behind) -> None:
     behind.become("pipeline_schema")  # skops itself raises TypeError on this one
     seen = len(attempts(daemon))
-    before = champion(daemon)
+    before = daemon.champion()
     done = daemon.rml("train", "--force")
     assert done.returncode == 1, done.stdout
     assert "refused its artifact: artifact does not load (TypeError" in done.stderr
     newest = attempts(daemon)
     assert len(newest) == seen + 1 and newest[0].outcome == "failed"  # one fit, recorded
-    assert champion(daemon).version == before.version
+    after = daemon.champion()
+    assert before is not None and after is not None and after.version == before.version
     learner = daemon.actor("learner")
     assert learner["state"] == "running" and learner["restarts"] == 0

@@ -98,11 +98,7 @@ def test_model_is_trained_on_the_active_valid_collection(
     items = SAVANNA.outcome_items()
     assert send_items(ingest, "outcomes", items, batch_size=5000).accepted == len(items)
 
-    def champion() -> Any:
-        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-            return stores.registry.champion()
-
-    record = wait_for("a champion", champion, 60.0, 0.2)
+    record = wait_for("a champion", daemon.champion, 60.0, 0.2)
     assert record.feature_collection_id == 1
     trained_on = json.loads(record.lineage)["feature_collection"]["features"]
     assert not BROKEN & set(trained_on)

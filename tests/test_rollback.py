@@ -74,11 +74,7 @@ def test_first_model_is_published(daemon: RunningDaemon, ingest: HttpClient) -> 
     assert send_items(ingest, "outcomes", SAVANNA.outcome_items(),
                       batch_size=10_000).failed_batches == 0
 
-    def champion() -> Any:
-        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-            return stores.registry.champion()
-
-    assert wait_for("a first champion", champion, WAIT_S, 0.2).version == 1
+    assert wait_for("a first champion", daemon.champion, WAIT_S, 0.2).version == 1
     wait_for("predictions from version 1", lambda: _versions_answering(daemon, 2) == {1}, WAIT_S)
 
 
