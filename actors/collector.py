@@ -49,7 +49,6 @@ class Collector(EdgeWorker):
         self.waker: Waker | None = None
         # What the hints report; written by the edge thread, read by the actor.
         self.counters = Counters(("readings_accepted", "outcomes_accepted"))
-        self.watermark = 0  # the store's sequence after the newest commit (edge thread writes)
         self._store: SQLiteFactStore | None = None  # used only by the edge's worker thread
         self._last_hint = 0.0
         self._hint_scheduled = False
@@ -114,7 +113,6 @@ class Collector(EdgeWorker):
             return Response(503, encode({"error": f"store unavailable: {exc}"}, fmt),
                             content_type=_media(fmt), headers=(("Retry-After", "1"),))
         self.counters.bump(f"{kind}_accepted", result.accepted)
-        self.watermark = max(self.watermark, result.watermark)
         if self.waker is not None and result.accepted:
             self.waker.notify()
         answer = ingest_answer(result.accepted, result.duplicates, batch.rejected)
@@ -168,7 +166,7 @@ class Collector(EdgeWorker):
         sequence = window.sent(due, now, seen)
         for address, (readings, outcomes) in zip(due, before, strict=True):
             self.send(address, FactsRecorded(self.name, seen[0] - readings, seen[1] - outcomes,
-                                             self.watermark, sequence))
+                                             sequence))
         self._last_hint = now
 
 

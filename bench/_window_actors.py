@@ -39,7 +39,7 @@ class Hinter(Actor):
             now = time.monotonic()
             if not self.windowed or self.window.ready([self.target], now):
                 sequence = self.window.sent([self.target], now)
-                self.send(self.target, FactsRecorded("bench", 1, 0, 0, sequence))
+                self.send(self.target, FactsRecorded("bench", 1, 0, sequence))
                 self.sent += 1
             self.wakeupAfter(0.25)
         elif isinstance(msg, FactsNoted):

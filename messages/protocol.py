@@ -179,7 +179,6 @@ class FactsRecorded:
     collector: str
     readings: int
     outcomes: int
-    watermark: int
     sequence: int = 0  # answered with ``FactsNoted(sequence)``: see ``actors.hints``
 
 
