@@ -39,7 +39,7 @@ from messages.protocol import (
     TrainResult,
 )
 from storage import FEATURES_FILE, MODELS_FILE
-from storage.registry import CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW
+from storage.registry import CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW, ModelRecord
 from storage.shadow import ShadowCounts, ShadowTrial
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
@@ -143,8 +143,7 @@ class Publisher(Worker):
             self._try_compile(version)
         if plan is CandidatePlan.PROMOTE:
             self._end_shadows(f"version {version} was published", keep=version)
-            self.registry.promote(version, reason, _now_ms())
-            self._tell_predictors(ModelPublished(version, record.feature_collection_id))
+            self._promote(record, reason)
             self.log.info("model_published", version=version, reason=reason,
                           correlation_id=correlation_id)
         elif plan is CandidatePlan.SHADOW:
@@ -199,8 +198,7 @@ class Publisher(Worker):
         if record.status != SHADOW:
             return
         if verdict.plan is CandidatePlan.PROMOTE:
-            self.registry.promote(trial.version, verdict.reason, _now_ms())
-            self._tell_predictors(ModelPublished(trial.version, record.feature_collection_id))
+            self._promote(record, verdict.reason)
             self.log.info("model_published", version=trial.version, reason=verdict.reason)
         else:
             # The predictors drop the shadow on their next refresh (it is no longer one).
@@ -253,12 +251,17 @@ class Publisher(Worker):
             return RollbackResult(cid, version, False, None, refusal or "")
         reason = rollback_reason(request.reason)
         self._end_shadows(f"rollback to version {version}", keep=version)
-        self.registry.promote(version, reason, _now_ms())
-        self._tell_predictors(ModelPublished(version, record.feature_collection_id))
+        self._promote(record, reason)
         previous = champion.version if champion else None
         self.log.info("model_rolled_back", version=version, previous_version=previous,
                       reason=reason, correlation_id=cid)
         return RollbackResult(cid, version, True, previous, reason)
+
+    def _promote(self, record: ModelRecord, reason: str) -> None:
+        """Make ``record`` the champion (one registry transaction) and tell every predictor."""
+        assert self.registry is not None
+        self.registry.promote(record.version, reason, _now_ms())
+        self._tell_predictors(ModelPublished(record.version, record.feature_collection_id))
 
     def _tell_predictors(self, notice: ModelPublished | ShadowStarted) -> None:
         for address in self.peers.of("predictor"):
