@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from messages.protocol import ActorInfo
+from supervision.policy import backoff_delay
 from supervision.spec import ChildSpec, SupervisorSpec
 
 __all__ = ["REACHABLE", "Child", "standby_spec"]
@@ -47,6 +49,18 @@ class Child:
         if self.ready_at and self.last_seen - self.ready_at >= reset_s:
             self.restart_times.clear()
         return self.restart_times
+
+    def next_backoff(self, now: float, *, period_s: float, reset_s: float,
+                     backoff_min_s: float, backoff_max_s: float,
+                     rng: random.Random | None = None) -> float:
+        """Its own backoff (as Akka's BackoffSupervisor) before the restart it is about to
+        get, which is recorded: paced by its restarts within ``period_s`` since its last
+        stable run (``backoff_history``)."""
+        history = [t for t in self.backoff_history(reset_s) if now - t <= period_s]
+        delay = backoff_delay(history, now, period_s=period_s, backoff_min_s=backoff_min_s,
+                              backoff_max_s=backoff_max_s, rng=rng)
+        self.restart_times = [*history, now]
+        return delay
 
     def info(self, supervisor: str) -> ActorInfo:
         """What the root's directory (and ``rml status``) shows of it."""

@@ -48,7 +48,7 @@ from messages.protocol import (
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
-from supervision.policy import backoff_delay, decide_restart
+from supervision.policy import decide_restart
 from supervision.preload import module_of, preload
 from supervision.root import RootServices
 from supervision.spec import ROOT_NAME, SupervisorSpec, system_tree
@@ -260,17 +260,14 @@ class Supervisor(RootServices, ReactiveActor):
         if not decision.restart:
             self._escalate(child, decision.recent)
             return
-        # Backoff is the child's own (as Akka's BackoffSupervisor): a predictor killed once
-        # does not wait because a sibling was restarted a moment ago, nor because it was
-        # itself, after a stable run.
-        delay_s = backoff_delay(child.backoff_history(policy.backoff_reset_s), now,
-                                period_s=policy.period_s,
-                                backoff_min_s=policy.backoff_min_s,
-                                backoff_max_s=policy.backoff_max_s)
+        # Backoff is the child's own: a predictor killed once does not wait because a
+        # sibling was restarted a moment ago, nor because it was itself, after a stable run.
+        delay_s = child.next_backoff(now, period_s=policy.period_s,
+                                     reset_s=policy.backoff_reset_s,
+                                     backoff_min_s=policy.backoff_min_s,
+                                     backoff_max_s=policy.backoff_max_s)
         self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
         self.restart_times.append(now)
-        child.restart_times = [t for t in child.restart_times if now - t <= policy.period_s]
-        child.restart_times.append(now)
         group = self._restart_group(child)
         for member in group:
             member.restarts += member is child
@@ -292,12 +289,9 @@ class Supervisor(RootServices, ReactiveActor):
         now = time.monotonic()
         self.log.warning("standby_failed", standby=slot.spec.name, pid=slot.pid)
         policy = self.spec.policy
-        slot.restart_times = [t for t in slot.backoff_history(policy.backoff_reset_s)
-                              if now - t <= policy.period_s]
-        delay_s = backoff_delay(slot.restart_times, now, period_s=policy.period_s,
-                                backoff_min_s=max(policy.backoff_min_s, _STANDBY_BACKOFF_MIN_S),
-                                backoff_max_s=max(policy.backoff_max_s, _STANDBY_BACKOFF_MAX_S))
-        slot.restart_times.append(now)
+        delay_s = slot.next_backoff(now, period_s=policy.period_s, reset_s=policy.backoff_reset_s,
+                                    backoff_min_s=max(policy.backoff_min_s, _STANDBY_BACKOFF_MIN_S),
+                                    backoff_max_s=max(policy.backoff_max_s, _STANDBY_BACKOFF_MAX_S))
         slot.restarts += 1
         slot.address, slot.pid, slot.state = None, 0, "restarting"
         self._report(slot.info(self.name))

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from supervision.child import Child
-from supervision.policy import RestartDecision, backoff_delay, decide_restart
+from supervision.policy import RestartDecision, decide_restart
 from supervision.spec import ChildSpec
 
 NO_JITTER = random.Random()
@@ -106,8 +106,10 @@ def backoff_after(ran_s: float | None, reset_s: float = 1.0) -> float:
     now = 10.0
     child.ready_at = 0.0 if ran_s is None else 5.0
     child.last_seen = 5.0 + (ran_s or 0.0)  # its last Pong: later silence is not a run
-    return backoff_delay(child.backoff_history(reset_s), now, period_s=30.0,
-                         backoff_min_s=0.1, backoff_max_s=5.0, rng=NO_JITTER)
+    delay = child.next_backoff(now, period_s=30.0, reset_s=reset_s, backoff_min_s=0.1,
+                               backoff_max_s=5.0, rng=NO_JITTER)
+    assert child.restart_times[-1] == now  # this restart now paces the next
+    return delay
 
 
 def test_a_stable_run_resets_the_childs_backoff_as_akkas_auto_reset() -> None:
