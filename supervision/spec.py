@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from config.settings import Settings
@@ -63,7 +63,7 @@ def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) 
     roles = [c.role for c in children if c.role in STANDBY_ROLES]
     return SupervisorSpec(
         name=name, children=children,
-        policy=policy if roles else replace(policy, standby=0),
+        policy=policy,  # standby is 0 but for ingest and serving (config.supervision)
         heartbeat_interval_s=settings.supervision.heartbeat_interval_s,
         standby_role=roles[0] if roles else None,
     )
