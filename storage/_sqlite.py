@@ -14,7 +14,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import ClassVar
@@ -32,7 +32,24 @@ _UNAVAILABLE = frozenset({
     sqlite3.SQLITE_PROTOCOL,
 })
 
-_SCHEMA_OBJECT = re.compile(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)")
+_SCHEMA_OBJECT = re.compile(r"CREATE (TABLE|INDEX) IF NOT EXISTS (\w+)")
+
+
+def _schema_objects(schema: str) -> tuple[set[str], set[str]]:
+    """The names a schema creates: every object, and the tables among them."""
+    objects = _SCHEMA_OBJECT.findall(schema)
+    return {name for _, name in objects}, {name for kind, name in objects if kind == "TABLE"}
+
+
+def _found(conn: sqlite3.Connection, names: Iterable[str], kind: str | None = None) -> set[str]:
+    """Which of ``names`` the file holds (only objects of ``kind``, e.g. "table", if given).
+    Reading ``sqlite_master`` fails if the file is not a database."""
+    wanted = tuple(names)
+    sql = f"SELECT name FROM sqlite_master WHERE name IN ({', '.join('?' * len(wanted))})"
+    if kind is not None:
+        sql += " AND type = ?"
+        wanted += (kind,)
+    return {str(row[0]) for row in conn.execute(sql, wanted)}
 
 
 def _store_error(exc: sqlite3.Error | OSError, path: Path, busy_timeout_s: float) -> StoreError:
@@ -69,6 +86,10 @@ class SQLiteDatabase:
         self.read_only = read_only
         self._lock = threading.Lock()
         self._closed = False
+        # Tables known to be in the file (replaced, never mutated, so read without the
+        # lock). None is ever dropped (a rebuild swaps one in within its transaction), so
+        # a table once seen is never looked for again.
+        self._tables: set[str] = set()
         with translate_errors(self.path, busy_timeout_s):
             self._conn = self._connect()
             try:
@@ -92,19 +113,22 @@ class SQLiteDatabase:
         conn = self._conn
         if self.read_only:
             conn.execute("PRAGMA query_only = ON")
-            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails if not a db
+            # An older file may lack some of the schema's tables (fails if not a db).
+            self._tables = _found(conn, _schema_objects(schema)[1], "table")
             return
         # Several processes may open a fresh file at once; switching to WAL can
         # report BUSY without waiting, so retry until the busy deadline.
         deadline = time.monotonic() + self.busy_timeout_s
+        names, tables = _schema_objects(schema)
         while True:
             try:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(f"{self.path}: WAL journal refused (got {mode!r})")
                 conn.execute("PRAGMA synchronous = FULL")
-                if not self._has_schema(schema):  # skip the write lock when already there
+                if _found(conn, names) != names:  # skip the write lock when already there
                     conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
+                self._tables = tables
                 return
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction:
@@ -114,12 +138,18 @@ class SQLiteDatabase:
                     raise
                 time.sleep(0.01)
 
-    def _has_schema(self, schema: str) -> bool:
-        names = set(_SCHEMA_OBJECT.findall(schema))
-        found = self._conn.execute(
-            f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' * len(names))})",
-            tuple(names)).fetchone()[0]
-        return bool(found == len(names))
+    def has_tables(self, *names: str) -> bool:
+        """Whether the file has every one of these tables. Known at open (a writable open
+        makes its schema's tables; a read-only one looks for them), so usually no query;
+        a table still missing is looked for again on each call, since a read-only store
+        may outlive another process's writable open that creates it. Not inside
+        ``read``/``write`` (it may take the connection's lock)."""
+        wanted = set(names)
+        if wanted <= self._tables:
+            return True
+        with self.read() as conn:
+            self._tables = self._tables | _found(conn, wanted - self._tables, "table")
+        return wanted <= self._tables
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:

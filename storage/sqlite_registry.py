@@ -140,11 +140,6 @@ class SQLiteModelRegistry(SQLiteBacked):
         self._records = _RECORDS
         with self._db.read() as conn:
             present, refused = _has_evaluation(conn), _refused_statuses(conn)
-            # A file opened read-only may predate compiled forms (a writable open makes
-            # the table, in SCHEMA).
-            self._has_compiled = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'compiled_forms'"
-            ).fetchone() is not None
         if read_only:  # an older file is read as is (and never written through this store)
             if not present:  # no evaluation records
                 self._records = _RECORDS.replace("m.evaluation", "'{}'")
@@ -182,9 +177,7 @@ class SQLiteModelRegistry(SQLiteBacked):
             assert version is not None
             conn.execute("INSERT INTO artifacts (version, data) VALUES (?, ?)", (version, data))
             if compiled is not None:
-                form = bytes(compiled)
-                conn.execute("INSERT INTO compiled_forms (version, data, sha256) VALUES (?, ?, ?)",
-                             (version, form, hashlib.sha256(form).hexdigest()))
+                _insert_compiled(conn, version, compiled)
             if status == CHAMPION:
                 _promote(conn, version, "registered as champion", created_at_ms)
             else:
@@ -254,38 +247,27 @@ class SQLiteModelRegistry(SQLiteBacked):
                                (version,)).fetchone()
         if row is None:
             raise KeyError(f"no model version {version}")
-        data, expected = bytes(row[0]), row[1]
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise StoreError(f"artifact of model version {version} does not match its sha256; "
-                             "refusing to return it")
-        return data
+        return _verified(bytes(row[0]), row[1], f"artifact of model version {version}")
 
     def add_compiled_form(self, version: int, compiled: bytes) -> None:
         """Give a version registered without a compiled form one; a no-op if it has one."""
-        form = bytes(compiled)
         with self._db.write() as conn:
             known = conn.execute("SELECT 1 FROM models WHERE version = ?", (version,))
             if known.fetchone() is None:
                 raise KeyError(f"no model version {version}")
-            conn.execute("INSERT OR IGNORE INTO compiled_forms (version, data, sha256) "
-                         "VALUES (?, ?, ?)", (version, form, hashlib.sha256(form).hexdigest()))
-        self._has_compiled = True
+            _insert_compiled(conn, version, compiled, ignore=True)
 
     def compiled_form(self, version: int) -> bytes | None:
         """The compiled form (``learning.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""
-        if not self._has_compiled:
+        if not self._db.has_tables("compiled_forms"):  # a read-only file from before them
             return None
         with self._db.read() as conn:
             row = conn.execute("SELECT data, sha256 FROM compiled_forms WHERE version = ?",
                                (version,)).fetchone()
         if row is None:
             return None
-        data, expected = bytes(row[0]), row[1]
-        if hashlib.sha256(data).hexdigest() != expected:
-            raise StoreError(f"compiled form of model version {version} does not match its "
-                             "sha256; refusing to return it")
-        return data
+        return _verified(bytes(row[0]), row[1], f"compiled form of model version {version}")
 
     def champion_for_collection(self, collection_id: int) -> ModelRecord | None:
         """The newest champion-or-retired model trained on ``collection_id`` (for fallback)."""
@@ -295,6 +277,22 @@ class SQLiteModelRegistry(SQLiteBacked):
                                (collection_id, CHAMPION, RETIRED)).fetchone()
         return None if row is None else _record(row)
 
+
+def _verified(data: bytes, expected: str, what: str) -> bytes:
+    """``data`` if its sha256 is ``expected``; else ``StoreError`` naming ``what``."""
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise StoreError(f"{what} does not match its sha256; refusing to return it")
+    return data
+
+
+def _insert_compiled(conn: sqlite3.Connection, version: int, compiled: bytes, *,
+                     ignore: bool = False) -> None:
+    """Inside a write transaction: store ``version``'s compiled form with its sha256
+    (``ignore``: keep the one it already has, if any)."""
+    form = bytes(compiled)
+    verb = "INSERT OR IGNORE" if ignore else "INSERT"
+    conn.execute(f"{verb} INTO compiled_forms (version, data, sha256) VALUES (?, ?, ?)",
+                 (version, form, hashlib.sha256(form).hexdigest()))
 
 
 def _check_status(status: str) -> None:

@@ -54,18 +54,15 @@ def _select(conn: sqlite3.Connection, version: int | None) -> list[ShadowTrial]:
     return [_trial(row) for row in rows]
 
 
-def _has_tables(conn: sqlite3.Connection) -> bool:
-    # A read-only open of a registry written before shadow trials existed has no tables:
-    # it simply has no trials.
-    found = conn.execute("SELECT count(*) FROM sqlite_master WHERE name IN "
-                         "('shadow_trials', 'shadow_counts')").fetchone()[0]
-    return bool(found == 2)
-
-
 class SQLiteShadowTrials(SQLiteBacked):
     """Shadow trials and their per-reporter counts, in the registry's SQLite file."""
 
     SCHEMA = _SCHEMA
+
+    def _has_tables(self) -> bool:
+        # A read-only open of a registry written before shadow trials existed has no tables
+        # (yet: a writable open elsewhere may make them): it simply has no trials.
+        return self._db.has_tables("shadow_trials", "shadow_counts")
 
     def start(self, version: int, target: int, at_ms: int) -> ShadowTrial:
         """Begin ``version``'s trial (idempotent: a trial already begun is returned as is)."""
@@ -94,15 +91,15 @@ class SQLiteShadowTrials(SQLiteBacked):
 
     def get(self, version: int) -> ShadowTrial | None:
         """``version``'s trial, or None."""
+        if not self._has_tables():
+            return None
         with self._db.read() as conn:
-            if not _has_tables(conn):
-                return None
             found = _select(conn, version)
         return found[0] if found else None
 
     def trials(self) -> tuple[ShadowTrial, ...]:
         """Every trial, by version."""
+        if not self._has_tables():
+            return ()
         with self._db.read() as conn:
-            if not _has_tables(conn):
-                return ()
             return tuple(_select(conn, None))
