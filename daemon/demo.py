@@ -19,14 +19,12 @@ import uuid
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
-
 from config.settings import Settings
 from daemon.gateway import HttpClient, IngestTally, send_items
 from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
+from learning.ceiling import holdout_best_auc
 from learning.lineage import outcomes_seen
-from learning.pipeline import split_by_location
 from learning.simulator import Savanna
 from messages.protocol import ActorInfo, Prediction, PredictRequest, StatusReport, StatusRequest
 
@@ -94,20 +92,6 @@ def last_midnight_ms() -> int:
     every run, so the hour-of-day features (and the AUCs) are the same in every run."""
     day = 86_400_000
     return (int(time.time() * 1000) // day) * day
-
-
-def holdout_best_auc(savanna: Savanna, job: dict[str, Any]) -> float:
-    """The best achievable ROC AUC on the outcomes a model with ``job`` was tested on.
-
-    The split is deterministic (by location, seeded), so the simulator's hidden
-    truth can be scored on exactly the learner's holdout.
-    """
-    outcomes = sorted(savanna.outcomes(), key=lambda o: (o.timestamp, o.location_id,
-                                                         o.outcome_id))
-    locations = np.array([o.location_id for o in outcomes], dtype=np.int64)
-    labels = np.array([o.label for o in outcomes], dtype=bool)
-    _, test = split_by_location(locations, int(job["seed"]), float(job["test_fraction"]), labels)
-    return savanna.best_auc([o for o, keep in zip(outcomes, test, strict=True) if keep])
 
 
 def run_demo(base: Settings, config_path: str | None) -> int:

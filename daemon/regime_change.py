@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from learning.artifacts import load_model
+from learning.ceiling import holdout_best_auc
 from learning.collections import FeatureCollection
 from learning.metrics import roc_auc
 from learning.pipeline import split_by_location
@@ -67,7 +68,5 @@ def holdout_auc(record: ModelRecord, artifact: bytes, scenario: RegimeChange,
     model = load_model(artifact)
     true_column = list(model.classes_).index(True)
     scores = model.predict_proba(training.X[test])[:, true_column]
-    ordered = sorted(outcomes, key=lambda o: (o.timestamp, o.location_id, o.outcome_id))
-    held = [o for o, keep in zip(ordered, test, strict=True) if keep]
-    return (roc_auc(training.y[test], scores), scenario.savanna.best_auc(held),
+    return (roc_auc(training.y[test], scores), holdout_best_auc(scenario.savanna, job, outcomes),
             int(np.count_nonzero(test)))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -19,8 +21,25 @@ from learning.metrics import best_achievable_auc
 from learning.pipeline import TrainedModel, split_by_location, train
 from learning.simulator import Savanna
 from learning.training import TrainingSet, build_training_set
+from messages.facts import Outcome
 
-__all__ = ["holdout_ceiling", "main"]
+__all__ = ["holdout_best_auc", "holdout_ceiling", "main"]
+
+
+def holdout_best_auc(savanna: Savanna, job: Mapping[str, Any],
+                     outcomes: Sequence[Outcome] | None = None) -> float:
+    """The best achievable ROC AUC on the outcomes a model with ``job`` (its JSON mapping)
+    was tested on, of ``outcomes`` (default: all the savanna's).
+
+    The split is deterministic (by location, seeded), so the simulator's hidden
+    truth can be scored on exactly the learner's holdout.
+    """
+    ordered = sorted(savanna.outcomes() if outcomes is None else outcomes,
+                     key=lambda o: (o.timestamp, o.location_id, o.outcome_id))
+    locations = np.array([o.location_id for o in ordered], dtype=np.int64)
+    labels = np.array([o.label for o in ordered], dtype=bool)
+    _, test = split_by_location(locations, int(job["seed"]), float(job["test_fraction"]), labels)
+    return savanna.best_auc([o for o, keep in zip(ordered, test, strict=True) if keep])
 
 
 def holdout_ceiling(

@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import holdout_best_auc, last_midnight_ms
+from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import group_members, port_accepts
 from daemon.process import ask_root
+from learning.ceiling import holdout_best_auc
 from learning.lineage import facts_fingerprint
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest
