@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -56,7 +55,6 @@ class TrainedModel:
     split: str  # "location" or "row": how the holdout was chosen
     train_mask: np.ndarray  # bool, over the training set's rows: the part fitted on
     test_mask: np.ndarray  # bool: the holdout
-    fit_seconds: float = 0.0  # how long the fit step took (local or external)
 
     def metric(self, name: str) -> float:
         """One holdout metric by name (``roc_auc``)."""
@@ -165,9 +163,7 @@ def train(training_set: TrainingSet, job: JobConfiguration,
     (train_mask, test_mask), kind = _split(
         training_set.location_ids, job.seed, job.test_fraction, y
     )
-    began = time.perf_counter()
     pipeline = fit(X[train_mask], y[train_mask], training_set.feature_names, job)
-    fit_seconds = time.perf_counter() - began
     true_column = list(pipeline.classes_).index(True)
     y_score = pipeline.predict_proba(X[test_mask])[:, true_column]
     y_true = y[test_mask]
@@ -187,5 +183,4 @@ def train(training_set: TrainingSet, job: JobConfiguration,
         split=kind,
         train_mask=train_mask,
         test_mask=test_mask,
-        fit_seconds=fit_seconds,
     )
