@@ -21,7 +21,7 @@ trainer that is down is not called on every new batch of outcomes; a request
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -104,8 +104,7 @@ def judge_drift(scores: Mapping[str, float], threshold: float, previous: DriftCh
             and previous.champion_version == champion_version
             and previous.episode_started_at_ms is not None):
         started = previous.episode_started_at_ms
-    return DriftCheck(check.at_ms, champion_version, collection_id, window[0], window[1], rows,
-                      check.scores, threshold, started)
+    return replace(check, episode_started_at_ms=started)
 
 
 @dataclass(frozen=True, slots=True)
