@@ -303,7 +303,7 @@ class Learner(Worker):
             metrics=dict(candidate.metrics),
             lineage=with_trigger(json.loads(candidate.lineage.to_json()), trigger),
             artifact=candidate.artifact, created_at_ms=int(time.time() * 1000),
-            evaluation=json.loads(candidate.evaluation), compiled=candidate.compiled,
+            evaluation=candidate.evaluation, compiled=candidate.compiled,
         )
         self.trained_on = max(self.trained_on, len(outcomes))
         self.log.info("candidate_registered", version=version, collection_id=collection.id,

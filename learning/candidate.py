@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,14 +45,15 @@ class ChampionRef:
 @dataclass(frozen=True, slots=True, eq=False)
 class Candidate:
     """A trained model ready to register: artifact bytes, metrics, lineage, its evaluation
-    record (canonical JSON text, see ``evaluation_record``) and its compiled form for
-    predictors (``learning.compiled``; None for a pipeline with no fast path)."""
+    record (the JSON-able mapping ``evaluation_record`` returns, checked free of NaN and
+    infinities; the registry stores it as JSON) and its compiled form for predictors
+    (``learning.compiled``; None for a pipeline with no fast path)."""
 
     trained: TrainedModel
     artifact: bytes
     metrics: tuple[tuple[str, float], ...]
     lineage: Lineage
-    evaluation: str = "{}"
+    evaluation: Mapping[str, Any] = field(default_factory=dict)
     compiled: bytes | None = None
 
 
@@ -91,8 +92,10 @@ def make_candidate(
     )
     first_reading = min((r.timestamp for r in readings), default=None)
     warm_from = None if first_reading is None else first_reading + job.window_ms
-    evaluation = json.dumps(evaluation_record(trained, training_set, warm_from), sort_keys=True,
-                            allow_nan=False)
+    evaluation = evaluation_record(trained, training_set, warm_from)
+    # The registry's JSON encoding accepts NaN and infinities; strict JSON does not, so a
+    # record holding one fails here (ValueError), before anything is registered.
+    json.dumps(evaluation, sort_keys=True, allow_nan=False)
     # Checked on rows it was trained on: a form that would answer otherwise is not stored
     # (predictors then load the artifact).
     compiled = checked_compiled_form(trained.pipeline, collection.features,
@@ -122,7 +125,7 @@ def evaluation_record(trained: TrainedModel, training_set: TrainingSet,
         warm = train_mask & (training_set.timestamps >= warm_from_ms)
         rows = warm if warm.sum() >= _MIN_PROFILE_ROWS else train_mask
     profiles = profile_features(training_set.X[rows], training_set.feature_names)
-    record["profile"] = {name: p.to_mapping() for name, p in profiles.items()}
+    record["profile"] = {name: profiles[name].to_mapping() for name in sorted(profiles)}
     return record
 
 

@@ -35,7 +35,7 @@ def candidate(savanna: Savanna) -> Candidate:
 
 def test_evaluation_record_holds_curves_holdout_and_training_profile(
         candidate: Candidate, savanna: Savanna) -> None:
-    record = json.loads(candidate.evaluation)
+    record = candidate.evaluation
     assert set(record) == {"roc", "pr", "holdout", "profile"}
     roc, pr = record["roc"], record["pr"]
     assert len(roc["fpr"]) == len(roc["tpr"]) == len(roc["thresholds"]) >= 2
@@ -84,11 +84,10 @@ def test_registry_keeps_the_evaluation_record_of_each_version(tmp_path: Path,
         with_record = registry.register(
             feature_collection_id=1, job=JOB.to_mapping(), metrics=dict(candidate.metrics),
             lineage={}, artifact=candidate.artifact, created_at_ms=1,
-            evaluation=json.loads(candidate.evaluation))
+            evaluation=candidate.evaluation)
         without = registry.register(feature_collection_id=1, job=JOB.to_mapping(), metrics={},
                                     lineage={}, artifact=b"x", created_at_ms=2)
-        assert json.loads(registry.get(with_record).evaluation) == json.loads(
-            candidate.evaluation)
+        assert json.loads(registry.get(with_record).evaluation) == candidate.evaluation
         assert registry.get(without).evaluation == "{}"
     finally:
         registry.close()
