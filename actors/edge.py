@@ -37,6 +37,7 @@ from collections.abc import Callable, Collection, Sequence
 from actors._http_connection import Connection
 from actors._http_message import Handler, Request, Response, Route, encode_response
 from actors.waker import Waker
+from messages.auth import bearer_matches
 
 __all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker"]
 
@@ -338,20 +339,8 @@ class HttpEdge:
                 matched |= hmac.compare_digest(raw, expected)
             if matched:
                 return True
-        return self._authorized_slowly(header)
-
-    def _authorized_slowly(self, header: str) -> bool:
-        """Any other spelling: scheme in any case, spaces around the token."""
-        if not self._tokens:
-            return False
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        candidate = token.strip().encode("latin-1")
-        matched = False
-        for expected in self._tokens:  # no early exit: the time spent says nothing
-            matched |= hmac.compare_digest(candidate, expected)
-        return matched
+        # Any other spelling: scheme in any case, spaces around the token.
+        return bearer_matches(header, self._tokens)
 
     def _run(self, route: Route, request: Request, keep_alive: bool) -> bytes:
         try:

@@ -24,7 +24,6 @@ up after ``request_timeout_s``, and at most ``max_jobs`` bodies are read and fit
 from __future__ import annotations
 
 import argparse
-import hmac
 import json
 import math
 import os
@@ -38,6 +37,7 @@ from typing import Any
 from learning.artifacts import dump_model
 from learning.external import ARTIFACT_TYPE, JOB_TYPE, BadTrainingJob, TrainingJob, decode_job
 from learning.pipeline import fit_locally
+from messages.auth import bearer_matches
 from messages.codec import MSGPACK_MEDIA_TYPES
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_JOBS",
@@ -108,13 +108,9 @@ class TrainerServer(ThreadingHTTPServer):
 
     def authorised(self, header: str | None) -> bool:
         """Whether ``header`` is ``Bearer <one of our tokens>`` (constant-time compare)."""
-        scheme, _, given = (header or "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        found = False
-        for token in self.tokens:
-            found |= hmac.compare_digest(token, given.strip().encode())
-        return found
+        # utf-8, like the tokens: http.client sends the header as latin-1 and http.server
+        # decodes it back, so the text equals the configured token, even a non-ASCII one.
+        return bearer_matches(header, self.tokens, encoding="utf-8")
 
 
 def _refuse_connection(request: socket.socket) -> None:
