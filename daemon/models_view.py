@@ -29,12 +29,10 @@ def _lineage(text: str) -> dict[str, Any]:
 
 
 def _shadow(trial: ShadowTrial | None) -> dict[str, Any] | None:
+    """The trial's progress (its version is the model's, shown once, on the model)."""
     if trial is None:
         return None
-    counts = trial.counts
-    return {"target": trial.target, "served": counts.served, "agreed": counts.agreed,
-            "errors": counts.errors, "started_at_ms": trial.started_at_ms,
-            "updated_at_ms": trial.updated_at_ms}
+    return {k: v for k, v in trial.to_mapping().items() if k != "version"}
 
 
 def _runs(settings: Settings, versions: list[int]) -> dict[int, TrainingRun]:
@@ -54,11 +52,14 @@ def _runs(settings: Settings, versions: list[int]) -> dict[int, TrainingRun]:
     return {v: run for v, run in found.items() if run is not None}
 
 
+#: What a model shows of the run that registered it (the trigger is in its lineage).
+_RUN_KEYS = ("correlation_id", "started_at_ms", "trainer", "seconds")
+
+
 def _run(run: TrainingRun | None) -> dict[str, Any] | None:
     if run is None:
         return None
-    return {"correlation_id": run.correlation_id, "started_at_ms": run.started_at_ms,
-            "trainer": run.trainer, "seconds": run.seconds}
+    return {k: v for k, v in run.to_mapping().items() if k in _RUN_KEYS}
 
 
 def models_view(settings: Settings) -> dict[str, Any]:

@@ -96,11 +96,11 @@ def _last_run(settings: Settings) -> dict[str, Any] | None:
         return None
     if not runs:
         return None
-    run = runs[0]
-    return {"correlation_id": run.correlation_id, "started_at_ms": run.started_at_ms,
-            "trigger": run.trigger.to_mapping(), "trainer": run.trainer,
-            "outcome": run.outcome, "error": run.error, "seconds": run.seconds,
-            "version": run.version}
+    return runs[0].to_mapping()
+
+
+#: A shadow model's progress before its trial has begun (``ShadowTrial.to_mapping``'s keys).
+_NO_TRIAL: dict[str, Any] = {"target": None, "served": 0, "agreed": 0, "errors": 0}
 
 
 def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
@@ -118,13 +118,10 @@ def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
         view = []
         for record in shadows:
             trial = trials.get(record.version)
-            counts = trial.counts if trial else None
+            progress = trial.to_mapping() if trial else _NO_TRIAL
             view.append({"version": record.version,
                          "feature_collection_id": record.feature_collection_id,
-                         "target": trial.target if trial else None,
-                         "served": counts.served if counts else 0,
-                         "agreed": counts.agreed if counts else 0,
-                         "errors": counts.errors if counts else 0,
+                         **{key: progress[key] for key in _NO_TRIAL},
                          "roc_auc": dict(record.metrics).get("roc_auc")})
         return view
     finally:

@@ -11,7 +11,7 @@ predictor (a new reporter) adds to what its predecessor served. The trial's stat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 __all__ = ["ShadowCounts", "ShadowTrial", "ShadowTrials"]
 
@@ -39,6 +39,13 @@ class ShadowTrial:
     def done(self) -> bool:
         """Whether it has served its ``target`` requests (and is due for promotion)."""
         return self.counts.served >= self.target
+
+    def to_mapping(self) -> dict[str, Any]:
+        """The form the views show (``rml status``, ``rml models``): every field, the counts
+        flattened into ``served``, ``agreed`` and ``errors``."""
+        return {"version": self.version, "target": self.target, "served": self.counts.served,
+                "agreed": self.counts.agreed, "errors": self.counts.errors,
+                "started_at_ms": self.started_at_ms, "updated_at_ms": self.updated_at_ms}
 
 
 class ShadowTrials(Protocol):

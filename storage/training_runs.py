@@ -80,6 +80,14 @@ class TrainingRun:
         """When the run ended."""
         return self.started_at_ms + round(self.seconds * 1000)
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The form the views show (``rml status``, ``rml models``): every field, the trigger
+        in its lineage form (``Trigger.to_mapping``)."""
+        return {"correlation_id": self.correlation_id, "started_at_ms": self.started_at_ms,
+                "trigger": self.trigger.to_mapping(), "trainer": self.trainer,
+                "outcome": self.outcome, "error": self.error, "seconds": self.seconds,
+                "version": self.version}
+
 
 class TrainingRuns(Protocol):
     """An append-only log of training runs."""
