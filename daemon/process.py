@@ -135,6 +135,14 @@ class RootClient:
         """Send ``message`` to the root and wait for one answer (None on timeout)."""
         return self._asys.ask(self._root, message, timeout_s)
 
+    def tell(self, message: Any) -> None:
+        """Send ``message`` to the root without waiting (answers come through ``listen``)."""
+        self._asys.tell(self._root, message)
+
+    def listen(self, timeout_s: float = 10.0) -> Any:
+        """The next message sent to this client (None when none comes within ``timeout_s``)."""
+        return self._asys.listen(timeout_s)
+
 
 def _daemon_alive(record: RunRecord) -> bool:
     return bool(group_members(record.pgid))

@@ -22,14 +22,13 @@ from config.errors import ConfigError
 from config.job import JobConfiguration
 from config.settings import Settings
 from daemon.models_view import format_metrics, models_view, render_models
-from daemon.process import connect
+from daemon.process import RootClient
 from messages.protocol import RollbackRequest, RollbackResult, TrainRequest, TrainResult
 from storage import MODELS_FILE, SYSTEM_FILE
 from storage.deadletters import SQLiteDeadLetters
 from storage.errors import StoreError
 from storage.registry import ModelRecord
 from storage.sqlite_registry import SQLiteModelRegistry
-from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
 __all__ = ["add_registry_parsers", "ask_with_progress", "load_job_file"]
 
@@ -76,15 +75,14 @@ def ask_with_progress(settings: Settings, message: Any, timeout_s: float,
     """Send ``message`` to the root and wait for the answer with its correlation id, calling
     ``say(elapsed_s)`` every ``every_s`` meanwhile. None at the timeout; a ``str`` (the error)
     when the request became a dead letter, so no answer will come."""
-    asys = connect(settings)
-    root = asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
+    root = RootClient(settings)
     started = time.monotonic()
-    asys.tell(root, message)
+    root.tell(message)
     while True:
         left = timeout_s - (time.monotonic() - started)
         if left <= 0:
             return None
-        answer = asys.listen(min(every_s, left))
+        answer = root.listen(min(every_s, left))
         if getattr(answer, "correlation_id", None) == message.correlation_id:
             return answer
         if answer is None:
