@@ -17,15 +17,16 @@ free ports and is always stopped.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from config.settings import load_settings
-from daemon.chaos import run_chaos
-from daemon.group import free_ports
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _daemon import bench_daemon  # noqa: E402
+
+from daemon.chaos import run_chaos  # noqa: E402
 
 
 def main() -> int:
@@ -36,19 +37,10 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (its logs) and print where it is")
     args = parser.parse_args()
-    where = (contextlib.nullcontext(tempfile.mkdtemp(prefix="rml-chaos-")) if args.keep
-             else tempfile.TemporaryDirectory(prefix="rml-chaos-"))
-    with where as tmp:
-        if args.keep:
-            print(f"data and logs in {tmp}")
-        admin, ingest, predict = free_ports(3)
-        config = Path(tmp) / "rml.toml"
-        config.write_text(
-            f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
-            f"[ingest]\nport = {ingest}\n[predict]\nport = {predict}\n"
-            "[learning]\nmin_outcomes = 100\nretrain_every_outcomes = 100000\n"
-        )
-        settings = load_settings(config, environ={})
+    # run_chaos starts and stops the daemon itself: only the directory, ports and config here.
+    with bench_daemon("[learning]\nmin_outcomes = 100\nretrain_every_outcomes = 100000\n",
+                      prefix="rml-chaos-", keep=args.keep, keep_note="data and logs in",
+                      start_daemon=False) as (settings, config):
         report = run_chaos(settings, str(config), duration_s=args.seconds,
                            kill_every_s=args.kill_every, gateways=args.gateways)
     print()

@@ -18,17 +18,17 @@ import os
 import signal
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from config.settings import Settings, load_settings  # noqa: E402
+from _daemon import bench_daemon  # noqa: E402
+
 from daemon.chaos import answered_by  # noqa: E402
-from daemon.group import free_ports  # noqa: E402
-from daemon.process import RootClient, start, stop  # noqa: E402
+from daemon.process import RootClient  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
 
 
@@ -55,34 +55,24 @@ def _ready(client: RootClient, standby: int,
 
 def run(standby: int, kills: int) -> list[float]:
     """Kill-to-answer times (s) on a daemon with ``standby`` warm spare predictors."""
-    with tempfile.TemporaryDirectory(prefix="rml-failover-") as tmp:
-        admin, ingest, predict = free_ports(3)
-        config = Path(tmp) / "rml.toml"
-        config.write_text(
-            f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
-            f"[ingest]\nport = {ingest}\n[predict]\nport = {predict}\n"
-            f"[supervision.serving]\nstandby = {standby}\n")
-        settings: Settings = load_settings(config, environ={})
-        start(settings, str(config))
+    with bench_daemon(f"[supervision.serving]\nstandby = {standby}\n",
+                      prefix="rml-failover-") as (settings, _):
         times: list[float] = []
-        try:
-            client = RootClient(settings)
-            for n in range(kills):
-                name = f"predictor-{1 + n % 2}"
-                actors = _ready(client, standby)
-                # Idle, and a stable run: a kill sooner than backoff_reset_s after the
-                # victim's start (as its supervisor saw it alive: Pongs every heartbeat
-                # interval) is a crash loop, which the supervisor backs off on purpose.
-                time.sleep(settings.supervision.backoff_reset_s
-                           + settings.supervision.heartbeat_interval_s + 0.2)
-                killed_at = time.monotonic()
-                os.kill(actors[name][0], signal.SIGKILL)
-                answered = answered_by(settings, name)
-                if answered is None:
-                    raise RuntimeError(f"{name} never answered again")
-                times.append(answered - killed_at)
-        finally:
-            stop(settings)
+        client = RootClient(settings)
+        for n in range(kills):
+            name = f"predictor-{1 + n % 2}"
+            actors = _ready(client, standby)
+            # Idle, and a stable run: a kill sooner than backoff_reset_s after the
+            # victim's start (as its supervisor saw it alive: Pongs every heartbeat
+            # interval) is a crash loop, which the supervisor backs off on purpose.
+            time.sleep(settings.supervision.backoff_reset_s
+                       + settings.supervision.heartbeat_interval_s + 0.2)
+            killed_at = time.monotonic()
+            os.kill(actors[name][0], signal.SIGKILL)
+            answered = answered_by(settings, name)
+            if answered is None:
+                raise RuntimeError(f"{name} never answered again")
+            times.append(answered - killed_at)
         return times
 
 

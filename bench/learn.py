@@ -19,27 +19,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from config.job import JobConfiguration, ModelType
-from config.settings import Settings, load_settings
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from daemon.group import free_ports
-from daemon.process import start, stop
-from daemon.regime_change import RegimeChange, holdout_auc
-from learning.features import default_collections
-from learning.pipeline import split_by_location, train
-from learning.simulator import Savanna, outcome_item, reading_item
-from learning.training import build_training_set
-from learning.triggers import DriftCheck
-from storage import SYSTEM_FILE, ModelRecord, open_sqlite_stores
-from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
-from storage.training_runs import SQLiteTrainingRuns
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _daemon import bench_daemon  # noqa: E402
+
+from config.job import JobConfiguration, ModelType  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from daemon.demo import last_midnight_ms  # noqa: E402
+from daemon.gateway import HttpClient, send_items  # noqa: E402
+from daemon.regime_change import RegimeChange, holdout_auc  # noqa: E402
+from learning.features import default_collections  # noqa: E402
+from learning.pipeline import split_by_location, train  # noqa: E402
+from learning.simulator import Savanna, outcome_item, reading_item  # noqa: E402
+from learning.training import build_training_set  # noqa: E402
+from learning.triggers import DriftCheck  # noqa: E402
+from storage import SYSTEM_FILE, ModelRecord, open_sqlite_stores  # noqa: E402
+from storage.drift_log import DRIFT_FILE, SQLiteDriftLog  # noqa: E402
+from storage.training_runs import SQLiteTrainingRuns  # noqa: E402
 
 _TOKEN = "bench-learning-token"
 T = TypeVar("T")
@@ -73,19 +75,6 @@ def training_times(repeats: int) -> None:
     print("(fit s: fitting the pipeline and scoring the holdout; one process, one core)")
 
 
-def _settings(tmp: str, model_type: str) -> tuple[Settings, Path]:
-    admin, ingest, predict = free_ports(3)
-    config = Path(tmp) / "rml.toml"
-    config.write_text(
-        f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
-        f'[ingest]\nport = {ingest}\ntokens = ["{_TOKEN}"]\n'
-        f'[predict]\nport = {predict}\ntokens = ["{_TOKEN}"]\n'
-        f'[learning]\nmin_outcomes = 500\nretrain_every_outcomes = 1000000\n'
-        f'check_interval_s = 0.5\ndrift_check_interval_s = 0.5\n'
-        f'drift_threshold = 0.25\nmodel_type = "{model_type}"\n')
-    return load_settings(config, environ={}), config
-
-
 def _wait(what: str, predicate: Callable[[], T | None], timeout_s: float = 120.0) -> T:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -99,15 +88,12 @@ def _wait(what: str, predicate: Callable[[], T | None], timeout_s: float = 120.0
 def regime_change(model_type: str) -> None:
     """Part 2: a regime change on a real daemon."""
     scenario = RegimeChange.build(end_ms=last_midnight_ms())
-    with tempfile.TemporaryDirectory(prefix="rml-learning-") as tmp:
-        settings, config = _settings(tmp, model_type)
-        start(settings, str(config))
-        try:
-            _play(settings, scenario)
-        finally:
-            report = stop(settings)
-            if report.leftover_pids or report.busy_ports:
-                print(f"LEFT BEHIND: {report.leftover_pids} {report.busy_ports}")
+    learning = ('[learning]\nmin_outcomes = 500\nretrain_every_outcomes = 1000000\n'
+                'check_interval_s = 0.5\ndrift_check_interval_s = 0.5\n'
+                f'drift_threshold = 0.25\nmodel_type = "{model_type}"\n')
+    with bench_daemon(learning, prefix="rml-learning-", tokens=(_TOKEN,),
+                      warn_leftovers=True) as (settings, _):
+        _play(settings, scenario)
 
 
 def _play(settings: Settings, scenario: RegimeChange) -> None:

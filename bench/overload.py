@@ -22,12 +22,10 @@ the collectors acknowledge and refuse, not a gateway's backoff.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import json
 import queue
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -36,10 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from config.settings import Settings, load_settings  # noqa: E402
-from daemon.group import free_ports  # noqa: E402
-from daemon.process import RootClient, start, stop  # noqa: E402
+from _daemon import bench_daemon  # noqa: E402
+
+from config.settings import Settings  # noqa: E402
+from daemon.process import ask_root  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
 
 TOKEN = "overload-bench-token-0123"
@@ -178,7 +178,7 @@ class RssSampler(threading.Thread):
 
 def collectors(settings: Settings) -> list[tuple[str, int, int]]:
     """(name, pid, restarts) of every collector, from the root's status."""
-    answer = RootClient(settings).ask(StatusRequest(uuid.uuid4().hex), 10.0)
+    answer = ask_root(settings, StatusRequest(uuid.uuid4().hex), 10.0)
     if not isinstance(answer, StatusReport):
         raise RuntimeError("the root did not answer status")
     return [(a.name, a.pid, a.restarts) for a in answer.actors
@@ -295,25 +295,10 @@ def main() -> int:
                         help="[ingest] max_pending (default: the embedded default)")
     args = parser.parse_args()
     command = "$ .venv/bin/python " + " ".join(sys.argv)
-    keep = contextlib.nullcontext(tempfile.mkdtemp(prefix="rml-overload-")) if args.keep \
-        else tempfile.TemporaryDirectory(prefix="rml-overload-")
-    with keep as tmp:
-        if args.keep:
-            print(f"data kept in {tmp}")
-        admin, ingest, predict = free_ports(3)
-        config = Path(tmp) / "rml.toml"
-        pending = f"max_pending = {args.max_pending}\n" if args.max_pending else ""
-        config.write_text(
-            f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
-            f'[ingest]\nport = {ingest}\ntokens = ["{TOKEN}"]\n{pending}'
-            f'[predict]\nport = {predict}\ntokens = ["{TOKEN}"]\n'
-        )
-        settings = load_settings(config, environ={})
-        start(settings, str(config))
-        try:
-            return run(settings, args, command)
-        finally:
-            stop(settings)
+    pending = f"max_pending = {args.max_pending}\n" if args.max_pending else ""
+    with bench_daemon(prefix="rml-overload-", tokens=(TOKEN,), ingest_toml=pending,
+                      keep=args.keep, keep_note="data kept in") as (settings, _):
+        return run(settings, args, command)
 
 
 def run(settings: Settings, args: argparse.Namespace, command: str) -> int:
