@@ -33,8 +33,7 @@ from config.job import JobConfiguration
 from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
-from learning.drift import drift_scores, profiles_from_mapping
-from learning.drift_sample import sample_recent
+from learning.drift_sample import measure_drift
 from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
 from learning.features import (
     FeatureCrashed,
@@ -254,28 +253,23 @@ class Learner(Worker):
         champion = self.stores.registry.champion()
         if champion is None:
             return
-        profiles = profiles_from_mapping(json.loads(champion.evaluation).get("profile", {}))
         collection = next((c for c in self.stores.features.collections()
                            if c.id == champion.feature_collection_id), None)
         latest = () if collection is None else self.stores.features.latest_rows(collection.id)
-        if not profiles or collection is None or not latest:
-            return  # no profile (a model from before evaluation records) or no features yet
-        window_ms = int(json.loads(champion.job).get("window_ms", learning.feature_window_ms))
         try:
-            recent, window = sample_recent(latest, self.stores.facts.readings_for_location,
-                                           collection.features, window_ms,
-                                           learning.drift_window_ms)
-            scores = drift_scores(profiles, recent, collection.features)
+            measure = measure_drift(champion, collection, latest,
+                                    self.stores.facts.readings_for_location,
+                                    learning.feature_window_ms, learning.drift_window_ms)
         except (FeatureCrashed, ValueError) as exc:
             self.log.warning("drift_check_failed", champion_version=champion.version,
                              error=str(exc))
             return
-        if not scores:
+        if measure is None or collection is None:
             return
-        check = judge_drift(scores, learning.drift_threshold, self.drift_log.latest_check(),
-                            at_ms=int(time.time() * 1000), champion_version=champion.version,
-                            collection_id=collection.id, window=window,
-                            rows=int(recent.shape[0]))
+        check = judge_drift(measure.scores, learning.drift_threshold,
+                            self.drift_log.latest_check(), at_ms=int(time.time() * 1000),
+                            champion_version=champion.version, collection_id=collection.id,
+                            window=measure.window, rows=measure.rows)
         self.drift_log.record_check(check)
         (self.log.warning if check.above else self.log.info)(
             "drift_checked", champion_version=champion.version, rows=check.rows,

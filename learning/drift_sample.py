@@ -13,16 +13,21 @@ with it (every point just before, or just after, a sensor's report).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from learning.collections import FeatureRow
+from learning.collections import FeatureCollection, FeatureRow
+from learning.drift import drift_scores, profiles_from_mapping
 from learning.feature_batch import ReadLocation
 from learning.features import compute_matrix, reading_arrays, summarise_windows
 from messages.facts import Reading
+from storage.registry import ModelRecord
 
-__all__ = ["DEFAULT_POINTS", "recent_feature_matrix", "sample_recent"]
+__all__ = ["DEFAULT_POINTS", "DriftMeasure", "measure_drift", "recent_feature_matrix",
+           "sample_recent"]
 
 DEFAULT_POINTS = 48  # per location: every 30 minutes over a day
 
@@ -74,3 +79,30 @@ def sample_recent(latest: Sequence[FeatureRow], read_location: ReadLocation,
                 for row in latest if row.as_of_ms > start}
     matrix = recent_feature_matrix(readings, feature_names, feature_window_ms, start, end, points)
     return matrix, (start, end)
+
+
+@dataclass(frozen=True, slots=True)
+class DriftMeasure:
+    """PSI per feature of the recent window against the champion's training profile."""
+
+    scores: dict[str, float]
+    window: tuple[int, int]  # (start, end) ms
+    rows: int  # recent rows sampled
+
+
+def measure_drift(champion: ModelRecord, collection: FeatureCollection | None,
+                  latest: Sequence[FeatureRow], read_location: ReadLocation,
+                  default_feature_window_ms: int, drift_window_ms: int) -> DriftMeasure | None:
+    """The champion's drift on its own collection (``collection``: None when it is gone)
+    from the newest online rows ``latest``; None when there is nothing to judge: a champion
+    without a training profile (from before evaluation records), no features yet, no recent
+    rows. A feature that crashes while sampling raises ``FeatureCrashed``; a profiled
+    feature the collection lacks, ``ValueError``."""
+    profiles = profiles_from_mapping(json.loads(champion.evaluation).get("profile", {}))
+    if not profiles or collection is None or not latest:
+        return None
+    window_ms = int(json.loads(champion.job).get("window_ms", default_feature_window_ms))
+    recent, window = sample_recent(latest, read_location, collection.features, window_ms,
+                                   drift_window_ms)
+    scores = drift_scores(profiles, recent, collection.features)
+    return DriftMeasure(scores, window, int(recent.shape[0])) if scores else None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from learning.collections import FeatureRow
 from learning.drift import (
     FeatureProfile,
     drift_scores,
@@ -18,13 +21,14 @@ from learning.drift import (
     profiles_from_mapping,
     psi,
 )
-from learning.drift_sample import recent_feature_matrix
+from learning.drift_sample import measure_drift, recent_feature_matrix
 from learning.features import default_collections
 from learning.simulator import Savanna
 from learning.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading
 from storage import SYSTEM_FILE
 from storage.drift_log import SQLiteDriftLog
+from storage.registry import ModelRecord
 from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 
 H = 3_600_000
@@ -256,3 +260,27 @@ def test_status_shows_the_newest_check_and_the_last_run(tmp_path: Path) -> None:
     assert "a" in text and "<- drift" in text
     assert ("last training run: drift at 1970-01-01 00:00:00Z: PSI above 0.25 in a -> "
             "timeout: no answer within 2 s (http://127.0.0.1:1, 2.0 s)") in text
+
+
+def champion_record(profile: Mapping[str, object]) -> ModelRecord:
+    evaluation = json.dumps({"profile": profile})
+    return ModelRecord(1, 0, "champion", 1, json.dumps({"window_ms": 3 * H}), (), "{}", "sha",
+                       "registered", evaluation)
+
+
+def test_measure_drift_has_nothing_to_judge_without_a_profile_a_collection_or_rows() -> None:
+    _, every = default_collections(0)
+    row = FeatureRow(every.id, 1, 10 * H, tuple(0.0 for _ in every.features), 10 * H)
+    profile = {every.features[0]: profile_feature(np.arange(10.0)).to_mapping()}
+    never = lambda *_: ()  # noqa: E731  (no readings anywhere)
+    assert measure_drift(champion_record({}), every, [row], never, H, 24 * H) is None
+    assert measure_drift(champion_record(profile), None, [row], never, H, 24 * H) is None
+    assert measure_drift(champion_record(profile), every, [], never, H, 24 * H) is None
+    # A profiled feature the champion's collection no longer has cannot be judged.
+    with pytest.raises(ValueError, match="no recent values"):
+        gone = {"no_such_feature": profile_feature(np.arange(10.0)).to_mapping()}
+        measure_drift(champion_record(gone), every, [row], _one_reading, H, 24 * H)
+
+
+def _one_reading(location: int, start_ms: int, end_ms: int) -> list[Reading]:
+    return [Reading("s1", location, "r1", end_ms - H, 2, 5, 0.25)]
