@@ -1,6 +1,6 @@
-"""FeatureGenerator: turns facts past its watermark into online feature rows.
+"""FeatureGenerator: turns facts past its cursor into online feature rows.
 
-Owns: its watermark (in the feature store), the active feature collection, and
+Owns: its fact cursor (in the feature store), the active feature collection, and
 how many times in a row each feature has crashed (in memory: the verdict is
 in the store, a restart only costs a few more crashes before it).
 Receives: ``FactsRecorded`` hints (and a timer, in case a hint was lost).
@@ -29,12 +29,13 @@ from learning.features import (
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
 from storage import FACTS_FILE, FEATURES_FILE
+from storage.facts import FactCursor
 from storage.sqlite_facts import SQLiteFactStore
 from storage.sqlite_features import SQLiteFeatureStore
 
-__all__ = ["FeatureGenerator", "WATERMARK"]
+__all__ = ["CURSOR", "FeatureGenerator"]
 
-WATERMARK = "feature-generator/readings"
+CURSOR = "feature-generator/readings"
 _POLL_S = 1.0
 _BATCH = 5000
 
@@ -54,7 +55,7 @@ class FeatureGenerator(Worker):
         self.features: SQLiteFeatureStore | None = None
         self.active: FeatureCollection | None = None
         self.crashes = CrashStreaks(limit=3)
-        self.watermark = 0
+        self.cursor = FactCursor()
         self._more_scheduled = False
 
     def on_start(self, init: Init) -> None:
@@ -67,7 +68,7 @@ class FeatureGenerator(Worker):
         for what, error in problems.items():
             self.log.error("feature_collection_refused", what=what, error=error)
         # Rebuild from the stores: where we were, and which collection is valid.
-        self.watermark = self.features.watermark(WATERMARK)
+        self.cursor = self.features.cursor(CURSOR)
         self._choose_collection("started")
         self.wakeupAfter(_POLL_S, payload="poll")
 
@@ -105,7 +106,7 @@ class FeatureGenerator(Worker):
             self._catch_up()
 
     def _catch_up(self) -> None:
-        """Process the next batch of facts past the watermark; idempotent (insert-only rows).
+        """Process the next batch of facts past the cursor; idempotent (insert-only rows).
 
         Only collections still usable are computed: an invalid feature is never computed
         again, and a feature that crashes costs only the rows of the collections naming it.
@@ -116,13 +117,13 @@ class FeatureGenerator(Worker):
         # One batch per message: under steady ingest a loop until caught up would keep this
         # actor from its mailbox for seconds (heartbeats unanswered, and senders' Thespian
         # transmits piling up behind it). The rest follows on a zero-delay timer.
-        batch = self.facts.readings_since(self.watermark, _BATCH)
-        if not batch:
+        page = self.facts.readings_since(self.cursor, _BATCH)
+        if not page.items:
             return
-        if len(batch) == _BATCH and not self._more_scheduled:
+        if len(page.items) >= _BATCH and not self._more_scheduled:
             self._more_scheduled = True
             self.wakeupAfter(0.0, payload="more")
-        result = compute_batch((reading for _, reading in batch),
+        result = compute_batch(page.items,
                                self.facts.readings_for_location, self.features.collections(),
                                self.features.invalid_features(), window, _now_ms(), self.crashes)
         for crash in result.crashes:
@@ -131,9 +132,9 @@ class FeatureGenerator(Worker):
                              in_a_row=crash.in_a_row)
         self._record_invalid(result.invalid)
         self.features.write_rows(list(result.rows))
-        self.watermark = batch[-1][0]
-        self.features.advance_watermark(WATERMARK, self.watermark, _now_ms())
-        self.log.debug("features_written", watermark=self.watermark, locations=result.locations)
+        self.cursor = page.cursor
+        self.features.advance_cursor(CURSOR, self.cursor, _now_ms())
+        self.log.debug("features_written", readings=len(page.items), locations=result.locations)
 
     def _record_invalid(self, found: dict[str, str]) -> None:
         """Record the features judged invalid, and switch the collection if that changes it."""

@@ -173,7 +173,7 @@ class FactsRecorded:
     """Collector -> feature generator and learner: facts are committed up to here.
 
     A hint only: the facts themselves are in the FactStore; receivers read past
-    their own watermark.
+    their own cursor.
     """
 
     collector: str

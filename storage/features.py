@@ -1,7 +1,7 @@
 """The ``FeatureStore`` boundary: collections, feature validity, switches, rows, watermarks.
 
 Everything is an append-only log: the "current" value of anything (the active
-collection, a consumer's watermark) is read from the newest row, so no row is
+collection, a consumer's fact cursor) is read from the newest row, so no row is
 ever updated and a restarted actor rebuilds its state by reading.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from learning.collections import FeatureCollection, FeatureRow
+from storage.facts import FactCursor
 
 __all__ = ["CollectionSwitch", "FeatureStore", "InvalidFeature"]
 
@@ -85,12 +86,12 @@ class FeatureStore(Protocol):
         """The newest row with ``as_of_ms <= at_ms`` (point-in-time lookup), or None."""
         ...
 
-    def watermark(self, name: str) -> int:
-        """The highest value ever recorded for watermark ``name``; 0 if none."""
+    def cursor(self, name: str) -> FactCursor:
+        """Consumer ``name``'s fact cursor: every one it recorded, merged; empty if none."""
         ...
 
-    def advance_watermark(self, name: str, value: int, at_ms: int) -> None:
-        """Record ``value`` for ``name``; a value not above the current one changes nothing."""
+    def advance_cursor(self, name: str, cursor: FactCursor, at_ms: int) -> None:
+        """Merge ``cursor`` into ``name``'s; one the current one covers changes nothing."""
         ...
 
     def close(self) -> None:

@@ -1,8 +1,9 @@
-"""``FactStore`` on an SQLite file: the rowid is the ingest sequence.
+"""``FactStore`` on an SQLite file: the rowid is the ingest sequence, one log for all writers.
 
 Writers are serialised per file (``BEGIN IMMEDIATE``), so rowids are handed out
 in commit order and no lower sequence number ever becomes visible after a
-higher one: a consumer that keeps ``max(seq)`` as its watermark misses nothing.
+higher one: a cursor that keeps the last rowid read (as the position of the one
+log, ``SQLITE_LOG``) misses nothing.
 Duplicates are refused by a unique index (``ON CONFLICT DO NOTHING``) and
 counted from the connection's change counter, exact even when many processes
 insert the same keys at once.
@@ -15,9 +16,12 @@ from operator import attrgetter
 
 from messages.facts import Outcome, Reading
 from storage._sqlite import SQLiteBacked
-from storage.facts import FactCounts, InsertResult
+from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
 
-__all__ = ["SQLiteFactStore"]
+__all__ = ["SQLITE_LOG", "SQLiteFactStore"]
+
+#: The name of an SQLite fact file's one log in a ``FactCursor``.
+SQLITE_LOG = "sqlite"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -65,45 +69,42 @@ class SQLiteFactStore(SQLiteBacked):
 
     SCHEMA = _SCHEMA
 
-    def _insert(self, table: str, sql: str, values: object, n: int) -> InsertResult:
+    def _insert(self, sql: str, values: object, n: int) -> InsertResult:
         if n == 0:
-            with self._db.read() as conn:
-                watermark = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
-            return InsertResult(0, 0, watermark[0])
+            return InsertResult(0, 0)
         with self._db.write() as conn:
             before = conn.total_changes
             conn.executemany(sql, values)  # type: ignore[arg-type]
             accepted = conn.total_changes - before
-            watermark = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
-        return InsertResult(accepted, n - accepted, watermark[0])
+        return InsertResult(accepted, n - accepted)
 
     def insert_readings(self, readings: Sequence[Reading]) -> InsertResult:
         """Store a batch in one durable transaction; known keys count as duplicates."""
-        return self._insert("readings", _INSERT_READING, map(_reading_values, readings),
-                            len(readings))
+        return self._insert(_INSERT_READING, map(_reading_values, readings), len(readings))
 
     def insert_outcomes(self, outcomes: Sequence[Outcome]) -> InsertResult:
         """Store a batch in one durable transaction; known keys count as duplicates."""
-        return self._insert("outcomes", _INSERT_OUTCOME, map(_outcome_values, outcomes),
-                            len(outcomes))
+        return self._insert(_INSERT_OUTCOME, map(_outcome_values, outcomes), len(outcomes))
 
-    def readings_since(self, watermark: int, limit: int) -> tuple[tuple[int, Reading], ...]:
-        """Up to ``limit`` ``(seq, reading)`` pairs after ``watermark``, ascending seq."""
+    def _since(self, table: str, columns: str, cursor: FactCursor,
+               limit: int) -> tuple[list[tuple[object, ...]], FactCursor]:
+        after = cursor.position(SQLITE_LOG)[0]
         if limit <= 0:
-            return ()
+            return [], cursor
         with self._db.read() as conn:
-            rows = conn.execute(f"SELECT seq, {_READING_COLUMNS} FROM readings WHERE seq > ? "
-                                "ORDER BY seq LIMIT ?", (watermark, limit)).fetchall()
-        return tuple((row[0], Reading(*row[1:])) for row in rows)
+            rows = conn.execute(f"SELECT seq, {columns} FROM {table} WHERE seq > ? "
+                                "ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return rows, (cursor.at(SQLITE_LOG, rows[-1][0]) if rows else cursor)
 
-    def outcomes_since(self, watermark: int, limit: int) -> tuple[tuple[int, Outcome], ...]:
-        """Up to ``limit`` ``(seq, outcome)`` pairs after ``watermark``, ascending seq."""
-        if limit <= 0:
-            return ()
-        with self._db.read() as conn:
-            rows = conn.execute(f"SELECT seq, {_OUTCOME_COLUMNS} FROM outcomes WHERE seq > ? "
-                                "ORDER BY seq LIMIT ?", (watermark, limit)).fetchall()
-        return tuple((row[0], _outcome(row[1:])) for row in rows)
+    def readings_since(self, cursor: FactCursor, limit: int) -> FactPage[Reading]:
+        """Up to ``limit`` readings past ``cursor``, in rowid order, and the cursor after them."""
+        rows, after = self._since("readings", _READING_COLUMNS, cursor, limit)
+        return FactPage(tuple(Reading(*row[1:]) for row in rows), after)  # type: ignore[arg-type]
+
+    def outcomes_since(self, cursor: FactCursor, limit: int) -> FactPage[Outcome]:
+        """Up to ``limit`` outcomes past ``cursor``, in rowid order, and the cursor after them."""
+        rows, after = self._since("outcomes", _OUTCOME_COLUMNS, cursor, limit)
+        return FactPage(tuple(_outcome(row[1:]) for row in rows), after)
 
     def readings_for_location(self, location_id: int, start_ms: int,
                               end_ms: int) -> tuple[Reading, ...]:
@@ -115,20 +116,16 @@ class SQLiteFactStore(SQLiteBacked):
                 (location_id, start_ms, end_ms)).fetchall()
         return tuple(Reading(*row) for row in rows)
 
-    def all_readings(self, max_seq: int | None = None) -> tuple[Reading, ...]:
-        """Every reading up to ``max_seq`` (all if None), ascending seq."""
-        where, args = ("", ()) if max_seq is None else (" WHERE seq <= ?", (max_seq,))
+    def all_readings(self) -> tuple[Reading, ...]:
+        """Every reading, ascending seq."""
         with self._db.read() as conn:
-            rows = conn.execute(f"SELECT {_READING_COLUMNS} FROM readings{where} ORDER BY seq",
-                                args).fetchall()
+            rows = conn.execute(f"SELECT {_READING_COLUMNS} FROM readings ORDER BY seq").fetchall()
         return tuple(Reading(*row) for row in rows)
 
-    def all_outcomes(self, max_seq: int | None = None) -> tuple[Outcome, ...]:
-        """Every outcome up to ``max_seq`` (all if None), ascending seq."""
-        where, args = ("", ()) if max_seq is None else (" WHERE seq <= ?", (max_seq,))
+    def all_outcomes(self) -> tuple[Outcome, ...]:
+        """Every outcome, ascending seq."""
         with self._db.read() as conn:
-            rows = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes{where} ORDER BY seq",
-                                args).fetchall()
+            rows = conn.execute(f"SELECT {_OUTCOME_COLUMNS} FROM outcomes ORDER BY seq").fetchall()
         return tuple(_outcome(row) for row in rows)
 
     def get_reading(self, sensor_id: str, reading_id: str) -> Reading | None:
@@ -148,10 +145,8 @@ class SQLiteFactStore(SQLiteBacked):
         return None if row is None else _outcome(row)
 
     def counts(self) -> FactCounts:
-        """Fact counts and watermarks from one snapshot (``count`` scans an index: not hot-path)."""
+        """Fact counts from one snapshot (``count`` scans an index: not hot-path)."""
         with self._db.read() as conn:
-            row = conn.execute(
-                "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM outcomes), "
-                "(SELECT coalesce(max(seq), 0) FROM readings), "
-                "(SELECT coalesce(max(seq), 0) FROM outcomes)").fetchone()
+            row = conn.execute("SELECT (SELECT count(*) FROM readings), "
+                               "(SELECT count(*) FROM outcomes)").fetchone()
         return FactCounts(*row)

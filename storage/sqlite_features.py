@@ -7,12 +7,15 @@ exact for every float, NaN included (an empty window's features are NaN).
 from __future__ import annotations
 
 import json
+import sqlite3
 import struct
 from collections.abc import Sequence
 
 from learning.collections import FeatureCollection, FeatureRow
 from storage._sqlite import SQLiteBacked
+from storage.facts import FactCursor
 from storage.features import CollectionSwitch, InvalidFeature
+from storage.sqlite_facts import SQLITE_LOG
 
 __all__ = ["SQLiteFeatureStore", "decode_values", "encode_values"]
 
@@ -50,6 +53,13 @@ CREATE TABLE IF NOT EXISTS watermarks (
     at_ms INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS watermarks_by_name ON watermarks (name, value);
+CREATE TABLE IF NOT EXISTS cursors (
+    seq INTEGER PRIMARY KEY,
+    name TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS cursors_by_name ON cursors (name, seq);
 """
 
 _ROW_COLUMNS = "collection_id, location_id, as_of_ms, vals, computed_at_ms"
@@ -195,18 +205,31 @@ class SQLiteFeatureStore(SQLiteBacked):
                                (collection_id, location_id, at_ms)).fetchone()
         return None if row is None else _row(row)
 
-    # -- watermarks --------------------------------------------------------
+    # -- consumers' fact cursors -------------------------------------------
 
-    def watermark(self, name: str) -> int:
-        """The highest value ever recorded for watermark ``name``; 0 if none."""
+    def cursor(self, name: str) -> FactCursor:
+        """Consumer ``name``'s fact cursor (its newest row holds every one merged); empty
+        if none. A data directory from before cursors kept an integer watermark over the
+        facts file's rowids: that is the cursor until the consumer records one."""
+        recorded = self._db.has_tables("cursors")  # a read-only older file may lack it
         with self._db.read() as conn:
-            row = conn.execute("SELECT max(value) FROM watermarks WHERE name = ?",
-                               (name,)).fetchone()
-        return 0 if row[0] is None else int(row[0])
+            return self._cursor(conn, name, recorded)
 
-    def advance_watermark(self, name: str, value: int, at_ms: int) -> None:
-        """Record ``value`` for ``name``; a value not above the current one changes nothing."""
+    @staticmethod
+    def _cursor(conn: sqlite3.Connection, name: str, recorded: bool = True) -> FactCursor:
+        if recorded:
+            row = conn.execute("SELECT cursor FROM cursors WHERE name = ? ORDER BY seq DESC "
+                               "LIMIT 1", (name,)).fetchone()
+            if row is not None:
+                return FactCursor.from_text(row[0])
+        old = conn.execute("SELECT max(value) FROM watermarks WHERE name = ?",
+                           (name,)).fetchone()[0]
+        return FactCursor() if old is None else FactCursor(((SQLITE_LOG, int(old), 0),))
+
+    def advance_cursor(self, name: str, cursor: FactCursor, at_ms: int) -> None:
+        """Merge ``cursor`` into ``name``'s; one the current one covers changes nothing."""
         with self._db.write() as conn:
-            conn.execute("INSERT INTO watermarks (name, value, at_ms) SELECT ?, ?, ? "
-                         "WHERE ? > coalesce((SELECT max(value) FROM watermarks "
-                         "WHERE name = ?), 0)", (name, value, at_ms, value, name))
+            current = self._cursor(conn, name)
+            if not current.covers(cursor):
+                conn.execute("INSERT INTO cursors (name, cursor, at_ms) VALUES (?, ?, ?)",
+                             (name, current.merge(cursor).to_text(), at_ms))

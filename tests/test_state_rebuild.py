@@ -22,11 +22,13 @@ from typing import Any
 
 import pytest
 
-from actors.feature_generator import WATERMARK
+from actors.feature_generator import CURSOR
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from learning.simulator import Savanna, outcome_item, reading_item
 from storage import open_sqlite_stores
+from storage.facts import FactCursor
+from storage.sqlite_facts import SQLITE_LOG
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -72,8 +74,8 @@ def replace_by_kill(daemon: RunningDaemon, *names: str) -> dict[str, dict[str, A
 
 def max_reading_seq(daemon: RunningDaemon) -> int:
     with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-        batch = stores.facts.readings_since(0, 1_000_000)
-    return batch[-1][0] if batch else 0
+        page = stores.facts.readings_since(FactCursor(), 1_000_000)
+    return page.cursor.position(SQLITE_LOG)[0]
 
 
 @contextmanager
@@ -87,12 +89,12 @@ def features_db(daemon: RunningDaemon) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def watermark_log(daemon: RunningDaemon) -> list[int]:
-    """Every value the feature generator recorded for its watermark, in order."""
+def cursor_log(daemon: RunningDaemon) -> list[int]:
+    """Every position the feature generator recorded in its cursor, in order."""
     with features_db(daemon) as conn:
-        rows = conn.execute("SELECT value FROM watermarks WHERE name = ? ORDER BY seq",
-                            (WATERMARK,)).fetchall()
-    return [int(r[0]) for r in rows]
+        rows = conn.execute("SELECT cursor FROM cursors WHERE name = ? ORDER BY seq",
+                            (CURSOR,)).fetchall()
+    return [FactCursor.from_text(r[0]).position(SQLITE_LOG)[0] for r in rows]
 
 
 def feature_locations(daemon: RunningDaemon) -> set[int]:
@@ -135,12 +137,12 @@ def test_restarted_collectors_answer_and_a_resent_batch_is_all_duplicates(
     assert (again.accepted, again.duplicates, again.failed_batches) == (0, len(old), 0)
 
 
-def test_restarted_feature_generator_resumes_from_its_watermark(
+def test_restarted_feature_generator_resumes_from_its_cursor(
     daemon: RunningDaemon, ingest: HttpClient
 ) -> None:
     caught_up = max_reading_seq(daemon)
     wait_for("features of the first readings",
-             lambda: watermark_log(daemon)[-1:] == [caught_up], WAIT_S)
+             lambda: cursor_log(daemon)[-1:] == [caught_up], WAIT_S)
     assert feature_locations(daemon) == OLD_LOCATIONS
     generator = daemon.actor("feature-generator")
     # Stop it, then erase one location's rows (a test-only edit of an insert-only
@@ -151,15 +153,15 @@ def test_restarted_feature_generator_resumes_from_its_watermark(
             conn.execute("DELETE FROM feature_rows WHERE location_id = ?", (ERASED,))
     finally:
         replace_by_kill(daemon, "feature-generator")  # SIGKILL ends a stopped process too
-    log_before = watermark_log(daemon)
+    log_before = cursor_log(daemon)
 
     new = [reading_item(r) for r in SAVANNA.readings() if r.location_id not in OLD_LOCATIONS]
     assert send_items(ingest, "readings", new).accepted == len(new)
 
     newest = max_reading_seq(daemon)
-    wait_for("features of the new readings", lambda: watermark_log(daemon)[-1] == newest,
+    wait_for("features of the new readings", lambda: cursor_log(daemon)[-1] == newest,
              WAIT_S)
-    log = watermark_log(daemon)
+    log = cursor_log(daemon)
     assert log[: len(log_before)] == log_before
     assert all(value > caught_up for value in log[len(log_before):])
     assert feature_locations(daemon) == LOCATIONS - {ERASED}, (

@@ -33,6 +33,9 @@ from storage import (
     Stores,
     open_sqlite_stores,
 )
+from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
+from storage.sqlite_facts import SQLITE_LOG
+from storage.sqlite_features import SQLiteFeatureStore
 
 REPO = Path(__file__).resolve().parents[1]
 COUCHBASE_CONFIGURED = all(os.environ.get(name) for name in (
@@ -109,13 +112,12 @@ def run_child(script: str, *args: str, returncode: int = 0) -> str:
 
 # -- facts -----------------------------------------------------------------------------------
 
-def test_insert_reports_accepted_count_and_watermark(stores: Stores) -> None:
+def test_insert_reports_accepted_and_duplicate_counts(stores: Stores) -> None:
     first = stores.facts.insert_readings([reading(1), reading(2), reading(3)])
-    second = stores.facts.insert_readings([reading(4)])
+    second = stores.facts.insert_readings([reading(4), reading(1)])
     assert (first.accepted, first.duplicates) == (3, 0)
-    assert (second.accepted, second.duplicates) == (1, 0)
-    assert second.watermark > first.watermark > 0
-    assert stores.facts.counts().reading_watermark == second.watermark
+    assert (second.accepted, second.duplicates) == (1, 1)
+    assert stores.facts.counts().readings == 4
 
 
 def test_duplicate_reading_is_reported_not_overwritten(stores: Stores) -> None:
@@ -155,11 +157,11 @@ def test_outcome_label_round_trips_as_bool(stores: Stores) -> None:
     assert all(type(label) is bool for label in labels)
 
 
-def test_empty_batch_stores_nothing_and_reports_the_watermark(stores: Stores) -> None:
-    stored = stores.facts.insert_readings([reading(1)])
-    empty = stores.facts.insert_readings([])
-    assert empty == type(empty)(0, 0, stored.watermark)
-    assert stores.facts.insert_outcomes([]).watermark == 0
+def test_empty_batch_stores_nothing(stores: Stores) -> None:
+    stores.facts.insert_readings([reading(1)])
+    assert stores.facts.insert_readings([]) == InsertResult(0, 0)
+    assert stores.facts.insert_outcomes([]) == InsertResult(0, 0)
+    assert stores.facts.counts() == FactCounts(1, 0)
 
 
 def test_a_batch_that_fails_stores_nothing(stores: Stores) -> None:
@@ -170,25 +172,29 @@ def test_a_batch_that_fails_stores_nothing(stores: Stores) -> None:
     assert stores.facts.get_reading("s1", "r1") is None
 
 
-def test_readings_since_pages_through_the_log_in_sequence_order(stores: Stores) -> None:
+def test_readings_since_pages_through_one_writers_log_in_order(stores: Stores) -> None:
     stores.facts.insert_readings([reading(i) for i in range(10)])
-    stores.facts.insert_readings([reading(i) for i in range(10, 15)])
+    stores.facts.insert_readings([reading(i) for i in range(3, 15)])  # 3..9 are duplicates
     seen: list[Reading] = []
-    watermark = 0
-    while page := stores.facts.readings_since(watermark, 4):
-        seqs = [seq for seq, _ in page]
-        assert seqs == sorted(seqs) and seqs[0] > watermark
-        seen.extend(r for _, r in page)
-        watermark = seqs[-1]
+    cursor = FactCursor()
+    while (page := stores.facts.readings_since(cursor, 4)).items:
+        assert len(page.items) <= 4
+        seen.extend(page.items)
+        # A consumer keeps its cursor as text (in the feature store): it must survive that.
+        cursor = FactCursor.from_text(page.cursor.to_text())
     assert seen == [reading(i) for i in range(15)]
-    assert stores.facts.readings_since(watermark, 0) == ()
+    assert stores.facts.readings_since(cursor, 10).items == ()
+    assert stores.facts.readings_since(cursor, 0) == FactPage((), cursor)
+    stores.facts.insert_readings([reading(15)])
+    assert stores.facts.readings_since(cursor, 10).items == (reading(15),)
 
 
-def test_outcomes_since_pages_in_sequence_order(stores: Stores) -> None:
+def test_outcomes_since_pages_in_order(stores: Stores) -> None:
     stores.facts.insert_outcomes([outcome(i) for i in range(5)])
-    first = stores.facts.outcomes_since(0, 3)
-    rest = stores.facts.outcomes_since(first[-1][0], 10)
-    assert [o for _, o in first + rest] == [outcome(i) for i in range(5)]
+    first = stores.facts.outcomes_since(FactCursor(), 3)
+    rest = stores.facts.outcomes_since(first.cursor, 10)
+    assert first.items + rest.items == tuple(outcome(i) for i in range(5))
+    assert stores.facts.readings_since(rest.cursor, 10).items == ()  # logs of each kind apart
 
 
 def test_readings_for_location_is_half_open_and_time_ordered(stores: Stores) -> None:
@@ -202,22 +208,19 @@ def test_readings_for_location_is_half_open_and_time_ordered(stores: Stores) -> 
     assert stores.facts.readings_for_location(3, 0, 1_000) == ()
 
 
-def test_all_facts_stop_at_max_seq(stores: Stores) -> None:
-    first = stores.facts.insert_readings([reading(1), reading(2)])
-    stores.facts.insert_readings([reading(3)])
-    o = stores.facts.insert_outcomes([outcome(1)])
+def test_all_facts_come_back_in_log_order(stores: Stores) -> None:
+    stores.facts.insert_readings([reading(1), reading(2)])
+    stores.facts.insert_readings([reading(3), reading(1)])
+    stores.facts.insert_outcomes([outcome(1)])
     stores.facts.insert_outcomes([outcome(2)])
-    assert stores.facts.all_readings(max_seq=first.watermark) == (reading(1), reading(2))
     assert stores.facts.all_readings() == (reading(1), reading(2), reading(3))
-    assert stores.facts.all_outcomes(max_seq=o.watermark) == (outcome(1),)
+    assert stores.facts.all_outcomes() == (outcome(1), outcome(2))
 
 
-def test_counts_report_facts_and_watermarks(stores: Stores) -> None:
-    r = stores.facts.insert_readings([reading(1), reading(2), reading(2)])
-    o = stores.facts.insert_outcomes([outcome(1)])
-    counts = stores.facts.counts()
-    assert (counts.readings, counts.outcomes) == (2, 1)
-    assert (counts.reading_watermark, counts.outcome_watermark) == (r.watermark, o.watermark)
+def test_counts_report_facts(stores: Stores) -> None:
+    stores.facts.insert_readings([reading(1), reading(2), reading(2)])
+    stores.facts.insert_outcomes([outcome(1)])
+    assert stores.facts.counts() == FactCounts(2, 1)
 
 
 _READ_IN_CHILD = """
@@ -317,6 +320,13 @@ def test_concurrent_writers_store_each_key_once(backend: Backend, stores: Stores
     stored = stores.facts.all_readings()
     assert len(stored) == len({r.key for r in stored}) == len(distinct)
     assert stores.facts.counts().readings == len(distinct)
+    # A consumer paging through every writer's log sees each stored fact exactly once.
+    paged: list[tuple[str, str]] = []
+    cursor = FactCursor()
+    while (page := stores.facts.readings_since(cursor, 97)).items:
+        paged.extend(r.key for r in page.items)
+        cursor = page.cursor
+    assert len(paged) == len(distinct) and set(paged) == distinct
 
 
 def test_read_only_stores_see_the_writers_commits_and_refuse_writes(
@@ -409,14 +419,16 @@ def test_nan_and_other_special_feature_values_round_trip_exactly(stores: Stores)
     assert stores.features.latest_row(0, 2) == FeatureRow(0, 2, 100, (), 105)
 
 
-def test_watermark_only_moves_forward(stores: Stores) -> None:
-    assert stores.features.watermark("gen") == 0
-    stores.features.advance_watermark("gen", 10, 1)
-    stores.features.advance_watermark("gen", 7, 2)  # a late, lower value changes nothing
-    stores.features.advance_watermark("other", 3, 3)
-    assert stores.features.watermark("gen") == 10
-    stores.features.advance_watermark("gen", 25, 4)
-    assert (stores.features.watermark("gen"), stores.features.watermark("other")) == (25, 3)
+def test_a_consumers_cursor_only_moves_forward(stores: Stores) -> None:
+    assert stores.features.cursor("gen") == FactCursor()
+    stores.features.advance_cursor("gen", FactCursor.of({"a": (10, 0)}), 1)
+    stores.features.advance_cursor("gen", FactCursor.of({"a": (7, 3)}), 2)  # late: no change
+    stores.features.advance_cursor("gen", FactCursor.of({"b": (2, 5)}), 3)  # another writer
+    stores.features.advance_cursor("other", FactCursor.of({"a": (3, 0)}), 3)
+    assert stores.features.cursor("gen") == FactCursor.of({"a": (10, 0), "b": (2, 5)})
+    stores.features.advance_cursor("gen", FactCursor.of({"a": (10, 4), "b": (1, 0)}), 4)
+    assert stores.features.cursor("gen") == FactCursor.of({"a": (10, 4), "b": (2, 5)})
+    assert stores.features.cursor("other") == FactCursor.of({"a": (3, 0)})
 
 
 # -- model registry --------------------------------------------------------------------------
@@ -579,11 +591,11 @@ def test_dead_letters_keep_a_truncated_repr_newest_first(stores: Stores) -> None
 def test_stores_survive_a_restart(backend: Backend) -> None:
     with backend.open() as first:
         first.facts.insert_readings([reading(1)])
-        first.features.advance_watermark("gen", 4, 1)
+        first.features.advance_cursor("gen", FactCursor.of({"w": (4, 1)}), 1)
         first.registry.promote(register(first), "first", 1)
     with backend.open() as again:
         assert again.facts.get_reading("s1", "r1") == reading(1)
-        assert again.features.watermark("gen") == 4
+        assert again.features.cursor("gen") == FactCursor.of({"w": (4, 1)})
         champion = again.registry.champion()
         assert champion is not None and champion.version == 1
 
@@ -596,3 +608,30 @@ def test_sqlite_stores_keep_each_writer_in_its_own_file(tmp_path: Path) -> None:
         for name in names:
             with sqlite3.connect(data / name) as conn:
                 assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_feature_file_from_before_cursors_keeps_its_watermark_as_the_cursor(
+        tmp_path: Path) -> None:
+    path = tmp_path / FEATURES_FILE
+    with sqlite3.connect(path) as conn:  # the watermark table as the release before wrote it
+        conn.execute("CREATE TABLE watermarks (seq INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                     "value INTEGER NOT NULL, at_ms INTEGER NOT NULL) STRICT")
+        conn.executemany("INSERT INTO watermarks (name, value, at_ms) VALUES (?, ?, ?)",
+                         [("gen", 40, 1), ("gen", 42, 2), ("other", 7, 3)])
+    conn.close()
+    old = FactCursor(((SQLITE_LOG, 42, 0),))
+    reader = SQLiteFeatureStore(path, read_only=True)
+    try:
+        assert reader.cursor("gen") == old
+    finally:
+        reader.close()
+    store = SQLiteFeatureStore(path)
+    try:
+        assert store.cursor("gen") == old
+        assert store.cursor("new") == FactCursor()
+        store.advance_cursor("gen", FactCursor(((SQLITE_LOG, 41, 0),)), 4)  # behind: no change
+        assert store.cursor("gen") == old
+        store.advance_cursor("gen", FactCursor(((SQLITE_LOG, 50, 0),)), 5)
+        assert store.cursor("gen") == FactCursor(((SQLITE_LOG, 50, 0),))
+    finally:
+        store.close()
