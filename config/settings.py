@@ -9,6 +9,7 @@ token lists are comma-separated (``RML_INGEST_TOKENS=a,b``).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -27,7 +28,9 @@ from config.supervision import (
 
 __all__ = [
     "ActorSystemSettings",
+    "COUCHBASE_DURABILITY",
     "ConfiguredCollection",
+    "CouchbaseSettings",
     "IngestSettings",
     "FeatureSettings",
     "LearningSettings",
@@ -147,12 +150,33 @@ class ConfiguredCollection:
     id: int | None = None
 
 
+#: ``[storage.couchbase] durability``: the SDK's server-side durability levels.
+COUCHBASE_DURABILITY = ("none", "majority", "majority_and_persist_active", "persist_to_majority")
+_COUCHBASE_NAME = re.compile(r"[A-Za-z0-9_%-][A-Za-z0-9_%.-]{0,250}")
+
+
+@dataclass(frozen=True, slots=True)
+class CouchbaseSettings:
+    """``[storage.couchbase]``: the cluster, and where in it this deployment lives. The
+    password is best given as ``RML_STORAGE_COUCHBASE_PASSWORD``, not in the file."""
+
+    connection_string: str = "couchbase://127.0.0.1"
+    username: str = "rml"
+    password: str = field(default="", repr=False)
+    bucket: str = "rml"
+    scope: str = "rml"  # one scope per deployment; the project creates its collections
+    durability: str = "majority"
+    bootstrap_timeout_s: float = 10.0
+    kv_timeout_s: float = 2.5
+
+
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     """The store backend (SQLite files in ``data_dir`` by default)."""
 
     backend: str = "sqlite"
     busy_timeout_s: float = 10.0
+    couchbase: CouchbaseSettings = field(default_factory=CouchbaseSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +280,15 @@ def _apply(section: Any, prefix: str, values: Mapping[str, Any], from_env: bool)
                 continue
         if key == "features.collections":
             changes[name] = _configured_collections(key, raw)
+            continue
+        if isinstance(section, StorageSettings) and (name == "couchbase" or (
+                from_env and name.startswith("couchbase_"))):
+            # [storage.couchbase] in a file; RML_STORAGE_COUCHBASE_PASSWORD from env.
+            nested: Any = {name.removeprefix("couchbase_"): raw} if from_env else raw
+            if not isinstance(nested, Mapping):
+                raise ConfigError(key, "expected a table")
+            current = changes.get("couchbase", section.couchbase)
+            changes["couchbase"] = _apply(current, f"{prefix}.couchbase", nested, from_env)
             continue
         if name not in known:
             raise ConfigError(key, "unknown key")
@@ -393,8 +426,7 @@ def _validate(s: Settings) -> Settings:
     if not 0.0 <= s.learning.shadow_max_error_rate <= 1.0:
         raise ConfigError("learning.shadow_max_error_rate", "must be in [0, 1] (1: never reject)")
     validate_supervision(s.supervision)
-    if s.storage.backend not in {"sqlite"}:
-        raise ConfigError("storage.backend", "only 'sqlite' is available in this version")
+    _validate_storage(s.storage)
     from config.job import ModelType  # local: config.job is the learning side's
 
     try:
@@ -403,6 +435,31 @@ def _validate(s: Settings) -> Settings:
         choices = ", ".join(m.value for m in ModelType)
         raise ConfigError("learning.model_type", f"must be one of {choices}") from None
     return s
+
+
+def _validate_storage(storage: StorageSettings) -> None:
+    if storage.backend not in {"sqlite"}:
+        raise ConfigError("storage.backend",
+                          "only 'sqlite' runs a daemon in this version (the Couchbase "
+                          "backend has its fact store so far: see the README)")
+    cb, key = storage.couchbase, "storage.couchbase"
+    url = urlsplit(cb.connection_string)
+    if url.scheme not in ("couchbase", "couchbases") or not url.netloc:
+        raise ConfigError(f"{key}.connection_string",
+                          "must be couchbase://host[,host...] or couchbases://..., "
+                          f"got {cb.connection_string!r}")
+    for name in ("bucket", "scope"):
+        if not _COUCHBASE_NAME.fullmatch(getattr(cb, name)):
+            raise ConfigError(f"{key}.{name}", "must be 1 to 251 letters, digits, _ - % "
+                              "or . (not starting with .)")
+    if cb.scope.startswith("_") and cb.scope != "_default":
+        raise ConfigError(f"{key}.scope", "names starting with _ are Couchbase's own")
+    if cb.durability not in COUCHBASE_DURABILITY:
+        raise ConfigError(f"{key}.durability",
+                          f"must be one of {', '.join(COUCHBASE_DURABILITY)}")
+    for name, most in (("bootstrap_timeout_s", 300.0), ("kv_timeout_s", 60.0)):
+        if not 0 < getattr(cb, name) <= most:
+            raise ConfigError(f"{key}.{name}", f"must be in (0, {most:g}] seconds")
 
 
 def _validate_trainer(s: Settings) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from config.errors import ConfigError
-from config.settings import Settings, load_settings
+from config.settings import load_settings
 
 #: Every key and its documented default (``data_dir`` is checked separately: it is resolved).
 DEFAULTS: dict[str, Any] = {
@@ -78,21 +78,28 @@ DEFAULTS: dict[str, Any] = {
     "supervision.serving": (("standby", 1),),
     "storage.backend": "sqlite",
     "storage.busy_timeout_s": 10.0,
+    "storage.couchbase.connection_string": "couchbase://127.0.0.1",
+    "storage.couchbase.username": "rml",
+    "storage.couchbase.password": "",
+    "storage.couchbase.bucket": "rml",
+    "storage.couchbase.scope": "rml",
+    "storage.couchbase.durability": "majority",
+    "storage.couchbase.bootstrap_timeout_s": 10.0,
+    "storage.couchbase.kv_timeout_s": 2.5,
 }
 
 GOOD_TOKEN = "a-long-enough-token"
 
 
-def dotted(settings: Settings) -> dict[str, Any]:
-    """Every setting by its dotted key."""
+def dotted(settings: Any, prefix: str = "") -> dict[str, Any]:
+    """Every setting by its dotted key (nested tables such as storage.couchbase too)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(settings):
         value = getattr(settings, f.name)
         if dataclasses.is_dataclass(value):
-            for inner in dataclasses.fields(value):
-                out[f"{f.name}.{inner.name}"] = getattr(value, inner.name)
+            out.update(dotted(value, f"{prefix}{f.name}."))
         else:
-            out[f.name] = value
+            out[f"{prefix}{f.name}"] = value
     return out
 
 
@@ -357,6 +364,14 @@ def test_loopback_binds_are_accepted(bind: str) -> None:
         ({"RML_INGEST_COLLECTORS": "0"}, "ingest.collectors"),
         ({"RML_INGEST_MAX_BODY_BYTES": "1000"}, "ingest.max_body_bytes"),
         ({"RML_STORAGE_BACKEND": "couchbase"}, "storage.backend"),
+        ({"RML_STORAGE_COUCHBASE_DURABILITY": "all"}, "storage.couchbase.durability"),
+        ({"RML_STORAGE_COUCHBASE_CONNECTION_STRING": "http://cb"},
+         "storage.couchbase.connection_string"),
+        ({"RML_STORAGE_COUCHBASE_SCOPE": "_system"}, "storage.couchbase.scope"),
+        ({"RML_STORAGE_COUCHBASE_BUCKET": "a/b"}, "storage.couchbase.bucket"),
+        ({"RML_STORAGE_COUCHBASE_BOOTSTRAP_TIMEOUT_S": "0"},
+         "storage.couchbase.bootstrap_timeout_s"),
+        ({"RML_STORAGE_COUCHBASE_NOPE": "1"}, "storage.couchbase.nope"),
     ],
 )
 def test_out_of_range_value_is_refused_with_its_dotted_name(
@@ -501,3 +516,24 @@ def test_a_supervisors_batch_heartbeat_timeout_reaches_its_batch_children(
                 for c in sub.spec.children}
     assert (timeouts["learner"], timeouts["publisher"]) == (300.0, 300.0)
     assert timeouts["feature-generator"] == 120.0 and timeouts["predictor-1"] is None
+
+
+def test_couchbase_settings_come_from_the_file_and_the_password_from_the_environment(
+        tmp_path: Path) -> None:
+    path = write(tmp_path, """
+[storage.couchbase]
+connection_string = "couchbase://cb1.example.internal"
+username = "rml-prod"
+bucket = "rml"
+scope = "prod"
+durability = "persist_to_majority"
+""")
+    s = load_settings(path, {"RML_STORAGE_COUCHBASE_PASSWORD": "from-the-env",
+                             "RML_STORAGE_COUCHBASE_KV_TIMEOUT_S": "5"})
+    cb = s.storage.couchbase
+    assert (cb.connection_string, cb.username, cb.scope, cb.durability, cb.kv_timeout_s) == (
+        "couchbase://cb1.example.internal", "rml-prod", "prod", "persist_to_majority", 5.0)
+    assert cb.password == "from-the-env"
+    assert "from-the-env" not in repr(s)
+    assert refused_key(write(tmp_path, "[storage.couchbase]\nport = 1\n", "bad.toml")) == (
+        "storage.couchbase.port")
