@@ -1,0 +1,144 @@
+"""One Couchbase collection through the SDK's key-value API, with the project's errors.
+
+The cut is here so that the stores above speak only in documents and keys: insert
+one or many (a key that exists is reported, not raised), get one or many (a
+missing key is absent, not raised). Every SDK exception that escapes becomes a
+``StoreTimeout`` (the cluster answered too late, or a durable write's outcome is
+ambiguous: retry later, answer 503) or a ``StoreUnavailable`` (anything else).
+An ambiguous write is safe to retry because every write is an ``insert``: a
+second try that finds the key tells the caller the first one landed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from couchbase.durability import DurabilityLevel, ServerDurability
+from couchbase.exceptions import (
+    AmbiguousTimeoutException,
+    CouchbaseException,
+    DocumentExistsException,
+    DocumentNotFoundException,
+    DurabilityImpossibleException,
+    DurabilitySyncWriteAmbiguousException,
+    DurabilitySyncWriteInProgressException,
+    RequestCanceledException,
+    TemporaryFailException,
+    TimeoutException,
+    UnAmbiguousTimeoutException,
+)
+from couchbase.options import GetMultiOptions, GetOptions, InsertMultiOptions, InsertOptions
+
+from storage.errors import StoreError, StoreTimeout, StoreUnavailable
+
+__all__ = ["DURABILITY_LEVELS", "KeyValue"]
+
+#: ``[storage.couchbase] durability`` values and the SDK's levels.
+DURABILITY_LEVELS: Mapping[str, DurabilityLevel] = {
+    "none": DurabilityLevel.NONE,
+    "majority": DurabilityLevel.MAJORITY,
+    "majority_and_persist_active": DurabilityLevel.MAJORITY_AND_PERSIST_TO_ACTIVE,
+    "persist_to_majority": DurabilityLevel.PERSIST_TO_MAJORITY,
+}
+
+_LATE = (AmbiguousTimeoutException, UnAmbiguousTimeoutException, TimeoutException,
+         TemporaryFailException, RequestCanceledException,
+         DurabilitySyncWriteAmbiguousException, DurabilitySyncWriteInProgressException)
+
+
+def store_error(exc: BaseException, where: str) -> StoreError:
+    """The project's error for an SDK exception (or anything else a call raised)."""
+    if isinstance(exc, _LATE):
+        return StoreTimeout(f"{where}: Couchbase did not answer in time: "
+                            f"{type(exc).__name__}")
+    if isinstance(exc, DurabilityImpossibleException):
+        return StoreUnavailable(f"{where}: the bucket cannot meet [storage.couchbase] "
+                                "durability (too few nodes or replicas for it)")
+    name = type(exc).__name__ if isinstance(exc, CouchbaseException) else repr(exc)
+    return StoreUnavailable(f"{where}: Couchbase refused or failed: {name}")
+
+
+class KeyValue:
+    """Insert-only documents in one collection (an SDK ``Collection`` or its stand-in).
+
+    ``where`` names the collection in errors; ``durability`` is a key of
+    ``DURABILITY_LEVELS``; ``timeout_s`` bounds every call.
+    """
+
+    def __init__(self, collection: Any, where: str, *, durability: str = "none",
+                 timeout_s: float = 2.5, read_only: bool = False) -> None:
+        if durability not in DURABILITY_LEVELS:
+            raise ValueError(f"unknown durability {durability!r}")
+        self._collection = collection
+        self.where = where
+        self.read_only = read_only
+        self._timeout = timedelta(seconds=timeout_s)
+        level = DURABILITY_LEVELS[durability]
+        self._durability = None if level is DurabilityLevel.NONE else ServerDurability(level)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except StoreError:
+            raise
+        except Exception as exc:  # an SDK call raised: never let it out raw
+            raise store_error(exc, self.where) from exc
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise StoreError(f"{self.where}: opened read-only")
+
+    def _insert_options(self, multi: bool) -> Any:
+        kwargs: dict[str, Any] = {"timeout": self._timeout}
+        if self._durability is not None:
+            kwargs["durability"] = self._durability
+        return InsertMultiOptions(**kwargs) if multi else InsertOptions(**kwargs)
+
+    def insert(self, key: str, value: Any) -> bool:
+        """Insert one document; False if the key exists (the stored one is kept)."""
+        self._writable()
+        with self._errors():
+            try:
+                self._collection.insert(key, value, self._insert_options(False))
+            except DocumentExistsException:
+                return False
+        return True
+
+    def insert_many(self, docs: Mapping[str, Any]) -> set[str]:
+        """Insert every document (one pipelined call); the keys that existed already.
+        Any other failure raises, after every key was tried: some may have landed."""
+        self._writable()
+        if not docs:
+            return set()
+        with self._errors():
+            result = self._collection.insert_multi(dict(docs), self._insert_options(True))
+            existed: set[str] = set()
+            for key, exc in result.exceptions.items():
+                if not isinstance(exc, DocumentExistsException):
+                    raise exc
+                existed.add(key)
+        return existed
+
+    def get(self, key: str) -> Any | None:
+        """The document's value, or None if there is none."""
+        with self._errors():
+            try:
+                return self._collection.get(key, GetOptions(timeout=self._timeout)).value
+            except DocumentNotFoundException:
+                return None
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The values of the keys that exist (one pipelined call)."""
+        if not keys:
+            return {}
+        with self._errors():
+            result = self._collection.get_multi(list(dict.fromkeys(keys)),
+                                                GetMultiOptions(timeout=self._timeout))
+            for exc in result.exceptions.values():
+                if not isinstance(exc, DocumentNotFoundException):
+                    raise exc
+            return {key: got.value for key, got in result.results.items()}
