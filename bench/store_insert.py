@@ -1,9 +1,13 @@
-"""How fast ``SQLiteFactStore`` takes readings, beside the raw SQLite limit on this machine.
+"""How fast the fact stores take readings, beside the raw SQLite limit on this machine.
 
 Inserts N readings in B-row batches (one durable commit each) through the store,
 then the same rows with plain ``sqlite3`` ``executemany`` into a bare table of the
 same shape (same pragmas: WAL, synchronous=FULL; no indexes, no duplicate check),
 then into that table with the store's two indexes, and prints rows/s and ratios.
+With a cluster given (``RML_COUCHBASE_URL``, ``RML_COUCHBASE_USERNAME``,
+``RML_COUCHBASE_PASSWORD``, optional ``RML_COUCHBASE_BUCKET`` and
+``RML_COUCHBASE_DURABILITY``), the Couchbase fact store runs the same batches in the
+same run, in a scope of its own.
 
     .venv/bin/python bench/store_insert.py [--rows 100000] [--batch 1000]
         [--sensors 200] [--locations 50] [--ids sequential|uuid]
@@ -12,6 +16,7 @@ then into that table with the store's two indexes, and prints rows/s and ratios.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import tempfile
@@ -24,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from messages.facts import Reading  # noqa: E402
 from storage.sqlite_facts import SQLiteFactStore  # noqa: E402
+
+_CLUSTER_VARIABLES = ("RML_COUCHBASE_URL", "RML_COUCHBASE_USERNAME", "RML_COUCHBASE_PASSWORD")
 
 _COLUMNS = ("sensor_id TEXT NOT NULL, location_id INTEGER NOT NULL, reading_id TEXT NOT NULL, "
             "timestamp INTEGER NOT NULL, animals_lower INTEGER NOT NULL, "
@@ -71,6 +78,30 @@ def raw_inserter(path: Path, indexed: bool) -> Callable[[Sequence[Reading]], obj
     return insert
 
 
+def couchbase_rates(batches: Sequence[Sequence[Reading]], rows: int) -> dict[str, float]:
+    """The Couchbase fact store's rows/s on the cluster the variables name (a new scope)."""
+    from config.settings import CouchbaseSettings
+    from storage.couchbase.cluster import connect
+    from storage.couchbase.facts import CouchbaseFactStore
+
+    durability = os.environ.get("RML_COUCHBASE_DURABILITY", "majority")
+    settings = CouchbaseSettings(connection_string=os.environ["RML_COUCHBASE_URL"],
+                                 username=os.environ["RML_COUCHBASE_USERNAME"],
+                                 password=os.environ["RML_COUCHBASE_PASSWORD"],
+                                 bucket=os.environ.get("RML_COUCHBASE_BUCKET", "rml"),
+                                 scope=f"bench{int(time.time())}", durability=durability)
+    connection = connect(settings)
+    try:
+        connection.ensure_collections()
+        store = CouchbaseFactStore(connection.keyvalue("facts"), writer="bench")
+        rate = {f"couchbase ({durability})": rows / timed(batches, store.insert_readings),
+                "couchbase, all duplicates": rows / timed(batches, store.insert_readings)}
+        assert store.counts().readings == rows
+        return rate
+    finally:
+        connection.close()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,8 +125,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         rate["raw bare table"] = args.rows / timed(batches, raw_inserter(Path(tmp) / "b", False))
         rate["raw + same indexes"] = args.rows / timed(batches,
                                                        raw_inserter(Path(tmp) / "i", True))
+    if all(os.environ.get(name) for name in _CLUSTER_VARIABLES):
+        rate.update(couchbase_rates(batches, args.rows))
     print(f"{args.rows:,} readings in {args.batch:,}-row batches, {args.sensors} sensors, "
           f"{args.locations} locations, {args.ids} reading ids; WAL, synchronous=FULL")
+    if "couchbase, all duplicates" not in rate:
+        print("  (couchbase: no cluster given; set " + ", ".join(_CLUSTER_VARIABLES) + ")")
     raw = rate["raw bare table"]
     for name, value in rate.items():
         print(f"  {name:<24} {value:>10,.0f} rows/s   {value / raw:5.2f} x raw bare table")
