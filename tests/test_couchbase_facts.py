@@ -19,7 +19,7 @@ from config.settings import CouchbaseSettings
 from messages.facts import Outcome, Reading
 from storage.couchbase.cluster import connect
 from storage.couchbase.facts import HOUR_MS, CouchbaseFactStore
-from storage.errors import StoreError, StoreTimeout
+from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 from storage.facts import FactCursor
 from tests.couchbase_standin import CRASH_EXIT_CODE, StandinCluster
 from tests.test_store_contract import DEADLINE_S, REPO, child_env
@@ -160,3 +160,13 @@ def test_keys_too_long_for_couchbase_are_hashed_and_still_found(
     assert store.insert_readings([long, long]).accepted == 1
     assert store.get_reading(long.sensor_id, long.reading_id) == long
     assert store.insert_readings([long]).duplicates == 1
+
+
+def test_an_unreachable_cluster_is_a_clear_error_naming_the_setting(
+        cluster: StandinCluster) -> None:
+    cluster.set_down(True)
+    try:
+        with pytest.raises(StoreUnavailable, match="connection_string.*bootstrap_timeout_s"):
+            connect(CouchbaseSettings(), cluster_factory=lambda _: StandinCluster(cluster.root))
+    finally:
+        cluster.set_down(False)

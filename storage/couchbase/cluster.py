@@ -11,6 +11,7 @@ there already (another node created them first).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from datetime import timedelta
@@ -22,6 +23,7 @@ from couchbase.exceptions import (
     CollectionAlreadyExistsException,
     CouchbaseException,
     ScopeAlreadyExistsException,
+    UnAmbiguousTimeoutException,
 )
 
 from config.settings import CouchbaseSettings
@@ -57,19 +59,19 @@ class CouchbaseConnection:
         self.cluster = cluster
         self.settings = settings
         self.read_only = read_only
-        self._bucket = cluster.bucket(settings.bucket)
+        self.bucket = cluster.bucket(settings.bucket)
         self._closed = False
 
     def keyvalue(self, collection: str) -> KeyValue:
         """The collection ``collection`` of the deployment's scope."""
         where = f"couchbase {self.settings.bucket}.{self.settings.scope}.{collection}"
-        handle = self._bucket.scope(self.settings.scope).collection(collection)
+        handle = self.bucket.scope(self.settings.scope).collection(collection)
         return KeyValue(handle, where, durability=self.settings.durability,
                         timeout_s=self.settings.kv_timeout_s, read_only=self.read_only)
 
     def ensure_collections(self, names: Iterable[str] = COLLECTIONS) -> None:
         """Create the scope and the collections that are missing (idempotent)."""
-        manager = self._bucket.collections()
+        manager = self.bucket.collections()
         scope = self.settings.scope
         try:
             existing = {s.name: {c.name for c in s.collections}
@@ -96,6 +98,26 @@ class CouchbaseConnection:
                 self.cluster.close()
 
 
+def _wait_for_bucket(bucket: Any, deadline: float) -> None:
+    """Wait until the bucket has a connection to the Data service of every node that holds
+    its data. The cluster being ready is not enough: right after the bucket opens, keys
+    owned by a node it has not connected to yet wait in the SDK (seen against the mock
+    server: such gets timed out while the rest answered)."""
+    from couchbase.diagnostics import PingState, ServiceType
+    from couchbase.options import PingOptions
+
+    while True:
+        report = bucket.ping(PingOptions(service_types=[ServiceType.KeyValue]))
+        endpoints = report.endpoints.get(ServiceType.KeyValue, [])
+        if endpoints and all(e.state is PingState.OK for e in endpoints):
+            return
+        if time.monotonic() >= deadline:
+            states = ", ".join(f"{e.remote}: {e.state.value}" for e in endpoints) or "none"
+            raise UnAmbiguousTimeoutException(
+                message=f"the bucket's Data service endpoints are not all ready ({states})")
+        time.sleep(0.05)
+
+
 def connect(settings: CouchbaseSettings, *, read_only: bool = False,
             cluster_factory: ClusterFactory = _sdk_cluster) -> CouchbaseConnection:
     """Open the cluster and wait (at most ``bootstrap_timeout_s``) until its Data service
@@ -112,9 +134,11 @@ def connect(settings: CouchbaseSettings, *, read_only: bool = False,
         from couchbase.diagnostics import ServiceType
         from couchbase.options import WaitUntilReadyOptions
 
+        deadline = time.monotonic() + settings.bootstrap_timeout_s
         cluster.wait_until_ready(timedelta(seconds=settings.bootstrap_timeout_s),
                                  WaitUntilReadyOptions(service_types=[ServiceType.KeyValue]))
         connection = CouchbaseConnection(cluster, settings, read_only)
+        _wait_for_bucket(connection.bucket, deadline)
     except AuthenticationException as exc:
         cluster.close()
         raise StoreUnavailable(f"{where}: login refused for username "
