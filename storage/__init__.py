@@ -8,9 +8,10 @@ a CLI process may open them ``read_only`` while the daemon writes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from storage.deadletters import DeadLetter, DeadLetterStore, SQLiteDeadLetters
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
@@ -44,11 +45,14 @@ class Stores:
     features: FeatureStore
     registry: ModelRegistry
     deadletters: DeadLetterStore
+    connection: Any = None  # what the stores share (a Couchbase connection), closed last
 
     def close(self) -> None:
-        """Close every store (each close is idempotent)."""
-        for field in fields(self):
-            getattr(self, field.name).close()
+        """Close every store, then their shared connection (each close is idempotent)."""
+        for store in (self.facts, self.features, self.registry, self.deadletters):
+            store.close()
+        if self.connection is not None:
+            self.connection.close()
 
     def __enter__(self) -> Stores:
         return self

@@ -39,13 +39,14 @@ from storage import (
     open_sqlite_stores,
 )
 from storage.couchbase.cluster import CouchbaseConnection, connect
-from storage.couchbase.facts import CouchbaseFactStore
+from storage.couchbase.stores import OPENERS, STORES
 from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
 from storage.sqlite_facts import SQLITE_LOG
 from storage.sqlite_features import SQLiteFeatureStore
 from tests.couchbase_standin import StandinCluster
 
 REPO = Path(__file__).resolve().parents[1]
+STORE_NAMES = ("facts", "features", "registry", "deadletters")  # the fields of Stores
 COUCHBASE_CONFIGURED = all(os.environ.get(name) for name in (
     "RML_COUCHBASE_URL", "RML_COUCHBASE_USERNAME", "RML_COUCHBASE_PASSWORD"))
 DEADLINE_S = 60.0  # generous bound on a child process; a healthy run takes well under 1 s
@@ -78,11 +79,13 @@ def open_backend(name: str, location: str, *, read_only: bool = False) -> Stores
     """Open the stores of backend ``name`` at ``location`` (also used by child processes)."""
     if name == "sqlite":
         return open_sqlite_stores(Path(location), read_only=read_only)
-    # Couchbase: the fact store; the others stay SQLite until they have Couchbase backends.
+    # Couchbase: the stores that have a Couchbase backend (storage.couchbase.stores); the
+    # others stay SQLite until they have one (their tests skip on Couchbase meanwhile).
     sqlite = open_sqlite_stores(Path(location), read_only=read_only)
     connection = open_couchbase(name, location, read_only=read_only)
-    facts = CouchbaseFactStore(connection.keyvalue("facts"), on_close=connection.close)
-    return Stores(facts, sqlite.features, sqlite.registry, sqlite.deadletters)
+    opened = {name: (OPENERS[name](connection, None) if name in OPENERS
+                     else getattr(sqlite, name)) for name in STORE_NAMES}
+    return Stores(**opened, connection=connection)
 
 
 def tamper_artifact(name: str, location: str, version: int) -> None:
@@ -111,8 +114,10 @@ class Backend:
         not COUCHBASE_CONFIGURED, reason="RML_COUCHBASE_URL and credentials not set")),
 ])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param != "sqlite" and request.node.get_closest_marker("facts") is None:
-        pytest.skip("this store has no Couchbase backend yet (only the fact store has)")
+    marker = request.node.get_closest_marker("store")
+    needed = set(marker.args if marker else STORE_NAMES)
+    if request.param != "sqlite" and not needed <= STORES:
+        pytest.skip(f"no Couchbase backend yet for: {', '.join(sorted(needed - STORES))}")
     return Backend(request.param, str(tmp_path / "data"))
 
 
@@ -147,7 +152,7 @@ def run_child(script: str, *args: str, returncode: int = 0) -> str:
 
 # -- facts -----------------------------------------------------------------------------------
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_insert_reports_accepted_and_duplicate_counts(stores: Stores) -> None:
     first = stores.facts.insert_readings([reading(1), reading(2), reading(3)])
     second = stores.facts.insert_readings([reading(4), reading(1)])
@@ -156,7 +161,7 @@ def test_insert_reports_accepted_and_duplicate_counts(stores: Stores) -> None:
     assert stores.facts.counts().readings == 4
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_duplicate_reading_is_reported_not_overwritten(stores: Stores) -> None:
     original = reading(1, lower=2, upper=5)
     stores.facts.insert_readings([original])
@@ -167,20 +172,20 @@ def test_duplicate_reading_is_reported_not_overwritten(stores: Stores) -> None:
     assert stores.facts.counts().readings == 2
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_duplicate_within_one_batch_counts_once(stores: Stores) -> None:
     result = stores.facts.insert_readings([reading(1), reading(1, lower=3), reading(2)])
     assert (result.accepted, result.duplicates) == (2, 1)
     assert stores.facts.get_reading("s1", "r1") == reading(1)
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_same_reading_id_from_another_sensor_is_a_new_fact(stores: Stores) -> None:
     result = stores.facts.insert_readings([reading(1, sensor="a"), reading(1, sensor="b")])
     assert (result.accepted, result.duplicates) == (2, 0)
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_duplicate_outcome_is_reported_not_overwritten(stores: Stores) -> None:
     stores.facts.insert_outcomes([outcome(1, label=True)])
     result = stores.facts.insert_outcomes([outcome(1, label=False), outcome(1, location=2)])
@@ -190,7 +195,7 @@ def test_duplicate_outcome_is_reported_not_overwritten(stores: Stores) -> None:
     assert stores.facts.get_reading("s1", "nope") is None
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_outcome_label_round_trips_as_bool(stores: Stores) -> None:
     stores.facts.insert_outcomes([outcome(1, label=True), outcome(2, label=False)])
     labels = [o.label for o in stores.facts.all_outcomes()]
@@ -198,7 +203,7 @@ def test_outcome_label_round_trips_as_bool(stores: Stores) -> None:
     assert all(type(label) is bool for label in labels)
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_empty_batch_stores_nothing(stores: Stores) -> None:
     stores.facts.insert_readings([reading(1)])
     assert stores.facts.insert_readings([]) == InsertResult(0, 0)
@@ -206,7 +211,7 @@ def test_empty_batch_stores_nothing(stores: Stores) -> None:
     assert stores.facts.counts() == FactCounts(1, 0)
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_a_batch_that_fails_stores_nothing(stores: Stores) -> None:
     bad = Reading("s1", 1, "bad", 1_000, 1, 2, "lots")  # type: ignore[arg-type]
     with pytest.raises(StoreError):
@@ -215,7 +220,7 @@ def test_a_batch_that_fails_stores_nothing(stores: Stores) -> None:
     assert stores.facts.get_reading("s1", "r1") is None
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_readings_since_pages_through_one_writers_log_in_order(stores: Stores) -> None:
     stores.facts.insert_readings([reading(i) for i in range(10)])
     stores.facts.insert_readings([reading(i) for i in range(3, 15)])  # 3..9 are duplicates
@@ -233,7 +238,7 @@ def test_readings_since_pages_through_one_writers_log_in_order(stores: Stores) -
     assert stores.facts.readings_since(cursor, 10).items == (reading(15),)
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_outcomes_since_pages_in_order(stores: Stores) -> None:
     stores.facts.insert_outcomes([outcome(i) for i in range(5)])
     first = stores.facts.outcomes_since(FactCursor(), 3)
@@ -242,7 +247,7 @@ def test_outcomes_since_pages_in_order(stores: Stores) -> None:
     assert stores.facts.readings_since(rest.cursor, 10).items == ()  # logs of each kind apart
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_readings_for_location_is_half_open_and_time_ordered(stores: Stores) -> None:
     stores.facts.insert_readings([
         reading(1, ts=300), reading(2, ts=100), reading(3, ts=200), reading(4, ts=400),
@@ -254,7 +259,7 @@ def test_readings_for_location_is_half_open_and_time_ordered(stores: Stores) -> 
     assert stores.facts.readings_for_location(3, 0, 1_000) == ()
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_all_facts_come_back_in_log_order(stores: Stores) -> None:
     stores.facts.insert_readings([reading(1), reading(2)])
     stores.facts.insert_readings([reading(3), reading(1)])
@@ -264,7 +269,7 @@ def test_all_facts_come_back_in_log_order(stores: Stores) -> None:
     assert stores.facts.all_outcomes() == (outcome(1), outcome(2))
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_counts_report_facts(stores: Stores) -> None:
     stores.facts.insert_readings([reading(1), reading(2), reading(2)])
     stores.facts.insert_outcomes([outcome(1)])
@@ -290,7 +295,7 @@ print(result.accepted)
 """
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_commit_is_visible_to_a_fresh_connection_in_another_process(
         backend: Backend, stores: Stores) -> None:
     stores.facts.insert_readings([reading(1, lower=4), reading(2)])
@@ -312,7 +317,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no close, no cleanup: only what was comm
 """
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_acknowledged_batch_survives_its_writer_being_killed(backend: Backend) -> None:
     out = run_child(_WRITE_THEN_DIE, backend.name, backend.location, returncode=-signal.SIGKILL)
     assert out.strip() == "50"
@@ -343,7 +348,7 @@ print(json.dumps({"accepted": accepted, "duplicates": duplicates, "sent": len(ke
 """
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_concurrent_writers_store_each_key_once(backend: Backend, stores: Stores) -> None:
     workers, n, batch = 4, 1_200, 150
     procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER, backend.name,
@@ -380,7 +385,7 @@ def test_concurrent_writers_store_each_key_once(backend: Backend, stores: Stores
     assert len(paged) == len(distinct) and set(paged) == distinct
 
 
-@pytest.mark.facts
+@pytest.mark.store("facts")
 def test_read_only_stores_see_the_writers_commits_and_refuse_writes(
         backend: Backend, stores: Stores) -> None:
     with backend.open(read_only=True) as reader:
@@ -401,6 +406,7 @@ def row(location: int, as_of: int, *values: float, collection: int = 0) -> Featu
     return FeatureRow(collection, location, as_of, tuple(values), as_of + 5)
 
 
+@pytest.mark.store("features")
 def test_registering_the_same_collection_twice_is_a_no_op(stores: Stores) -> None:
     assert stores.features.register_collection(RICHER) is True
     assert stores.features.register_collection(FALLBACK) is True
@@ -408,6 +414,7 @@ def test_registering_the_same_collection_twice_is_a_no_op(stores: Stores) -> Non
     assert stores.features.collections() == (FALLBACK, RICHER)
 
 
+@pytest.mark.store("features")
 def test_a_different_collection_under_a_known_id_is_refused(stores: Stores) -> None:
     stores.features.register_collection(RICHER)
     with pytest.raises(ValueError):
@@ -415,6 +422,7 @@ def test_a_different_collection_under_a_known_id_is_refused(stores: Stores) -> N
     assert stores.features.collections() == (RICHER,)
 
 
+@pytest.mark.store("features")
 def test_invalid_features_accumulate_with_their_reasons(stores: Stores) -> None:
     assert stores.features.invalid_features() == frozenset()
     stores.features.mark_invalid("trend", "all NaN", 10)
@@ -426,6 +434,7 @@ def test_invalid_features_accumulate_with_their_reasons(stores: Stores) -> None:
         ("trend", "all NaN", 10), ("zebras", "out of range", 20), ("trend", "still NaN", 30)]
 
 
+@pytest.mark.store("features")
 def test_active_collection_is_the_newest_switch_and_every_switch_is_logged(
         stores: Stores) -> None:
     assert stores.features.active_collection_id() is None
@@ -436,6 +445,7 @@ def test_active_collection_is_the_newest_switch_and_every_switch_is_logged(
         (1, "started", 100), (0, "invalid features: trend", 200)]
 
 
+@pytest.mark.store("features")
 def test_existing_feature_row_is_not_overwritten(stores: Stores) -> None:
     assert stores.features.write_rows([row(1, 100, 1.0, 2.0), row(2, 100, 3.0, 4.0)]) == 2
     assert stores.features.write_rows([row(1, 100, 9.0, 9.0), row(1, 200, 5.0, 6.0)]) == 1
@@ -443,6 +453,7 @@ def test_existing_feature_row_is_not_overwritten(stores: Stores) -> None:
     assert stores.features.write_rows([]) == 0
 
 
+@pytest.mark.store("features")
 def test_latest_rows_give_the_newest_row_of_each_location(stores: Stores) -> None:
     stores.features.write_rows([row(2, 300, 3.0), row(1, 100, 1.0), row(1, 200, 2.0),
                                 row(1, 900, 7.0, collection=1)])
@@ -452,6 +463,7 @@ def test_latest_rows_give_the_newest_row_of_each_location(stores: Stores) -> Non
     assert stores.features.latest_rows(5) == ()
 
 
+@pytest.mark.store("features")
 def test_row_as_of_is_a_point_in_time_lookup(stores: Stores) -> None:
     stores.features.write_rows([row(1, 100, 1.0), row(1, 200, 2.0), row(1, 300, 3.0)])
     assert stores.features.row_as_of(0, 1, 99) is None
@@ -460,6 +472,7 @@ def test_row_as_of_is_a_point_in_time_lookup(stores: Stores) -> None:
     assert stores.features.row_as_of(0, 1, 10_000) == row(1, 300, 3.0)
 
 
+@pytest.mark.store("features")
 def test_nan_and_other_special_feature_values_round_trip_exactly(stores: Stores) -> None:
     payload_nan = struct.unpack("<d", struct.pack("<Q", 0x7FF8_0000_0000_BEEF))[0]
     values = (math.nan, payload_nan, math.inf, -math.inf, -0.0, 5e-324, 0.1)
@@ -471,6 +484,7 @@ def test_nan_and_other_special_feature_values_round_trip_exactly(stores: Stores)
     assert stores.features.latest_row(0, 2) == FeatureRow(0, 2, 100, (), 105)
 
 
+@pytest.mark.store("features")
 def test_a_consumers_cursor_only_moves_forward(stores: Stores) -> None:
     assert stores.features.cursor("gen") == FactCursor()
     stores.features.advance_cursor("gen", FactCursor.of({"a": (10, 0)}), 1)
@@ -493,6 +507,7 @@ def register(stores: Stores, *, collection: int = 0, artifact: bytes = b"model",
         artifact=artifact, created_at_ms=at, status=status)
 
 
+@pytest.mark.store("registry")
 def test_versions_are_numbered_from_one_and_keep_what_was_registered(stores: Stores) -> None:
     assert [register(stores), register(stores, collection=1)] == [1, 2]
     record = stores.registry.get(2)
@@ -505,6 +520,7 @@ def test_versions_are_numbered_from_one_and_keep_what_was_registered(stores: Sto
     assert stores.registry.champion() is None
 
 
+@pytest.mark.store("registry")
 def test_artifact_round_trips_with_its_sha256(stores: Stores) -> None:
     import hashlib
 
@@ -514,6 +530,7 @@ def test_artifact_round_trips_with_its_sha256(stores: Stores) -> None:
     assert stores.registry.get(version).artifact_sha256 == hashlib.sha256(blob).hexdigest()
 
 
+@pytest.mark.store("registry")
 def test_tampered_artifact_is_refused(backend: Backend, stores: Stores) -> None:
     version = register(stores, artifact=b"honest model")
     tamper_artifact(backend.name, backend.location, version)
@@ -521,6 +538,7 @@ def test_tampered_artifact_is_refused(backend: Backend, stores: Stores) -> None:
         stores.registry.artifact(version)
 
 
+@pytest.mark.store("registry")
 def test_compiled_form_round_trips_and_is_none_when_registered_without(
         backend: Backend, stores: Stores) -> None:
     form = bytes(range(256)) * 10
@@ -545,6 +563,7 @@ def test_compiled_form_round_trips_and_is_none_when_registered_without(
             stores.registry.compiled_form(with_form)
 
 
+@pytest.mark.store("registry")
 def test_unknown_version_raises_key_error(stores: Stores) -> None:
     with pytest.raises(KeyError):
         stores.registry.get(1)
@@ -556,6 +575,7 @@ def test_unknown_version_raises_key_error(stores: Stores) -> None:
         stores.registry.set_status(1, "rejected", "nope", 1)
 
 
+@pytest.mark.store("registry")
 def test_promote_retires_the_previous_champion_and_keeps_history(stores: Stores) -> None:
     v1, v2 = register(stores), register(stores)
     stores.registry.promote(v1, "first model", 10)
@@ -573,6 +593,7 @@ def test_promote_retires_the_previous_champion_and_keeps_history(stores: Stores)
     assert stores.registry.get(v2).status == "retired"
 
 
+@pytest.mark.store("registry")
 def test_promoting_the_champion_again_changes_nothing(stores: Stores) -> None:
     v1 = register(stores)
     stores.registry.promote(v1, "first", 10)
@@ -582,6 +603,7 @@ def test_promoting_the_champion_again_changes_nothing(stores: Stores) -> None:
     assert len(stores.registry.status_history(v1)) == 2
 
 
+@pytest.mark.store("registry")
 def test_set_status_appends_and_refuses_unknown_statuses(stores: Stores) -> None:
     v1 = register(stores)
     stores.registry.set_status(v1, "rejected", "worse than random", 10)
@@ -594,6 +616,7 @@ def test_set_status_appends_and_refuses_unknown_statuses(stores: Stores) -> None
     assert [r.version for r in stores.registry.versions()] == [v1]
 
 
+@pytest.mark.store("registry")
 def test_registering_as_champion_promotes_it(stores: Stores) -> None:
     v1 = register(stores, status="champion")
     v2 = register(stores, status="champion")
@@ -602,6 +625,7 @@ def test_registering_as_champion_promotes_it(stores: Stores) -> None:
     assert stores.registry.get(v1).status == "retired"
 
 
+@pytest.mark.store("registry")
 def test_retiring_the_champion_leaves_none(stores: Stores) -> None:
     v1 = register(stores)
     stores.registry.promote(v1, "first", 10)
@@ -609,6 +633,7 @@ def test_retiring_the_champion_leaves_none(stores: Stores) -> None:
     assert stores.registry.champion() is None
 
 
+@pytest.mark.store("registry")
 def test_champion_for_collection_falls_back_to_the_newest_former_champion(
         stores: Stores) -> None:
     old, newer, other = (register(stores, collection=0), register(stores, collection=0),
@@ -626,6 +651,7 @@ def test_champion_for_collection_falls_back_to_the_newest_former_champion(
 
 # -- dead letters and the stores as a whole --------------------------------------------------
 
+@pytest.mark.store("deadletters")
 def test_dead_letters_keep_a_truncated_repr_newest_first(stores: Stores) -> None:
     stores.deadletters.record(at_ms=1, actor="collector", message=("x" * 5_000,),
                               error=RuntimeError("boom"))
@@ -640,6 +666,7 @@ def test_dead_letters_keep_a_truncated_repr_newest_first(stores: Stores) -> None
     assert stores.deadletters.list(limit=1) == (newest,)
 
 
+@pytest.mark.store("facts", "features", "registry")
 def test_stores_survive_a_restart(backend: Backend) -> None:
     with backend.open() as first:
         first.facts.insert_readings([reading(1)])

@@ -33,7 +33,7 @@ from storage.errors import StoreUnavailable
 __all__ = ["COLLECTIONS", "CouchbaseConnection", "connect"]
 
 #: The collections the project keeps in its scope, one per store.
-COLLECTIONS = ("facts",)
+COLLECTIONS = ("facts", "features", "models", "system")
 
 #: Opens a cluster object (the SDK's ``Cluster``, or a stand-in in tests).
 ClusterFactory = Callable[[CouchbaseSettings], Any]

@@ -192,8 +192,7 @@ class CouchbaseFactStore:
         return self._insert(_OUTCOMES, outcomes)
 
     def _insert(self, kind: _Kind, facts: Sequence[Any]) -> InsertResult:
-        if self._kv.read_only:
-            raise StoreError(f"{self._kv.where}: opened read-only")
+        self._kv.check_writable()
         if not facts:
             return InsertResult(0, 0)
         items: dict[tuple[Any, ...], list[Any]] = {}

@@ -88,7 +88,8 @@ class KeyValue:
         except Exception as exc:  # an SDK call raised: never let it out raw
             raise store_error(exc, self.where) from exc
 
-    def _writable(self) -> None:
+    def check_writable(self) -> None:
+        """``StoreError`` if this collection was opened read-only."""
         if self.read_only:
             raise StoreError(f"{self.where}: opened read-only")
 
@@ -100,7 +101,7 @@ class KeyValue:
 
     def insert(self, key: str, value: Any) -> bool:
         """Insert one document; False if the key exists (the stored one is kept)."""
-        self._writable()
+        self.check_writable()
         with self._errors():
             try:
                 self._collection.insert(key, value, self._insert_options(False))
@@ -111,7 +112,7 @@ class KeyValue:
     def insert_many(self, docs: Mapping[str, Any]) -> set[str]:
         """Insert every document (one pipelined call); the keys that existed already.
         Any other failure raises, after every key was tried: some may have landed."""
-        self._writable()
+        self.check_writable()
         if not docs:
             return set()
         with self._errors():

@@ -1,0 +1,21 @@
+"""The Couchbase stores of one process, each on its own collection of the deployment's scope.
+
+``OPENERS`` names every store that has a Couchbase backend and how to open it on a
+connection; ``STORES`` is that set of names (``Stores`` field names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from storage.couchbase.cluster import CouchbaseConnection
+from storage.couchbase.facts import CouchbaseFactStore
+
+__all__ = ["OPENERS", "STORES"]
+
+#: How each store opens on a connection (``writer``: the fact store's writer id, if any).
+OPENERS: Mapping[str, Callable[[CouchbaseConnection, str | None], Any]] = {
+    "facts": lambda c, writer: CouchbaseFactStore(c.keyvalue("facts"), writer=writer),
+}
+STORES = frozenset(OPENERS)
