@@ -32,9 +32,9 @@ from messages.codec import (
 )
 from messages.openapi import INGEST_OPENAPI_JSON
 from messages.protocol import FactsNoted, FactsRecorded, Init
-from storage import FACTS_FILE
+from storage.backend import StoreBackend
 from storage.errors import StoreError
-from storage.sqlite_facts import SQLiteFactStore
+from storage.facts import FactStore
 
 __all__ = ["Collector"]
 
@@ -49,7 +49,8 @@ class Collector(EdgeWorker):
         self.waker: Waker | None = None
         # What the hints report; written by the edge thread, read by the actor.
         self.counters = Counters(("readings_accepted", "outcomes_accepted"))
-        self._store: SQLiteFactStore | None = None  # used only by the edge's worker thread
+        self._backend: StoreBackend | None = None
+        self._store: FactStore | None = None  # used only by the edge's worker thread
         self._last_hint = 0.0
         self._hint_scheduled = False
         # What each receiver was last told (a hint carries what is new to *it*), and which
@@ -76,26 +77,32 @@ class Collector(EdgeWorker):
 
     def on_stop(self) -> None:
         self.stop_edge()
+        if self._backend is not None:
+            self._backend.close()
         if self.waker is not None:
             self.waker.close()
 
     # --- the edge's handlers (run in the edge's worker thread) ---------------------
 
-    def _facts(self) -> SQLiteFactStore:
+    def _facts(self) -> FactStore:
         if self._store is None:
             assert self.settings is not None
-            self._store = SQLiteFactStore(self.settings.data_path / FACTS_FILE,
-                                          busy_timeout_s=self.settings.storage.busy_timeout_s)
+            # Its name is its fact log's writer id: a replacement under the same name
+            # finishes a batch its predecessor left half written before its first one.
+            self._backend = StoreBackend(self.settings, writer=self.name)
+            self._store = self._backend.facts()
         return self._store
 
     def _post_readings(self, request: Request) -> Response:
-        return self._ingest(request, "readings", decode_readings, SQLiteFactStore.insert_readings)
+        return self._ingest(request, "readings", decode_readings,
+                            lambda store, items: store.insert_readings(items))
 
     def _post_outcomes(self, request: Request) -> Response:
-        return self._ingest(request, "outcomes", decode_outcomes, SQLiteFactStore.insert_outcomes)
+        return self._ingest(request, "outcomes", decode_outcomes,
+                            lambda store, items: store.insert_outcomes(items))
 
     def _ingest(self, request: Request, kind: str, decode: Callable[..., Any],
-                insert: Callable[[SQLiteFactStore, Any], Any]) -> Response:
+                insert: Callable[[FactStore, Any], Any]) -> Response:
         """Decode, commit, then answer: nothing is acknowledged before it is durable."""
         assert self.settings is not None
         content_type = request.headers.get("content-type")

@@ -28,10 +28,9 @@ from learning.features import (
     register_collections,
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
-from storage import FACTS_FILE, FEATURES_FILE
-from storage.facts import FactCursor
-from storage.sqlite_facts import SQLiteFactStore
-from storage.sqlite_features import SQLiteFeatureStore
+from storage.backend import StoreBackend
+from storage.facts import FactCursor, FactStore
+from storage.features import FeatureStore
 
 __all__ = ["CURSOR", "FeatureGenerator"]
 
@@ -51,18 +50,18 @@ class FeatureGenerator(Worker):
 
     def __init__(self) -> None:
         super().__init__()
-        self.facts: SQLiteFactStore | None = None
-        self.features: SQLiteFeatureStore | None = None
+        self.backend: StoreBackend | None = None
+        self.facts: FactStore | None = None
+        self.features: FeatureStore | None = None
         self.active: FeatureCollection | None = None
         self.crashes = CrashStreaks(limit=3)
         self.cursor = FactCursor()
         self._more_scheduled = False
 
     def on_start(self, init: Init) -> None:
-        data = init.settings.data_path
-        timeout = init.settings.storage.busy_timeout_s
-        self.facts = SQLiteFactStore(data / FACTS_FILE, busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
+        self.backend = StoreBackend(init.settings)
+        self.facts = self.backend.facts()
+        self.features = self.backend.features()
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
         _, problems = register_collections(init.settings.features, self.features, _now_ms())
         for what, error in problems.items():
@@ -73,9 +72,8 @@ class FeatureGenerator(Worker):
         self.wakeupAfter(_POLL_S, payload="poll")
 
     def on_stop(self) -> None:
-        for store in (self.facts, self.features):
-            if store is not None:
-                store.close()
+        if self.backend is not None:
+            self.backend.close()
 
     def _choose_collection(self, reason: str) -> None:
         assert self.features is not None

@@ -61,15 +61,16 @@ from messages.protocol import (
     TrainRequest,
     TrainResult,
 )
-from storage import SYSTEM_FILE, ModelRecord, Stores, open_sqlite_stores
-from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+from storage import ModelRecord, Stores
+from storage.backend import StoreBackend
+from storage.drift_log import DriftLog
 from storage.training_runs import (
     FAILED,
     REGISTERED,
     SKIPPED,
     TIMEOUT,
-    SQLiteTrainingRuns,
     TrainingRun,
+    TrainingRuns,
 )
 
 __all__ = ["Learner", "NoModel"]
@@ -93,17 +94,17 @@ class Learner(Worker):
     def __init__(self) -> None:
         super().__init__()
         self.stores: Stores | None = None
-        self.runs: SQLiteTrainingRuns | None = None
-        self.drift_log: SQLiteDriftLog | None = None
+        self.backend: StoreBackend | None = None
+        self.runs: TrainingRuns | None = None
+        self.drift_log: DriftLog | None = None
         self.trained_on = 0  # outcomes seen by the newest registered model
         self.attempted_at = 0  # outcomes count at the last attempt (failed or not)
         self.attempted_on = -1  # the collection of that attempt
 
     def on_start(self, init: Init) -> None:
-        self.stores = open_sqlite_stores(init.settings.data_path,
-                                         busy_timeout_s=init.settings.storage.busy_timeout_s)
-        self.runs = SQLiteTrainingRuns(init.settings.data_path / SYSTEM_FILE,
-                                       busy_timeout_s=init.settings.storage.busy_timeout_s)
+        self.backend = StoreBackend(init.settings)
+        self.stores = self.backend.stores()
+        self.runs = self.backend.training_runs()
         features = self.stores.features
         configured, problems = register_collections(init.settings.features, features,
                                                     int(time.time() * 1000))
@@ -118,19 +119,14 @@ class Learner(Worker):
             except (ValueError, KeyError, TypeError):
                 continue
         self.attempted_at = self.trained_on
-        self.drift_log = SQLiteDriftLog(init.settings.data_path / DRIFT_FILE,
-                                        busy_timeout_s=init.settings.storage.busy_timeout_s)
+        self.drift_log = self.backend.drift_log()
         self.wakeupAfter(init.settings.learning.check_interval_s, payload="check")
         if init.settings.learning.drift_check_interval_s > 0:
             self.wakeupAfter(init.settings.learning.drift_check_interval_s, payload="drift")
 
     def on_stop(self) -> None:
-        if self.stores is not None:
-            self.stores.close()
-        if self.runs is not None:
-            self.runs.close()
-        if self.drift_log is not None:
-            self.drift_log.close()
+        if self.backend is not None:
+            self.backend.close()
 
     def default_job(self) -> JobConfiguration:
         """The job configured in ``[learning]``."""

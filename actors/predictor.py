@@ -46,10 +46,10 @@ from messages.protocol import (
     ShadowServed,
     ShadowStarted,
 )
-from storage import FEATURES_FILE, MODELS_FILE
+from storage.backend import StoreBackend
+from storage.features import FeatureStore
+from storage.registry import ModelRegistry
 from storage.shadow import ShadowCounts
-from storage.sqlite_features import SQLiteFeatureStore
-from storage.sqlite_registry import SQLiteModelRegistry
 
 __all__ = ["Predictor"]
 
@@ -79,10 +79,11 @@ class Predictor(EdgeWorker):
     def __init__(self) -> None:
         super().__init__()
         self.snapshot = ServingSnapshot()
-        self.registry: SQLiteModelRegistry | None = None
-        self.features: SQLiteFeatureStore | None = None  # actor thread only
+        self.backend: StoreBackend | None = None
+        self.registry: ModelRegistry | None = None
+        self.features: FeatureStore | None = None  # actor thread only
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
-        self._edge_store: SQLiteFeatureStore | None = None  # the edge's loop thread only
+        self._edge_store: FeatureStore | None = None  # the edge's loop thread only
         # Shadow serving: requests wait here for the shadow model (the edge only appends).
         self.shadow = ShadowRunner()
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
@@ -91,11 +92,9 @@ class Predictor(EdgeWorker):
 
     def on_start(self, init: Init) -> None:
         settings = init.settings
-        timeout = settings.storage.busy_timeout_s
-        self.registry = SQLiteModelRegistry(settings.data_path / MODELS_FILE,
-                                            busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(settings.data_path / FEATURES_FILE,
-                                           busy_timeout_s=timeout)
+        self.backend = StoreBackend(settings)
+        self.registry = self.backend.registry()
+        self.features = self.backend.features()
         self._refresh()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
         self.prepare_edge()
@@ -118,9 +117,8 @@ class Predictor(EdgeWorker):
 
     def on_stop(self) -> None:
         self.stop_edge()  # first: the edge's thread uses its store until it has stopped
-        for store in (self.registry, self.features, self._edge_store):
-            if store is not None:
-                store.close()
+        if self.backend is not None:
+            self.backend.close()
 
     # --- models -----------------------------------------------------------------------
 
@@ -242,9 +240,8 @@ class Predictor(EdgeWorker):
         store = self._edge_store
         if store is None:
             assert self.settings is not None
-            store = self._edge_store = SQLiteFeatureStore(
-                self.settings.data_path / FEATURES_FILE,
-                busy_timeout_s=self.settings.storage.busy_timeout_s)
+            assert self.backend is not None
+            store = self._edge_store = self.backend.features()
         return store.latest_row(collection_id, location_id)
 
     def _post_model(self, request: Request) -> Response:

@@ -38,12 +38,18 @@ from messages.protocol import (
     ShadowStarted,
     TrainResult,
 )
-from storage import FEATURES_FILE, MODELS_FILE
-from storage.registry import CANDIDATE, CHAMPION, REJECTED, RETIRED, SHADOW, ModelRecord
-from storage.shadow import ShadowCounts, ShadowTrial
-from storage.sqlite_features import SQLiteFeatureStore
-from storage.sqlite_registry import SQLiteModelRegistry
-from storage.sqlite_shadow import SQLiteShadowTrials
+from storage.backend import StoreBackend
+from storage.features import FeatureStore
+from storage.registry import (
+    CANDIDATE,
+    CHAMPION,
+    REJECTED,
+    RETIRED,
+    SHADOW,
+    ModelRecord,
+    ModelRegistry,
+)
+from storage.shadow import ShadowCounts, ShadowTrial, ShadowTrials
 
 __all__ = ["Publisher"]
 
@@ -61,15 +67,16 @@ class Publisher(Worker):
 
     def __init__(self) -> None:
         super().__init__()
-        self.registry: SQLiteModelRegistry | None = None
-        self.trials: SQLiteShadowTrials | None = None
-        self.features: SQLiteFeatureStore | None = None
+        self.backend: StoreBackend | None = None
+        self.registry: ModelRegistry | None = None
+        self.trials: ShadowTrials | None = None
+        self.features: FeatureStore | None = None
 
     def on_start(self, init: Init) -> None:
-        data, timeout = init.settings.data_path, init.settings.storage.busy_timeout_s
-        self.registry = SQLiteModelRegistry(data / MODELS_FILE, busy_timeout_s=timeout)
-        self.trials = SQLiteShadowTrials(data / MODELS_FILE, busy_timeout_s=timeout)
-        self.features = SQLiteFeatureStore(data / FEATURES_FILE, busy_timeout_s=timeout)
+        self.backend = StoreBackend(init.settings)
+        self.registry = self.backend.registry()
+        self.trials = self.backend.shadow_trials()
+        self.features = self.backend.features()
         for record in self.registry.versions():
             if record.status in (CHAMPION, RETIRED, SHADOW):
                 self._try_compile(record.version)
@@ -98,9 +105,8 @@ class Publisher(Worker):
             self.log.warning("compile_failed", version=version, error=repr(exc))
 
     def on_stop(self) -> None:
-        for store in (self.registry, self.trials, self.features):
-            if store is not None:
-                store.close()
+        if self.backend is not None:
+            self.backend.close()
 
     # --- candidates ---------------------------------------------------------------------
 

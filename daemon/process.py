@@ -203,10 +203,34 @@ def _check_ports(settings: Settings) -> None:
             raise DaemonError(f"{key}: {host}:{port} is in use by another process")
 
 
+def _prepare_store(settings: Settings, out: Any) -> None:
+    """Couchbase: reach the cluster (within ``bootstrap_timeout_s``) and create the scope and
+    collections that are missing, before anything starts, so an unreachable cluster or a
+    refused login is one clear error and leaves nothing running. SQLite: nothing to do."""
+    if settings.storage.backend != "couchbase":
+        return
+    from storage.couchbase.cluster import connect
+    from storage.errors import StoreError
+
+    if settings.storage.couchbase.password and not os.environ.get(
+            "RML_STORAGE_COUCHBASE_PASSWORD"):
+        print("warning: the Couchbase password is in the configuration file; prefer "
+              "RML_STORAGE_COUCHBASE_PASSWORD", file=out, flush=True)
+    try:
+        connection = connect(settings.storage.couchbase)
+        try:
+            connection.ensure_collections()
+        finally:
+            connection.close()
+    except StoreError as exc:
+        raise DaemonError(f"storage: {exc}") from exc
+
+
 def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) -> RunRecord:
     """Start the daemon detached; return once every actor answers."""
     _clear_stale(settings, out)
     _check_ports(settings)
+    _prepare_store(settings, out)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "daemon.keeper"]

@@ -17,12 +17,12 @@ __all__ = ["collect_status", "drift_view", "render_status", "utc_text"]
 
 def _store_view(settings: Settings) -> dict[str, Any]:
     """Counters, champion and active collection, read straight from the stores (read-only)."""
-    from storage import open_sqlite_stores
+    from storage.backend import StoreBackend
 
     view: dict[str, Any] = {}
-    stores = open_sqlite_stores(settings.data_path, busy_timeout_s=settings.storage.busy_timeout_s,
-                                read_only=True)
+    backend = StoreBackend(settings, read_only=True)
     try:
+        stores = backend.stores()
         counts = stores.facts.counts()
         view["counters"] = {
             "readings_stored": counts.readings,
@@ -37,34 +37,38 @@ def _store_view(settings: Settings) -> dict[str, Any]:
             "metrics": dict(champion.metrics),
         }
         view["feature_collection"] = _feature_view(stores.features)
-        view["shadow"] = _shadow_view(settings, stores.registry)
+        view["shadow"] = _shadow_view(backend, stores.registry)
+        view["drift"] = drift_view(settings, backend)
     finally:
-        stores.close()
-    view["drift"] = drift_view(settings)
+        backend.close()
     return view
 
 
-def drift_view(settings: Settings) -> dict[str, Any]:
+def drift_view(settings: Settings, backend: Any = None) -> dict[str, Any]:
     """The newest drift check (PSI per feature, threshold, when), from the learner's drift
     log, and the last training run (trigger, trainer, outcome), from the training runs
-    (nothing yet: ``None`` for each)."""
-    from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
-    from storage.errors import StoreUnavailable
+    (nothing yet: ``None`` for each). ``backend``: a read-only ``StoreBackend`` to use."""
+    from storage.backend import StoreBackend
+    from storage.errors import StoreError
 
+    own = backend is None
+    stores = StoreBackend(settings, read_only=True) if backend is None else backend
     view: dict[str, Any] = {"threshold": settings.learning.drift_threshold,
                             "check_interval_s": settings.learning.drift_check_interval_s,
-                            "last_check": None, "last_run": _last_run(settings)}
-    path = settings.data_path / DRIFT_FILE
-    if not path.exists():
-        return view
+                            "last_check": None, "last_run": None}
     try:
-        log = SQLiteDriftLog(path, busy_timeout_s=settings.storage.busy_timeout_s, read_only=True)
-    except StoreUnavailable:
-        return view
-    try:
-        check = log.latest_check()
+        try:  # before the learner's first run, an SQLite data directory has no such file
+            runs = stores.training_runs().runs(1)
+            view["last_run"] = runs[0].to_mapping() if runs else None
+        except StoreError:
+            pass
+        try:
+            check = stores.drift_log().latest_check()
+        except StoreError:
+            check = None
     finally:
-        log.close()
+        if own:
+            stores.close()
     if check is not None:
         view["last_check"] = {
             "at_ms": check.at_ms, "champion_version": check.champion_version,
@@ -76,56 +80,27 @@ def drift_view(settings: Settings) -> dict[str, Any]:
     return view
 
 
-def _last_run(settings: Settings) -> dict[str, Any] | None:
-    """The newest training run from the training runs (None before the first)."""
-    from storage import SYSTEM_FILE
-    from storage.errors import StoreError
-    from storage.training_runs import SQLiteTrainingRuns
-
-    path = settings.data_path / SYSTEM_FILE
-    if not path.exists():
-        return None
-    try:
-        log = SQLiteTrainingRuns(path, busy_timeout_s=settings.storage.busy_timeout_s,
-                                 read_only=True)
-        try:
-            runs = log.runs(1)
-        finally:
-            log.close()
-    except StoreError:  # no learner has created the table yet
-        return None
-    if not runs:
-        return None
-    return runs[0].to_mapping()
-
-
 #: A shadow model's progress before its trial has begun (``ShadowTrial.to_mapping``'s keys).
 _NO_TRIAL: dict[str, Any] = {"target": None, "served": 0, "agreed": 0, "errors": 0}
 
 
-def _shadow_view(settings: Settings, registry: Any) -> list[dict[str, Any]]:
+def _shadow_view(backend: Any, registry: Any) -> list[dict[str, Any]]:
     """Models serving in shadow, each with how far it is towards its promotion."""
-    from storage import MODELS_FILE
     from storage.registry import SHADOW
-    from storage.sqlite_shadow import SQLiteShadowTrials
 
     shadows = [r for r in registry.versions() if r.status == SHADOW]
     if not shadows:
         return []
-    trials = SQLiteShadowTrials(settings.data_path / MODELS_FILE,
-                                busy_timeout_s=settings.storage.busy_timeout_s, read_only=True)
-    try:
-        view = []
-        for record in shadows:
-            trial = trials.get(record.version)
-            progress = trial.to_mapping() if trial else _NO_TRIAL
-            view.append({"version": record.version,
-                         "feature_collection_id": record.feature_collection_id,
-                         **{key: progress[key] for key in _NO_TRIAL},
-                         "roc_auc": dict(record.metrics).get("roc_auc")})
-        return view
-    finally:
-        trials.close()
+    trials = backend.shadow_trials()
+    view = []
+    for record in shadows:
+        trial = trials.get(record.version)
+        progress = trial.to_mapping() if trial else _NO_TRIAL
+        view.append({"version": record.version,
+                     "feature_collection_id": record.feature_collection_id,
+                     **{key: progress[key] for key in _NO_TRIAL},
+                     "roc_auc": dict(record.metrics).get("roc_auc")})
+    return view
 
 
 def _feature_view(features: Any) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from messages.protocol import (
     TrainRequest,
     TrainResult,
 )
-from storage import SYSTEM_FILE
 from supervision.directory import Directory
 from supervision.spec import SupervisorSpec
 
@@ -51,10 +50,10 @@ class RootServices:
 
     def _dead_letter_store(self) -> Any:
         if self._dead_letters is None:
-            from storage.deadletters import SQLiteDeadLetters
+            from storage.backend import StoreBackend
 
             assert self.settings is not None
-            self._dead_letters = SQLiteDeadLetters(self.settings.data_path / SYSTEM_FILE)
+            self._dead_letters = StoreBackend(self.settings).deadletters()
         return self._dead_letters
 
     def _record(self, info: ActorInfo) -> None:

@@ -1,0 +1,142 @@
+"""The stores of one process, on the backend ``[storage] backend`` names.
+
+Actors and CLI verbs ask this for the stores they need instead of naming a backend.
+SQLite: each store is a connection to its own file in the data directory. Couchbase:
+every store shares one connection of this process, opened on first use, so it is
+made after Thespian forked the actor, never inherited (the SDK's threads and sockets
+do not survive a fork); the SDK is imported only then, so an SQLite daemon never
+loads it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from config.settings import Settings
+
+if TYPE_CHECKING:  # each store's module is imported only by the process that opens it
+    from storage import Stores
+    from storage.deadletters import DeadLetterStore
+    from storage.drift_log import DriftLog
+    from storage.facts import FactStore
+    from storage.features import FeatureStore
+    from storage.registry import ModelRegistry
+    from storage.shadow import ShadowTrials
+    from storage.training_runs import TrainingRuns
+
+__all__ = ["StoreBackend"]
+
+T = TypeVar("T")
+
+
+class StoreBackend:
+    """Opens stores on the configured backend; ``close`` closes all it opened (and the
+    Couchbase connection, last). ``writer``: the fact log's writer id (a collector's
+    name), so a restarted collector finishes what its predecessor left unsealed."""
+
+    def __init__(self, settings: Settings, *, read_only: bool = False,
+                 writer: str | None = None) -> None:
+        self.settings = settings
+        self.read_only = read_only
+        self.writer = writer
+        self._opened: list[Any] = []
+        self._connection: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """``sqlite`` or ``couchbase``."""
+        return self.settings.storage.backend
+
+    def _sqlite(self, cls: Callable[..., T], file: str) -> T:
+        return cls(self.settings.data_path / file,
+                   busy_timeout_s=self.settings.storage.busy_timeout_s, read_only=self.read_only)
+
+    def connection(self) -> Any:
+        """This process's Couchbase connection (opened now if it is not yet)."""
+        with self._lock:
+            if self._connection is None:
+                from storage.couchbase.cluster import connect
+
+                self._connection = connect(self.settings.storage.couchbase,
+                                           read_only=self.read_only)
+            return self._connection
+
+    def _open(self, store: str, sqlite: Callable[[], T]) -> T:
+        if self.name == "couchbase":
+            from storage.couchbase.stores import OPENERS
+
+            opened: T = OPENERS[store](self.connection(), self.writer)
+        else:
+            opened = sqlite()
+        with self._lock:
+            self._opened.append(opened)
+        return opened
+
+    def facts(self) -> FactStore:
+        """A fact store."""
+        from storage import FACTS_FILE
+        from storage.sqlite_facts import SQLiteFactStore
+
+        return self._open("facts", lambda: self._sqlite(SQLiteFactStore, FACTS_FILE))
+
+    def features(self) -> FeatureStore:
+        """A feature store."""
+        from storage import FEATURES_FILE
+        from storage.sqlite_features import SQLiteFeatureStore
+
+        return self._open("features", lambda: self._sqlite(SQLiteFeatureStore, FEATURES_FILE))
+
+    def registry(self) -> ModelRegistry:
+        """A model registry."""
+        from storage import MODELS_FILE
+        from storage.sqlite_registry import SQLiteModelRegistry
+
+        return self._open("registry", lambda: self._sqlite(SQLiteModelRegistry, MODELS_FILE))
+
+    def shadow_trials(self) -> ShadowTrials:
+        """The shadow trials' store."""
+        from storage import MODELS_FILE
+        from storage.sqlite_shadow import SQLiteShadowTrials
+
+        return self._open("shadow_trials",
+                          lambda: self._sqlite(SQLiteShadowTrials, MODELS_FILE))
+
+    def deadletters(self) -> DeadLetterStore:
+        """The dead-letter store."""
+        from storage import SYSTEM_FILE
+        from storage.deadletters import SQLiteDeadLetters
+
+        return self._open("deadletters", lambda: self._sqlite(SQLiteDeadLetters, SYSTEM_FILE))
+
+    def training_runs(self) -> TrainingRuns:
+        """The training-run log."""
+        from storage import SYSTEM_FILE
+        from storage.training_runs import SQLiteTrainingRuns
+
+        return self._open("training_runs",
+                          lambda: self._sqlite(SQLiteTrainingRuns, SYSTEM_FILE))
+
+    def drift_log(self) -> DriftLog:
+        """The drift-check log."""
+        from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+
+        return self._open("drift_log", lambda: self._sqlite(SQLiteDriftLog, DRIFT_FILE))
+
+    def stores(self) -> Stores:
+        """The four stores most processes use together."""
+        from storage import Stores
+
+        return Stores(self.facts(), self.features(), self.registry(), self.deadletters())
+
+    def close(self) -> None:
+        """Close every store opened here, then the connection; idempotent."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+            connection, self._connection = self._connection, None
+        for store in opened:
+            store.close()
+        if connection is not None:
+            connection.close()
