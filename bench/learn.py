@@ -39,9 +39,9 @@ from learning.pipeline import split_by_location, train  # noqa: E402
 from learning.simulator import Savanna, outcome_item, reading_item  # noqa: E402
 from learning.training import build_training_set  # noqa: E402
 from learning.triggers import DriftCheck  # noqa: E402
-from storage import SYSTEM_FILE, ModelRecord, open_sqlite_stores  # noqa: E402
-from storage.drift_log import DRIFT_FILE, SQLiteDriftLog  # noqa: E402
-from storage.training_runs import SQLiteTrainingRuns  # noqa: E402
+from storage.backend import StoreBackend  # noqa: E402
+from storage.errors import StoreError  # noqa: E402
+from storage.registry import ModelRecord  # noqa: E402
 
 _TOKEN = "bench-learning-token"
 T = TypeVar("T")
@@ -98,14 +98,13 @@ def regime_change(model_type: str) -> None:
 
 def _play(settings: Settings, scenario: RegimeChange) -> None:
     client = HttpClient("127.0.0.1", settings.ingest.port, _TOKEN)
-    data = settings.data_path
 
     def champion() -> ModelRecord | None:
-        with open_sqlite_stores(data, read_only=True) as stores:
-            return stores.registry.champion()
-
-    def drift_log() -> SQLiteDriftLog:
-        return SQLiteDriftLog(data / DRIFT_FILE, read_only=True)
+        backend = StoreBackend(settings, read_only=True)
+        try:
+            return backend.registry().champion()
+        finally:
+            backend.close()
 
     send_items(client, "readings", [reading_item(r) for r in scenario.readings(False)], 5000)
     send_items(client, "outcomes", [outcome_item(o) for o in scenario.outcomes(False)], 5000)
@@ -116,13 +115,13 @@ def _play(settings: Settings, scenario: RegimeChange) -> None:
     send_items(client, "readings", [reading_item(r) for r in scenario.readings(True)], 5000)
 
     def drifting() -> DriftCheck | None:
-        if not (data / DRIFT_FILE).exists():
-            return None
-        log = drift_log()
+        backend = StoreBackend(settings, read_only=True)
         try:
-            check = log.latest_check()
+            check = backend.drift_log().latest_check()
+        except StoreError:  # before the learner's first drift check there is no drift log
+            return None
         finally:
-            log.close()
+            backend.close()
         return check if check is not None and check.above else None
 
     detected = _wait("drift", drifting)
@@ -135,17 +134,17 @@ def _play(settings: Settings, scenario: RegimeChange) -> None:
         return now if now is not None and now.version != first.version else None
 
     second = _wait("a new champion", replaced)
-    with open_sqlite_stores(data, read_only=True) as stores:
-        promoted = stores.registry.champion_history()[-1].at_ms
-        a_before = holdout_auc(first, stores.registry.artifact(first.version), scenario, False)
-        b_before = holdout_auc(first, stores.registry.artifact(first.version), scenario, True)
-        b_after = holdout_auc(second, stores.registry.artifact(second.version), scenario, True)
-        a_after = holdout_auc(second, stores.registry.artifact(second.version), scenario, False)
-    runs = SQLiteTrainingRuns(data / SYSTEM_FILE, read_only=True)
+    backend = StoreBackend(settings, read_only=True)
     try:
-        run = next(r for r in runs.runs() if r.trigger.kind == "drift")
+        registry = backend.registry()
+        promoted = registry.champion_history()[-1].at_ms
+        a_before = holdout_auc(first, registry.artifact(first.version), scenario, False)
+        b_before = holdout_auc(first, registry.artifact(first.version), scenario, True)
+        b_after = holdout_auc(second, registry.artifact(second.version), scenario, True)
+        a_after = holdout_auc(second, registry.artifact(second.version), scenario, False)
+        run = next(r for r in backend.training_runs().runs() if r.trigger.kind == "drift")
     finally:
-        runs.close()
+        backend.close()
     drifting_features = ", ".join(f"{k} {v:.2f}"
                                   for k, v in sorted(detected.drifting().items()))
     print(f"regime B readings sent at t=0; drift detected at "

@@ -343,10 +343,14 @@ class _Chaos:
         client.close()
         self.report.readings_acknowledged = len(self.acknowledged)
         self.report.lost = accepted_again
-        from storage import open_sqlite_stores
+        from storage.backend import StoreBackend
 
-        with open_sqlite_stores(self.settings.data_path, read_only=True) as stores:
-            keys = [r.key for r in stores.facts.all_readings() if r.sensor_id.startswith("chaos-")]
+        backend = StoreBackend(self.settings, read_only=True)
+        try:
+            keys = [r.key for r in backend.facts().all_readings()
+                    if r.sensor_id.startswith("chaos-")]
+        finally:
+            backend.close()
         self.report.stored_twice = len(keys) - len(set(keys))
 
 

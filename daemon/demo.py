@@ -53,14 +53,17 @@ def _wait(what: str, predicate: Any, timeout_s: float, every_s: float = 0.2) -> 
 
 
 def _champion(settings: Settings) -> Any:
-    from storage import MODELS_FILE
-    from storage.sqlite_registry import SQLiteModelRegistry
+    """The champion now (None before the publisher's first), read-only from the registry."""
+    from storage.backend import StoreBackend
+    from storage.errors import StoreError
 
-    registry = SQLiteModelRegistry(settings.data_path / MODELS_FILE)
+    backend = StoreBackend(settings, read_only=True)
     try:
-        return registry.champion()
+        return backend.registry().champion()
+    except StoreError:  # no registry yet: no champion yet; the caller polls again
+        return None
     finally:
-        registry.close()
+        backend.close()
 
 
 def _kill_and_wait(root: RootClient, name: str, probe: Any) -> float:

@@ -1,6 +1,6 @@
 """What ``rml models`` shows: every registered version with its lineage, status and history.
 
-Read from the registry's file (read-only), so it works with or without a running daemon.
+Read from the registry (read-only), so it works with or without a running daemon.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from typing import Any
 
 from config.settings import Settings
 from daemon.status import utc_text
-from storage import MODELS_FILE, SYSTEM_FILE
+from storage.backend import StoreBackend
 from storage.errors import StoreError, StoreUnavailable
 from storage.shadow import ShadowTrial
-from storage.sqlite_registry import SQLiteModelRegistry
-from storage.sqlite_shadow import SQLiteShadowTrials
-from storage.training_runs import SQLiteTrainingRuns, TrainingRun
+from storage.training_runs import TrainingRun
 
 __all__ = ["format_metrics", "models_view", "render_models"]
 
@@ -35,19 +33,14 @@ def _shadow(trial: ShadowTrial | None) -> dict[str, Any] | None:
     return {k: v for k, v in trial.to_mapping().items() if k != "version"}
 
 
-def _runs(settings: Settings, versions: list[int]) -> dict[int, TrainingRun]:
+def _runs(backend: StoreBackend, versions: list[int]) -> dict[int, TrainingRun]:
     """The training run that registered each version (those the training runs know)."""
-    path = settings.data_path / SYSTEM_FILE
-    if not versions or not path.exists():
+    if not versions:
         return {}
     try:
-        log = SQLiteTrainingRuns(path, busy_timeout_s=settings.storage.busy_timeout_s,
-                                 read_only=True)
-        try:
-            found = {v: log.run_of(v) for v in versions}
-        finally:
-            log.close()
-    except StoreError:  # no learner has created the table yet
+        log = backend.training_runs()
+        found = {v: log.run_of(v) for v in versions}
+    except StoreError:  # no learner has created the training runs (file or table) yet
         return {}
     return {v: run for v, run in found.items() if run is not None}
 
@@ -66,19 +59,15 @@ def models_view(settings: Settings) -> dict[str, Any]:
     """Every version (lineage: facts, feature collection, job, metrics, code version, trigger;
     created time; status, its reason and log; shadow progress; the training run that
     registered it: trainer, seconds) and the champion history."""
-    path, timeout = settings.data_path / MODELS_FILE, settings.storage.busy_timeout_s
+    backend = StoreBackend(settings, read_only=True)
     try:
-        registry = SQLiteModelRegistry(path, busy_timeout_s=timeout, read_only=True)
-    except StoreUnavailable:  # no registry yet: nothing was ever trained here
-        return {"models": [], "champion_history": []}
-    try:
-        trials_store = SQLiteShadowTrials(path, busy_timeout_s=timeout, read_only=True)
         try:
-            trials = {t.version: t for t in trials_store.trials()}
-        finally:
-            trials_store.close()
+            registry = backend.registry()
+        except StoreUnavailable:  # no registry yet: nothing was ever trained here
+            return {"models": [], "champion_history": []}
+        trials = {t.version: t for t in backend.shadow_trials().trials()}
         records = registry.versions()
-        runs = _runs(settings, [record.version for record in records])
+        runs = _runs(backend, [record.version for record in records])
         models = []
         for record in records:
             lineage = _lineage(record.lineage)
@@ -105,7 +94,7 @@ def models_view(settings: Settings) -> dict[str, Any]:
                     "reason": c.reason, "at_ms": c.at_ms}
                    for c in registry.champion_history()]
     finally:
-        registry.close()
+        backend.close()
     return {"models": models, "champion_history": history}
 
 

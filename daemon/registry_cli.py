@@ -2,7 +2,7 @@
 
 ``train`` and ``rollback`` ask the root supervisor, which routes them (``TrainRequest`` to
 the learner, whose candidate the publisher answers; ``RollbackRequest`` to the publisher).
-``models`` reads the registry's file and needs no daemon. What a verb prints about a model
+``models`` reads the registry and needs no daemon. What a verb prints about a model
 comes from the registry, the record of what happened, not only from the answer.
 """
 
@@ -24,11 +24,9 @@ from config.settings import Settings
 from daemon.models_view import format_metrics, models_view, render_models
 from daemon.process import RootClient
 from messages.protocol import RollbackRequest, RollbackResult, TrainRequest, TrainResult
-from storage import MODELS_FILE, SYSTEM_FILE
-from storage.deadletters import SQLiteDeadLetters
+from storage.backend import StoreBackend
 from storage.errors import StoreError
 from storage.registry import ModelRecord
-from storage.sqlite_registry import SQLiteModelRegistry
 
 __all__ = ["add_registry_parsers", "ask_with_progress", "load_job_file"]
 
@@ -55,18 +53,15 @@ def load_job_file(path: str | Path) -> JobConfiguration:
 
 def _dead_letter_for(settings: Settings, correlation_id: str) -> str | None:
     """The error of a dead letter recorded for our request (the actor failed on it twice)."""
+    backend = StoreBackend(settings, read_only=True)
     try:
-        store = SQLiteDeadLetters(settings.data_path / SYSTEM_FILE, read_only=True)
-    except StoreError:
-        return None
-    try:
-        for letter in store.list(50):
+        for letter in backend.deadletters().list(50):
             if correlation_id in letter.message:
                 return (letter.error.strip().splitlines() or ["failed"])[-1]
-    except StoreError:
+    except StoreError:  # no dead-letter store yet (or unreadable now): none recorded
         return None
     finally:
-        store.close()
+        backend.close()
     return None
 
 
@@ -94,18 +89,13 @@ def ask_with_progress(settings: Settings, message: Any, timeout_s: float,
 
 
 def _record(settings: Settings, version: int) -> ModelRecord | None:
+    backend = StoreBackend(settings, read_only=True)
     try:
-        registry = SQLiteModelRegistry(settings.data_path / MODELS_FILE,
-                                       busy_timeout_s=settings.storage.busy_timeout_s,
-                                       read_only=True)
-    except StoreError:
-        return None
-    try:
-        return registry.get(version)
+        return backend.registry().get(version)
     except (KeyError, StoreError):
         return None
     finally:
-        registry.close()
+        backend.close()
 
 
 def _print_train_result(settings: Settings, result: TrainResult, forced: bool) -> None:

@@ -16,25 +16,34 @@ from pathlib import Path
 
 from config.settings import Settings
 from learning.report import RegistrySnapshot, render_report
-from storage import MODELS_FILE
+from storage.backend import StoreBackend
 from storage.errors import StoreError, StoreUnavailable
-from storage.sqlite_registry import SQLiteModelRegistry
+from storage.registry import ModelRegistry
 
 __all__ = ["DEFAULT_REPORT_NAME", "add_report_parser", "read_snapshot", "write_report"]
 
 DEFAULT_REPORT_NAME = "report.html"
 
 
-def read_snapshot(registry: SQLiteModelRegistry, now_ms: int | None = None
+def read_snapshot(registry: ModelRegistry, source: str, now_ms: int | None = None
                   ) -> RegistrySnapshot:
-    """Every version, the champion log and each version's status log, from ``registry``."""
+    """Every version, the champion log and each version's status log, from ``registry``
+    (``source``: where it lives, as the page names it)."""
     records = registry.versions()
     logs = tuple((record.version, registry.status_history(record.version))
                  for record in records)
     return RegistrySnapshot(
         records=records, champion_history=registry.champion_history(), status_logs=logs,
-        source=str(registry.path),
-        generated_at_ms=int(time.time() * 1000) if now_ms is None else now_ms)
+        source=source, generated_at_ms=int(time.time() * 1000) if now_ms is None else now_ms)
+
+
+def _source(settings: Settings, registry: ModelRegistry) -> str:
+    """Where ``registry`` lives: its SQLite file, else its Couchbase bucket and scope."""
+    path = getattr(registry, "path", None)  # only a file-backed registry has one
+    if path is not None:
+        return str(path)
+    couchbase = settings.storage.couchbase
+    return f"couchbase {couchbase.bucket}.{couchbase.scope}"
 
 
 def write_report(html: str, output: Path) -> None:
@@ -52,22 +61,21 @@ def write_report(html: str, output: Path) -> None:
 
 def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
     """Render the registry to ``--output`` (default ``<data_dir>/report.html``)."""
-    path = settings.data_path / MODELS_FILE
     output = Path(args.output) if args.output else settings.data_path / DEFAULT_REPORT_NAME
+    backend = StoreBackend(settings, read_only=True)
     try:
-        registry = SQLiteModelRegistry(path, busy_timeout_s=settings.storage.busy_timeout_s,
-                                       read_only=True)
-    except StoreUnavailable as exc:
-        print(f"rml: no model registry to report on ({exc}); start the daemon and let it "
-              "train a model first", file=sys.stderr)
-        return 1
-    try:
-        snapshot = read_snapshot(registry)
+        try:
+            registry = backend.registry()
+        except StoreUnavailable as exc:
+            print(f"rml: no model registry to report on ({exc}); start the daemon and let it "
+                  "train a model first", file=sys.stderr)
+            return 1
+        snapshot = read_snapshot(registry, _source(settings, registry))
     except StoreError as exc:
         print(f"rml: cannot read the model registry: {exc}", file=sys.stderr)
         return 1
     finally:
-        registry.close()
+        backend.close()
     try:
         write_report(render_report(snapshot), output)
     except OSError as exc:
