@@ -34,6 +34,7 @@ from learning.shadow import (
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, ShadowServed
 from storage import FEATURES_FILE, MODELS_FILE, StoreError
+from storage.backend import StoreBackend
 from storage.shadow import ShadowCounts, ShadowTrial
 from storage.sqlite_features import SQLiteFeatureStore
 from storage.sqlite_registry import SQLiteModelRegistry
@@ -346,9 +347,11 @@ def test_a_predictor_reads_shadow_rows_on_its_own_store_and_closes_every_store_i
     for collection in (1, 2):
         store.register_collection(FeatureCollection(collection, 0, FEATURES))
         store.write_rows([FeatureRow(collection, 7, 100, (3.0, 0.5), 100)])
+    store.close()
     predictor = Predictor()
     predictor.settings = Settings(data_dir=str(tmp_path))
-    predictor.features = store  # the actor thread's store, as on_start opens it
+    predictor.backend = StoreBackend(predictor.settings)  # as on_start opens them
+    store = predictor.features = predictor.backend.features()  # the actor thread's store
     predictor.snapshot = ServingSnapshot(_model(1, 0.9, collection=1), reason="",
                                          shadow=_model(2, 0.8, collection=2))
     answers: list[Response] = []
