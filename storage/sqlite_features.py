@@ -196,6 +196,14 @@ class SQLiteFeatureStore(SQLiteBacked):
                                 (collection_id,)).fetchall()
         return tuple(_row(row) for row in rows)
 
+    def all_rows(self, collection_id: int) -> tuple[FeatureRow, ...]:
+        """Every row of the collection, by location then ``as_of_ms`` (for ``rml migrate``;
+        not in the protocol: a migration's source is an SQLite data directory)."""
+        with self._db.read() as conn:
+            rows = conn.execute(f"SELECT {_ROW_COLUMNS} FROM feature_rows WHERE collection_id = ? "
+                                "ORDER BY location_id, as_of_ms", (collection_id,)).fetchall()
+        return tuple(_row(row) for row in rows)
+
     def row_as_of(self, collection_id: int, location_id: int, at_ms: int) -> FeatureRow | None:
         """The newest row with ``as_of_ms <= at_ms`` (point-in-time lookup), or None."""
         with self._db.read() as conn:

@@ -351,7 +351,7 @@ def test_a_predictor_reads_shadow_rows_on_its_own_store_and_closes_every_store_i
     predictor = Predictor()
     predictor.settings = Settings(data_dir=str(tmp_path))
     predictor.backend = StoreBackend(predictor.settings)  # as on_start opens them
-    store = predictor.features = predictor.backend.features()  # the actor thread's store
+    actor_store = predictor.features = predictor.backend.features()  # the actor thread's
     predictor.snapshot = ServingSnapshot(_model(1, 0.9, collection=1), reason="",
                                          shadow=_model(2, 0.8, collection=2))
     answers: list[Response] = []
@@ -367,7 +367,7 @@ def test_a_predictor_reads_shadow_rows_on_its_own_store_and_closes_every_store_i
     predictor.on_stop()
     assert _open_files(tmp_path / FEATURES_FILE) == 0
     with pytest.raises(StoreError, match="closed"):
-        store.latest_row(1, 7)
+        actor_store.latest_row(1, 7)
 
 
 def _open_files(path: Path) -> int:
