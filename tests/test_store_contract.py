@@ -90,10 +90,33 @@ def open_backend(name: str, location: str, *, read_only: bool = False) -> Stores
 
 def tamper_artifact(name: str, location: str, version: int) -> None:
     """Change a stored artifact's bytes behind the registry's back."""
-    if name != "sqlite":
-        raise NotImplementedError(name)
-    with sqlite3.connect(Path(location) / MODELS_FILE) as conn:
-        conn.execute("UPDATE artifacts SET data = ? WHERE version = ?", (b"evil bytes", version))
+    if name == "sqlite":
+        with sqlite3.connect(Path(location) / MODELS_FILE) as conn:
+            conn.execute("UPDATE artifacts SET data = ? WHERE version = ?",
+                         (b"evil bytes", version))
+        return
+    # Couchbase: overwrite the artifact's first chunk, which the registry only ever inserts.
+    from couchbase.options import UpsertOptions
+    from couchbase.transcoder import RawBinaryTranscoder
+
+    from storage.couchbase.registry import CouchbaseModelRegistry, chunk_key
+
+    connection = open_couchbase(name, location)
+    try:
+        registry = CouchbaseModelRegistry(connection.keyvalue("models"))
+        key = chunk_key(registry.get(version).artifact_sha256, 0)
+        settings = connection.settings
+        if name == "couchbase-standin":
+            # The stand-in's layout: data/<bucket>/<scope>/<collection>/<hex of a short key>,
+            # each file a 12-byte header (cas, flags) then the value.
+            path = (Path(location) / "cb" / "data" / settings.bucket / settings.scope / "models"
+                    / key.encode().hex())
+            path.write_bytes(path.read_bytes()[:12] + b"evil bytes")
+        else:
+            collection = connection.bucket.scope(settings.scope).collection("models")
+            collection.upsert(key, b"evil bytes", UpsertOptions(transcoder=RawBinaryTranscoder()))
+    finally:
+        connection.close()
 
 
 @dataclass(frozen=True)

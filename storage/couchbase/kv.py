@@ -31,6 +31,7 @@ from couchbase.exceptions import (
     UnAmbiguousTimeoutException,
 )
 from couchbase.options import GetMultiOptions, GetOptions, InsertMultiOptions, InsertOptions
+from couchbase.transcoder import RawBinaryTranscoder
 
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 
@@ -93,10 +94,12 @@ class KeyValue:
         if self.read_only:
             raise StoreError(f"{self.where}: opened read-only")
 
-    def _insert_options(self, multi: bool) -> Any:
+    def _insert_options(self, multi: bool, transcoder: Any = None) -> Any:
         kwargs: dict[str, Any] = {"timeout": self._timeout}
         if self._durability is not None:
             kwargs["durability"] = self._durability
+        if transcoder is not None:
+            kwargs["transcoder"] = transcoder
         return InsertMultiOptions(**kwargs) if multi else InsertOptions(**kwargs)
 
     def insert(self, key: str, value: Any) -> bool:
@@ -112,11 +115,19 @@ class KeyValue:
     def insert_many(self, docs: Mapping[str, Any]) -> set[str]:
         """Insert every document (one pipelined call); the keys that existed already.
         Any other failure raises, after every key was tried: some may have landed."""
+        return self._insert_many(docs, None)
+
+    def insert_bytes_many(self, docs: Mapping[str, bytes]) -> set[str]:
+        """``insert_many`` for binary documents, stored raw (not as JSON)."""
+        return self._insert_many(docs, RawBinaryTranscoder())
+
+    def _insert_many(self, docs: Mapping[str, Any], transcoder: Any) -> set[str]:
         self.check_writable()
         if not docs:
             return set()
         with self._errors():
-            result = self._collection.insert_multi(dict(docs), self._insert_options(True))
+            result = self._collection.insert_multi(dict(docs),
+                                                   self._insert_options(True, transcoder))
             existed: set[str] = set()
             for key, exc in result.exceptions.items():
                 if not isinstance(exc, DocumentExistsException):
@@ -134,11 +145,19 @@ class KeyValue:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """The values of the keys that exist (one pipelined call)."""
+        return self._get_many(keys, None)
+
+    def get_bytes_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """``get_many`` for documents stored with ``insert_bytes_many``: their raw bytes."""
+        return {key: bytes(value)
+                for key, value in self._get_many(keys, RawBinaryTranscoder()).items()}
+
+    def _get_many(self, keys: Sequence[str], transcoder: Any) -> dict[str, Any]:
         if not keys:
             return {}
         with self._errors():
-            result = self._collection.get_multi(list(dict.fromkeys(keys)),
-                                                GetMultiOptions(timeout=self._timeout))
+            options = GetMultiOptions(timeout=self._timeout, transcoder=transcoder)
+            result = self._collection.get_multi(list(dict.fromkeys(keys)), options)
             for exc in result.exceptions.values():
                 if not isinstance(exc, DocumentNotFoundException):
                     raise exc
