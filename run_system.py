@@ -2,7 +2,7 @@
 
 Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``;
 ``train``, ``models``, ``rollback`` (``daemon.registry_cli``); ``report``
-(``daemon.report_cli``).
+(``daemon.report_cli``); ``migrate --to couchbase`` (``daemon.migrate_cli``).
 """
 
 from __future__ import annotations
@@ -60,19 +60,19 @@ def _cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     """Poison messages recorded by supervisors (read from the store; no daemon needed)."""
     from dataclasses import asdict
 
-    from storage import SYSTEM_FILE
-    from storage.deadletters import SQLiteDeadLetters
+    from storage.backend import StoreBackend
     from storage.errors import StoreUnavailable
 
+    backend = StoreBackend(settings, read_only=True)
     try:
-        store = SQLiteDeadLetters(settings.data_path / SYSTEM_FILE, read_only=True)
-    except StoreUnavailable:
-        letters: tuple[Any, ...] = ()
-    else:
         try:
+            store = backend.deadletters()
+        except StoreUnavailable:  # no dead-letter store yet: none recorded
+            letters: tuple[Any, ...] = ()
+        else:
             letters = store.list(args.limit)
-        finally:
-            store.close()
+    finally:
+        backend.close()
     if args.json:
         print(json.dumps([asdict(letter) for letter in letters], indent=2))
         return 0
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.registry_cli import add_registry_parsers
 
     add_registry_parsers(verbs)  # train, models, rollback
+    from daemon.migrate_cli import add_migrate_parser
+
+    add_migrate_parser(verbs)
     return parser
 
 

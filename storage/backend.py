@@ -37,8 +37,10 @@ class StoreBackend:
     name), so a restarted collector finishes what its predecessor left unsealed."""
 
     def __init__(self, settings: Settings, *, read_only: bool = False,
-                 writer: str | None = None) -> None:
+                 writer: str | None = None,
+                 cluster_factory: Callable[[Any], Any] | None = None) -> None:
         self.settings = settings
+        self._cluster_factory = cluster_factory  # tests: the SDK stand-in
         self.read_only = read_only
         self.writer = writer
         self._opened: list[Any] = []
@@ -51,6 +53,14 @@ class StoreBackend:
         return self.settings.storage.backend
 
     def _sqlite(self, cls: Callable[..., T], file: str) -> T:
+        if not self.read_only:
+            from storage.errors import StoreUnavailable
+
+            try:
+                self.settings.data_path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"{self.settings.data_path}: cannot create the data "
+                                       f"directory: {exc}") from exc
         return cls(self.settings.data_path / file,
                    busy_timeout_s=self.settings.storage.busy_timeout_s, read_only=self.read_only)
 
@@ -60,8 +70,10 @@ class StoreBackend:
             if self._connection is None:
                 from storage.couchbase.cluster import connect
 
+                extra = ({} if self._cluster_factory is None
+                         else {"cluster_factory": self._cluster_factory})
                 self._connection = connect(self.settings.storage.couchbase,
-                                           read_only=self.read_only)
+                                           read_only=self.read_only, **extra)
             return self._connection
 
     def _open(self, store: str, sqlite: Callable[[], T]) -> T:
