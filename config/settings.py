@@ -438,10 +438,8 @@ def _validate(s: Settings) -> Settings:
 
 
 def _validate_storage(storage: StorageSettings) -> None:
-    if storage.backend not in {"sqlite"}:
-        raise ConfigError("storage.backend",
-                          "only 'sqlite' runs a daemon in this version (the Couchbase "
-                          "backend has its fact store so far: see the README)")
+    if storage.backend not in {"sqlite", "couchbase"}:
+        raise ConfigError("storage.backend", "must be 'sqlite' or 'couchbase'")
     cb, key = storage.couchbase, "storage.couchbase"
     url = urlsplit(cb.connection_string)
     if url.scheme not in ("couchbase", "couchbases") or not url.netloc:

@@ -99,11 +99,19 @@ def last_midnight_ms() -> int:
 
 def run_demo(base: Settings, config_path: str | None) -> int:
     """Run the demo; 0 when every step did what it should."""
-    data_dir = os.path.join(base.data_dir, "demo-" + time.strftime("%Y%m%d-%H%M%S"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    data_dir = os.path.join(base.data_dir, "demo-" + stamp)
     settings = replace(base, data_dir=data_dir)
     os.environ["RML_DATA_DIR"] = data_dir  # the keeper re-reads settings from the environment
+    where = data_dir
+    if settings.storage.backend == "couchbase":  # a fresh scope, as a fresh data directory
+        couchbase = replace(settings.storage.couchbase,
+                            scope=f"{settings.storage.couchbase.scope}-demo-{stamp}")
+        settings = replace(settings, storage=replace(settings.storage, couchbase=couchbase))
+        os.environ["RML_STORAGE_COUCHBASE_SCOPE"] = couchbase.scope
+        where += f" and Couchbase scope {couchbase.scope!r}"
     started = time.monotonic()
-    _say(f"Reactive ML demo: data in {data_dir}")
+    _say(f"Reactive ML demo: data in {where}")
     _say("starting the daemon ...")
     record = start(settings, config_path)
     try:

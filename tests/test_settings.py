@@ -363,7 +363,7 @@ def test_loopback_binds_are_accepted(bind: str) -> None:
         ({"RML_LEARNING_SHADOW_MAX_ERROR_RATE": "1.5"}, "learning.shadow_max_error_rate"),
         ({"RML_INGEST_COLLECTORS": "0"}, "ingest.collectors"),
         ({"RML_INGEST_MAX_BODY_BYTES": "1000"}, "ingest.max_body_bytes"),
-        ({"RML_STORAGE_BACKEND": "couchbase"}, "storage.backend"),
+        ({"RML_STORAGE_BACKEND": "postgres"}, "storage.backend"),
         ({"RML_STORAGE_COUCHBASE_DURABILITY": "all"}, "storage.couchbase.durability"),
         ({"RML_STORAGE_COUCHBASE_CONNECTION_STRING": "http://cb"},
          "storage.couchbase.connection_string"),
