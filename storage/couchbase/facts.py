@@ -228,9 +228,13 @@ class CouchbaseFactStore:
         return n
 
     def _complete(self, kind: _Kind, slot: int, writer: str, n: int,
-                  batch: list[list[Any]]) -> list[int]:
+                  batch: list[list[Any]], finishing: frozenset[str] = frozenset()) -> list[int]:
         """Insert entry ``n``'s facts, index them, seal it; the indices it stored (as the
-        seal that won says). Idempotent: run again, by anyone, it changes nothing."""
+        seal that won says). Idempotent: run again, by anyone, it changes nothing.
+
+        A duplicate stored by an entry not sealed yet (its writer died mid-batch, and the
+        gateway sent the batch again here) is acknowledged as known: so that entry is
+        finished first, and no acknowledged fact waits for a repair to be seen."""
         tag = f"{writer}/{n}"
         keys = [doc_key(kind.fact, *kind.identity(item)) for item in batch]
         existed = self._kv.insert_many({key: {"e": tag, "v": item}
@@ -239,6 +243,8 @@ class CouchbaseFactStore:
         if existed:  # known before, or stored by an earlier try of this very entry
             found = self._kv.get_many(sorted(existed))
             ours |= {key for key, doc in found.items() if doc.get("e") == tag}
+            owners = {str(doc.get("e")) for doc in found.values()} - {tag} - finishing
+            self._finish_owners(kind, owners, finishing | {tag})
         owned = [i for i, key in enumerate(keys) if key in ours]
         if kind is _READINGS:
             self._index(slot, n, [batch[i] for i in owned])
@@ -298,6 +304,21 @@ class CouchbaseFactStore:
                     continue
                 yield g, found[g]
             open_groups = still
+
+    def _finish_owners(self, kind: _Kind, owners: set[str], finishing: frozenset[str]) -> None:
+        """Finish the entries (``writer/n`` tags) among ``owners`` that have no seal yet
+        (``finishing``: the entries being finished up the call chain, left to it)."""
+        entries = [(tag.rpartition("/")[0], int(tag.rpartition("/")[2])) for tag in owners]
+        seals = self._kv.get_many([doc_key(kind.seal, w, m) for w, m in entries])
+        for w, m in entries:
+            if doc_key(kind.seal, w, m) in seals:
+                continue
+            directory = self._refresh_directory()
+            if w not in directory:
+                continue  # a writer registers before its first entry: not reached
+            entry = self._kv.get(doc_key(kind.log, w, m))
+            if entry is not None:
+                self._complete(kind, directory.index(w), w, m, entry["v"], finishing)
 
     def _repair(self, kind: _Kind, slot: int, writer: str, n: int) -> list[int] | None:
         """Finish entry ``n`` of ``writer``'s log from the batch it holds; the indices it
