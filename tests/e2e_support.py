@@ -7,15 +7,19 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config.settings import Settings, load_settings
 from daemon.group import end_group, free_ports, group_members, port_accepts
-from storage import open_sqlite_stores
+from storage import Stores
+from storage.backend import StoreBackend
 from storage.registry import ModelRecord
 
 TOKEN = "e2e-test-token-0123"
@@ -63,14 +67,44 @@ class RunningDaemon:
                 return dict(actor)
         raise KeyError(name)
 
+    @contextmanager
+    def stores(self) -> Iterator[Stores]:
+        """The daemon's stores, read-only, on its backend."""
+        backend = StoreBackend(self.settings, read_only=True)
+        try:
+            yield backend.stores()
+        finally:
+            backend.close()
+
     def champion(self) -> ModelRecord | None:
         """The registry's champion, read from the daemon's store (read-only), if any."""
-        with open_sqlite_stores(self.settings.data_path, read_only=True) as stores:
+        with self.stores() as stores:
             return stores.registry.champion()
 
     def ports(self) -> tuple[int, int, int]:
         s = self.settings
         return (s.actor_system.admin_port, s.ingest.port, s.predict.port)
+
+
+COUCHBASE_VARIABLES = ("RML_COUCHBASE_URL", "RML_COUCHBASE_USERNAME", "RML_COUCHBASE_PASSWORD")
+#: The backends an end-to-end test runs on: SQLite, and Couchbase when a cluster is given.
+BACKENDS = ["sqlite", pytest.param("couchbase", marks=pytest.mark.skipif(
+    not all(os.environ.get(name) for name in COUCHBASE_VARIABLES),
+    reason="no Couchbase cluster: set " + ", ".join(COUCHBASE_VARIABLES)))]
+
+
+def storage_section(backend: str) -> dict[str, dict[str, Any]]:
+    """The config tables for ``backend``: Couchbase on the cluster the variables name, in a
+    scope of its own (as each test has a data directory of its own)."""
+    if backend == "sqlite":
+        return {}
+    return {"storage": {"backend": "couchbase", "couchbase": {
+        "connection_string": os.environ["RML_COUCHBASE_URL"],
+        "username": os.environ["RML_COUCHBASE_USERNAME"],
+        "password": os.environ["RML_COUCHBASE_PASSWORD"],
+        "bucket": os.environ.get("RML_COUCHBASE_BUCKET", "rml"),
+        "durability": os.environ.get("RML_COUCHBASE_DURABILITY", "none"),
+        "scope": "e2e-" + uuid.uuid4().hex[:12]}}}
 
 
 def _env() -> dict[str, str]:

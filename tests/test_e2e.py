@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,19 +26,27 @@ from learning.ceiling import holdout_best_auc
 from learning.lineage import facts_fingerprint
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest
-from storage import open_sqlite_stores
-from tests.e2e_support import RunningDaemon, running_daemon, wait_for
+from storage.facts import FactCursor
+from tests.e2e_support import (
+    BACKENDS,
+    TOKEN,
+    RunningDaemon,
+    running_daemon,
+    storage_section,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
 SAVANNA = Savanna(seed=7, end_ms=last_midnight_ms())
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def daemon(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     # A generous deadline: HTTP and Thespian answers are compared exactly, and a loaded
     # machine must not turn one of them into a (correctly marked) fallback answer.
-    sections = {"predict": {"deadline_ms": 5000}}
+    sections = {"predict": {"deadline_ms": 5000}, **storage_section(request.param)}
     with running_daemon(tmp_path_factory.mktemp("e2e"), sections, min_outcomes=500) as d:
         yield d
 
@@ -97,7 +106,7 @@ def test_batch_keeps_good_items_reports_duplicates_and_names_each_error(
             assert (answer["accepted"], answer["duplicates"]) == (3, 1)
         else:  # the same batch again: every good item is now a duplicate
             assert (answer["accepted"], answer["duplicates"]) == (0, 4)
-    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+    with daemon.stores() as stores:
         for item in good:
             stored = stores.facts.get_reading(item["sensor_id"], item["reading_id"])
             assert stored is not None and stored.percent_zebras == item["percent_zebras"]
@@ -117,7 +126,7 @@ def test_reading_sent_twice_is_stored_once(daemon: RunningDaemon, ingest: HttpCl
     second = ingest.post("/readings", {"readings": [dict(item, animals_upper=50)]})[1]
     assert (first["accepted"], first["duplicates"]) == (1, 0)
     assert (second["accepted"], second["duplicates"]) == (0, 1)
-    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+    with daemon.stores() as stores:
         stored = stores.facts.get_reading(item["sensor_id"], item["reading_id"])
         assert stored is not None and stored.animals_upper == 9  # never overwritten
 
@@ -135,7 +144,7 @@ def test_model_is_published_with_full_lineage_near_the_best_achievable_auc(
     assert outcomes.accepted == len(SAVANNA.outcomes())
 
     def champion() -> Any:
-        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+        with daemon.stores() as stores:
             record = stores.registry.champion()
             if record and json.loads(record.lineage)["facts"]["outcomes"] == outcomes.accepted:
                 return record, stores.facts.all_readings(), stores.facts.all_outcomes()
@@ -228,6 +237,63 @@ def test_killed_collector_answers_again_and_loses_nothing(
     assert (answer["accepted"], answer["duplicates"]) == (0, 500)
 
 
+def test_collectors_killed_mid_batch_lose_and_double_nothing(
+    daemon: RunningDaemon, ingest: HttpClient
+) -> None:
+    now = int(time.time() * 1000)
+    items = [_reading(sensor_id="mid-batch", location_id=998, reading_id=f"m{i}",
+                      timestamp=now - 1000 - i) for i in range(5_000)]
+    collectors = {name: daemon.actor(name)["pid"] for name in ("collector-1", "collector-2")}
+    answers: list[dict[str, Any]] = []
+
+    def gateway() -> None:  # sends until acknowledged, as a field gateway does
+        client = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN, timeout_s=60.0)
+        deadline = time.monotonic() + 90.0
+        try:
+            while time.monotonic() < deadline and not answers:
+                try:
+                    status, answer = client.post("/readings", {"readings": items})
+                except OSError:
+                    client.close()
+                    continue
+                if status == 200:
+                    answers.append(answer)
+        finally:
+            client.close()
+
+    sender = threading.Thread(target=gateway)
+    sender.start()
+
+    def writing() -> bool:
+        with daemon.stores() as stores:
+            return bool(answers) or stores.facts.get_reading("mid-batch", "m0") is not None
+
+    try:
+        wait_for("the batch being written", writing, 30.0, 0.002)
+        for pid in collectors.values():
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        sender.join(120.0)
+    assert answers, "the batch was never acknowledged"
+    assert answers[0]["accepted"] + answers[0]["duplicates"] == len(items)
+    def replaced() -> bool:
+        now = {name: daemon.actor(name) for name in collectors}
+        return all(a["pid"] != collectors[n] and a["state"] == "running" for n, a in now.items())
+
+    wait_for("both collectors replaced", replaced, 30.0, 0.05)
+    again = ingest.post("/readings", {"readings": items})[1]
+    assert (again["accepted"], again["duplicates"]) == (0, len(items))
+    with daemon.stores() as stores:
+        stored = [r for r in stores.facts.all_readings() if r.sensor_id == "mid-batch"]
+        paged: list[str] = []
+        cursor = FactCursor()
+        while (page := stores.facts.readings_since(cursor, 2_000)).items:
+            paged += [r.reading_id for r in page.items if r.sensor_id == "mid-batch"]
+            cursor = page.cursor
+    assert sorted(r.reading_id for r in stored) == sorted(item["reading_id"] for item in items)
+    assert sorted(paged) == sorted(item["reading_id"] for item in items)  # each seen once
+
+
 def test_stop_leaves_no_process_and_no_bound_port(daemon: RunningDaemon) -> None:
     done = daemon.rml("stop")
     assert done.returncode == 0, done.stderr
@@ -238,8 +304,9 @@ def test_stop_leaves_no_process_and_no_bound_port(daemon: RunningDaemon) -> None
 
 
 def test_stored_readings_match_the_simulator(daemon: RunningDaemon) -> None:
-    with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
-        stored = {r.key for r in stores.facts.all_readings() if r.sensor_id != "e2e-sensor"}
+    with daemon.stores() as stores:
+        stored = {r.key for r in stores.facts.all_readings()
+                  if r.sensor_id not in ("e2e-sensor", "mid-batch")}
     expected = {r.key for r in SAVANNA.readings()}
     assert stored == expected
 
