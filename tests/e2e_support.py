@@ -87,15 +87,17 @@ class RunningDaemon:
 
 
 COUCHBASE_VARIABLES = ("RML_COUCHBASE_URL", "RML_COUCHBASE_USERNAME", "RML_COUCHBASE_PASSWORD")
-#: The backends an end-to-end test runs on: SQLite, and Couchbase when a cluster is given.
-BACKENDS = ["sqlite", pytest.param("couchbase", marks=pytest.mark.skipif(
+#: Skips a test unless a Couchbase cluster is given.
+NEEDS_CLUSTER = pytest.mark.skipif(
     not all(os.environ.get(name) for name in COUCHBASE_VARIABLES),
-    reason="no Couchbase cluster: set " + ", ".join(COUCHBASE_VARIABLES)))]
+    reason="no Couchbase cluster: set " + ", ".join(COUCHBASE_VARIABLES))
+#: The backends an end-to-end test runs on: SQLite, and Couchbase when a cluster is given.
+BACKENDS = ["sqlite", pytest.param("couchbase", marks=NEEDS_CLUSTER)]
 
 
-def storage_section(backend: str) -> dict[str, dict[str, Any]]:
+def storage_section(backend: str, scope: str | None = None) -> dict[str, dict[str, Any]]:
     """The config tables for ``backend``: Couchbase on the cluster the variables name, in a
-    scope of its own (as each test has a data directory of its own)."""
+    scope of its own (as each test has a data directory of its own) unless one is given."""
     if backend == "sqlite":
         return {}
     return {"storage": {"backend": "couchbase", "couchbase": {
@@ -104,7 +106,7 @@ def storage_section(backend: str) -> dict[str, dict[str, Any]]:
         "password": os.environ["RML_COUCHBASE_PASSWORD"],
         "bucket": os.environ.get("RML_COUCHBASE_BUCKET", "rml"),
         "durability": os.environ.get("RML_COUCHBASE_DURABILITY", "none"),
-        "scope": "e2e-" + uuid.uuid4().hex[:12]}}}
+        "scope": scope or "e2e-" + uuid.uuid4().hex[:12]}}}
 
 
 def _env() -> dict[str, str]:
