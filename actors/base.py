@@ -7,6 +7,14 @@ actor's ``ThespianWatch``: Thespian drops the watch when ``receiveMessage``
 raises. ``Worker`` adds the lifecycle every supervised leaf follows: ``Init``
 -> ``on_start`` (rebuild state from the stores) -> ``Ready``; ``Peers``;
 ``Ping``; ``ActorExitRequest`` -> ``on_stop``.
+
+A ``StoreError`` is not a poison message: the store being down (a Couchbase outage) is
+no fault of the message, and a restart would not bring the store back. So a handler that
+raises one is logged (once per ``_STORE_LOG_EVERY_S``) and not retried: every message is
+a hint, and the periodic timers catch up from the stores once they answer. A Worker whose
+``on_start`` cannot read its stores still answers ``Ready`` and its heartbeats, and tries
+``on_start`` again every ``_START_RETRY_S``, serving only once it succeeds: an outage does
+not become a restart storm that escalates to the root.
 """
 
 from __future__ import annotations
@@ -41,8 +49,13 @@ from messages.protocol import (
     Ready,
     StoppingNormally,
 )
+from storage.errors import StoreError
 
 __all__ = ["EdgeWorker", "ReactiveActor", "Worker"]
+
+_STORE_LOG_EVERY_S = 10.0
+_START_RETRY_S = 1.0
+_RETRY_START = "rml:retry-start"
 
 
 class ReactiveActor(Actor):
@@ -55,18 +68,33 @@ class ReactiveActor(Actor):
         self.watch_fds: tuple[int, ...] = ()
         self.supervisor: Any = None
         self._handlers: dict[type, Callable[[Any, Any], Any] | None] = {}
+        self._store_logged_at = -_STORE_LOG_EVERY_S
+        self._store_failures = 0
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian's name)
         try:
             self._dispatch(message, sender)
+        except StoreError as exc:
+            self._store_failed(message, exc)
         except Exception:
             self.log.warning("message_failed_once", message_type=type(message).__name__,
                              exc_info=True)
             try:
                 self._dispatch(copy.deepcopy(message), sender)
+            except StoreError as exc:
+                self._store_failed(message, exc)
             except Exception:
                 self._poisoned(message, sender, traceback.format_exc())
         return ThespianWatch(list(self.watch_fds)) if self.watch_fds else None
+
+    def _store_failed(self, message: Any, exc: StoreError) -> None:
+        """A handler found the store unavailable: log it (not every time), go on."""
+        self._store_failures += 1
+        now = time.monotonic()
+        if now - self._store_logged_at >= _STORE_LOG_EVERY_S:
+            self.log.warning("store_unavailable", message_type=type(message).__name__,
+                             error=str(exc), failures=self._store_failures)
+            self._store_logged_at, self._store_failures = now, 0
 
     def _dispatch(self, message: Any, sender: Any) -> None:
         kind = type(message)
@@ -126,6 +154,9 @@ class Worker(ReactiveActor):
         self.settings: Settings | None = None
         self.peers = Peers(())
         self._init_id: str | None = None
+        self.started = False  # on_start succeeded (it is retried while the store is down)
+        self._init: Init | None = None
+        self._promoted = False
 
     # Hooks for subclasses.
 
@@ -159,23 +190,55 @@ class Worker(ReactiveActor):
 
     # Lifecycle messages.
 
+    def _dispatch(self, message: Any, sender: Any) -> None:
+        # Until on_start has succeeded, only the lifecycle runs: the handlers need the
+        # state it rebuilds, and what they would act on is in the stores anyway.
+        if self.started or isinstance(message, _BEFORE_START):
+            super()._dispatch(message, sender)
+        else:
+            self.log.debug("message_before_start", message_type=type(message).__name__)
+
     def on_Init(self, msg: Init, sender: Any) -> None:  # noqa: N802
         if self._init_id != msg.correlation_id:
             self.name = msg.name
             self.settings = msg.settings
             self.supervisor = sender
-            began = time.perf_counter()
             configure_logging(msg.settings.log_dir, msg.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
-            self.on_start(msg)
-            if not msg.standby:
-                self.on_serve()
+            self._init = msg
+            self._start()
             self._init_id = msg.correlation_id
-            self.log.info("actor_started", standby=msg.standby,
-                          start_ms=round((time.perf_counter() - began) * 1000, 1))
         self.send(sender, Ready(self.name, msg.role, os.getpid(), msg.correlation_id))
 
+    def _start(self) -> None:
+        """``on_start`` (then ``on_serve``, unless a standby not yet promoted); while the
+        stores cannot be read, release what the attempt opened and try again later."""
+        init = self._init
+        assert init is not None
+        began = time.perf_counter()
+        try:
+            self.on_start(init)
+        except StoreError as exc:
+            self.log.warning("start_waits_for_store", error=str(exc), retry_s=_START_RETRY_S)
+            try:
+                self.on_stop()
+            except Exception as stop_exc:  # it may find less than on_start opens
+                self.log.debug("stop_after_failed_start", error=repr(stop_exc))
+            self.wakeupAfter(_START_RETRY_S, payload=_RETRY_START)
+            return
+        self.started = True
+        if not init.standby or self._promoted:
+            self.on_serve()
+        self.log.info("actor_started", standby=init.standby and not self._promoted,
+                      start_ms=round((time.perf_counter() - began) * 1000, 1))
+
     def on_Activate(self, msg: Activate, sender: Any) -> None:  # noqa: N802
+        if self._init_id != msg.correlation_id and not self.started:
+            # Promoted while its start still waits for the store: it serves once started.
+            self._promoted = True
+            self.name = msg.name
+            self.log = get_logger(actor=msg.name, role=msg.role)
+            self._init_id = msg.correlation_id
         if self._init_id != msg.correlation_id:
             assert self.settings is not None
             began = time.perf_counter()
@@ -198,10 +261,15 @@ class Worker(ReactiveActor):
 
     def on_Peers(self, msg: Peers, sender: Any) -> None:  # noqa: N802
         self.peers = msg
-        self.on_peers()
+        if self.started:
+            self.on_peers()
 
     def on_WakeupMessage(self, msg: WakeupMessage, sender: Any) -> None:  # noqa: N802
-        self.on_timer(msg.payload)
+        if msg.payload == _RETRY_START:
+            if not self.started and self._init is not None:
+                self._start()
+        elif self.started:
+            self.on_timer(msg.payload)
 
     def on_WatchMessage(self, msg: WatchMessage, sender: Any) -> None:  # noqa: N802
         self.on_readable(list(msg.ready))
@@ -212,6 +280,11 @@ class Worker(ReactiveActor):
             self.on_stop()
         finally:
             self.log.info("actor_stopped")
+
+
+#: What a Worker handles before its ``on_start`` has succeeded.
+_BEFORE_START = (Init, Activate, Ping, Peers, WakeupMessage, ActorExitRequest, PoisonMessage,
+                 MessageFailed)
 
 
 class EdgeWorker(Worker):

@@ -32,7 +32,7 @@ from messages.codec import (
 )
 from messages.openapi import INGEST_OPENAPI_JSON
 from messages.protocol import FactsNoted, FactsRecorded, Init
-from storage.backend import StoreBackend
+from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.errors import StoreError
 from storage.facts import FactStore
 
@@ -89,7 +89,9 @@ class Collector(EdgeWorker):
             assert self.settings is not None
             # Its name is its fact log's writer id: a replacement under the same name
             # finishes a batch its predecessor left half written before its first one.
-            self._backend = StoreBackend(self.settings, writer=self.name)
+            if self._backend is None:  # one, kept: its connection may still be coming
+                self._backend = StoreBackend(self.settings, writer=self.name,
+                                             connect_wait_s=ACTOR_CONNECT_WAIT_S)
             self._store = self._backend.facts()
         return self._store
 

@@ -28,7 +28,7 @@ from learning.features import (
     register_collections,
 )
 from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
-from storage.backend import StoreBackend
+from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.facts import FactCursor, FactStore
 from storage.features import FeatureStore
 
@@ -59,7 +59,7 @@ class FeatureGenerator(Worker):
         self._more_scheduled = False
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings)
+        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.facts = self.backend.facts()
         self.features = self.backend.features()
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)

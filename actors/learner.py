@@ -62,7 +62,7 @@ from messages.protocol import (
     TrainResult,
 )
 from storage import ModelRecord, Stores
-from storage.backend import StoreBackend
+from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.drift_log import DriftLog
 from storage.training_runs import (
     FAILED,
@@ -102,7 +102,7 @@ class Learner(Worker):
         self.attempted_on = -1  # the collection of that attempt
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings)
+        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.stores = self.backend.stores()
         self.runs = self.backend.training_runs()
         features = self.stores.features

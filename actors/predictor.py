@@ -27,6 +27,7 @@ from config.settings import PredictSettings
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
 from learning.serving import (
     NO_MODEL_YET,
+    HeldRows,
     LoadedModel,
     ServingChoice,
     ServingSnapshot,
@@ -46,7 +47,7 @@ from messages.protocol import (
     ShadowServed,
     ShadowStarted,
 )
-from storage.backend import StoreBackend
+from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.features import FeatureStore
 from storage.registry import ModelRegistry
 from storage.shadow import ShadowCounts
@@ -84,6 +85,8 @@ class Predictor(EdgeWorker):
         self.features: FeatureStore | None = None  # actor thread only
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
         self._edge_store: FeatureStore | None = None  # the edge's loop thread only
+        self._edge_rows: HeldRows | None = None  # its rows, held for an outage
+        self._actor_rows: HeldRows | None = None  # the actor thread's
         # Shadow serving: requests wait here for the shadow model (the edge only appends).
         self.shadow = ShadowRunner()
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
@@ -92,7 +95,7 @@ class Predictor(EdgeWorker):
 
     def on_start(self, init: Init) -> None:
         settings = init.settings
-        self.backend = StoreBackend(settings)
+        self.backend = StoreBackend(settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()
         self.features = self.backend.features()
         self._refresh()
@@ -229,20 +232,27 @@ class Predictor(EdgeWorker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
+        if self._actor_rows is None:
+            self._actor_rows = HeldRows(lambda c, loc: self._features().latest_row(c, loc))
         self.send(msg.reply_to, self.shadow.answer(
-            self.snapshot, query, self.features.latest_row, request.correlation_id,
+            self.snapshot, query, self._actor_rows, request.correlation_id,
             deadline_ms=self.settings.predict.deadline_ms))
+
+    def _features(self) -> FeatureStore:
+        assert self.features is not None
+        return self.features
 
     def _lookup(self, collection_id: int, location_id: int) -> FeatureRow | None:
         """A location's latest row, for the edge's loop thread (``/model`` is answered
         there): its own store, opened on the first request, so it never queues on the
         actor's connection; closed in ``on_stop`` once the edge has stopped."""
-        store = self._edge_store
-        if store is None:
+        rows = self._edge_rows
+        if rows is None:
             assert self.settings is not None
             assert self.backend is not None
-            store = self._edge_store = self.backend.features()
-        return store.latest_row(collection_id, location_id)
+            self._edge_store = self.backend.features()
+            rows = self._edge_rows = HeldRows(self._edge_store.latest_row)
+        return rows(collection_id, location_id)
 
     def _post_model(self, request: Request) -> Response:
         try:

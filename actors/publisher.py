@@ -38,7 +38,7 @@ from messages.protocol import (
     ShadowStarted,
     TrainResult,
 )
-from storage.backend import StoreBackend
+from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.features import FeatureStore
 from storage.registry import (
     CANDIDATE,
@@ -73,7 +73,7 @@ class Publisher(Worker):
         self.features: FeatureStore | None = None
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings)
+        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()
         self.trials = self.backend.shadow_trials()
         self.features = self.backend.features()

@@ -11,6 +11,7 @@ from typing import Any
 from config.settings import Settings
 from daemon.process import DaemonError, ask_root, read_record
 from messages.protocol import StatusReport, StatusRequest
+from storage.errors import StoreError
 
 __all__ = ["collect_status", "drift_view", "render_status", "utc_text"]
 
@@ -144,8 +145,23 @@ def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any
             for a in report.actors
         ],
     }
-    status.update(_store_view(settings))
+    status["store"] = _store_health(settings)
+    try:
+        status.update(_store_view(settings))
+    except StoreError as exc:  # the tree is still worth showing; the store's state says why
+        status["store"].update(healthy=False, error=str(exc))
     return status
+
+
+def _store_health(settings: Settings) -> dict[str, Any]:
+    """Which store the daemon uses, where; healthy until a read fails."""
+    storage = settings.storage
+    if storage.backend == "couchbase":
+        cb = storage.couchbase
+        where = f"{cb.connection_string} {cb.bucket}.{cb.scope}"
+    else:
+        where = str(settings.data_path)
+    return {"backend": storage.backend, "where": where, "healthy": True, "error": None}
 
 
 def utc_text(at_ms: Any) -> str:
@@ -176,6 +192,10 @@ def render_status(status: dict[str, Any]) -> str:
             walk(actor["name"], depth + 1)
 
     walk("", 1)
+    store = status.get("store")
+    if store:
+        state = "ok" if store["healthy"] else f"UNAVAILABLE: {store['error']}"
+        lines.append(f"store: {store['backend']} at {store['where']}: {state}")
     model = status.get("model")
     if model:
         auc = model["metrics"].get("roc_auc")

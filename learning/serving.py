@@ -32,10 +32,12 @@ from learning.compiled import (
 from learning.lineage import feature_names_of
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
+from storage.errors import StoreError
 from storage.registry import CHAMPION, RETIRED, SHADOW, ModelRecord
 
 __all__ = [
     "NO_MODEL_YET",
+    "HeldRows",
     "load_serving_model",
     "LoadedModel",
     "RegisteredModel",
@@ -48,6 +50,34 @@ __all__ = [
 ]
 
 RowLookup = Callable[[int, int], FeatureRow | None]
+
+
+class HeldRows:
+    """A ``RowLookup`` that keeps the last row it read for each (collection, location) and
+    answers with it while the feature store cannot be reached: in an outage a predictor
+    goes on answering from the model and the rows it holds (a row as fresh as the last
+    request for that location saw). Not thread-safe: one per thread that looks rows up."""
+
+    def __init__(self, read: RowLookup, limit: int = 100_000) -> None:
+        self._read = read
+        self._limit = limit
+        self._held: dict[tuple[int, int], FeatureRow] = {}
+
+    def __call__(self, collection_id: int, location_id: int) -> FeatureRow | None:
+        key = (collection_id, location_id)
+        try:
+            row = self._read(collection_id, location_id)
+        except StoreError:
+            held = self._held.get(key)
+            if held is None:
+                raise
+            return held
+        if row is not None:
+            self._held.pop(key, None)  # newest last: the oldest goes first past the limit
+            self._held[key] = row
+            if len(self._held) > self._limit:
+                del self._held[next(iter(self._held))]
+        return row
 
 _SERVABLE = frozenset({CHAMPION, RETIRED})
 NO_MODEL_YET = "no model has been published yet"

@@ -26,7 +26,11 @@ if TYPE_CHECKING:  # each store's module is imported only by the process that op
     from storage.shadow import ShadowTrials
     from storage.training_runs import TrainingRuns
 
-__all__ = ["StoreBackend"]
+__all__ = ["ACTOR_CONNECT_WAIT_S", "StoreBackend"]
+
+#: How long an actor waits for its Couchbase connection before going on without it (its
+#: handlers must keep answering heartbeats; the connection is picked up later).
+ACTOR_CONNECT_WAIT_S = 1.0
 
 T = TypeVar("T")
 
@@ -37,10 +41,14 @@ class StoreBackend:
     name), so a restarted collector finishes what its predecessor left unsealed."""
 
     def __init__(self, settings: Settings, *, read_only: bool = False,
-                 writer: str | None = None,
+                 writer: str | None = None, connect_wait_s: float | None = None,
                  cluster_factory: Callable[[Any], Any] | None = None) -> None:
         self.settings = settings
+        # An actor waits this long for the connection, then goes on (its handlers must
+        # keep answering heartbeats); a CLI verb (None) waits for the whole bootstrap.
+        self.connect_wait_s = connect_wait_s
         self._cluster_factory = cluster_factory  # tests: the SDK stand-in
+        self._connecting: _Attempt | None = None
         self.read_only = read_only
         self.writer = writer
         self._opened: list[Any] = []
@@ -65,16 +73,36 @@ class StoreBackend:
                    busy_timeout_s=self.settings.storage.busy_timeout_s, read_only=self.read_only)
 
     def connection(self) -> Any:
-        """This process's Couchbase connection (opened now if it is not yet)."""
+        """This process's Couchbase connection. Connecting runs in a thread of its own
+        (within ``bootstrap_timeout_s``); waited for at most ``connect_wait_s``, after which
+        ``StoreUnavailable`` says it is still under way (a later call picks it up). A failed
+        attempt is raised once; the next call tries again."""
         with self._lock:
-            if self._connection is None:
-                from storage.couchbase.cluster import connect
+            if self._connection is not None:
+                return self._connection
+            attempt = self._connecting
+            if attempt is None:
+                attempt = self._connecting = _Attempt(self._connect)
+        if not attempt.done.wait(self.connect_wait_s):
+            from storage.errors import StoreUnavailable
 
-                extra = ({} if self._cluster_factory is None
-                         else {"cluster_factory": self._cluster_factory})
-                self._connection = connect(self.settings.storage.couchbase,
-                                           read_only=self.read_only, **extra)
-            return self._connection
+            raise StoreUnavailable("couchbase: still connecting (within "
+                                   "[storage.couchbase] bootstrap_timeout_s)")
+        with self._lock:
+            if self._connecting is attempt:
+                self._connecting = None
+                if attempt.error is None:
+                    self._connection = attempt.result
+            if self._connection is not None:
+                return self._connection
+        assert attempt.error is not None
+        raise attempt.error
+
+    def _connect(self) -> Any:
+        from storage.couchbase.cluster import connect
+
+        extra = {} if self._cluster_factory is None else {"cluster_factory": self._cluster_factory}
+        return connect(self.settings.storage.couchbase, read_only=self.read_only, **extra)
 
     def _open(self, store: str, sqlite: Callable[[], T]) -> T:
         if self.name == "couchbase":
@@ -144,11 +172,51 @@ class StoreBackend:
         return Stores(self.facts(), self.features(), self.registry(), self.deadletters())
 
     def close(self) -> None:
-        """Close every store opened here, then the connection; idempotent."""
+        """Close every store opened here, then the connection; idempotent. A connection
+        still being made is closed when it is made."""
         with self._lock:
             opened, self._opened = self._opened, []
             connection, self._connection = self._connection, None
+            attempt, self._connecting = self._connecting, None
         for store in opened:
             store.close()
         if connection is not None:
             connection.close()
+        if attempt is not None:
+            attempt.abandon()
+
+
+class _Attempt:
+    """One connection attempt, in a daemon thread of its own."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._abandoned = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, args=(connect,), name="couchbase-connect",
+                         daemon=True).start()
+
+    def _run(self, connect: Callable[[], Any]) -> None:
+        try:
+            result = connect()
+        except Exception as exc:  # the StoreError connect raises, or anything unforeseen
+            from storage.errors import StoreError, StoreUnavailable
+
+            self.error = exc if isinstance(exc, StoreError) else StoreUnavailable(
+                f"couchbase: cannot connect: {exc!r}")
+        else:
+            with self._lock:
+                if self._abandoned:
+                    result.close()
+                else:
+                    self.result = result
+        self.done.set()
+
+    def abandon(self) -> None:
+        """Nobody will take the connection: close it when (if) it comes."""
+        with self._lock:
+            self._abandoned = True
+            if self.result is not None:
+                self.result.close()

@@ -47,13 +47,17 @@ class RootServices:
     _last_peers: Peers | None
     _round_robin: Iterator[int]
     _dead_letters: Any
+    _store_backend: Any
 
     def _dead_letter_store(self) -> Any:
         if self._dead_letters is None:
-            from storage.backend import StoreBackend
+            from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 
             assert self.settings is not None
-            self._dead_letters = StoreBackend(self.settings).deadletters()
+            if self._store_backend is None:  # one, kept: its connection may still be coming
+                self._store_backend = StoreBackend(self.settings,
+                                                   connect_wait_s=ACTOR_CONNECT_WAIT_S)
+            self._dead_letters = self._store_backend.deadletters()
         return self._dead_letters
 
     def _record(self, info: ActorInfo) -> None:

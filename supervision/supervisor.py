@@ -83,6 +83,7 @@ class Supervisor(RootServices, ReactiveActor):
         self._last_peers: Peers | None = None
         self._round_robin = itertools.count()
         self._dead_letters: Any = None
+        self._store_backend: Any = None
         self._last_tick = 0.0
 
     # --- starting ---------------------------------------------------------------

@@ -15,6 +15,7 @@ from learning.inference import ServingModel
 from learning.pipeline import build_pipeline
 from learning.serving import (
     NO_MODEL_YET,
+    HeldRows,
     LoadedModel,
     RowLookup,
     ServingChoice,
@@ -24,6 +25,7 @@ from learning.serving import (
 )
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
+from storage.errors import StoreUnavailable
 
 CHAMPION_NAMES = ("animal_estimate", "zebra_share", "hour_of_day")
 FALLBACK_NAMES = ("animal_estimate", "zebra_share")
@@ -267,3 +269,29 @@ def test_snapshot_without_a_model_answers_503_with_its_reason() -> None:
                      by_location(7), lookup, "c-11")
     assert isinstance(answer, PredictionError) and answer.status == 503
     assert answer.reason == "no model on a valid feature collection"
+
+
+def test_held_rows_answer_with_the_last_row_read_while_the_store_is_down() -> None:
+    rows = {(1, 7): FeatureRow(1, 7, 100, (3.0, 0.5), 100)}
+    down = False
+
+    def read(collection: int, location: int) -> FeatureRow | None:
+        if down:
+            raise StoreUnavailable("couchbase: unreachable")
+        return rows.get((collection, location))
+
+    held = HeldRows(read, limit=2)
+    assert held(1, 7) == rows[(1, 7)] and held(1, 8) is None
+    rows[(1, 7)] = FeatureRow(1, 7, 200, (4.0, 0.5), 200)
+    assert held(1, 7).as_of_ms == 200  # type: ignore[union-attr]
+    down = True
+    assert held(1, 7).as_of_ms == 200  # type: ignore[union-attr]  # held through the outage
+    with pytest.raises(StoreUnavailable):
+        held(1, 9)  # never read: nothing to hold
+    down = False
+    rows.update({(1, 1): FeatureRow(1, 1, 1, (1.0,), 1), (1, 2): FeatureRow(1, 2, 1, (1.0,), 1)})
+    held(1, 1)
+    held(1, 2)
+    down = True
+    with pytest.raises(StoreUnavailable):
+        held(1, 7)  # past the limit, the oldest held row went first

@@ -27,7 +27,7 @@ from couchbase.exceptions import (
 )
 
 from config.settings import CouchbaseSettings
-from storage.couchbase.kv import KeyValue
+from storage.couchbase.kv import KeyValue, Reachability
 from storage.errors import StoreUnavailable
 
 __all__ = ["COLLECTIONS", "CouchbaseConnection", "connect"]
@@ -60,6 +60,9 @@ class CouchbaseConnection:
         self.settings = settings
         self.read_only = read_only
         self.bucket = cluster.bucket(settings.bucket)
+        # Shared by every collection of this connection; probed, while the cluster is
+        # unreachable, with a get of a key that need not exist (any answer will do).
+        self.reachability = Reachability(probe=self._probe)
         self._closed = False
 
     def keyvalue(self, collection: str) -> KeyValue:
@@ -67,7 +70,17 @@ class CouchbaseConnection:
         where = f"couchbase {self.settings.bucket}.{self.settings.scope}.{collection}"
         handle = self.bucket.scope(self.settings.scope).collection(collection)
         return KeyValue(handle, where, durability=self.settings.durability,
-                        timeout_s=self.settings.kv_timeout_s, read_only=self.read_only)
+                        timeout_s=self.settings.kv_timeout_s, read_only=self.read_only,
+                        reachability=self.reachability)
+
+    def _probe(self) -> None:
+        from couchbase.exceptions import DocumentNotFoundException
+        from couchbase.options import GetOptions
+
+        handle = self.bucket.scope(self.settings.scope).collection(COLLECTIONS[0])
+        with suppress(DocumentNotFoundException):
+            handle.get("rml-probe", GetOptions(timeout=timedelta(
+                seconds=self.settings.kv_timeout_s)))
 
     def ensure_collections(self, names: Iterable[str] = COLLECTIONS) -> None:
         """Create the scope and the collections that are missing (idempotent)."""

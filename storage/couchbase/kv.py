@@ -11,7 +11,10 @@ second try that finds the key tells the caller the first one landed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -26,6 +29,7 @@ from couchbase.exceptions import (
     DurabilitySyncWriteAmbiguousException,
     DurabilitySyncWriteInProgressException,
     RequestCanceledException,
+    ServiceUnavailableException,
     TemporaryFailException,
     TimeoutException,
     UnAmbiguousTimeoutException,
@@ -35,7 +39,7 @@ from couchbase.transcoder import RawBinaryTranscoder
 
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 
-__all__ = ["DURABILITY_LEVELS", "KeyValue"]
+__all__ = ["DURABILITY_LEVELS", "KeyValue", "Reachability"]
 
 #: ``[storage.couchbase] durability`` values and the SDK's levels.
 DURABILITY_LEVELS: Mapping[str, DurabilityLevel] = {
@@ -45,6 +49,9 @@ DURABILITY_LEVELS: Mapping[str, DurabilityLevel] = {
     "persist_to_majority": DurabilityLevel.PERSIST_TO_MAJORITY,
 }
 
+# The cluster did not answer at all (as opposed to refusing one request).
+_UNREACHABLE = (AmbiguousTimeoutException, UnAmbiguousTimeoutException, TimeoutException,
+                RequestCanceledException, ServiceUnavailableException)
 _LATE = (AmbiguousTimeoutException, UnAmbiguousTimeoutException, TimeoutException,
          TemporaryFailException, RequestCanceledException,
          DurabilitySyncWriteAmbiguousException, DurabilitySyncWriteInProgressException)
@@ -62,17 +69,89 @@ def store_error(exc: BaseException, where: str) -> StoreError:
     return StoreUnavailable(f"{where}: Couchbase refused or failed: {name}")
 
 
+class Reachability:
+    """Whether the cluster answered lately, shared by a connection's collections.
+
+    After a call found the cluster unreachable (it timed out, or the SDK could not get to
+    a node), calls fail at once instead of each waiting out its own timeout, so an actor's
+    handler or a request waits at most one timeout when an outage begins, and actors keep
+    answering their supervisors' heartbeats instead of being killed and restarted over
+    and over. With a ``probe`` (a cheap call to the cluster), a thread of its own tries
+    it every ``retry_s`` until it answers, and calls fail at once until then: no caller
+    ever waits on a probe. Without one, a call goes through every ``retry_s`` as the probe.
+    """
+
+    def __init__(self, retry_s: float = 1.0,
+                 probe: Callable[[], object] | None = None) -> None:
+        self.retry_s = retry_s
+        self.probe = probe
+        self._down_until = 0.0  # inf: until the probe answers
+        self._why = ""
+        self._probing = False
+        self._lock = threading.Lock()
+
+    def check(self, where: str) -> None:
+        """``StoreUnavailable`` while the cluster is known to be unreachable."""
+        with self._lock:
+            down = self._down_until > time.monotonic()
+            why = self._why
+        if down:
+            raise StoreUnavailable(f"{where}: Couchbase unreachable ({why}); retrying "
+                                   f"every {self.retry_s:g} s")
+
+    def failed(self, exc: BaseException) -> None:
+        """A call failed: an unreachable cluster marks it down."""
+        if not isinstance(exc, _UNREACHABLE):
+            return
+        with self._lock:
+            self._why = type(exc).__name__
+            if self.probe is None:
+                self._down_until = time.monotonic() + self.retry_s
+                return
+            self._down_until = math.inf
+            if self._probing:
+                return
+            self._probing = True
+        threading.Thread(target=self._probe, name="couchbase-probe", daemon=True).start()
+
+    def _probe(self) -> None:
+        assert self.probe is not None
+        while True:
+            time.sleep(self.retry_s)
+            try:
+                self.probe()
+            except Exception:  # still unreachable (or refusing): try again later
+                continue
+            with self._lock:
+                self._down_until, self._probing = 0.0, False
+            return
+
+    def answered(self) -> None:
+        """A call got an answer: the cluster is reachable."""
+        if self._down_until:
+            with self._lock:
+                self._down_until = 0.0
+
+    @property
+    def reachable(self) -> bool:
+        """False while calls fail at once."""
+        return time.monotonic() >= self._down_until
+
+
 class KeyValue:
     """Insert-only documents in one collection (an SDK ``Collection`` or its stand-in).
 
     ``where`` names the collection in errors; ``durability`` is a key of
-    ``DURABILITY_LEVELS``; ``timeout_s`` bounds every call.
+    ``DURABILITY_LEVELS``; ``timeout_s`` bounds every call; ``reachability`` is shared
+    with the connection's other collections.
     """
 
     def __init__(self, collection: Any, where: str, *, durability: str = "none",
-                 timeout_s: float = 2.5, read_only: bool = False) -> None:
+                 timeout_s: float = 2.5, read_only: bool = False,
+                 reachability: Reachability | None = None) -> None:
         if durability not in DURABILITY_LEVELS:
             raise ValueError(f"unknown durability {durability!r}")
+        self.reachability = reachability or Reachability()
         self._collection = collection
         self.where = where
         self.read_only = read_only
@@ -82,12 +161,15 @@ class KeyValue:
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
+        self.reachability.check(self.where)
         try:
             yield
         except StoreError:
             raise
         except Exception as exc:  # an SDK call raised: never let it out raw
+            self.reachability.failed(exc)
             raise store_error(exc, self.where) from exc
+        self.reachability.answered()
 
     def check_writable(self) -> None:
         """``StoreError`` if this collection was opened read-only."""
