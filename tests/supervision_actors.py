@@ -18,6 +18,7 @@ from actors.base import Worker
 from config.settings import Settings
 from config.supervision import SupervisorPolicy
 from messages.protocol import Init
+from storage.errors import StoreUnavailable
 from supervision.spec import SUPERVISOR_CLASS, ChildSpec, Restart, Strategy, SupervisorSpec
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "POISON_ON_MESSAGE",
     "QUITTER",
     "SPINNER",
+    "STORE_DOWN",
+    "StoreDown",
     "Boom",
     "CrashOnInit",
     "SERVE_FAILS_AS_STANDBY",
@@ -51,6 +54,7 @@ __all__ = [
 ECHO = "tests.supervision_actors.EchoWorker"
 CRASH_ON_INIT = "tests.supervision_actors.CrashOnInit"
 POISON_ON_MESSAGE = "tests.supervision_actors.PoisonOnMessage"
+STORE_DOWN = "tests.supervision_actors.StoreDown"
 SERVE_FAILS_AS_STANDBY = "tests.supervision_actors.ServeFailsAsStandby"
 GATED = "tests.supervision_actors.Gated"
 QUITTER = "tests.supervision_actors.Quitter"
@@ -119,6 +123,24 @@ class PoisonOnMessage(Worker):
 
     def on_Boom(self, msg: Boom, sender: Any) -> None:  # noqa: N802
         raise ValueError(f"boom {msg.correlation_id}")
+
+
+class StoreDown(Worker):
+    """A worker whose store is down until the test opens its "store" gate: its start fails
+    with ``StoreUnavailable`` (each attempt counted in a file) and so does ``Boom``."""
+
+    role = "store"
+
+    def on_start(self, init: Init) -> None:
+        attempts = gate(init.settings, init.name, "attempts")
+        with attempts.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+        if not gate(init.settings, init.name, "store").exists():
+            raise StoreUnavailable("couchbase: unreachable (a test's outage)")
+        gate(init.settings, init.name, "started").write_text(str(os.getpid()))
+
+    def on_Boom(self, msg: Boom, sender: Any) -> None:  # noqa: N802
+        raise StoreUnavailable(f"couchbase: unreachable while handling {msg.correlation_id}")
 
 
 @dataclass(frozen=True, slots=True)

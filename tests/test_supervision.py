@@ -40,6 +40,7 @@ from tests.supervision_actors import (
     POISON_ON_MESSAGE,
     QUITTER,
     SERVE_FAILS_AS_STANDBY,
+    STORE_DOWN,
     Boom,
     Quit,
     child,
@@ -439,6 +440,30 @@ def test_child_that_cannot_start_makes_its_supervisor_give_up(probe: Probe) -> N
     letters = read_dead_letters(probe.settings)
     assert [(d.actor, d.message_type) for d in letters] == [("doomed", "Init")] * 3
     assert all("RuntimeError: doomed cannot start" in d.error for d in letters)
+
+
+def test_a_child_whose_store_is_down_waits_for_it_instead_of_being_restarted(
+        probe: Probe) -> None:
+    sup = probe.start_supervisor(supervisor_spec(child("patient", STORE_DOWN)))
+    patient = sup.children["patient"]
+    attempts = gate(probe.settings, "patient", "attempts")
+    # It retries its start every second while answering heartbeats, never restarted.
+    wait_for("three attempts to start", lambda: attempts.exists()
+             and len(attempts.read_text().split()) >= 3, 30.0)
+    assert probe.ping(patient.address).pid == patient.pid
+    assert set(attempts.read_text().split()) == {str(patient.pid)}
+    # A message it cannot handle for want of its store is no poison message.
+    boom = Boom(uuid.uuid4().hex)
+    probe.tell(patient.address, boom)
+    gate(probe.settings, "patient", "store").touch()  # the store is back
+    started = gate(probe.settings, "patient", "started")
+    wait_for("its start to succeed", started.exists, 30.0)
+    assert started.read_text() == str(patient.pid)
+    probe.tell(patient.address, boom)  # now started: its handler runs, and finds no store
+    assert probe.ping(patient.address).pid == patient.pid
+    assert [i.state for i in probe.reports("patient")] == ["running"]
+    assert not any(isinstance(m, PoisonMessage) for m in probe.history)
+    assert read_dead_letters(probe.settings) == []
 
 
 # --- poison messages -------------------------------------------------------------------
