@@ -153,9 +153,10 @@ class StandinCluster:
         with self._state() as state:
             state["down"] = down
 
-    def fail_after(self, n: int | None, exc_name: str = "UnAmbiguousTimeoutException",
+    def fail_after(self, n: int | None, exc_name: str = "TemporaryFailException",
                    *, crash: bool = False) -> None:
-        """Let ``n`` more mutations through, then fail each with ``exc_name`` (or, if ``crash``,
+        """Let ``n`` more mutations through, then fail each with ``exc_name`` (by default a
+        write the cluster refuses for now; ``set_down`` is the outage), or, if ``crash``,
         ``os._exit(17)`` the process), until ``fail_after(None)``. Every insert attempt that
         reaches the store counts, whatever its outcome."""
         failure = getattr(cb_exc, exc_name, None)

@@ -22,6 +22,7 @@ from storage.couchbase.facts import HOUR_MS, CouchbaseFactStore
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 from storage.facts import FactCursor
 from tests.couchbase_standin import CRASH_EXIT_CODE, StandinCluster
+from tests.e2e_support import wait_for
 from tests.test_store_contract import DEADLINE_S, REPO, child_env
 
 WARM_UP = [Reading("w", 1, f"w{i}", i * HOUR_MS, 1, 2, 0.5) for i in range(3)]
@@ -68,7 +69,7 @@ def test_a_failure_between_any_two_writes_loses_and_doubles_nothing(
         cluster: StandinCluster, writes: int, retry_by: str) -> None:
     writer = open_facts(cluster, writer="collector-1")
     writer.insert_readings(WARM_UP)
-    cluster.fail_after(writes)
+    cluster.fail_after(writes, "TemporaryFailException")  # a write refused mid-batch
     with pytest.raises(StoreTimeout):
         writer.insert_readings(BATCH)  # not acknowledged
     cluster.fail_after(None)
@@ -150,8 +151,18 @@ def test_an_outage_refuses_writes_acknowledges_nothing_and_passes(
             store.counts()
     finally:
         cluster.set_down(False)
+    # Calls failed at once until the connection's probe found the cluster back.
+    wait_for("the cluster to answer again", lambda: _answers(store), 10.0, 0.02)
     assert store.insert_outcomes([Outcome(1, "o2", 2, False)]).accepted == 1
     assert store.all_outcomes() == (Outcome(1, "o1", 1, True), Outcome(1, "o2", 2, False))
+
+
+def _answers(store: CouchbaseFactStore) -> bool:
+    try:
+        store.counts()
+    except StoreError:
+        return False
+    return True
 
 
 def test_keys_too_long_for_couchbase_are_hashed_and_still_found(

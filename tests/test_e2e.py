@@ -67,6 +67,9 @@ def test_every_actor_runs_under_the_supervision_tree(daemon: RunningDaemon) -> N
         assert actors[name]["state"] == "running", actors[name]
         assert actors[name]["pid"] in group_members(daemon.pgid)
     assert actors["predictor-1"]["supervisor"] == "serving"
+    store = status["store"]
+    assert (store["backend"], store["healthy"], store["error"]) == (
+        daemon.settings.storage.backend, True, None)
 
 
 def test_routes_require_a_bearer_token_except_health(daemon: RunningDaemon) -> None:
