@@ -6,7 +6,8 @@ It reproduces Thespian's failure semantics itself (one retry, then a
 actor's ``ThespianWatch``: Thespian drops the watch when ``receiveMessage``
 raises. ``Worker`` adds the lifecycle every supervised leaf follows: ``Init``
 -> ``on_start`` (rebuild state from the stores) -> ``Ready``; ``Peers``;
-``Ping``; ``ActorExitRequest`` -> ``on_stop``.
+``Ping``; ``ActorExitRequest`` -> ``on_stop``. ``on_start`` may run more than once (see
+below): it keeps what an earlier run acquired.
 
 A ``StoreError`` is not a poison message: the store being down (a Couchbase outage) is
 no fault of the message, and a restart would not bring the store back. So a handler that
@@ -161,7 +162,8 @@ class Worker(ReactiveActor):
     # Hooks for subclasses.
 
     def on_start(self, init: Init) -> None:
-        """Open stores and rebuild state from them (never from memory)."""
+        """Open stores and rebuild state from them (never from memory). Run again, every
+        ``_START_RETRY_S``, while it raises ``StoreError``: keep what a run acquired."""
 
     def on_serve(self) -> None:
         """Open what faces the outside (an HTTP edge): right after ``on_start``, or when
@@ -219,11 +221,9 @@ class Worker(ReactiveActor):
         try:
             self.on_start(init)
         except StoreError as exc:
+            # on_start runs again: it keeps what it acquired (its StoreBackend, whose
+            # connection may still be on its way) and reads the stores again.
             self.log.warning("start_waits_for_store", error=str(exc), retry_s=_START_RETRY_S)
-            try:
-                self.on_stop()
-            except Exception as stop_exc:  # it may find less than on_start opens
-                self.log.debug("stop_after_failed_start", error=repr(stop_exc))
             self.wakeupAfter(_START_RETRY_S, payload=_RETRY_START)
             return
         self.started = True

@@ -59,7 +59,9 @@ class FeatureGenerator(Worker):
         self._more_scheduled = False
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
+        # Kept across the retries of a start that waits for the store (``actors.base``).
+        self.backend = self.backend or StoreBackend(init.settings,
+                                                    connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.facts = self.backend.facts()
         self.features = self.backend.features()
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)

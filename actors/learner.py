@@ -102,7 +102,9 @@ class Learner(Worker):
         self.attempted_on = -1  # the collection of that attempt
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
+        # Kept across the retries of a start that waits for the store (``actors.base``).
+        self.backend = self.backend or StoreBackend(init.settings,
+                                                    connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.stores = self.backend.stores()
         self.runs = self.backend.training_runs()
         features = self.stores.features

@@ -95,7 +95,7 @@ class Predictor(EdgeWorker):
 
     def on_start(self, init: Init) -> None:
         settings = init.settings
-        self.backend = StoreBackend(settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
+        self.backend = self.backend or StoreBackend(settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()
         self.features = self.backend.features()
         self._refresh()

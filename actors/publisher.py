@@ -73,7 +73,9 @@ class Publisher(Worker):
         self.features: FeatureStore | None = None
 
     def on_start(self, init: Init) -> None:
-        self.backend = StoreBackend(init.settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
+        # Kept across the retries of a start that waits for the store (``actors.base``).
+        self.backend = self.backend or StoreBackend(init.settings,
+                                                    connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()
         self.trials = self.backend.shadow_trials()
         self.features = self.backend.features()
