@@ -12,7 +12,7 @@ is still in its backoff; ``rml status`` shows the newest run.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ from storage._sqlite import SQLiteBacked
 
 __all__ = [
     "FAILED", "REGISTERED", "RUN_OUTCOMES", "SKIPPED", "TIMEOUT",
-    "SQLiteTrainingRuns", "TrainingRun", "TrainingRuns",
+    "SQLiteTrainingRuns", "TrainingRun", "TrainingRuns", "failures_at_head",
 ]
 
 REGISTERED = "registered"  # a candidate version is in the registry (the publisher judges it)
@@ -118,6 +118,18 @@ class TrainingRuns(Protocol):
         ...
 
 
+def failures_at_head(newest_first: Iterable[TrainingRun],
+                     trainer: str) -> tuple[TrainingRun, ...]:
+    """Of runs newest first: those through ``trainer`` that timed out or failed, up to the
+    first that did not (or went through another trainer)."""
+    failures = []
+    for run in newest_first:
+        if run.trainer != trainer or run.outcome not in (TIMEOUT, FAILED):
+            break
+        failures.append(run)
+    return tuple(failures)
+
+
 def _run(row: Sequence[Any]) -> TrainingRun:
     correlation_id, started, kind, reason, detail, trainer, outcome, error, seconds, version = row
     return TrainingRun(correlation_id, started, Trigger(kind, reason, json.loads(detail)),
@@ -169,9 +181,4 @@ class SQLiteTrainingRuns(SQLiteBacked):
     def failures_in_a_row(self, trainer: str, limit: int = 64) -> tuple[TrainingRun, ...]:
         """The newest runs through ``trainer`` that timed out or failed, up to the newest run
         that did not (or went through another trainer); newest first, at most ``limit``."""
-        failures = []
-        for run in self.runs(limit):
-            if run.trainer != trainer or run.outcome not in (TIMEOUT, FAILED):
-                break
-            failures.append(run)
-        return tuple(failures)
+        return failures_at_head(self.runs(limit), trainer)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,13 +28,6 @@ WARM_UP = [Reading("w", 1, f"w{i}", i * HOUR_MS, 1, 2, 0.5) for i in range(3)]
 BATCH = [Reading("s", 1 + i % 2, f"b{i}", 10 * HOUR_MS + i * 1_000_000, 1, 3, 0.25)
          for i in range(5)]
 WRITES_PER_BATCH = 1 + 5 + 3 + 1
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[StandinCluster]:
-    cluster = StandinCluster(tmp_path / "cb")
-    yield cluster
-    cluster.fail_after(None)
 
 
 def open_facts(cluster: StandinCluster, *, writer: str | None = None,

@@ -9,7 +9,6 @@ fail the n-th mutation.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +22,6 @@ from tests.couchbase_standin import StandinCluster
 
 COLLECTION = FeatureCollection(1, 2_000, ("animals", "zebras"))
 Opener = Callable[..., CouchbaseFeatureStore]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[StandinCluster]:
-    cluster = StandinCluster(tmp_path / "cb")
-    yield cluster
-    cluster.fail_after(None)
 
 
 @pytest.fixture

@@ -43,13 +43,6 @@ REGISTRATION_WRITES = 6 + 2 + 1 + 1
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[StandinCluster]:
-    cluster = StandinCluster(tmp_path / "cb")
-    yield cluster
-    cluster.fail_after(None)
-
-
-@pytest.fixture
 def open_registry(cluster: StandinCluster
                   ) -> Iterator[Callable[..., CouchbaseModelRegistry]]:
     """Opens registries on the stand-in, each on a connection of its own (as processes)."""

@@ -181,23 +181,6 @@ def test_a_new_champion_starts_a_new_episode() -> None:
     assert _check(3, 0.4, version=2, previous=first).episode_started_at_ms == 3
 
 
-def test_drift_log_keeps_checks(tmp_path: Path) -> None:
-    log = SQLiteDriftLog(tmp_path / "drift.sqlite")
-    try:
-        assert log.latest_check() is None
-        check = _check(7, 0.6, version=3)
-        log.record_check(_check(6, 0.1, version=3))
-        log.record_check(check)
-        assert log.latest_check() == check
-    finally:
-        log.close()
-    reader = SQLiteDriftLog(tmp_path / "drift.sqlite", read_only=True)
-    try:
-        assert reader.latest_check() == check  # what rml status reads
-    finally:
-        reader.close()
-
-
 def test_profile_is_a_frozen_value() -> None:
     profile = FeatureProfile((0.0, 1.0), (1.0,), 0.0)
     with pytest.raises(AttributeError):

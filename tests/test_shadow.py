@@ -212,29 +212,6 @@ def test_the_newest_shadow_on_a_usable_collection_is_loaded_beside_the_champion(
 # --- durable trial counts -------------------------------------------------------------
 
 
-def test_trial_counts_keep_the_largest_report_per_reporter_and_sum_reporters(
-        tmp_path: Path) -> None:
-    trials = SQLiteShadowTrials(tmp_path / "models.sqlite")
-    started = trials.start(5, target=100, at_ms=1_000)
-    assert (started.version, started.target, started.counts) == (5, 100, ShadowCounts())
-    assert trials.start(5, target=7, at_ms=2_000) == started  # idempotent: first one kept
-    trials.record(5, "predictor-a", ShadowCounts(10, 9, 1), 1_100)
-    trials.record(5, "predictor-a", ShadowCounts(10, 9, 1), 1_100)  # redelivered
-    trials.record(5, "predictor-a", ShadowCounts(4, 4, 0), 1_050)  # late, older
-    trial = trials.record(5, "predictor-b", ShadowCounts(30, 30, 0), 1_200)
-    assert trial.counts == ShadowCounts(40, 39, 1)
-    assert not trial.done
-    assert trials.record(5, "predictor-b", ShadowCounts(90, 88, 0), 1_300).done
-    with pytest.raises(KeyError):
-        trials.record(6, "predictor-a", ShadowCounts(1, 1, 0), 1_300)
-    trials.close()
-    reopened = SQLiteShadowTrials(tmp_path / "models.sqlite", read_only=True)
-    [again] = reopened.trials()
-    assert (again.version, again.counts, again.updated_at_ms) == (5, ShadowCounts(100, 97, 1),
-                                                                  1_300)
-    reopened.close()
-
-
 def test_a_registry_written_before_shadow_trials_reads_as_having_none(tmp_path: Path) -> None:
     SQLiteModelRegistry(tmp_path / "models.sqlite").close()
     trials = SQLiteShadowTrials(tmp_path / "models.sqlite", read_only=True)

@@ -40,23 +40,6 @@ def runs(tmp_path: Path) -> Iterator[SQLiteTrainingRuns]:
     log.close()
 
 
-def test_runs_are_kept_durably_newest_first_with_their_trigger(tmp_path: Path,
-                                                               runs: SQLiteTrainingRuns) -> None:
-    first = _run("c-1", 1_000, "timeout", trigger=_drift())
-    second = _run("c-2", 2_000, "registered", trainer="local", version=4)
-    runs.record(first)
-    runs.record(second)
-    runs.close()
-    reopened = SQLiteTrainingRuns(tmp_path / SYSTEM_FILE, read_only=True)
-    try:
-        assert reopened.runs() == (second, first)
-        assert reopened.runs(1) == (second,)
-        assert reopened.runs()[1].trigger.detail["psi"] == {"a": 0.6}
-        assert reopened.run_of(4) == second and reopened.run_of(5) is None
-    finally:
-        reopened.close()
-
-
 @pytest.mark.parametrize(("outcome", "version", "says"), [
     ("maybe", None, "outcome must be one of registered, skipped, timeout, failed"),
     ("registered", None, "a registered run needs a version"),
@@ -65,31 +48,6 @@ def test_runs_are_kept_durably_newest_first_with_their_trigger(tmp_path: Path,
 def test_a_run_that_cannot_be_is_refused(outcome: str, version: int | None, says: str) -> None:
     with pytest.raises(ValueError, match=says):
         TrainingRun("c", 0, Trigger("request", "asked"), "local", outcome, "", 0.0, version)
-
-
-def test_only_a_drift_run_that_registered_a_version_uses_up_the_episode(
-        runs: SQLiteTrainingRuns) -> None:
-    for i, outcome in enumerate(("timeout", "failed", "skipped")):
-        runs.record(_run(f"c-{i}", i, outcome, trigger=_drift()))
-        assert not runs.retrained_in_episode(3, 7), outcome  # the episode may retrain again
-    runs.record(_run("c-3", 3, "registered", trigger=Trigger("request", "asked"), version=5))
-    assert not runs.retrained_in_episode(3, 7)  # a request is not the drift retrain
-    runs.record(_run("c-4", 4, "registered", trigger=_drift(), version=6))
-    assert runs.retrained_in_episode(3, 7)
-    assert not runs.retrained_in_episode(4, 7) and not runs.retrained_in_episode(3, 8)
-
-
-def test_failures_in_a_row_count_back_to_the_last_run_that_did_not_fail(
-        runs: SQLiteTrainingRuns) -> None:
-    assert runs.failures_in_a_row(URL) == ()
-    runs.record(_run("c-1", 1, "timeout"))
-    runs.record(_run("c-2", 2, "registered", version=1))
-    runs.record(_run("c-3", 3, "failed"))
-    runs.record(_run("c-4", 4, "timeout"))
-    assert [r.correlation_id for r in runs.failures_in_a_row(URL)] == ["c-4", "c-3"]
-    runs.record(_run("c-5", 5, "failed", trainer="http://127.0.0.1:9999"))
-    assert runs.failures_in_a_row(URL) == ()  # another trainer now: its own streak
-    assert len(runs.failures_in_a_row("http://127.0.0.1:9999")) == 1
 
 
 def test_status_has_no_last_run_before_the_learner_made_its_table(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from storage.couchbase.log import AppendLog
 from storage.deadletters import DeadLetter, dead_letter
 from storage.errors import StoreError
 from storage.shadow import ShadowCounts, ShadowTrial
-from storage.training_runs import FAILED, REGISTERED, TIMEOUT, TrainingRun
+from storage.training_runs import REGISTERED, TrainingRun, failures_at_head
 
 __all__ = ["CouchbaseDeadLetters", "CouchbaseDriftLog", "CouchbaseShadowTrials",
            "CouchbaseTrainingRuns"]
@@ -157,12 +157,7 @@ class CouchbaseTrainingRuns(_SystemStore):
     def failures_in_a_row(self, trainer: str, limit: int = 64) -> tuple[TrainingRun, ...]:
         """The newest runs through ``trainer`` that timed out or failed, up to the newest run
         that did not (or went through another trainer); newest first, at most ``limit``."""
-        failures = []
-        for run in self.runs(limit):
-            if run.trainer != trainer or run.outcome not in (TIMEOUT, FAILED):
-                break
-            failures.append(run)
-        return tuple(failures)
+        return failures_at_head(self.runs(limit), trainer)
 
 
 # -- drift checks ------------------------------------------------------------------------
