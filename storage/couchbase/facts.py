@@ -12,7 +12,7 @@ Key layout, in one collection (``facts``); ``W`` is a writer's id, ``S`` its slo
   the whole batch, written first, as the intent. ``rs:W:N`` / ``os:W:N``: its seal,
   written last: which of the batch's items that entry stored (the rest were known).
 - ``rx:<location_id>:<hour>:S:K``: the readings of one location and hour that W's
-  entries stored, K = 0, 1, 2, ... (the location index; readers probe K).
+  entries stored, K = 0, 1, 2, ... (the location index: ``location_index``).
 
 A batch is written as: entry, facts (one pipelined ``insert_multi``), location index,
 seal; the collector acknowledges only after the seal (at the configured durability).
@@ -39,14 +39,13 @@ from typing import Any
 from messages.facts import Outcome, Reading
 from storage.couchbase.keys import doc_key
 from storage.couchbase.kv import KeyValue
+from storage.couchbase.location_index import HOUR_MS, LocationIndex
 from storage.errors import StoreError
 from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
 
 __all__ = ["HOUR_MS", "CouchbaseFactStore"]
 
-HOUR_MS = 3_600_000
 _PROBE = 8  # consecutive keys asked for in one call when walking a sequence of keys
-_MAX_HOURS = 24 * 400  # the widest readings_for_location window, in index buckets
 
 
 def _is_str(value: object) -> bool:
@@ -127,7 +126,7 @@ class CouchbaseFactStore:
         self._directory: list[str] = []  # writer ids by slot; only ever grows
         self._next_entry: dict[str, int] = {}  # per log: the next entry number to try
         self._unsealed: dict[str, set[int]] = {}  # per log: entries of ours to finish
-        self._next_index: dict[tuple[int, int, int], int] = {}  # (slot, location, hour) -> K
+        self._index = LocationIndex(kv)
         self._counted: dict[tuple[str, str], tuple[int, int]] = {}  # -> (entries, facts)
 
     # -- writers ---------------------------------------------------------------------
@@ -247,63 +246,12 @@ class CouchbaseFactStore:
             self._finish_owners(kind, owners, finishing | {tag})
         owned = [i for i, key in enumerate(keys) if key in ours]
         if kind is _READINGS:
-            self._index(slot, n, [batch[i] for i in owned])
+            self._index.add(slot, n, [batch[i] for i in owned])
         seal_key = doc_key(kind.seal, writer, n)
         if self._kv.insert(seal_key, {"owned": owned}):
             return owned
         sealed = self._kv.get(seal_key)
         return owned if sealed is None else [int(i) for i in sealed["owned"]]
-
-    def _index(self, slot: int, n: int, stored: list[list[Any]]) -> None:
-        """Append the stored readings to their (location, hour) index under ``slot``."""
-        groups: dict[tuple[int, int, int], list[list[Any]]] = {}
-        for item in stored:
-            groups.setdefault((slot, item[1], item[3] // HOUR_MS), []).append(item)
-        unknown = [g for g in groups if g not in self._next_index]
-        if unknown:
-            self._next_index.update(self._first_free_indices(unknown))
-        while groups:
-            docs = {doc_key("rx", location, hour, s, self._next_index[(s, location, hour)]):
-                    (s, location, hour) for s, location, hour in groups}
-            existed = self._kv.insert_many({key: {"e": n, "v": groups[group]}
-                                            for key, group in docs.items()})
-            for key, group in docs.items():
-                self._next_index[group] += 1  # taken now, by us or (existed) by a repair
-                if key not in existed:
-                    del groups[group]
-
-    def _first_free_indices(self, groups: list[tuple[int, int, int]]
-                            ) -> dict[tuple[int, int, int], int]:
-        """For each (slot, location, hour), the first K with no index document."""
-        free: dict[tuple[int, int, int], int] = {}
-        for group, docs in self._walk_index(groups):
-            free[group] = len(docs)
-        return free
-
-    def _walk_index(self, groups: Sequence[tuple[int, int, int]]
-                    ) -> Iterator[tuple[tuple[int, int, int], list[dict[str, Any]]]]:
-        """Every (slot, location, hour)'s index documents, K = 0, 1, ... up to the first
-        missing; all groups probed together, ``_PROBE`` keys each per call."""
-        found: dict[tuple[int, int, int], list[dict[str, Any]]] = {g: [] for g in groups}
-        open_groups = list(groups)
-        while open_groups:
-            keys = {(g, k): doc_key("rx", g[1], g[2], g[0], k)
-                    for g in open_groups
-                    for k in range(len(found[g]), len(found[g]) + _PROBE)}
-            got = self._kv.get_many(list(keys.values()))
-            still = []
-            for g in open_groups:
-                start = len(found[g])
-                for k in range(start, start + _PROBE):
-                    doc = got.get(keys[(g, k)])
-                    if doc is None:
-                        break
-                    found[g].append(doc)
-                else:
-                    still.append(g)
-                    continue
-                yield g, found[g]
-            open_groups = still
 
     def _finish_owners(self, kind: _Kind, owners: set[str], finishing: frozenset[str]) -> None:
         """Finish the entries (``writer/n`` tags) among ``owners`` that have no seal yet
@@ -405,27 +353,11 @@ class CouchbaseFactStore:
     def readings_for_location(self, location_id: int, start_ms: int,
                               end_ms: int) -> tuple[Reading, ...]:
         """A location's readings in ``[start_ms, end_ms)``, by timestamp (then log order),
-        from the location index (at most ``_MAX_HOURS`` hours wide: ``ValueError``)."""
+        from the location index (at most ``MAX_HOURS`` hours wide: ``ValueError``)."""
         self._check_open()
-        if end_ms <= start_ms:
-            return ()
-        first, last = start_ms // HOUR_MS, (end_ms - 1) // HOUR_MS
-        if last - first >= _MAX_HOURS:
-            raise ValueError(f"a location's readings are read at most {_MAX_HOURS} hours "
-                             "at a time")
-        slots = range(len(self._refresh_directory()))
-        groups = [(slot, location_id, hour) for hour in range(first, last + 1)
-                  for slot in slots]
-        found: dict[tuple[str, str], tuple[tuple[int, int, int, int], list[Any]]] = {}
-        for (slot, _, _), docs in self._walk_index(groups):
-            for doc in docs:
-                for i, item in enumerate(doc["v"]):
-                    if start_ms <= item[3] < end_ms:
-                        # A repair may index a reading twice: its identity keeps one.
-                        found.setdefault((item[0], item[2]), ((item[3], slot, doc["e"], i),
-                                                              item))
-        return tuple(_reading(item) for _, item in sorted(found.values(),
-                                                           key=lambda pair: pair[0]))
+        slots = len(self._refresh_directory())
+        return tuple(_reading(item) for item in self._index.readings(location_id, start_ms,
+                                                                      end_ms, slots))
 
     # -- by key, and counts -----------------------------------------------------------
 
