@@ -44,12 +44,17 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from storage.couchbase.keys import doc_key
 from storage.couchbase.kv import KeyValue
 from storage.couchbase.log import AppendLog
+from storage.couchbase.status_view import (
+    EffectiveStatus,
+    effective_statuses,
+    replaced_reason,
+    status_entry,
+)
 from storage.errors import StoreError
 from storage.registry import (
     CANDIDATE,
@@ -86,63 +91,6 @@ def _blob(data: bytes) -> tuple[Doc, dict[str, bytes]]:
     chunks = {chunk_key(sha, i): data[start:start + CHUNK_BYTES]
               for i, start in enumerate(range(0, len(data), CHUNK_BYTES))}
     return {"sha256": sha, "size": len(data), "chunks": len(chunks)}, chunks
-
-
-def _entry(status: str, reason: str, at_ms: int, fence: int) -> Doc:
-    return {"s": status, "r": reason, "at": at_ms, "c": fence}
-
-
-def _replaced_reason(version: int, reason: str) -> str:
-    return f"replaced by version {version}: {reason}"
-
-
-@dataclass(frozen=True, slots=True)
-class _Status:
-    """One entry of a version's status as a reader takes it (see the module docstring)."""
-
-    status: str
-    reason: str
-    at_ms: int
-    fence: int
-    stored: bool = True  # False: the record's initial status, or a retirement not written
-
-
-def _replaced(champions: Sequence[Doc], n: int) -> _Status:
-    """The retirement promotion ``n`` (1-based) implies for the champion it replaced."""
-    change = champions[n - 1]
-    return _Status(RETIRED, _replaced_reason(int(change["v"]), str(change["r"])),
-                   int(change["at"]), n, stored=False)
-
-
-def _effective(version: int, record: Mapping[str, Any], raw: Sequence[Mapping[str, Any]],
-               champions: Sequence[Doc]) -> list[_Status]:
-    """``version``'s status log as of the champion-log snapshot ``champions``, oldest first."""
-    m = len(champions)
-    retirements = {int(e["c"]) for e in raw if e["s"] == RETIRED}
-    crowned: set[int] = set()
-    out: list[_Status] = []
-    for e in raw:
-        fence = int(e["c"])
-        if fence > m:
-            continue  # written after the snapshot
-        if e["s"] == CHAMPION:
-            if fence < 1 or champions[fence - 1]["v"] != version or fence in crowned:
-                continue  # a promotion that never committed (or a redelivered one)
-            crowned.add(fence)
-            out.append(_Status(CHAMPION, str(e["r"]), int(e["at"]), fence))
-            if (fence < m and champions[fence]["p"] == version
-                    and fence + 1 not in retirements):
-                out.append(_replaced(champions, fence + 1))  # its promoter died before (3)
-        else:
-            out.append(_Status(str(e["s"]), str(e["r"]), int(e["at"]), fence))
-    if not out:  # the registration has not written entry 1 (yet, or ever)
-        out.append(_Status(str(record["status"]), str(record["reason"]), int(record["at"]),
-                           0, stored=False))
-    last = out[-1]
-    if last.status == CHAMPION and last.fence != m:
-        # Only the version entry M names is champion at M, whatever else was written.
-        out.append(_replaced(champions, last.fence + 1))
-    return out
 
 
 class CouchbaseModelRegistry:
@@ -195,7 +143,7 @@ class CouchbaseModelRegistry:
                 self._promote(version, "registered as champion", created_at_ms,
                               materialize=False)
             else:
-                self._write_first(version, _entry(status, "registered", created_at_ms, 0))
+                self._write_first(version, status_entry(status, "registered", created_at_ms, 0))
         return version
 
     def set_status(self, version: int, status: str, reason: str, at_ms: int) -> None:
@@ -212,7 +160,7 @@ class CouchbaseModelRegistry:
             view = self._views([version], champions)[version]
             if view[-1].status != status:
                 self._materialize(version, view)
-                self._append_status(version, _entry(status, reason, at_ms, len(champions)))
+                self._append_status(version, status_entry(status, reason, at_ms, len(champions)))
 
     def promote(self, version: int, reason: str, at_ms: int) -> None:
         """Make ``version`` champion and retire the previous one; a no-op if it already is."""
@@ -235,13 +183,13 @@ class CouchbaseModelRegistry:
                 return
             if materialize:
                 self._materialize(version, views[version])
-            self._append_status(version, _entry(CHAMPION, reason, at_ms, n))
+            self._append_status(version, status_entry(CHAMPION, reason, at_ms, n))
             change = {"v": version, "p": previous, "r": reason, "at": at_ms}
             if self._kv.insert(self._champions.key(n), change):
                 break
             # Another promotion took entry n: ours never counts; start again after it.
         if previous is not None:
-            self._append_status(previous, _entry(RETIRED, _replaced_reason(version, reason),
+            self._append_status(previous, status_entry(RETIRED, replaced_reason(version, reason),
                                                  at_ms, n))
 
     def _append_status(self, version: int, entry: Doc) -> None:
@@ -261,12 +209,12 @@ class CouchbaseModelRegistry:
             if not log:
                 log.append(entry)
 
-    def _materialize(self, version: int, view: list[_Status]) -> None:
+    def _materialize(self, version: int, view: list[EffectiveStatus]) -> None:
         """Before appending to a log that is still empty (its registration died before
         entry 1), store the record's initial status, so the history keeps it."""
         first = view[0]
         if not first.stored and not self._statuses.get(version):
-            self._write_first(version, _entry(first.status, first.reason, first.at_ms, 0))
+            self._write_first(version, status_entry(first.status, first.reason, first.at_ms, 0))
 
     def add_compiled_form(self, version: int, compiled: bytes) -> None:
         """Give a version registered without a compiled form one; a no-op if it has one."""
@@ -409,12 +357,12 @@ class CouchbaseModelRegistry:
         return {v: list(found[v]) for v in wanted}
 
     def _views(self, versions: Sequence[int], champions: Sequence[Doc]
-               ) -> dict[int, list[_Status]]:
+               ) -> dict[int, list[EffectiveStatus]]:
         """Each version's status as of ``champions``, read before the status logs are."""
         raw = self._status_entries(versions)
-        return {v: _effective(v, self._record_doc(v), raw[v], champions) for v in versions}
+        return {v: effective_statuses(v, self._record_doc(v), raw[v], champions) for v in versions}
 
-    def _model(self, version: int, view: list[_Status]) -> ModelRecord:
+    def _model(self, version: int, view: list[EffectiveStatus]) -> ModelRecord:
         r, current = self._record_doc(version), view[-1]
         return _record((version, r["at"], current.status, r["fc"], r["job"], r["metrics"],
                         r["lineage"], r["artifact"]["sha256"], current.reason, r["evaluation"]))
