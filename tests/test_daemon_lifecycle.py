@@ -12,6 +12,8 @@ import http.client
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.group import end_group, group_members, port_accepts
-from tests.e2e_support import RunningDaemon, running_daemon, wait_for
+from config.settings import load_settings
+from daemon.group import end_group, free_ports, group_members, port_accepts
+from tests.e2e_support import RunningDaemon, _env, running_daemon, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -123,3 +126,24 @@ def test_stop_ends_orphans_whose_admin_was_killed(tmp_path: Path) -> None:
         assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
         assert not group_members(daemon.pgid)
         assert not any(port_accepts("127.0.0.1", p, 0.2) for p in daemon.ports())
+
+
+def test_start_on_an_unreachable_couchbase_names_the_setting_and_leaves_nothing(
+        tmp_path: Path) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    config = write_config(tmp_path, {"storage": {"backend": "couchbase", "couchbase": {
+        "connection_string": f"couchbase://127.0.0.1:{port}", "password": "not-a-secret",
+        "bootstrap_timeout_s": 3.0}}})
+    settings = load_settings(config, environ={})
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "run_system", "--config", str(config),
+                           "start"], capture_output=True, text=True, timeout=120, env=_env())
+    took = time.monotonic() - started
+    assert done.returncode == 1, done.stdout
+    assert "connection_string" in done.stderr and f"127.0.0.1:{port}" in done.stderr
+    assert "bootstrap_timeout_s" in done.stderr
+    assert "password is in the configuration file" in done.stdout
+    assert not (settings.run_dir / "daemon.json").exists()  # nothing was started
+    assert not any(port_accepts("127.0.0.1", p, 0.2) for p in (
+        settings.actor_system.admin_port, settings.ingest.port, settings.predict.port))
+    print(f"\n`rml start` on an unreachable cluster refused in {took:.1f} s")

@@ -142,7 +142,9 @@ def connect(settings: CouchbaseSettings, *, read_only: bool = False,
         raise StoreUnavailable(f"{where}: login refused for username "
                                f"{settings.username!r} (check the password)") from exc
     except CouchbaseException as exc:
-        raise StoreUnavailable(f"{where}: cannot connect ({type(exc).__name__})") from exc
+        raise StoreUnavailable(f"{where}: cannot connect within bootstrap_timeout_s = "
+                               f"{settings.bootstrap_timeout_s:g} s ({type(exc).__name__})"
+                               ) from exc
     try:
         from couchbase.diagnostics import ServiceType
         from couchbase.options import WaitUntilReadyOptions
