@@ -39,6 +39,7 @@ from thespian.actors import (
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from actors.edge import HttpEdge, Request, Route
 from config.settings import IngestSettings, PredictSettings, Settings
+from daemon.group import set_process_name
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     Activate,
@@ -52,7 +53,13 @@ from messages.protocol import (
 )
 from storage.errors import StoreError
 
-__all__ = ["EdgeWorker", "ReactiveActor", "Worker"]
+__all__ = ["NODE_CAPABILITY", "WORKER_PROCESS_PREFIX", "EdgeWorker", "ReactiveActor", "Worker"]
+
+#: The capability that names a node; a placement requirement names the node wanted.
+NODE_CAPABILITY = "rml.node"
+#: Workers name their processes ``rml:<role>`` (what ``ps`` shows; how a member's node agent
+#: finds workers left over from an earlier tree).
+WORKER_PROCESS_PREFIX = "rml:"
 
 _STORE_LOG_EVERY_S = 10.0
 _START_RETRY_S = 1.0
@@ -71,6 +78,15 @@ class ReactiveActor(Actor):
         self._handlers: dict[type, Callable[[Any, Any], Any] | None] = {}
         self._store_logged_at = -_STORE_LOG_EVERY_S
         self._store_failures = 0
+
+    @staticmethod
+    def actorSystemCapabilityCheck(capabilities: dict[str, Any],  # noqa: N802 (Thespian's)
+                                   requirements: dict[str, Any]) -> bool:
+        """Placement: an actor created with ``{"rml.node": name}`` among its requirements
+        starts only on the node that declares that name (``daemon.process`` puts it among
+        each admin's capabilities); without one, anywhere it is created."""
+        wanted = requirements.get(NODE_CAPABILITY)
+        return wanted is None or capabilities.get(NODE_CAPABILITY) == wanted
 
     def receiveMessage(self, message: Any, sender: Any) -> Any:  # noqa: N802 (Thespian's name)
         try:
@@ -205,6 +221,7 @@ class Worker(ReactiveActor):
             self.name = msg.name
             self.settings = msg.settings
             self.supervisor = sender
+            set_process_name(f"{WORKER_PROCESS_PREFIX}{msg.role}")
             configure_logging(msg.settings.log_dir, msg.settings.log_level, actor=msg.name)
             self.log = get_logger(actor=msg.name, role=msg.role)
             self._init = msg

@@ -28,7 +28,9 @@ from config.supervision import (
 
 __all__ = [
     "ActorSystemSettings",
+    "CLUSTER_ROLES",
     "COUCHBASE_DURABILITY",
+    "ClusterSettings",
     "ConfiguredCollection",
     "CouchbaseSettings",
     "IngestSettings",
@@ -179,6 +181,39 @@ class StorageSettings:
     couchbase: CouchbaseSettings = field(default_factory=CouchbaseSettings)
 
 
+#: What a node may host (``[cluster] roles``): collectors, predictors, and the learning
+#: subtree's single workers (learner, feature generator, publisher), which run on the leader.
+CLUSTER_ROLES = ("collector", "predictor", "learning")
+_NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """``[cluster]``: this node's place among several hosts sharing one actor system.
+
+    Without ``join`` the node leads (the root supervisor and the learning subtree run
+    here); with ``join = "host:port"`` (the leader's admin address) it is a member that
+    hosts collectors and predictors placed on it by the leader. How many of each a node
+    hosts is its own ``[ingest] collectors`` and ``[predict] replicas``.
+    """
+
+    node_name: str = ""  # "" : a single node (its run record and logs stay where they were)
+    roles: tuple[str, ...] = CLUSTER_ROLES
+    join: str = ""
+
+    @property
+    def leads(self) -> bool:
+        """Whether this node is the leader (it joins no one)."""
+        return not self.join
+
+    def join_address(self) -> tuple[str, int] | None:
+        """``join`` as (host, port), or None on the leader."""
+        if not self.join:
+            return None
+        host, _, port = self.join.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of a daemon. Frozen: it crosses actor boundaries as is."""
@@ -192,6 +227,12 @@ class Settings:
     features: FeatureSettings = field(default_factory=FeatureSettings)
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+
+    @property
+    def node_name(self) -> str:
+        """This node's name: ``[cluster] node_name``, or ``"local"`` for a single node."""
+        return self.cluster.node_name or "local"
 
     @property
     def data_path(self) -> Path:
@@ -200,13 +241,16 @@ class Settings:
 
     @property
     def log_dir(self) -> Path:
-        """Where the daemon's log files go."""
-        return self.data_path / "logs"
+        """Where the daemon's log files go (one directory per named node: nodes on one
+        machine may share a data directory)."""
+        logs = self.data_path / "logs"
+        return logs / self.cluster.node_name if self.cluster.node_name else logs
 
     @property
     def run_dir(self) -> Path:
-        """Where the daemon records its process group and ports."""
-        return self.data_path / "run"
+        """Where the daemon records its process group and ports (one per named node)."""
+        run = self.data_path / "run"
+        return run / self.cluster.node_name if self.cluster.node_name else run
 
 
 _SECTIONS: dict[str, type] = {
@@ -217,6 +261,7 @@ _SECTIONS: dict[str, type] = {
     "features": FeatureSettings,
     "supervision": SupervisionSettings,
     "storage": StorageSettings,
+    "cluster": ClusterSettings,
 }
 _TOP_LEVEL = {"data_dir": str, "log_level": str}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -427,6 +472,7 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("learning.shadow_max_error_rate", "must be in [0, 1] (1: never reject)")
     validate_supervision(s.supervision)
     _validate_storage(s.storage)
+    _validate_cluster(s)
     from config.job import ModelType  # local: config.job is the learning side's
 
     try:
@@ -458,6 +504,45 @@ def _validate_storage(storage: StorageSettings) -> None:
     for name, most in (("bootstrap_timeout_s", 300.0), ("kv_timeout_s", 60.0)):
         if not 0 < getattr(cb, name) <= most:
             raise ConfigError(f"{key}.{name}", f"must be in (0, {most:g}] seconds")
+
+
+def _validate_cluster(s: Settings) -> None:
+    cluster = s.cluster
+    if cluster.node_name and not _NODE_NAME.fullmatch(cluster.node_name):
+        raise ConfigError("cluster.node_name", "must be 1 to 40 letters, digits, _ . or - "
+                          "(starting with a letter or digit)")
+    unknown = [r for r in cluster.roles if r not in CLUSTER_ROLES]
+    if unknown or not cluster.roles or len(set(cluster.roles)) != len(cluster.roles):
+        raise ConfigError("cluster.roles", f"a non-empty list of distinct roles among "
+                          f"{', '.join(CLUSTER_ROLES)}, got {list(cluster.roles)}")
+    if not cluster.join:
+        if "learning" not in cluster.roles:
+            raise ConfigError("cluster.roles", "the leader (a node without join) runs the "
+                              "learning subtree: its roles must include \"learning\"")
+        return
+    if "learning" in cluster.roles:
+        raise ConfigError("cluster.roles", "the learning subtree runs on the leader only: "
+                          "a node that joins hosts \"collector\" and \"predictor\"")
+    if not cluster.node_name:
+        raise ConfigError("cluster.node_name", "a node that joins needs a name of its own")
+    host, sep, port = cluster.join.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError("cluster.join", f'must be "host:port" (the leader\'s admin address), '
+                          f"got {cluster.join!r}")
+    host = host.strip("[]")
+    if host not in LOOPBACK and not s.actor_system.allow_non_loopback:
+        raise ConfigError(
+            "cluster.join",
+            "Thespian's transport is unauthenticated pickle: joining a leader beyond loopback "
+            "needs actor_system.allow_non_loopback = true on every node, on a network only "
+            "the nodes reach (docs/cluster.md)")
+    if host not in LOOPBACK and s.actor_system.bind in LOOPBACK:
+        raise ConfigError("actor_system.bind", "a node that joins a leader on another host "
+                          "binds an address that host reaches, not loopback")
+    if (host in LOOPBACK and s.actor_system.bind in LOOPBACK
+            and int(port) == s.actor_system.admin_port):
+        raise ConfigError("cluster.join", "is this node's own admin address: a member needs "
+                          "an admin_port of its own")
 
 
 def _validate_trainer(s: Settings) -> None:

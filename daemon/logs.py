@@ -14,7 +14,10 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger", "thespian_log_defs"]
+__all__ = ["NODE_ENV", "configure_logging", "get_logger", "thespian_log_defs"]
+
+#: The node this process runs on (``[cluster] node_name``), on every log line.
+NODE_ENV = "RML_NODE"
 
 _configured_pid: int | None = None
 _stream: TextIO | None = None
@@ -46,7 +49,9 @@ def configure_logging(log_dir: Path, level: str = "info", **context: Any) -> Non
             cache_logger_on_first_use=False,
         )
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(pid=os.getpid(), **context)
+    node = os.environ.get(NODE_ENV)  # set by the node's keeper, inherited by its processes
+    structlog.contextvars.bind_contextvars(pid=os.getpid(), **({"node": node} if node else {}),
+                                           **context)
 
 
 def get_logger(**bound: Any) -> Any:

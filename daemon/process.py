@@ -36,6 +36,7 @@ from daemon.group import (
     port_bindable,
     wait_until,
 )
+from daemon.logs import NODE_ENV
 from daemon.loopback import bind_thespian_to
 from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
@@ -98,21 +99,46 @@ def _clear_record(settings: Settings) -> None:
     _record_path(settings).unlink(missing_ok=True)
 
 
-def _capabilities(settings: Settings) -> dict[str, Any]:
-    return {"Admin Port": settings.actor_system.admin_port, "Process Startup Method": "fork"}
+#: Thespian's convention timers (read by every admin at start; set on every node): a
+#: member re-registers every 2 s and is dropped after 3 missed registrations, so the
+#: leader's Thespian lets go of a dead member in 4-6 s instead of 22-30 minutes. All three
+#: together: the period alone dropped live members (measured, see docs/cluster.md).
+CONVENTION_TIMERS = {"CONVENTION_REREGISTRATION_PERIOD": "0:02",
+                     "CONVENTION_RESTART_PERIOD": "0:02",
+                     "CONVENTION_REGISTRATION_MISS_MAX": "3"}
 
 
-def connect(settings: Settings) -> Any:
-    """A Thespian client of the running daemon (never starts a system of its own)."""
-    host = settings.actor_system.bind
-    if not port_accepts(host, settings.actor_system.admin_port):
-        raise DaemonError(f"no daemon answers on {host}:{settings.actor_system.admin_port}"
-                          " (is it started? `rml start`)")
-    bind_thespian_to(host)
+def _node_capabilities(settings: Settings) -> dict[str, Any]:
+    """The admin's capabilities: its port, and who this node is (``supervision.nodes``)."""
+    capabilities: dict[str, Any] = {
+        "Admin Port": settings.actor_system.admin_port, "Process Startup Method": "fork",
+        "rml.node": settings.node_name, "rml.roles": settings.cluster.roles,
+        "rml.settings": settings,
+    }
+    leader = settings.cluster.join_address()
+    if leader is not None:
+        capabilities["Convention Address.IPv4"] = leader
+    return capabilities
+
+
+def connect(settings: Settings, leader: bool = False) -> Any:
+    """A Thespian client of this node's admin, or with ``leader`` of the leader's (where the
+    root runs; the same on a single node). Never starts a system of its own."""
+    host, port = settings.actor_system.bind, settings.actor_system.admin_port
+    joined = settings.cluster.join_address() if leader else None
+    if joined is not None:
+        host, port = joined
+    if not port_accepts(host, port):
+        raise DaemonError(f"no daemon answers on {host}:{port}"
+                          + (" (the leader this node joins)" if joined else
+                             " (is it started? `rml start`)"))
+    bind_thespian_to(settings.actor_system.bind)
     from thespian.actors import ActorSystem
 
-    return ActorSystem("multiprocTCPBase", _capabilities(settings), logDefs=None,
-                       transientUnique=True)
+    capabilities: dict[str, Any] = {"Admin Port": port}
+    if joined is not None:
+        capabilities["Convention Address.IPv4"] = joined
+    return ActorSystem("multiprocTCPBase", capabilities, logDefs=None, transientUnique=True)
 
 
 def ask_root(settings: Settings, message: Any, timeout_s: float = 10.0) -> Any:
@@ -128,7 +154,7 @@ class RootClient:
     external interface is not thread-safe)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._asys = connect(settings)
+        self._asys = connect(settings, leader=True)
         self._root = self._asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
 
     def ask(self, message: Any, timeout_s: float = 10.0) -> Any:
@@ -169,6 +195,8 @@ def _root_answers(settings: Settings, record: RunRecord) -> bool:
     members = group_members(record.pgid)
     if record.keeper_pid not in members or not _admin_alive(settings, record):
         return False
+    if not settings.cluster.leads:
+        return record.state == "ready"  # a member runs no root of its own
     from messages.protocol import Ping
 
     try:
@@ -236,7 +264,10 @@ def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) ->
     cmd = [sys.executable, "-m", "daemon.keeper"]
     if config_path:
         cmd += ["--config", str(Path(config_path).resolve())]
-    env = dict(os.environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1",
+               **{NODE_ENV: settings.node_name})
+    for name, value in CONVENTION_TIMERS.items():
+        env.setdefault(name, value)
     # Thespian lets a process have 20 transmits in flight to all receivers together, and
     # one stays in flight until its receiver reads it between two handlers: past that,
     # every send, a Pong to a supervisor included, waits behind the ones to a busy actor.
@@ -296,6 +327,8 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
         return StopReport(False, True, 0, (), ())
     graceful = False
     if _daemon_alive(record) and _admin_alive(settings, record):
+        if not settings.cluster.leads:
+            _leave(settings)
         graceful = _shutdown_system(settings, drain_timeout_s)
     # The keeper ends itself once the admin is gone; then end whatever else is left.
     with contextlib.suppress(ProcessLookupError):
@@ -313,6 +346,29 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
     if not remaining:
         _clear_record(settings)
     return StopReport(True, graceful, killed, remaining, busy)
+
+
+def _leave(settings: Settings, timeout_s: float = 10.0) -> bool:
+    """A member that stops tells the leader first and waits until its replicas run on other
+    nodes (they serve until then: make before break); True when they do. A leader that does
+    not answer cannot place anything: the member stops all the same."""
+    from messages.protocol import LeaveRequest, StatusReport, StatusRequest
+
+    deadline = time.monotonic() + timeout_s
+    try:
+        client = RootClient(settings)
+        if client.ask(LeaveRequest(settings.node_name, uuid.uuid4().hex), 3.0) is None:
+            return False
+        while time.monotonic() < deadline:
+            report = client.ask(StatusRequest(uuid.uuid4().hex), 3.0)
+            if isinstance(report, StatusReport) and not any(
+                    a.node == settings.node_name and a.state in ("running", "starting")
+                    for a in report.actors):
+                return True
+            time.sleep(0.05)
+    except Exception:  # the leader is away: nothing to hand over to
+        return False
+    return False
 
 
 def _shutdown_system(settings: Settings, timeout_s: float) -> bool:
@@ -350,15 +406,17 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
     bind_thespian_to(settings.actor_system.bind)
     _keep_admin_in_our_group()
-    _preload_actor_modules()
+    _preload_actor_modules(settings)
     from thespian.actors import ActorSystem
 
     record = RunRecord(os.getpgrp(), os.getpid(), settings.actor_system.admin_port,
                        settings.ingest.port, settings.predict.port, settings.data_dir,
                        int(time.time() * 1000), "starting")
     _write_record(settings, record)
-    asys = ActorSystem("multiprocTCPBase", _capabilities(settings),
+    asys = ActorSystem("multiprocTCPBase", _node_capabilities(settings),
                        logDefs=thespian_log_defs(settings.log_dir, settings.log_level))
+    if not settings.cluster.leads:
+        return _serve_member(settings, record, stop_requested, log)
     root = asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)
     correlation_id = uuid.uuid4().hex
     answer = asys.ask(root, StartSystem(settings, correlation_id),
@@ -375,6 +433,25 @@ def serve(settings: Settings) -> int:
                                          "admin_pid": admin_pid}))
     log.info("daemon_ready", actors=len(answer.actors), pgid=record.pgid)
     print(f"daemon ready: process group {record.pgid}", flush=True)
+    return _keep(settings, stop_requested, log)
+
+
+def _serve_member(settings: Settings, record: RunRecord, stop_requested: threading.Event,
+                  log: Any) -> int:
+    """A member's keeper: its admin joins the leader's convention by itself (and keeps
+    trying while the leader is away); the leader places replicas on it."""
+    admins = children_of(os.getpid())
+    _write_record(settings, RunRecord(**{**asdict(record), "state": "ready",
+                                         "admin_pid": admins[0] if len(admins) == 1 else 0}))
+    log.info("member_ready", pgid=record.pgid, join=settings.cluster.join,
+             roles=list(settings.cluster.roles))
+    print(f"member ready: process group {record.pgid}; joining {settings.cluster.join}",
+          flush=True)
+    return _keep(settings, stop_requested, log)
+
+
+def _keep(settings: Settings, stop_requested: threading.Event, log: Any) -> int:
+    """Reap orphans until told to stop or the admin is gone."""
     while not stop_requested.is_set():
         _reap()
         if not port_accepts(settings.actor_system.bind, settings.actor_system.admin_port, 1.0):
@@ -391,15 +468,19 @@ def serve(settings: Settings) -> int:
 _IMPORTED_ON_FIRST_USE = ("encodings.cp437",)
 
 
-def _preload_actor_modules() -> None:
+def _preload_actor_modules(settings: Settings) -> None:
     """Import the supervisor's module once, here, before the admin forks.
 
     Every actor process is forked from its parent's, down from the admin, which is forked
     from the keeper. Only the supervisor is imported here: each supervisor imports its
     own children's modules before forking them (``supervision.preload``), so scikit-learn
-    is loaded once, in the learning supervisor, and not in a predictor's process.
+    is loaded once, in the learning supervisor, and not in a predictor's process. On a
+    member, the admin itself forks the replicas placed there: it imports theirs.
     """
-    preload([module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE])
+    modules = [module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE]
+    if not settings.cluster.leads:
+        modules += ["supervision.node_agent", "actors.collector", "actors.predictor"]
+    preload(modules)
 
 
 def _keep_admin_in_our_group() -> None:

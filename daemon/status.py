@@ -139,9 +139,16 @@ def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any
         "data_dir": settings.data_dir,
         "ports": {"admin": settings.actor_system.admin_port, "ingest": settings.ingest.port,
                   "predict": settings.predict.port},
+        "node": settings.node_name,
+        "nodes": [
+            {"name": n.name, "address": n.address, "roles": list(n.roles),
+             "joined_at_ms": n.joined_at_ms, "last_seen_ms": n.last_seen_ms,
+             "state": n.state, "leader": n.leader, "problem": n.problem or None}
+            for n in report.nodes
+        ],
         "actors": [
-            {"name": a.name, "role": a.role, "pid": a.pid, "restarts": a.restarts,
-             "state": a.state, "supervisor": a.supervisor}
+            {"name": a.name, "node": a.node, "role": a.role, "pid": a.pid,
+             "restarts": a.restarts, "state": a.state, "supervisor": a.supervisor}
             for a in report.actors
         ],
     }
@@ -180,6 +187,15 @@ def render_status(status: dict[str, Any]) -> str:
     ports = status["ports"]
     lines.append(f"ports: ingest {ports['ingest']}, predict {ports['predict']}, "
                  f"actor system {ports['admin']} (loopback)")
+    nodes = status.get("nodes", [])
+    if len(nodes) > 1:
+        lines.append(f"nodes (this is {status.get('node')}):")
+        for node in nodes:
+            lead = " (leader)" if node["leader"] else ""
+            problem = f": {node['problem']}" if node.get("problem") else ""
+            lines.append(f"  - {node['name']}{lead}: {node['state']}{problem}; roles "
+                         f"{', '.join(node['roles'])}; joined {utc_text(node['joined_at_ms'])}, "
+                         f"last seen {utc_text(node['last_seen_ms'])}")
     lines.append("supervision tree:")
     children: dict[str, list[dict[str, Any]]] = {}
     for actor in status["actors"]:
@@ -187,8 +203,9 @@ def render_status(status: dict[str, Any]) -> str:
 
     def walk(name: str, depth: int) -> None:
         for actor in children.get(name, []):
+            where = f" on {actor['node']}" if len(nodes) > 1 and actor.get("node") else ""
             lines.append(f"{'  ' * depth}- {actor['name']:<18} {actor['state']:<10} "
-                         f"pid {actor['pid']:<7} restarts {actor['restarts']}")
+                         f"pid {actor['pid']:<7} restarts {actor['restarts']}{where}")
             walk(actor["name"], depth + 1)
 
     walk("", 1)

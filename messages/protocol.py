@@ -20,6 +20,13 @@ __all__ = [
     "Forwarded",
     "MessageFailed",
     "Init",
+    "NodeInfo",
+    "Nodes",
+    "EndProcesses",
+    "EndStaleWorkers",
+    "LeaveAccepted",
+    "LeaveRequest",
+    "StaleWorkersEnded",
     "ModelCandidate",
     "ModelPublished",
     "Peers",
@@ -109,6 +116,7 @@ class ActorInfo:
     state: str  # "starting" | "running" | "restarting" | "stopped" | "failed"
     supervisor: str
     address: Any = field(default=None, compare=False)
+    node: str = ""  # the node its current incarnation runs on ("" : none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,82 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """One node of the actor system as the root sees it (``status``, placement).
+
+    ``state``: ``joining`` (its admin joined the convention; its agent not yet answered),
+    ``up`` (replicas may be placed there), ``down`` (silent or gone: its replicas are
+    re-placed), ``refused`` (``problem`` says why: a name taken, another store).
+    """
+
+    name: str
+    roles: tuple[str, ...]
+    leader: bool
+    state: str
+    joined_at_ms: int
+    last_seen_ms: int
+    address: str = ""  # its admin's address, as text
+    problem: str = ""
+    # The node's own settings (ports, tokens, store, replica counts), from its capabilities:
+    # what the actors placed on it run with.
+    settings: Any = field(default=None, compare=False, repr=False)
+    agent: Any = field(default=None, compare=False, repr=False)  # its NodeAgent's address
+
+
+@dataclass(frozen=True, slots=True)
+class Nodes:
+    """Root -> supervisors: the nodes, whenever one joins, goes or comes back."""
+
+    nodes: tuple[NodeInfo, ...]
+
+    def get(self, name: str) -> NodeInfo | None:
+        """The node called ``name``, if known."""
+        return next((n for n in self.nodes if n.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class EndProcesses:
+    """Supervisor -> a member's NodeAgent: SIGKILL these processes of your node (a hung
+    remote child: its supervisor cannot kill a pid on another host)."""
+
+    pids: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRequest:
+    """A member's ``rml stop`` -> root: this node is leaving; place its replicas elsewhere
+    (they keep serving until the node stops: make before break)."""
+
+    node: str
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveAccepted:
+    """Root -> the member leaving: its replicas are being placed elsewhere."""
+
+    correlation_id: str
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndStaleWorkers:
+    """Root -> a NodeAgent whose node (re)joins: end workers left from an earlier tree (a
+    leader that died, a partition healed) before any replica is placed there again."""
+
+    correlation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StaleWorkersEnded:
+    """NodeAgent -> root: done; the node may take replicas."""
+
+    correlation_id: str
+    pids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class StatusRequest:
     """Ask the root for the supervision tree."""
 
@@ -163,6 +247,7 @@ class StatusReport:
     actors: tuple[ActorInfo, ...]
     started_at_ms: int
     dead_letters: int = 0
+    nodes: tuple[NodeInfo, ...] = ()
 
 
 # --- data flow -------------------------------------------------------------------

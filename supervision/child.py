@@ -37,6 +37,8 @@ class Child:
     started_at: float = 0.0  # when its Init (or Activate) was sent
     ready_at: float = 0.0  # when its Ready arrived; 0 until then
     via_standby: bool = False  # its current incarnation is a promoted standby
+    node: str = ""  # the node its current incarnation was placed on ("": not placed)
+    moving_since: float = 0.0  # asked to stop so it can start again on its home node
     restart_times: list[float] = field(default_factory=list)  # its own: paces its backoff
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
     # a supervisor that dies abruptly leaves them running, so we end them.
@@ -65,7 +67,8 @@ class Child:
     def info(self, supervisor: str) -> ActorInfo:
         """What the root's directory (and ``rml status``) shows of it."""
         return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
-                         supervisor, self.address if self.state in REACHABLE else None)
+                         supervisor, self.address if self.state in REACHABLE else None,
+                         self.node)
 
 
 def standby_spec(spec: SupervisorSpec, n: int) -> ChildSpec:

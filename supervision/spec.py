@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from config.settings import Settings
@@ -32,6 +32,9 @@ class ChildSpec:
     spec: SupervisorSpec | None = None  # set when the child is itself a supervisor
     # Silence (no Pong) longer than this gets the child killed; None: its supervisor's.
     heartbeat_timeout_s: float | None = None
+    # The node whose slot this is ("": the supervisor's own); a member's replicas run there
+    # while it is up and elsewhere while it is not (``supervision.nodes``).
+    home: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,9 @@ class SupervisorSpec:
     # Warm spares (``policy.standby``) of this role: started and loaded but not serving; a
     # dead child of that role is replaced by promoting one (a message), not a new actor.
     standby_role: str | None = None
+    # The replicated roles' children as templates: each member node that joins gets its own
+    # slots of them (``collector-1@b``), as many as its own settings ask for.
+    replica_templates: tuple[ChildSpec, ...] = ()
 
 
 #: Roles that work for seconds inside one handler (training, catching up, judging),
@@ -57,15 +63,19 @@ BATCH_ROLES = frozenset({"learner", "feature_generator", "publisher"})
 STANDBY_ROLES = ("predictor", "collector")
 
 
-def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> SupervisorSpec:
+def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...],
+                templates: tuple[ChildSpec, ...] = ()) -> SupervisorSpec:
     """``name``'s spec with its policy from ``[supervision]`` and ``[supervision.<name>]``."""
     policy = settings.supervision.policy(name)
     roles = [c.role for c in children if c.role in STANDBY_ROLES]
+    if not roles:  # this node hosts none of the role: no standbys of it either
+        policy = replace(policy, standby=0)
     return SupervisorSpec(
         name=name, children=children,
         policy=policy,  # standby is 0 but for ingest and serving (config.supervision)
         heartbeat_interval_s=settings.supervision.heartbeat_interval_s,
         standby_role=roles[0] if roles else None,
+        replica_templates=templates,
     )
 
 
@@ -77,18 +87,22 @@ def _worker(settings: Settings, supervisor: str, name: str, role: str,
     return ChildSpec(name, role, actor_class, heartbeat_timeout_s=timeout)
 
 
-def _sub(settings: Settings, name: str, children: tuple[ChildSpec, ...]) -> ChildSpec:
+def _sub(settings: Settings, name: str, children: tuple[ChildSpec, ...],
+         templates: tuple[ChildSpec, ...] = ()) -> ChildSpec:
     return ChildSpec(name=name, role="supervisor", actor_class=SUPERVISOR_CLASS,
-                     spec=_supervisor(settings, name, children))
+                     spec=_supervisor(settings, name, children, templates))
 
 
 def system_tree(settings: Settings) -> SupervisorSpec:
     """The daemon's tree: ingest, learning and serving each under their own supervisor,
-    so a failure is contained where it happens."""
-    collectors = tuple(
-        _worker(settings, "ingest", f"collector-{i}", "collector", "actors.collector.Collector")
-        for i in range(1, settings.ingest.collectors + 1)
-    )
+    so a failure is contained where it happens. The leader's own replicas are here (as
+    many as its settings say, if its ``[cluster] roles`` host them); members' replicas are
+    added by their supervisors when they join (``SupervisorSpec.replica_templates``)."""
+    roles = settings.cluster.roles
+    collector = _worker(settings, "ingest", "collector", "collector", "actors.collector.Collector")
+    collectors = tuple(replace(collector, name=f"collector-{i}")
+                       for i in range(1, settings.ingest.collectors + 1)
+                       if "collector" in roles)
     ingest = _sub(
         settings,
         "ingest",
@@ -97,6 +111,7 @@ def system_tree(settings: Settings) -> SupervisorSpec:
             _worker(settings, "ingest", "feature-generator", "feature_generator",
                     "actors.feature_generator.FeatureGenerator"),
         ),
+        (collector,),
     )
     learning = _sub(
         settings,
@@ -106,9 +121,9 @@ def system_tree(settings: Settings) -> SupervisorSpec:
             _worker(settings, "learning", "publisher", "publisher", "actors.publisher.Publisher"),
         ),
     )
-    predictors = tuple(
-        _worker(settings, "serving", f"predictor-{i}", "predictor", "actors.predictor.Predictor")
-        for i in range(1, settings.predict.replicas + 1)
-    )
-    serving = _sub(settings, "serving", predictors)
+    predictor = _worker(settings, "serving", "predictor", "predictor", "actors.predictor.Predictor")
+    predictors = tuple(replace(predictor, name=f"predictor-{i}")
+                       for i in range(1, settings.predict.replicas + 1)
+                       if "predictor" in roles)
+    serving = _sub(settings, "serving", predictors, (predictor,))
     return _supervisor(settings, "root", (ingest, learning, serving))

@@ -25,9 +25,9 @@ import time
 import uuid
 from typing import Any
 
-from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
-from actors.base import ReactiveActor
+from actors.base import NODE_CAPABILITY, ReactiveActor
 from config.settings import Settings
 from daemon.group import descendants, process_alive
 from daemon.logs import configure_logging, get_logger
@@ -35,8 +35,11 @@ from messages.protocol import (
     Activate,
     ActorInfo,
     ChildUp,
+    EndProcesses,
     Init,
     MessageFailed,
+    NodeInfo,
+    Nodes,
     Peers,
     Ping,
     Pong,
@@ -48,6 +51,8 @@ from messages.protocol import (
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
+from supervision.nodes import choose_node, placed_load
+from supervision.placement import NodePlacement
 from supervision.policy import decide_restart
 from supervision.preload import module_of, preload
 from supervision.root import RootServices
@@ -58,9 +63,16 @@ __all__ = ["ROOT_NAME", "Supervisor"]
 # A standby that cannot start is warmed again no faster than this (a fork each time).
 _STANDBY_BACKOFF_MIN_S = 0.1
 _STANDBY_BACKOFF_MAX_S = 1.0
+# A child placed on another node that has not answered its Init within this long is as good
+# as lost (a create aimed at a node that just died vanishes): it is placed again.
+_REMOTE_START_TIMEOUT_S = 15.0
+# A remote child's exit is acted on after at least this long (``_failed``).
+_REMOTE_RESTART_DELAY_S = 0.1
+#: States of a child that waits for a node to run on, or is on its way to one.
+_SETTLED = ("running", "unplaced")
 
 
-class Supervisor(RootServices, ReactiveActor):
+class Supervisor(RootServices, NodePlacement, ReactiveActor):
     """OTP-style supervisor (one_for_one, one_for_all, rest_for_one) with intensity and backoff."""
 
     def __init__(self) -> None:
@@ -85,6 +97,10 @@ class Supervisor(RootServices, ReactiveActor):
         self._dead_letters: Any = None
         self._store_backend: Any = None
         self._last_tick = 0.0
+        # The nodes (from the root's Nodes; at first this node alone) and this node's name.
+        self.nodes = Nodes(())
+        self.local_node = ""
+        self.membership: Any = None  # root only: supervision.nodes.Membership
 
     # --- starting ---------------------------------------------------------------
 
@@ -98,6 +114,7 @@ class Supervisor(RootServices, ReactiveActor):
         self._start_reply = (sender, msg.correlation_id)
         self._begin(ROOT_NAME, msg.settings, system_tree(msg.settings))
         self._dead_letter_store()  # its table exists before anyone reads it (status)
+        self._watch_nodes(msg.settings)
 
     def on_Init(self, msg: Init, sender: Any) -> None:  # noqa: N802
         """Parent -> sub-supervisor: start these children."""
@@ -116,7 +133,13 @@ class Supervisor(RootServices, ReactiveActor):
         self.log = get_logger(actor=name, role="supervisor")
         self.children = [Child(spec=c) for c in spec.children]
         policy = spec.policy
-        self.standbys = [Child(spec=standby_spec(spec, n)) for n in range(1, policy.standby + 1)]
+        self.standbys = ([Child(spec=standby_spec(spec, n)) for n in range(1, policy.standby + 1)]
+                         if spec.standby_role else [])
+        self.local_node = settings.node_name
+        if not self.nodes.nodes:
+            self.nodes = Nodes((NodeInfo(self.local_node, settings.cluster.roles, True, "up",
+                                         self.started_at_ms, self.started_at_ms,
+                                         settings=settings),))
         self.log.info("supervisor_started", strategy=policy.strategy,
                       children=[c.name for c in spec.children], standbys=policy.standby,
                       max_restarts=policy.max_restarts, period_s=policy.period_s)
@@ -137,6 +160,18 @@ class Supervisor(RootServices, ReactiveActor):
         child.ready_at = 0.0
         child.init_id = uuid.uuid4().hex
         child.started_at = time.monotonic()
+        child.moving_since = 0.0
+        target = self.local_node if child in self.standbys else self._target(child)
+        if target is None:
+            # No node hosts its role now: it waits for one to join (``_reconcile``).
+            child.state, child.node, child.address, child.pid = "unplaced", "", None, 0
+            self._report(child.info(self.name))
+            self.log.warning("child_unplaced", child=child.spec.name, role=child.spec.role)
+            return
+        child.node = target
+        if target != self.local_node:
+            self._start_remote(child, target)
+            return
         standby = self._ready_standby(child)
         child.via_standby = standby is not None
         if standby is not None:
@@ -154,6 +189,29 @@ class Supervisor(RootServices, ReactiveActor):
         is_standby = child in self.standbys
         self.send(child.address, Init(child.spec.name, child.spec.role, self.settings,
                                       child.init_id, spec=child.spec.spec, standby=is_standby))
+
+    def _start_remote(self, child: Child, node: str) -> None:
+        """Create ``child`` on another node (Thespian places it by the ``rml.node``
+        capability) and send it that node's own settings."""
+        info = self.nodes.get(node)
+        assert info is not None and info.settings is not None
+        child.via_standby = False
+        child.address = self.createActor(child.spec.actor_class,
+                                         targetActorRequirements={NODE_CAPABILITY: node})
+        self.send(child.address, Init(child.spec.name, child.spec.role, info.settings,
+                                      child.init_id, spec=child.spec.spec))
+        self.log.info("child_placed", child=child.spec.name, on_node=node, home=child.spec.home)
+
+    def _target(self, child: Child) -> str | None:
+        """The node ``child`` should run on now (``supervision.nodes.choose_node``)."""
+        load = placed_load(c.node for c in self.children
+                           if c is not child and c.spec.role == child.spec.role
+                           and c.state not in ("unplaced", "stopped", "failed"))
+        return choose_node(child.spec.role, child.spec.home or self.local_node,
+                           {n.name: n for n in self.nodes.nodes}, load)
+
+    def _is_local(self, child: Child) -> bool:
+        return child.node in ("", self.local_node)
 
     def _ready_standby(self, child: Child) -> Child | None:
         """A warm standby that can take ``child``'s place, if there is one."""
@@ -174,6 +232,8 @@ class Supervisor(RootServices, ReactiveActor):
                 self._start(slot)
 
     def on_Ready(self, msg: Ready, sender: Any) -> None:  # noqa: N802
+        if self.is_root and self._agent_ready(msg, sender):
+            return
         child = self._by_address(sender)
         if child is None or msg.correlation_id != child.init_id:
             return  # a late answer from an incarnation we already replaced
@@ -191,6 +251,8 @@ class Supervisor(RootServices, ReactiveActor):
                           via="standby" if child.via_standby else "start")
             child.failed_at = 0.0
         self._report(child.info(self.name))
+        if child.spec.role == "supervisor" and self.is_root and len(self.nodes.nodes) > 1:
+            self.send(child.address, self.nodes)  # a restarted subtree learns the nodes
         self._maybe_announce()
         # Warm a new spare only now: forking one (tens of ms, in this process) must not
         # delay the promoted child's answer above.
@@ -198,7 +260,7 @@ class Supervisor(RootServices, ReactiveActor):
 
     def _maybe_announce(self) -> None:
         """Once every child runs, tell whoever started us (parent, or the launcher)."""
-        if not all(c.state == "running" for c in self.children):
+        if not all(c.state in _SETTLED for c in self.children):
             return
         if not self.announced and not all(s.state == "standby" for s in self.standbys):
             return  # the first time, "started" includes the warm spares
@@ -216,6 +278,8 @@ class Supervisor(RootServices, ReactiveActor):
     # --- failures ------------------------------------------------------------------
 
     def on_ChildActorExited(self, msg: ChildActorExited, sender: Any) -> None:  # noqa: N802
+        if self.is_root and self._agent_exited(msg.childAddress):
+            return
         child = self._by_address(msg.childAddress)
         if child is None:
             return  # SIGTERM can report the same child twice: the second finds nothing
@@ -224,6 +288,9 @@ class Supervisor(RootServices, ReactiveActor):
             self._end_orphans(child)
         if self.stopping:
             child.state = "stopped"
+            return
+        if child.moving_since:
+            self._start(child)  # stopped to go home: it starts there now
             return
         if child.expected_exit:
             child.state = "restarting"
@@ -267,6 +334,10 @@ class Supervisor(RootServices, ReactiveActor):
                                      reset_s=policy.backoff_reset_s,
                                      backoff_min_s=policy.backoff_min_s,
                                      backoff_max_s=policy.backoff_max_s)
+        if not self._is_local(child):
+            # A member that stops cleanly ends its replicas a moment before Thespian says it
+            # left: wait for that word, so the restart goes to a node that is still there.
+            delay_s = max(delay_s, _REMOTE_RESTART_DELAY_S)
         self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
         self.restart_times.append(now)
         group = self._restart_group(child)
@@ -344,24 +415,36 @@ class Supervisor(RootServices, ReactiveActor):
         if self.stopping:
             return
         now = time.monotonic()
-        if now - self._last_tick > self.spec.policy.heartbeat_timeout_s:
+        stalled = now - self._last_tick > self.spec.policy.heartbeat_timeout_s
+        if stalled:
             # We were stalled ourselves (stopped, or a slow handler): our children's
             # silence says nothing about them, so start their clocks afresh.
             for child in (*self.children, *self.standbys):
                 child.last_seen, child.ping_sent = now, 0.0
         self._last_tick = now
+        if self.is_root:
+            self._check_nodes(now, stalled)
         for child in (*self.children, *self.standbys):
+            local = self._is_local(child)
             if (child.state == "starting" and child.address is not None
-                    and now - child.started_at > self._start_timeout()):
+                    and now - child.started_at > self._start_timeout(local)):
                 # Its Init (or Activate) never came back Ready: it is as good as hung.
                 child.last_seen = now  # the clock for giving up on its exit starts now
                 self._kill_unresponsive(child, now - child.started_at, "never became ready")
                 continue
+            if child.moving_since and now - child.moving_since > 2 * self._timeout(child):
+                self.log.warning("child_move_forced", child=child.spec.name, on_node=child.node)
+                self._forget(child)
+                self._start(child)
+                continue
             if child.address is None or child.state not in PINGED_STATES:
                 continue
-            if not child.gone_since and not process_alive(child.pid):
-                child.gone_since = now
-            verdict = judge(child, now, self._timeout(child), self.spec.heartbeat_interval_s)
+            if local and not child.gone_since and not process_alive(child.pid):
+                child.gone_since = now  # (a pid on another host says nothing here)
+            # A remote child gets twice the time: its node's own silence (the root's agent
+            # ping, one timeout) is noticed first, and re-places all its replicas at once.
+            timeout = self._timeout(child) * (1 if local else 2)
+            verdict = judge(child, now, timeout, self.spec.heartbeat_interval_s)
             if verdict == "exit_not_reported":
                 self._exit_not_reported(child)
             elif verdict == "kill":
@@ -372,14 +455,17 @@ class Supervisor(RootServices, ReactiveActor):
         self.wakeupAfter(self.spec.heartbeat_interval_s, payload="heartbeat")
 
     def on_Pong(self, msg: Pong, sender: Any) -> None:  # noqa: N802
+        if self.is_root and self._agent_pong(msg, sender):
+            return
         child = self._by_address(sender)
         if child is not None and msg.correlation_id == child.init_id:
             child.last_seen = time.monotonic()
             child.ping_sent = 0.0
 
-    def _start_timeout(self) -> float:
+    def _start_timeout(self, local: bool = True) -> float:
         assert self.settings is not None
-        return self.settings.actor_system.start_timeout_s
+        limit = self.settings.actor_system.start_timeout_s
+        return limit if local else min(limit, _REMOTE_START_TIMEOUT_S)
 
     def _kill_unresponsive(self, child: Child, silent_s: float,
                            why: str = "heartbeat missed") -> None:
@@ -390,6 +476,14 @@ class Supervisor(RootServices, ReactiveActor):
         child.state = "unresponsive"
         child.kill_cause = cause
         self._report(child.info(self.name))
+        if not self._is_local(child):
+            # A pid on another host: its node's agent kills it there.
+            node = self.nodes.get(child.node)
+            if child.pid and node is not None and node.agent is not None:
+                self.send(node.agent, EndProcesses((child.pid,), f"{child.spec.name}: {cause}"))
+            if child.address is not None:
+                self.send(child.address, ActorExitRequest())
+            return
         # Its own children first noted, then everything killed: once it is gone they are
         # reparented and no longer findable as its descendants.
         if child.pid:
@@ -403,13 +497,19 @@ class Supervisor(RootServices, ReactiveActor):
         self.log.warning("child_exit_not_reported", child=child.spec.name, pid=child.pid)
         if child.below:
             self._end_orphans(child)
-        # Thespian still counts it among our children, and would wait for it for ever
-        # when we exit: tell it what its own report would have. Our handler ignores that
-        # one (and any late real one): the child's address is cleared first.
-        gone = child.address
-        child.address = None
-        self.send(self.myAddress, ChildActorExited(gone))
+        self._forget(child)
         self._gone(child, "exited (not reported by Thespian)")
+
+    def _forget(self, child: Child) -> None:
+        """Drop ``child``'s incarnation, gone without a report (or on a node that is gone).
+
+        Thespian still counts it among our children, and would wait for it for ever when we
+        exit: tell it what its own report would have. Our handler ignores that one (and any
+        late real one): the child's address is cleared first."""
+        gone = child.address
+        child.address, child.moving_since = None, 0.0
+        if gone is not None:
+            self.send(self.myAddress, ChildActorExited(gone))
 
     def _end_orphans(self, child: Child) -> None:
         """A child supervisor is gone; SIGKILL what it left running (it cannot any more)."""
@@ -432,9 +532,22 @@ class Supervisor(RootServices, ReactiveActor):
             self.log.exception("dead_letter_not_recorded")
         child = self._by_address(sender)
         if (child is not None and msg.message_type in ("Init", "Activate")
-                and child.address is not None):
+                and child.address is not None and msg.actor == child.spec.name):
             # It could not start (or take a standby's place): -> ChildActorExited -> restart.
+            # (Its own report: one it forwards about a child of its own is not about it.)
             self.send(child.address, ActorExitRequest())
+
+    def on_PoisonMessage(self, msg: PoisonMessage, sender: Any) -> None:  # noqa: N802
+        """An Init that never reached its child (Thespian could not create it: a node that
+        is going away): the child failed to start, whatever Thespian reports later."""
+        child = self._by_address(sender)
+        if child is not None and isinstance(msg.poisonMessage, Init | Activate):
+            self.log.warning("child_not_created", child=child.spec.name, on_node=child.node,
+                             error=str(msg.details).strip().splitlines()[-1:])
+            self._forget(child)
+            self._gone(child, "could not be created")
+            return
+        super().on_PoisonMessage(msg, sender)
 
     # --- directory (reported up to the root) ----------------------------------------
 
