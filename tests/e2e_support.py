@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -175,3 +176,127 @@ def running_daemon(tmp: Path, sections: dict[str, dict[str, Any]] | None = None,
         ports = (settings.actor_system.admin_port, settings.ingest.port, settings.predict.port)
         busy = [p for p in ports if port_accepts("127.0.0.1", p, 0.2)]
         assert not busy, f"ports still bound after stop: {busy}"
+
+
+# --- several nodes on one machine (``[cluster]``) --------------------------------------------
+
+
+@dataclass
+class Node:
+    """One node of a test cluster: its config, settings, and process group once started."""
+
+    name: str
+    config: Path
+    settings: Settings
+    pgid: int | None = None
+
+    def rml(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "run_system", "--config", str(self.config), *args],
+            capture_output=True, text=True, timeout=timeout_s, env=_env(),
+        )
+
+    def start(self) -> None:
+        started = self.rml("start", timeout_s=180.0)
+        record = self.settings.run_dir / "daemon.json"
+        if record.exists():
+            self.pgid = json.loads(record.read_text())["pgid"]
+        assert started.returncode == 0, f"{self.name}: start failed:\n{started.stdout}\n" \
+                                        f"{started.stderr}"
+
+    def stop(self) -> None:
+        """``rml stop``, then prove this node left no process and no bound port."""
+        self.rml("stop")
+        leftover = group_members(self.pgid) if self.pgid else []
+        if self.pgid and leftover:
+            end_group(self.pgid)
+        assert not leftover, f"{self.name}: processes left after stop: {leftover}"
+        s = self.settings
+        ports = (s.actor_system.admin_port, s.ingest.port, s.predict.port)
+        busy = [p for p in ports if port_accepts("127.0.0.1", p, 0.2)]
+        assert not busy, f"{self.name}: ports still bound after stop: {busy}"
+
+    def kill(self) -> None:
+        """SIGKILL the node's whole process group (its admin, agent and replicas)."""
+        assert self.pgid is not None
+        end_group(self.pgid)
+
+    def status(self) -> dict[str, Any]:
+        done = self.rml("status", "--json")
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    @contextmanager
+    def stores(self) -> Iterator[Stores]:
+        """The cluster's shared stores, read-only, as this node's settings name them."""
+        backend = StoreBackend(self.settings, read_only=True)
+        try:
+            yield backend.stores()
+        finally:
+            backend.close()
+
+
+def cluster_configs(tmp: Path, names: tuple[str, ...],
+                    sections: dict[str, dict[str, Any]] | None = None,
+                    **learning: Any) -> list[Node]:
+    """Configs for a leader (``names[0]``) and members on free ports, one data directory."""
+    leader_admin = None
+    nodes = []
+    for i, name in enumerate(names):
+        folder = tmp / name
+        folder.mkdir()
+        cluster: dict[str, Any] = {"node_name": name}
+        if i:
+            cluster.update(join=f"127.0.0.1:{leader_admin}", roles=["collector", "predictor"])
+        tables = {**(sections or {}), "cluster": cluster}
+        config = write_config(folder, sections=tables, **learning)
+        text = config.read_text().replace(f'data_dir = "{folder / "data"}"',
+                                          f'data_dir = "{tmp / "data"}"')
+        config.write_text(text)
+        settings = load_settings(config, environ={})
+        if not i:
+            leader_admin = settings.actor_system.admin_port
+        nodes.append(Node(name, config, settings))
+    return nodes
+
+
+@contextmanager
+def running_cluster(tmp: Path, names: tuple[str, ...] = ("a", "b"),
+                    sections: dict[str, dict[str, Any]] | None = None,
+                    **learning: Any) -> Iterator[list[Node]]:
+    """A leader and members started with the CLI; each member's replicas running before
+    this yields; on exit every node is stopped and proved to leave nothing."""
+    nodes = cluster_configs(tmp, names, sections, **learning)
+    try:
+        for node in nodes:
+            node.start()
+        for node in nodes[1:]:
+            wait_for(f"{node.name}'s replicas running", functools.partial(
+                _at_home, nodes[0], node), 60.0, 0.2)
+        yield nodes
+    finally:
+        errors = []
+        for node in reversed(nodes):
+            try:
+                node.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        assert not errors, errors
+
+
+def _at_home(leader: Node, member: Node) -> bool:
+    return replicas_on(leader.status(), member.name) == replica_names(member)
+
+
+def replica_names(node: Node) -> set[str]:
+    """The slots a member hosts at home."""
+    s = node.settings
+    return ({f"collector-{i}@{node.name}" for i in range(1, s.ingest.collectors + 1)}
+            | {f"predictor-{i}@{node.name}" for i in range(1, s.predict.replicas + 1)})
+
+
+def replicas_on(status: dict[str, Any], node: str) -> set[str]:
+    """The names of the actors running on ``node`` that are collectors or predictors."""
+    return {a["name"] for a in status["actors"]
+            if a["node"] == node and a["state"] == "running"
+            and a["role"] in ("collector", "predictor")}

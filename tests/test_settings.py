@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
     "storage.couchbase.durability": "majority",
     "storage.couchbase.bootstrap_timeout_s": 10.0,
     "storage.couchbase.kv_timeout_s": 2.5,
+    "cluster.node_name": "",
+    "cluster.roles": ("collector", "predictor", "learning"),
+    "cluster.join": "",
 }
 
 GOOD_TOKEN = "a-long-enough-token"
