@@ -15,7 +15,7 @@ from typing import Any
 
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
-from daemon.process import DaemonError, read_record, start, stop
+from daemon.process import DaemonError, read_record, start, stop, wait_joined
 
 __all__ = ["main"]
 
@@ -25,6 +25,18 @@ def _cmd_start(settings: Settings, args: argparse.Namespace) -> int:
     print(f"started: process group {record.pgid}; ingest on "
           f"http://{settings.ingest.host}:{record.ingest_port}, predictions on "
           f"http://{settings.predict.host}:{record.predict_port}; logs in {settings.log_dir}")
+    if not settings.cluster.leads:
+        try:
+            placed = wait_joined(settings)
+        except DaemonError:
+            stop(settings)  # refused: nothing is left running for it
+            raise
+        if placed is None:
+            print(f"the leader at {settings.cluster.join} does not answer yet: node "
+                  f"{settings.node_name} joins when it does")
+        else:
+            print(f"node {settings.node_name} joined the leader at {settings.cluster.join}: "
+                  f"{placed} replicas running here")
     return 0
 
 

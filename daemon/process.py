@@ -51,6 +51,7 @@ __all__ = [
     "serve",
     "start",
     "stop",
+    "wait_joined",
 ]
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -369,6 +370,36 @@ def _leave(settings: Settings, timeout_s: float = 10.0) -> bool:
     except Exception:  # the leader is away: nothing to hand over to
         return False
     return False
+
+
+def wait_joined(settings: Settings, timeout_s: float = 15.0) -> int | None:
+    """A member just started: wait until the leader lists it up with every replica placed
+    there running; how many run there, or None when the leader does not answer in time.
+    Raises DaemonError with the leader's reason when it refuses the node."""
+    from messages.protocol import StatusReport, StatusRequest
+
+    roles = settings.cluster.roles
+    wanted = (settings.ingest.collectors * ("collector" in roles)
+              + settings.predict.replicas * ("predictor" in roles))
+    deadline = time.monotonic() + timeout_s
+    try:
+        client = RootClient(settings)
+    except DaemonError:
+        return None
+    running: int | None = None
+    while time.monotonic() < deadline:
+        report = client.ask(StatusRequest(uuid.uuid4().hex), 3.0)
+        if isinstance(report, StatusReport):
+            mine = [n for n in report.nodes if n.name == settings.node_name]
+            if mine and all(n.state == "refused" for n in mine):
+                raise DaemonError(f"the leader at {settings.cluster.join} refused node "
+                                  f"{settings.node_name}: {mine[-1].problem}")
+            here = [a for a in report.actors if a.node == settings.node_name]
+            running = sum(a.state == "running" for a in here)
+            if any(n.state == "up" for n in mine) and running >= wanted:
+                return running
+        time.sleep(0.1)
+    return running
 
 
 def _shutdown_system(settings: Settings, timeout_s: float) -> bool:

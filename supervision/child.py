@@ -43,6 +43,7 @@ class Child:
     # A child supervisor's own descendants (name -> pid, from the ChildUp it sends up):
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)
+    below_nodes: dict[str, str] = field(default_factory=dict)  # name -> node, where not ours
 
     def backoff_history(self, reset_s: float) -> list[float]:
         """The restarts that pace its next backoff, cleared first if it was alive ``reset_s``

@@ -487,8 +487,9 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         # Its own children first noted, then everything killed: once it is gone they are
         # reparented and no longer findable as its descendants.
         if child.pid:
-            victims = {child.pid, *descendants(child.pid), *child.below.values()}
+            victims = {child.pid, *descendants(child.pid), *self._local_below(child)}
             kill_ours(victims)
+            self._end_remote_below(child, cause)
         elif child.address is not None:
             self.send(child.address, ActorExitRequest())  # not Ready yet: no pid known
 
@@ -512,12 +513,32 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             self.send(self.myAddress, ChildActorExited(gone))
 
     def _end_orphans(self, child: Child) -> None:
-        """A child supervisor is gone; SIGKILL what it left running (it cannot any more)."""
-        left = {pid for pid in child.below.values() if ours(pid)}
+        """A child supervisor is gone; SIGKILL what it left running (it cannot any more):
+        here by pid, on other nodes through their agents."""
+        left = {pid for pid in self._local_below(child) if ours(pid)}
+        self._end_remote_below(child, f"left by {child.spec.name}, which is gone")
         child.below.clear()
+        child.below_nodes.clear()
         if left:
             self.log.warning("orphans_ended", child=child.spec.name, pids=sorted(left))
             kill_ours(left)
+
+    def _local_below(self, child: Child) -> list[int]:
+        return [pid for name, pid in child.below.items()
+                if child.below_nodes.get(name, self.local_node) == self.local_node]
+
+    def _end_remote_below(self, child: Child, reason: str) -> None:
+        """Ask each other node's agent to end what ``child`` had running there."""
+        by_node: dict[str, list[int]] = {}
+        for name, node in child.below_nodes.items():
+            if node != self.local_node and name in child.below:
+                by_node.setdefault(node, []).append(child.below[name])
+        for node, pids in by_node.items():
+            info = self.nodes.get(node)
+            if info is not None and info.agent is not None:
+                self.log.warning("orphans_ended", child=child.spec.name, on_node=node,
+                                 pids=sorted(pids))
+                self.send(info.agent, EndProcesses(tuple(sorted(pids)), reason))
 
     def on_MessageFailed(self, msg: MessageFailed, sender: Any) -> None:  # noqa: N802
         """Record a poison message in the dead-letter table; a failed Init fails the child."""
@@ -561,6 +582,10 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         child = self._by_address(sender)
         if child is not None and msg.info.pid:
             child.below[msg.info.name] = msg.info.pid
+            if msg.info.node and msg.info.node != self.local_node:
+                child.below_nodes[msg.info.name] = msg.info.node
+            else:
+                child.below_nodes.pop(msg.info.name, None)
         self._report(msg.info)
 
     def on_ActorExitRequest(self, msg: ActorExitRequest, sender: Any) -> None:  # noqa: N802

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from config.settings import load_settings
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import group_members
@@ -31,6 +32,7 @@ from tests.e2e_support import (
     running_cluster,
     storage_section,
     wait_for,
+    write_config,
 )
 
 pytestmark = pytest.mark.e2e
@@ -221,6 +223,47 @@ def test_the_member_started_again_rejoins_and_takes_its_replicas_back(
     assert {n["name"]: n["state"] for n in status["nodes"]} == {"a": "up", "b": "up"}
     # The leader runs its own replicas again, and no more.
     assert all("@b" not in name for name in replicas_on(status, "a"))
+
+
+def test_a_node_on_another_store_is_refused_and_left_not_running(
+        nodes: list[Node], tmp_path: Path) -> None:
+    leader = nodes[0]
+    config = write_config(tmp_path, sections={"cluster": {
+        "node_name": "x", "join": f"127.0.0.1:{leader.settings.actor_system.admin_port}",
+        "roles": ["predictor"]}})  # its data_dir is its own: not the leader's store
+    stranger = Node("x", config, load_settings(config, environ={}))
+    done = stranger.rml("start")
+    assert done.returncode != 0 and "refused node x" in done.stderr, done.stderr
+    assert "store" in done.stderr
+    assert not any(a["node"] == "x" for a in leader.status()["actors"])
+    stranger.stop()  # proves nothing of it is left: no process, no port
+
+
+def test_a_leader_killed_and_started_again_takes_the_member_back(nodes: list[Node]) -> None:
+    leader, member = nodes
+    before = {a["name"]: a["pid"] for a in leader.status()["actors"] if a["node"] == "b"}
+    leader.kill()
+    # The member keeps serving what it has: its replicas outlive the leader.
+    client = _client(member, "predict")
+    try:
+        assert client.post("/model", {"location_id": 1})[0] == 200
+    finally:
+        client.close()
+    leader.start()
+
+    def fresh_replicas() -> bool:
+        now = {a["name"]: a["pid"] for a in leader.status()["actors"]
+               if a["node"] == "b" and a["state"] == "running"}
+        return set(now) == replica_names(member) and not set(now.values()) & set(
+            before.values())
+
+    wait_for("fresh replicas on the member, placed by the new leader", fresh_replicas,
+             60.0, 0.1)
+    assert member.pgid is not None
+    workers = [pid for pid in group_members(member.pgid)
+               if Path(f"/proc/{pid}/comm").read_text().strip() in ("rml:collector",
+                                                                     "rml:predictor")]
+    assert len(workers) == len(replica_names(member))  # the old tree's ones were ended
 
 
 def test_three_nodes_spread_a_lost_members_replicas_over_the_survivors(
