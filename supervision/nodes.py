@@ -168,13 +168,14 @@ class Membership:
         return member
 
     def left(self, admin: Any) -> Member | None:
-        """A member's admin left the convention (a clean stop, or Thespian gave up on it)."""
+        """A member's admin left the convention (a clean stop, or Thespian gave up on it):
+        the member, for the root to take down, or None when it was not one of ours."""
         self.refused.pop(str(admin), None)
         member = self.by_admin(admin)
         if member is None:
             return None
         member.listed = False
-        return member if self.down(member) else None
+        return member
 
     def up(self, member: Member) -> None:
         now_ms = int(time.time() * 1000)

@@ -206,10 +206,9 @@ class RootServices:
 
     def _node_down(self, member: Member, why: str) -> None:
         assert self.membership is not None
-        was_up = member.state == "up"
         agent = member.agent
-        if not self.membership.down(member) and not was_up:
-            return
+        if not self.membership.down(member):
+            return  # down already
         if agent is not None:
             self.send(self.myAddress, ChildActorExited(agent))  # Thespian forgets it
         member.agent_started = time.monotonic()

@@ -15,6 +15,11 @@ warm spares, started with ``Init(standby=True)`` (stores open, model loaded, no
 port). A dead child of that role is replaced by sending a spare ``Activate``
 (milliseconds) instead of starting a new actor (a fork and a cold start); a new
 spare is warmed once the promoted one answers.
+
+Nodes (``supervision.nodes``, ``supervision.placement``): on several hosts, the ingest
+and serving supervisors also place replicas on member nodes (by the ``rml.node``
+capability), re-place the ones of a node that goes down and send them home when it is
+back; a child on another node is never killed by pid here (its node's agent does it).
 """
 
 from __future__ import annotations
@@ -433,7 +438,10 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
                 self._kill_unresponsive(child, now - child.started_at, "never became ready")
                 continue
             if child.moving_since and now - child.moving_since > 2 * self._timeout(child):
+                # Asked to stop so it could go home, it did not: end it, start it at home.
                 self.log.warning("child_move_forced", child=child.spec.name, on_node=child.node)
+                if local and child.pid:
+                    kill_ours({child.pid})
                 self._forget(child)
                 self._start(child)
                 continue

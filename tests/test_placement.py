@@ -92,7 +92,8 @@ def test_membership_accepts_a_member_on_the_same_store_and_refuses_the_rest(
     # A plain Thespian system (no rml.node) is not ours to place on.
     assert table.joined("admin-e", {"Admin Port": 1}) is None
     # Leaving: down, and a refused admin that leaves is forgotten.
-    assert table.left("admin-b") is joined and joined.state == "down"
+    assert table.left("admin-b") is joined and not joined.listed
+    assert table.down(joined) and joined.state == "down" and not table.down(joined)
     assert table.left("admin-c") is None
     assert ("c", "refused") not in {(n.name, n.state) for n in table.snapshot().nodes}
 
