@@ -9,7 +9,9 @@ the membership, ``supervision.nodes``) and reconciles its children with it:
   killed) and started again where ``choose_node`` says: a surviving node of its role;
 - a child away from its home node goes home once that node is up again: it is asked to
   stop, and started there when its exit is reported;
-- a slot that no node can host waits, ``unplaced``, for one.
+- a slot that no node can host waits, ``unplaced``, for one;
+- a member keeps its own warm standbys (``predictor-standby-1@b``), which replace its
+  own replicas only, and wait (``unplaced``) while it is down.
 
 Moving is not a failure: it counts towards no restart intensity.
 """
@@ -23,10 +25,11 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest
 
+from config.settings import Settings
 from messages.protocol import Nodes
 from supervision.child import Child
 from supervision.nodes import NODE_ROLE, node_slot_names, replica_count
-from supervision.spec import SupervisorSpec
+from supervision.spec import ChildSpec, SupervisorSpec
 
 __all__ = ["NodePlacement"]
 
@@ -40,6 +43,7 @@ class NodePlacement:
     log: Any
     send: Callable[[Any, Any], None]
     children: list[Child]
+    standbys: list[Child]
     nodes: Nodes
     local_node: str
     stopping: bool
@@ -78,6 +82,28 @@ class NodePlacement:
                     if name not in have:
                         self._insert(Child(spec=replace(template, name=name, home=node.name),
                                            state="unplaced"))
+                if template.role == self.spec.standby_role:
+                    self._member_standbys(node.name, node.settings, template, hosts)
+
+    def _member_standbys(self, node: str, settings: Settings, template: ChildSpec,
+                         hosts: bool) -> None:
+        """A member keeps the warm spares its own ``[supervision.<us>] standby`` asks for, on
+        itself: a dead replica there is replaced by promoting one (no fork, no cold start)."""
+        count = settings.supervision.policy(self.name).standby if hosts else 0
+        wanted = [f"{template.role}-standby-{i}@{node}" for i in range(1, count + 1)]
+        for slot in [s for s in self.standbys
+                     if s.spec.home == node and s.spec.name not in wanted]:
+            self.standbys.remove(slot)
+            if slot.address is not None:
+                self.send(slot.address, ActorExitRequest())
+            slot.state = "stopped"
+            self._report(slot.info(self.name))
+        have = {s.spec.name for s in self.standbys}
+        for name in wanted:
+            if name not in have:
+                slot = Child(spec=replace(template, name=name, home=node), state="unplaced")
+                self.standbys.append(slot)
+                self._report(slot.info(self.name))
 
     def _insert(self, child: Child) -> None:
         """Add a slot after the last one of its role (``rest_for_one`` keeps its order)."""
@@ -96,7 +122,17 @@ class NodePlacement:
         self.log.info("slot_retired", child=child.spec.name)
 
     def _reconcile(self) -> None:
-        """Re-place the children on nodes that went, go home, place the unplaced."""
+        """Re-place the children on nodes that went, go home, place the unplaced; a
+        standby waits on its own node only (dropped while it is down)."""
+        for slot in self.standbys:
+            node = self.nodes.get(slot.node) if slot.node else None
+            if (slot.node not in ("", self.local_node) and (node is None or node.state != "up")
+                    and (slot.address is not None or slot.state not in ("unplaced", "stopped"))):
+                self._forget(slot)
+                slot.state, slot.pid = "unplaced", 0
+                self._report(slot.info(self.name))
+            elif slot.state == "unplaced":
+                self._start(slot)
         for child in list(self.children):
             node = self.nodes.get(child.node) if child.node else None
             remote = child.node not in ("", self.local_node)

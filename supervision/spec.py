@@ -70,6 +70,8 @@ def _supervisor(settings: Settings, name: str, children: tuple[ChildSpec, ...],
     roles = [c.role for c in children if c.role in STANDBY_ROLES]
     if not roles:  # this node hosts none of the role: no standbys of it either
         policy = replace(policy, standby=0)
+    # Members keep standbys of the replicated role even where this node hosts none of it.
+    roles += [t.role for t in templates if t.role in STANDBY_ROLES]
     return SupervisorSpec(
         name=name, children=children,
         policy=policy,  # standby is 0 but for ingest and serving (config.supervision)

@@ -88,7 +88,9 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         # Warm spares of the spec's standby role, in slots named ``<role>-standby-<n>``.
         self.standbys: list[Child] = []
         # Restart intensity is the supervisor's, as in OTP: all its children's restarts count.
-        self.restart_times: list[float] = []
+        # ... counted per node a child belongs to: a member's replicas crash-looping escalate
+        # as its own supervisor would, and N nodes do not make N times the restarts count.
+        self.restart_times: dict[str, list[float]] = {}
         self.is_root = False
         self.announced = False
         self.stopping = False
@@ -166,7 +168,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         child.init_id = uuid.uuid4().hex
         child.started_at = time.monotonic()
         child.moving_since = 0.0
-        target = self.local_node if child in self.standbys else self._target(child)
+        target = self._standby_target(child) if child in self.standbys else self._target(child)
         if target is None:
             # No node hosts its role now: it waits for one to join (``_reconcile``).
             child.state, child.node, child.address, child.pid = "unplaced", "", None, 0
@@ -174,11 +176,11 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             self.log.warning("child_unplaced", child=child.spec.name, role=child.spec.role)
             return
         child.node = target
-        if target != self.local_node:
-            self._start_remote(child, target)
-            return
         standby = self._ready_standby(child)
         child.via_standby = standby is not None
+        if standby is None and target != self.local_node:
+            self._start_remote(child, target)
+            return
         if standby is not None:
             # Promotion: one message to a process that is already up and loaded.
             child.address, child.pid, child.last_seen = (standby.address, standby.pid,
@@ -200,11 +202,11 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         capability) and send it that node's own settings."""
         info = self.nodes.get(node)
         assert info is not None and info.settings is not None
-        child.via_standby = False
         child.address = self.createActor(child.spec.actor_class,
                                          targetActorRequirements={NODE_CAPABILITY: node})
         self.send(child.address, Init(child.spec.name, child.spec.role, info.settings,
-                                      child.init_id, spec=child.spec.spec))
+                                      child.init_id, spec=child.spec.spec,
+                                      standby=child in self.standbys))
         self.log.info("child_placed", child=child.spec.name, on_node=node, home=child.spec.home)
 
     def _target(self, child: Child) -> str | None:
@@ -214,6 +216,13 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
                            and c.state not in ("unplaced", "stopped", "failed"))
         return choose_node(child.spec.role, child.spec.home or self.local_node,
                            {n.name: n for n in self.nodes.nodes}, load)
+
+    def _standby_target(self, slot: Child) -> str | None:
+        """A standby waits on its own node, and only while that node is up."""
+        home = slot.spec.home or self.local_node
+        node = self.nodes.get(home)
+        return home if home == self.local_node or (node is not None and node.state == "up") \
+            else None
 
     def _is_local(self, child: Child) -> bool:
         return child.node in ("", self.local_node)
@@ -225,7 +234,8 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             return None
         return next((s for s in self.standbys
                      if s.state == "standby" and s.address is not None and not s.gone_since
-                     and process_alive(s.pid)), None)
+                     and s.node == child.node
+                     and (not self._is_local(s) or process_alive(s.pid))), None)
 
     def _refill_standbys(self, states: tuple[str, ...] = ("refilling",)) -> None:
         """Start a new standby in each empty slot: ``refilling`` after a promotion,
@@ -327,7 +337,8 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             return
         now = time.monotonic()
         # Intensity is the supervisor's (OTP): every child's restarts count against it.
-        decision = decide_restart(self.restart_times, now, max_restarts=policy.max_restarts,
+        history = self.restart_times.setdefault(spec.home or self.local_node, [])
+        decision = decide_restart(history, now, max_restarts=policy.max_restarts,
                                   period_s=policy.period_s, backoff_min_s=policy.backoff_min_s,
                                   backoff_max_s=policy.backoff_max_s)
         if not decision.restart:
@@ -343,8 +354,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             # A member that stops cleanly ends its replicas a moment before Thespian says it
             # left: wait for that word, so the restart goes to a node that is still there.
             delay_s = max(delay_s, _REMOTE_RESTART_DELAY_S)
-        self.restart_times = [t for t in self.restart_times if now - t <= policy.period_s]
-        self.restart_times.append(now)
+        history[:] = [*(t for t in history if now - t <= policy.period_s), now]
         group = self._restart_group(child)
         for member in group:
             member.restarts += member is child

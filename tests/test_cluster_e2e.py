@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -123,6 +125,29 @@ def test_the_members_predictors_serve_the_model_trained_on_the_leader(
             client.close()
     assert answers["b"]["model_version"] == answers["a"]["model_version"] == champion.version
     assert answers["b"]["probability"] == pytest.approx(answers["a"]["probability"])
+
+
+def test_a_killed_member_predictor_is_replaced_by_the_members_own_standby(
+        nodes: list[Node]) -> None:
+    leader, member = nodes
+    before = {a["name"]: a for a in leader.status()["actors"]}
+    victim, spare = before["predictor-1@b"], before["predictor-standby-1@b"]
+    assert spare["node"] == "b" and spare["state"] == "standby"
+    os.kill(victim["pid"], signal.SIGKILL)
+
+    def replaced() -> dict[str, Any] | None:
+        now = {a["name"]: a for a in leader.status()["actors"]}
+        after = now["predictor-1@b"]
+        return now if after["state"] == "running" and after["pid"] != victim["pid"] else None
+
+    now = wait_for("predictor-1@b replaced", replaced, 30.0, 0.05)
+    assert now["predictor-1@b"]["pid"] == spare["pid"] and now["predictor-1@b"]["node"] == "b"
+    log = (leader.settings.log_dir / "rml.log").read_text().splitlines()
+    assert any('"child_replaced"' in line and '"predictor-1@b"' in line and '"standby"' in line
+               for line in log)
+    wait_for("a new standby on b", lambda: any(
+        a["name"] == "predictor-standby-1@b" and a["state"] == "standby" and a["node"] == "b"
+        for a in leader.status()["actors"]), 30.0, 0.1)
 
 
 def test_a_member_killed_mid_ingest_loses_nothing_and_its_replicas_run_on_the_leader(
@@ -263,7 +288,8 @@ def test_a_leader_killed_and_started_again_takes_the_member_back(nodes: list[Nod
     workers = [pid for pid in group_members(member.pgid)
                if Path(f"/proc/{pid}/comm").read_text().strip() in ("rml:collector",
                                                                      "rml:predictor")]
-    assert len(workers) == len(replica_names(member))  # the old tree's ones were ended
+    spares = member.settings.supervision.policy("serving").standby  # its warm standbys
+    assert len(workers) == len(replica_names(member)) + spares  # the old tree's were ended
 
 
 def test_three_nodes_spread_a_lost_members_replicas_over_the_survivors(
