@@ -7,6 +7,13 @@ predictor and a collector are SIGSTOPped and left stopped (liveness must
 replace them); once the whole daemon is SIGKILLed mid-ingest and started
 again with ``rml start``. Afterwards every acknowledged reading is sent again
 and must come back as a duplicate: proof that each was stored, exactly once.
+
+With ``members`` (the configs of nodes that join the leader, ``[cluster]``) the run
+spans several nodes: the load is spread over the nodes' ports (each client fails over
+to the next node's port when its own refuses), the killer picks its victims among the
+workers of every node, and instead of the whole leader, one member's whole process group
+is SIGKILLed mid-ingest; its replicas must be re-placed on the other nodes, and once the
+member is started again, come home.
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +41,7 @@ from daemon.process import RootClient, read_record, start, stop
 from learning.simulator import Savanna
 from messages.protocol import ActorInfo, StatusReport, StatusRequest
 
-__all__ = ["ChaosReport", "answered_by", "replacements", "run_chaos"]
+__all__ = ["ChaosReport", "answered_by", "home_replicas", "replacements", "run_chaos"]
 
 
 @dataclass
@@ -51,6 +59,13 @@ class ChaosReport:
     kills: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)
     daemon_kills: int = 0
+    nodes: int = 1
+    # A member's whole process group SIGKILLed (several nodes only).
+    node_kills: int = 0
+    # From that kill until each of the member's replicas runs on another node (leader's
+    # status); from the member started again until they all run on it again.
+    node_kill_to_replaced_s: list[float] = field(default_factory=list)
+    rejoin_to_home_s: list[float] = field(default_factory=list)
     restarts: int = 0
     kill_to_answer_s: dict[str, list[float]] = field(default_factory=dict)
     # A SIGKILLed predictor: until its replacement answers GET /health on the predict port.
@@ -71,7 +86,8 @@ class ChaosReport:
             return (f"median {statistics.median(values) * 1000:.0f} ms, "
                     f"max {max(values) * 1000:.0f} ms over {len(values)}")
 
-        out = [
+        out = [f"nodes:                   {self.nodes}"] if self.nodes > 1 else []
+        out += [
             f"duration:                {self.duration_s:.0f} s",
             f"readings acknowledged:   {self.readings_acknowledged} "
             f"({self.batches_acknowledged} batches)",
@@ -80,7 +96,8 @@ class ChaosReport:
             f"predictions answered:    {self.predictions_answered}/{self.predictions_sent} "
             f"({self.answered_share:.4%}); by a fallback: {self.fallback_answers}",
             f"kills:                   {len(self.kills)} SIGKILL, {len(self.stopped)} SIGSTOP, "
-            f"{self.daemon_kills} whole daemon",
+            f"{self.daemon_kills} whole daemon"
+            + (f", {self.node_kills} whole node" if self.nodes > 1 else ""),
             f"restarts (status):       {self.restarts}",
         ]
         for role, values in sorted(self.kill_to_answer_s.items()):
@@ -89,6 +106,11 @@ class ChaosReport:
                    "(its replacement answers HTTP)")
         for what, values in sorted(self.replaced_s.items()):
             out.append(f"exit-to-running {what + ':':<28} {stats(values)} (supervisors' log)")
+        if self.nodes > 1:
+            out.append(f"node kill to replicas re-placed: {stats(self.node_kill_to_replaced_s)} "
+                       "(each running on another node, leader's status)")
+            out.append(f"rejoin to replicas home:         {stats(self.rejoin_to_home_s)} "
+                       "(from the member started again)")
         return out
 
 
@@ -140,6 +162,41 @@ def _reading(gateway: int, n: int, location: int, now_ms: int) -> dict[str, Any]
 _FORK = multiprocessing.get_context("fork")
 
 
+@dataclass(frozen=True)
+class _Node:
+    """One node of the run: the leader first, then the members."""
+
+    name: str
+    settings: Settings
+    config_path: str | None
+
+
+def home_replicas(settings: Settings) -> set[str]:
+    """The replica names a member hosts at home (``collector-1@b``, ``predictor-1@b``, ...)."""
+    node = settings.node_name
+    return ({f"collector-{i}@{node}" for i in range(1, settings.ingest.collectors + 1)}
+            | {f"predictor-{i}@{node}" for i in range(1, settings.predict.replicas + 1)})
+
+
+def _running_nodes(report: StatusReport, names: set[str]) -> dict[str, str]:
+    """Of ``names``, those running per ``report``, each with the node it runs on."""
+    return {a.name: a.node for a in report.actors if a.name in names and a.state == "running"}
+
+
+def _wait_placed(leader: Settings, names: set[str], where: Callable[[str], bool],
+                 timeout_s: float, give_up: Callable[[], bool] = lambda: False) -> bool:
+    """Until every one of ``names`` runs on a node ``where`` accepts (leader's status)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not give_up():
+        report = _status(leader)
+        if report is not None:
+            running = _running_nodes(report, names)
+            if len(running) == len(names) and all(where(n) for n in running.values()):
+                return True
+        time.sleep(0.01)
+    return False
+
+
 def answered_by(settings: Settings, name: str, give_up: Callable[[], bool] = lambda: False,
                 timeout_s: float = 30.0) -> float | None:
     """When (``time.monotonic()``) a new connection to the predict port is first answered
@@ -164,10 +221,17 @@ def answered_by(settings: Settings, name: str, give_up: Callable[[], bool] = lam
 
 
 class _Chaos:
-    def __init__(self, settings: Settings, config_path: str | None, report: ChaosReport,
+    def __init__(self, nodes: Sequence[_Node], report: ChaosReport,
                  say: Callable[[str], None], seed: int) -> None:
-        self.settings, self.config_path, self.report, self.say = settings, config_path, report, say
+        self.nodes = list(nodes)  # the leader first
+        self.settings, self.config_path = nodes[0].settings, nodes[0].config_path
+        self.by_name = {node.name: node for node in self.nodes}
+        self.report, self.say = report, say
         self.rng = random.Random(seed)
+        # Predictions no node answered, by the last status (0: no connection), and when
+        # each was sent (wall clock, to compare with the logs).
+        self.unanswered: Counter[int] = Counter()
+        self.unanswered_at: list[float] = []
         # Shared with the killer's own process (see run_chaos).
         self.stop_flag = _FORK.Event()
         self.lock = threading.Lock()
@@ -176,56 +240,79 @@ class _Chaos:
 
     # --- load ------------------------------------------------------------------------
 
+    def _clients(self, kind: str, home: int, timeout_s: float) -> list[HttpClient]:
+        """A client of each node's ``kind`` ("ingest" or "predict") port: node ``home % N``
+        first, then the next ones (where it fails over to)."""
+        order = self.nodes[home % len(self.nodes):] + self.nodes[:home % len(self.nodes)]
+        out = []
+        for node in order:
+            edge = node.settings.ingest if kind == "ingest" else node.settings.predict
+            out.append(HttpClient(edge.host, edge.port, edge.tokens[0], timeout_s=timeout_s))
+        return out
+
     def gateway(self, index: int, batch_size: int, pause_s: float) -> None:
-        ingest = self.settings.ingest
-        client = HttpClient(ingest.host, ingest.port, ingest.tokens[0], timeout_s=10.0)
+        clients = self._clients("ingest", index, 10.0)
         n = 0
         while not self.stop_flag.is_set():
             now_ms = int(time.time() * 1000)
             batch = [_reading(index, n + i, 1 + (n + i) % 10, now_ms) for i in range(batch_size)]
             n += batch_size
-            answer = self._send_until_answered(client, batch)
+            answer = self._send_until_answered(clients, batch)
             if answer is not None:
                 with self.lock:
                     self.acknowledged.extend(batch)
                     self.report.batches_acknowledged += 1
             time.sleep(pause_s)
-        client.close()
+        for client in clients:
+            client.close()
 
-    def _send_until_answered(self, client: HttpClient, batch: list[dict[str, Any]]) -> Any:
-        """A gateway keeps a batch until it is acknowledged (or the run ends long after)."""
+    def _send_until_answered(self, clients: list[HttpClient], batch: list[dict[str, Any]]) -> Any:
+        """A gateway keeps a batch until it is acknowledged (or the run ends long after); a
+        node that cannot be reached passes it to the next one (``clients``' order)."""
         deadline = time.monotonic() + 90.0
+        at = 0
         while time.monotonic() < deadline:
             try:
-                status, answer = client.post("/readings", {"readings": batch}, retries=3)
+                status, answer = clients[at].post("/readings", {"readings": batch}, retries=3)
             except ConnectionError:
-                time.sleep(0.1)
+                at = (at + 1) % len(clients)
+                if at == 0:  # no node could be reached: wait before the round again
+                    time.sleep(0.1)
                 continue
             if status == 200:
                 return answer
             time.sleep(0.1)
         return None
 
-    def predictor_client(self) -> None:
-        predict = self.settings.predict
-        client = HttpClient(predict.host, predict.port, predict.tokens[0], timeout_s=2.0)
+    def predictor_client(self, index: int = 0) -> None:
+        clients = self._clients("predict", index, 2.0)
         while not self.stop_flag.is_set():
             if self.daemon_down.is_set():
                 time.sleep(0.05)  # the whole daemon is down on purpose: not a serving fault
                 continue
             location = self.rng.randint(1, 10)
+            sent_at = time.time()
             with self.lock:
                 self.report.predictions_sent += 1
-            try:
-                status, answer = client.post("/model", {"location_id": location}, retries=3)
-            except ConnectionError:
-                status, answer = 0, None
-            if status == 200:
-                with self.lock:
+            status: int = 0
+            answer: Any = None
+            for client in clients:  # the next node only when this one cannot be reached
+                try:
+                    status, answer = client.post("/model", {"location_id": location},
+                                                 retries=3)
+                    break
+                except ConnectionError:
+                    status, answer = 0, None
+            with self.lock:
+                if status == 200:
                     self.report.predictions_answered += 1
                     self.report.fallback_answers += bool(answer.get("fallback"))
+                else:
+                    self.unanswered[status] += 1
+                    self.unanswered_at.append(sent_at)
             time.sleep(0.01)
-        client.close()
+        for client in clients:
+            client.close()
 
     # --- faults ----------------------------------------------------------------------
 
@@ -236,14 +323,18 @@ class _Chaos:
             if report is not None:
                 for actor in report.actors:
                     if actor.name == name and actor.state == "running" and actor.pid != old_pid:
-                        role = name.rsplit("-", 1)[0] if name[-1].isdigit() else name
+                        slot = name.split("@", 1)[0]  # "predictor-1@b": a predictor too
+                        role = slot.rsplit("-", 1)[0] if slot[-1].isdigit() else slot
                         self.report.kill_to_answer_s.setdefault(role, []).append(
                             time.monotonic() - since)
                         return
             time.sleep(0.002)
 
-    def _wait_answering(self, name: str, since: float) -> None:
-        answered = answered_by(self.settings, name, self.stop_flag.is_set)
+    def _wait_answering(self, name: str, node: str, since: float) -> None:
+        """Probed on the port of the node the victim ran on (its replacement's, unless that
+        node is lost meanwhile)."""
+        settings = self.by_name[node].settings if node in self.by_name else self.settings
+        answered = answered_by(settings, name, self.stop_flag.is_set)
         if answered is not None:
             self.report.kill_to_http_s.append(answered - since)
 
@@ -251,7 +342,7 @@ class _Chaos:
         """A predictor's HTTP answer first, then its status: polled at once, the status
         asks (every 2 ms) held this process's GIL while the HTTP probe waited for it."""
         if victim.role == "predictor":
-            self._wait_answering(victim.name, killed_at)
+            self._wait_answering(victim.name, victim.node, killed_at)
         self._wait_replaced(victim.name, victim.pid, killed_at)
 
     def killer(self, kill_every_s: float, duration_s: float, sigstop: bool,
@@ -265,7 +356,10 @@ class _Chaos:
                 return
             if not daemon_killed and elapsed > duration_s / 2:
                 daemon_killed = True
-                self._kill_daemon()
+                if len(self.nodes) > 1:
+                    self._kill_node()
+                else:
+                    self._kill_daemon()
                 continue
             report = _status(self.settings)
             if report is None:
@@ -273,7 +367,7 @@ class _Chaos:
             workers = [a for a in report.actors if a.role != "supervisor" and a.state == "running"]
             if not stopped_once and elapsed > duration_s / 4:
                 stopped_once = True
-                for name in ("predictor-1", "collector-1"):
+                for name in ("predictor-1", "collector-1"):  # the leader's own
                     target = next((a for a in workers if a.name == name), None)
                     if target is not None:
                         os.kill(target.pid, signal.SIGSTOP)  # left stopped: liveness must act
@@ -308,7 +402,8 @@ class _Chaos:
         finally:
             r = self.report
             results.put((r.kills, r.stopped, r.kill_to_answer_s, r.kill_to_http_s,
-                         r.daemon_kills, r.restarts))
+                         r.daemon_kills, r.restarts, r.node_kills, r.node_kill_to_replaced_s,
+                         r.rejoin_to_home_s))
 
     def _kill_daemon(self) -> None:
         record = read_record(self.settings)
@@ -327,6 +422,45 @@ class _Chaos:
         self.daemon_down.clear()
         self.say(f"  started again in {time.monotonic() - began:.1f} s")
 
+    def _kill_node(self) -> None:
+        """SIGKILL one member's whole process group mid-ingest (the load keeps going, failing
+        over to the other nodes); time until its replicas run elsewhere, start it again, time
+        until they run on it again."""
+        member = self.rng.choice(self.nodes[1:])
+        record = read_record(member.settings)
+        if record is None:
+            self.say(f"  node {member.name} has no run record: no node kill")
+            return
+        names = home_replicas(member.settings)
+        self.say(f"  SIGKILL of node {member.name}'s whole process group mid-ingest ...")
+        os.killpg(record.pgid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        end_group(record.pgid)
+        if _wait_placed(self.settings, names, lambda node: node != member.name, 60.0,
+                        self.stop_flag.is_set):
+            replaced = time.monotonic() - killed_at
+            self.report.node_kill_to_replaced_s.append(replaced)
+            self.say(f"  its replicas run on other nodes {replaced:.1f} s after the kill")
+        else:
+            self.say(f"  node {member.name}'s replicas were not re-placed within 60 s")
+        began = time.monotonic()
+        self.report.node_kills += 1
+        try:
+            start(member.settings, member.config_path)
+        except Exception as exc:  # reported; the run goes on without it (stopped at the end)
+            self.say(f"  node {member.name} could not be started again: {exc}")
+            return
+        started = time.monotonic()
+        if _wait_placed(self.settings, names, lambda node: node == member.name, 60.0,
+                        self.stop_flag.is_set):
+            home = time.monotonic() - started
+            self.report.rejoin_to_home_s.append(home)
+            self.say(f"  node {member.name} started again in {started - began:.1f} s; its "
+                     f"replicas home {home:.1f} s later")
+        else:
+            self.say(f"  node {member.name} started again in {started - began:.1f} s; its "
+                     "replicas not home within 60 s")
+
     # --- the end ---------------------------------------------------------------------
 
     def verify(self) -> None:
@@ -336,7 +470,7 @@ class _Chaos:
         accepted_again = 0
         for i in range(0, len(self.acknowledged), 1000):
             batch = self.acknowledged[i:i + 1000]
-            answer = self._send_until_answered(client, batch)
+            answer = self._send_until_answered([client], batch)
             if answer is None:
                 raise RuntimeError("the daemon stopped answering during verification")
             accepted_again += int(answer["accepted"])
@@ -377,47 +511,112 @@ def _seed_model(settings: Settings, say: Callable[[str], None]) -> None:
     raise RuntimeError("no model was published within 90 s")
 
 
+def _utc(seconds: float) -> str:
+    """A wall-clock time as the daemon's log spells it (UTC), to the millisecond."""
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+
+
+def _at_home_within(leader: Settings, member: _Node, timeout_s: float) -> bool:
+    """Whether ``member``'s replicas all run on it within ``timeout_s``: asked from a process
+    of its own, so that this one holds no Thespian client when the killer forks from it."""
+    def wait() -> None:
+        os._exit(0 if _wait_placed(leader, home_replicas(member.settings),
+                                   lambda node: node == member.name, timeout_s) else 1)
+
+    helper = _FORK.Process(target=wait, daemon=True)
+    helper.start()
+    helper.join(timeout_s + 30.0)
+    if helper.is_alive():
+        helper.kill()
+        helper.join()
+    return helper.exitcode == 0
+
+
 def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float = 60.0,
               kill_every_s: float = 1.0, gateways: int = 4, predict_clients: int = 2,
               sigstop: bool = True, kill_daemon: bool = True, seed: int = 1,
+              members: Sequence[tuple[Settings, str | None]] = (),
               say: Callable[[str], None] = print) -> ChaosReport:
-    """Start a daemon, run the chaos for ``duration_s``, verify, stop; return the figures."""
-    report = ChaosReport()
-    start(settings, config_path)
+    """Start a daemon, run the chaos for ``duration_s``, verify, stop; return the figures.
+
+    ``members``: ``(settings, config path)`` of nodes that join this one (their ``[cluster]
+    join`` names its admin port). They are started after it, in order, and the run waits
+    until each one's replicas run on it; gateway ``i`` sends to node ``i % N``'s ingest port
+    and prediction client ``j`` to node ``j % N``'s predict port (the leader is node 0),
+    each failing over to the next node's port when its own cannot be reached; with
+    ``kill_daemon``, a member's whole process group is SIGKILLed instead of the leader's
+    and started again. All of them are stopped at the end, members first.
+    """
+    nodes = [_Node(settings.node_name, settings, config_path)]
+    nodes += [_Node(s.node_name, s, path) for s, path in members]
+    report = ChaosReport(nodes=len(nodes))
+    started: list[_Node] = []
+    killer: Any = None
     try:
+        started_at: dict[str, float] = {}
+        for node in nodes:
+            started.append(node)
+            start(node.settings, node.config_path)
+            started_at[node.name] = time.monotonic()
+        for node in nodes[1:]:
+            if not _at_home_within(settings, node, 90.0):
+                raise RuntimeError(f"node {node.name}'s replicas did not run on it within 90 s")
+            say(f"  node {node.name} joined: its replicas run on it "
+                f"({time.monotonic() - started_at[node.name]:.1f} s after its start)")
         _seed_model(settings, say)
         _clients.root = None  # the killer's process must not share this thread's client
-        chaos = _Chaos(settings, config_path, report, say, seed)
+        chaos = _Chaos(nodes, report, say, seed)
         results = _FORK.Queue()
         killer = _FORK.Process(target=chaos.killer_process, daemon=True, args=(
             results, kill_every_s, duration_s, sigstop, kill_daemon))
         killer.start()  # forked before any load thread runs (their locks would be copied)
         threads = [threading.Thread(target=chaos.gateway, args=(g, 200, 0.05), daemon=True)
                    for g in range(gateways)]
-        threads += [threading.Thread(target=chaos.predictor_client, daemon=True)
-                    for _ in range(predict_clients)]
+        threads += [threading.Thread(target=chaos.predictor_client, args=(j,), daemon=True)
+                    for j in range(predict_clients)]
         for thread in threads:
             thread.start()
         began = time.monotonic()
+        spread = f" over {len(nodes)} nodes" if len(nodes) > 1 else ""
         say(f"  chaos for {duration_s:.0f} s: {gateways} gateways, {predict_clients} "
-            f"prediction clients, a SIGKILL every {kill_every_s} s")
+            f"prediction clients{spread}, a SIGKILL every {kill_every_s} s")
         try:
-            kills, stopped, timings, http_timings, daemon_kills, restarts = results.get(
-                timeout=duration_s + 300.0)
+            (kills, stopped, timings, http_timings, daemon_kills, restarts, node_kills,
+             node_replaced, node_home) = results.get(timeout=duration_s + 300.0)
         finally:
             chaos.stop_flag.set()
             killer.join(30.0)
         report.kills, report.stopped, report.kill_to_answer_s = kills, stopped, timings
         report.kill_to_http_s = http_timings
         report.daemon_kills, report.restarts = daemon_kills, report.restarts + restarts
+        report.node_kills, report.node_kill_to_replaced_s = node_kills, node_replaced
+        report.rejoin_to_home_s = node_home
         for thread in threads:
             thread.join(120.0)
         report.duration_s = time.monotonic() - began
+        if chaos.unanswered:
+            when = sorted(chaos.unanswered_at)
+            say("  predictions no node answered, by status (0: no connection): "
+                + ", ".join(f"{s}: {n}" for s, n in sorted(chaos.unanswered.items()))
+                + "; the first sent at " + _utc(when[0]) + ", the last at " + _utc(when[-1]))
         say("  verifying: every acknowledged reading sent again ...")
         chaos.verify()
         final = _status(settings)
         report.restarts += sum(a.restarts for a in final.actors) if final else 0
     finally:
-        stop(settings)
-        report.replaced_s = replacements(settings.log_dir / "rml.log")
+        if killer is not None and killer.is_alive():
+            killer.terminate()  # e.g. still starting a member again: it must not outlive us
+            killer.join(10.0)
+        for node in reversed(started):  # members first (each hands its replicas over)
+            try:
+                ended = stop(node.settings)
+                if ended.leftover_pids or ended.busy_ports:
+                    say(f"  node {node.name} left behind: processes {ended.leftover_pids}, "
+                        f"ports {ended.busy_ports}")
+            except Exception as exc:  # stop the others all the same
+                say(f"  stopping node {node.name} failed: {exc!r}")
+        report.replaced_s = {}
+        for node in nodes:
+            for what, values in replacements(node.settings.log_dir / "rml.log").items():
+                report.replaced_s.setdefault(what, []).extend(values)
     return report

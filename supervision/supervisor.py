@@ -350,9 +350,11 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
                                      reset_s=policy.backoff_reset_s,
                                      backoff_min_s=policy.backoff_min_s,
                                      backoff_max_s=policy.backoff_max_s)
-        if not self._is_local(child):
-            # A member that stops cleanly ends its replicas a moment before Thespian says it
-            # left: wait for that word, so the restart goes to a node that is still there.
+        if not self._is_local(child) and self._ready_standby(child) is None:
+            # A member whose admin stops without `rml stop` (which hands its replicas over
+            # first) ends them a moment before Thespian says it left: wait for that word, so
+            # that a new actor is not created on a node that is going. (A standby of its own
+            # node is promoted at once: if the node is going, that fails fast too.)
             delay_s = max(delay_s, _REMOTE_RESTART_DELAY_S)
         history[:] = [*(t for t in history if now - t <= policy.period_s), now]
         group = self._restart_group(child)
