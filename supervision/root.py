@@ -72,8 +72,6 @@ class RootServices:
     createActor: Callable[..., Any]
     notifyOnSystemRegistrationChanges: Callable[[bool], None]
     myAddress: Any
-    _add_member_slots: Callable[[], None]
-    _reconcile: Callable[[], None]
 
     def _dead_letter_store(self) -> Any:
         if self._dead_letters is None:
@@ -214,6 +212,15 @@ class RootServices:
         member.agent_started = time.monotonic()
         self.log.warning("node_down", member=member.name, reason=why)
         self._broadcast_nodes()
+        # A node refused because this one held its name (it restarted on another address
+        # before this one was found dead) is admitted now.
+        for waiting in [r for r in self.membership.refused.values() if r.name == member.name]:
+            again = self.membership.joined(waiting.admin, {
+                "rml.node": waiting.name, "rml.roles": waiting.roles,
+                "rml.settings": waiting.settings})
+            if again is not None:
+                self.log.info("node_joining", member=again.name, address=str(again.admin))
+                self._start_agent(again)
 
     def _broadcast_nodes(self) -> None:
         """The nodes changed: every supervisor reconciles its children with them."""

@@ -89,11 +89,18 @@ def test_membership_accepts_a_member_on_the_same_store_and_refuses_the_rest(
     assert "taken" in states[("b", "refused")]
     assert "store" in states[("c", "refused")]
     assert "leader" in states[("a", "refused")]
+    # Once b is down, the admin refused for its name is admitted on asking again.
+    table.down(joined)
+    assert table.joined("admin-x", {"rml.node": "b", "rml.roles": ("collector",),
+                                    "rml.settings": member}) is not None
+    assert "admin-x" not in table.refused
     # A plain Thespian system (no rml.node) is not ours to place on.
     assert table.joined("admin-e", {"Admin Port": 1}) is None
     # Leaving: down, and a refused admin that leaves is forgotten.
-    assert table.left("admin-b") is joined and not joined.listed
-    assert table.down(joined) and joined.state == "down" and not table.down(joined)
+    assert table.left("admin-b") is None  # admin-x holds the name b now
+    rejoined = table.members["b"]
+    assert table.left("admin-x") is rejoined and not rejoined.listed
+    assert table.down(rejoined) and rejoined.state == "down" and not table.down(rejoined)
     assert table.left("admin-c") is None
     assert ("c", "refused") not in {(n.name, n.state) for n in table.snapshot().nodes}
 
