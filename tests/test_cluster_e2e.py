@@ -292,9 +292,10 @@ def test_a_leader_killed_and_started_again_takes_the_member_back(nodes: list[Nod
     assert len(workers) == len(replica_names(member)) + spares  # the old tree's were ended
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_three_nodes_spread_a_lost_members_replicas_over_the_survivors(
-        tmp_path: Path) -> None:
-    with running_cluster(tmp_path, ("a", "b", "c")) as (leader, b, c):
+        tmp_path: Path, backend: str) -> None:
+    with running_cluster(tmp_path, ("a", "b", "c"), storage_section(backend)) as (leader, b, c):
         status = leader.status()
         assert {n["name"] for n in status["nodes"]} == {"a", "b", "c"}
         c.kill()
