@@ -237,6 +237,7 @@ def _prepare_store(settings: Settings, out: Any) -> None:
     collections that are missing, before anything starts, so an unreachable cluster or a
     refused login is one clear error and leaves nothing running. SQLite: nothing to do."""
     if settings.storage.backend != "couchbase":
+        _migrate_sqlite(settings, out)
         return
     from storage.couchbase.cluster import connect
     from storage.errors import StoreError
@@ -253,6 +254,36 @@ def _prepare_store(settings: Settings, out: Any) -> None:
             connection.close()
     except StoreError as exc:
         raise DaemonError(f"storage: {exc}") from exc
+
+
+def _migrate_sqlite(settings: Settings, out: Any) -> None:
+    """Bring a data directory written by an earlier release to the current schema before
+    any actor opens it (a rebuild can take a while on a large file; said first)."""
+    import sqlite3
+
+    from storage import FACTS_FILE
+    from storage._sqlite import schema_version
+    from storage.errors import StoreError
+    from storage.sqlite_facts import SQLiteFactStore
+
+    path = settings.data_path / FACTS_FILE
+    if not path.exists():
+        return
+    newest = schema_version(SQLiteFactStore.MIGRATIONS)
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise DaemonError(f"storage: {path}: {exc}") from exc
+    if version >= newest:
+        return
+    print(f"migrating {path} from schema {version} to {newest} ...", file=out, flush=True)
+    began = time.monotonic()
+    try:
+        SQLiteFactStore(path, busy_timeout_s=settings.storage.busy_timeout_s).close()
+    except StoreError as exc:
+        raise DaemonError(f"storage: migrating {path}: {exc}") from exc
+    print(f"  done in {time.monotonic() - began:.1f} s", file=out, flush=True)
 
 
 def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) -> RunRecord:

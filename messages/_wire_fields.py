@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from messages._wire_parse import DuplicateKeys, kind_of, show
 from messages.facts import Outcome, Reading
 
 __all__ = [
+    "OUTCOME_ALIASES",
     "Problem",
+    "READING_ALIASES",
     "identifier_problem",
     "location_problem",
     "number_problem",
@@ -29,6 +32,7 @@ __all__ = [
 _MAX_ID_CHARS = 128
 _MAX_LOCATION = 2**31 - 1
 _MAX_ANIMALS = 10**9
+_MAX_INT_ID = 2**63  # integer ids are 64-bit, as a gateway's Int or Long
 
 # None when fine, else (code, what is wrong).
 Problem = tuple[str, str]
@@ -38,9 +42,14 @@ Problem = tuple[str, str]
 
 
 def identifier_problem(value: Any) -> Problem | None:
-    """Why ``value`` is not a usable id (1 to 128 characters of encodable text), if it is not."""
+    """Why ``value`` is not a usable id (1 to 128 characters of encodable text, or a 64-bit
+    integer: the same identity as its decimal string), if it is not."""
+    if type(value) is int:
+        if not -_MAX_INT_ID <= value < _MAX_INT_ID:
+            return "out_of_range", f"expected a 64-bit integer, got {show(value)}"
+        return None
     if type(value) is not str:
-        return "wrong_type", f"expected a string, got {kind_of(value)}"
+        return "wrong_type", f"expected a string or an integer, got {kind_of(value)}"
     if not 0 < len(value) <= _MAX_ID_CHARS:
         return "out_of_range", f"expected 1 to {_MAX_ID_CHARS} characters, got {len(value)}"
     if not value.isascii() and not _encodable(value):
@@ -69,8 +78,23 @@ def location_problem(value: Any) -> Problem | None:
     return _integer(value, _MAX_LOCATION)
 
 
-def _count(value: Any) -> Problem | None:
-    return _integer(value, _MAX_ANIMALS)
+def _bound(value: Any) -> Problem | None:
+    """An estimate's bound: a real number, 0 to 10**9."""
+    problem = number_problem(value)
+    if problem is None and not 0 <= value <= _MAX_ANIMALS:
+        return "out_of_range", f"expected 0 to {_MAX_ANIMALS}, got {show(value)}"
+    return problem
+
+
+def _real(value: int | float) -> int | float:
+    """A bound as stored: a whole number as an integer (12.0 and 12 are one bound, and data
+    stored before bounds could be fractional reads back unchanged), else the float."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+def _ident(value: str | int) -> str:
+    """An id as stored: an integer id is its decimal string."""
+    return value if type(value) is str else str(value)
 
 
 def _timestamp(value: Any) -> Problem | None:
@@ -111,8 +135,8 @@ _READING_CHECKS: tuple[tuple[str, _Check], ...] = (
     ("location_id", location_problem),
     ("reading_id", identifier_problem),
     ("timestamp", _timestamp),
-    ("animals_lower", _count),
-    ("animals_upper", _count),
+    ("animals_lower", _bound),
+    ("animals_upper", _bound),
     ("percent_zebras", _share),
 )
 _OUTCOME_CHECKS: tuple[tuple[str, _Check], ...] = (
@@ -125,6 +149,17 @@ _READING_FIELDS = tuple(name for name, _ in _READING_CHECKS)
 _OUTCOME_FIELDS = tuple(name for name, _ in _OUTCOME_CHECKS)
 _READING_KEYS = frozenset(_READING_FIELDS)
 _OUTCOME_KEYS = frozenset(_OUTCOME_FIELDS)
+#: Fields an item may leave out: a reading without ``reading_id`` is identified by its sensor
+#: and timestamp (its reading id is the timestamp's decimal string).
+_OPTIONAL = frozenset({"reading_id"})
+#: The talk's names (``PreyReading(sensorId, locationId, timestamp, animalsLowerBound,
+#: animalsUpperBound, percentZebras)``), accepted beside the snake_case ones.
+READING_ALIASES = {
+    "sensorId": "sensor_id", "locationId": "location_id", "readingId": "reading_id",
+    "animalsLowerBound": "animals_lower", "animalsUpperBound": "animals_upper",
+    "percentZebras": "percent_zebras",
+}
+OUTCOME_ALIASES = {"locationId": "location_id", "outcomeId": "outcome_id"}
 
 
 # --- whole items -------------------------------------------------------------------------------
@@ -143,12 +178,48 @@ def shape_problem(obj: Any, fields: Sequence[str], what: str) -> Problem:
     return "missing_field", f"{missing}: required"
 
 
-def _fields_problem(obj: dict[str, Any], checks: tuple[tuple[str, _Check], ...]) -> Problem | None:
+def _fields_problem(obj: dict[str, Any], checks: tuple[tuple[str, _Check], ...],
+                    given: dict[str, str]) -> Problem | None:
     for name, check in checks:
+        if name not in obj:
+            continue  # an optional field left out
         problem = check(obj[name])
         if problem is not None:
-            return problem[0], f"{name}: {problem[1]}"
+            return problem[0], f"{given.get(name, name)}: {problem[1]}"
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """An item's fields under our names, and the name each was given by."""
+
+    values: dict[str, Any]
+    given: dict[str, str]
+
+
+def _normalized(item: Any, fields: Sequence[str], aliases: dict[str, str], what: str,
+                ) -> _Item | Problem:
+    """``item`` with the talk's camelCase names turned into ours, and which name each field
+    was given by (for error details); or why it is not an item: not an object, a field named
+    twice (in one spelling or in both), an unknown field, a required one missing."""
+    if not isinstance(item, dict) or isinstance(item, DuplicateKeys):
+        return shape_problem(item, fields, what)
+    out: dict[str, Any] = {}
+    given: dict[str, str] = {}
+    for key, value in item.items():
+        name: str = aliases.get(key) or key
+        if name not in fields:
+            return "unknown_field", f"{show(key)}: not a field of {what}"
+        if name in out:
+            return "duplicate_field", (f"{show(given[name])} and {show(key)}: one field "
+                                       "given twice")
+        out[name] = value
+        given[name] = key
+    missing = next((name for name in fields if name not in out and name not in _OPTIONAL),
+                   None)
+    if missing is not None:
+        return "missing_field", f"{missing}: required"
+    return _Item(out, given)
 
 
 def to_reading(item: Any, latest: int) -> Reading | Problem:
@@ -185,35 +256,45 @@ def to_reading(item: Any, latest: int) -> Reading | Problem:
 
 
 def _checked_reading(item: Any, latest: int) -> Reading | Problem:
-    if type(item) is not dict or item.keys() != _READING_KEYS:
-        return shape_problem(item, _READING_FIELDS, "a reading")
-    problem = _fields_problem(item, _READING_CHECKS)
+    """Every other form (the talk's names, integer ids, real-valued bounds, no reading id)
+    and every problem, named by the field as the item spelled it."""
+    shaped = _normalized(item, _READING_FIELDS, READING_ALIASES, "a reading")
+    if not isinstance(shaped, _Item):
+        return shaped
+    obj, given = shaped.values, shaped.given
+    problem = _fields_problem(obj, _READING_CHECKS, given)
     if problem is not None:
         return problem
-    lower, upper, timestamp = item["animals_lower"], item["animals_upper"], item["timestamp"]
+    lower, upper, timestamp = obj["animals_lower"], obj["animals_upper"], obj["timestamp"]
     if lower > upper:
-        return "bounds_inverted", f"animals_lower {lower} is above animals_upper {upper}"
+        return "bounds_inverted", (f"{given['animals_lower']} {show(lower)} is above "
+                                   f"{given['animals_upper']} {show(upper)}")
     if timestamp > latest:
-        return "future_timestamp", f"timestamp: {timestamp} is after now + max_future_ms ({latest})"
+        return "future_timestamp", (f"{given['timestamp']}: {timestamp} is after now + "
+                                    f"max_future_ms ({latest})")
+    reading_id = _ident(obj["reading_id"]) if "reading_id" in obj else str(timestamp)
     return Reading(
-        item["sensor_id"],
-        item["location_id"],
-        item["reading_id"],
+        _ident(obj["sensor_id"]),
+        obj["location_id"],
+        reading_id,
         timestamp,
-        lower,
-        upper,
-        float(item["percent_zebras"]),
+        _real(lower),
+        _real(upper),
+        float(obj["percent_zebras"]),
     )
 
 
 def to_outcome(item: Any, latest: int) -> Outcome | Problem:
     """The outcome in ``item``, or its first problem."""
-    if type(item) is not dict or item.keys() != _OUTCOME_KEYS:
-        return shape_problem(item, _OUTCOME_FIELDS, "an outcome")
-    problem = _fields_problem(item, _OUTCOME_CHECKS)
+    shaped = _normalized(item, _OUTCOME_FIELDS, OUTCOME_ALIASES, "an outcome")
+    if not isinstance(shaped, _Item):
+        return shaped
+    obj, given = shaped.values, shaped.given
+    problem = _fields_problem(obj, _OUTCOME_CHECKS, given)
     if problem is not None:
         return problem
-    timestamp = item["timestamp"]
+    timestamp = obj["timestamp"]
     if timestamp > latest:
-        return "future_timestamp", f"timestamp: {timestamp} is after now + max_future_ms ({latest})"
-    return Outcome(item["location_id"], item["outcome_id"], timestamp, item["label"])
+        return "future_timestamp", (f"{given['timestamp']}: {timestamp} is after now + "
+                                    f"max_future_ms ({latest})")
+    return Outcome(obj["location_id"], _ident(obj["outcome_id"]), timestamp, obj["label"])

@@ -18,8 +18,8 @@ class Reading:
     location_id: int
     reading_id: str
     timestamp: int
-    animals_lower: int
-    animals_upper: int
+    animals_lower: float  # an estimate's bounds: real numbers (a whole one kept as an int)
+    animals_upper: float
     percent_zebras: float
 
     @property

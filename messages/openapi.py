@@ -51,12 +51,17 @@ def _max_items(decode: Callable[..., Any]) -> int:
 _IDENTIFIER: _Schema = {"type": "string", "minLength": 1, "maxLength": fields._MAX_ID_CHARS}
 # JSON Schema counts 1.0 as an integer; the codec does not (it is a float on the wire).
 _WHOLE = "Written as an integer: 1, not 1.0."
+_ID_OR_INTEGER: _Schema = {
+    "oneOf": [_IDENTIFIER, {"type": "integer", "minimum": -fields._MAX_INT_ID,
+                            "maximum": fields._MAX_INT_ID - 1, "description": _WHOLE}],
+    "description": "Text, or an integer: the same identity as its decimal string.",
+}
 _FIELD_SCHEMAS: dict[Callable[[Any], Any], _Schema] = {
-    fields.identifier_problem: _IDENTIFIER,
+    fields.identifier_problem: _ID_OR_INTEGER,
     fields.location_problem: {"type": "integer", "minimum": 0, "maximum": fields._MAX_LOCATION,
                               "description": _WHOLE},
-    fields._count: {"type": "integer", "minimum": 0, "maximum": fields._MAX_ANIMALS,
-                    "description": _WHOLE},
+    fields._bound: {"type": "number", "minimum": 0, "maximum": fields._MAX_ANIMALS,
+                    "description": "An estimate's bound: a real number."},
     fields._timestamp: {
         "type": "integer",
         "minimum": 0,
@@ -68,13 +73,28 @@ _FIELD_SCHEMAS: dict[Callable[[Any], Any], _Schema] = {
 }
 
 
-def _item_schema(checks: Sequence[tuple[str, Callable[[Any], Any]]], description: str) -> _Schema:
-    """An object with exactly the checked fields; a check with no schema here is a KeyError."""
+def _item_schema(checks: Sequence[tuple[str, Callable[[Any], Any]]], description: str,
+                 aliases: dict[str, str]) -> _Schema:
+    """An object of the checked fields, each by our name or the talk's (``aliases``), never
+    both; every field but an optional one required. A check with no schema here is a
+    KeyError."""
+    spelled = {name: [name, *(alias for alias, ours in aliases.items() if ours == name)]
+               for name, _ in checks}
+    properties = {key: dict(_FIELD_SCHEMAS[check])
+                  for name, check in checks for key in spelled[name]}
+    rules: list[_Schema] = []
+    for name, _ in checks:
+        if len(spelled[name]) > 1:
+            rules.append({"not": {"required": spelled[name]}})  # duplicate_field
+        if name in fields._OPTIONAL:
+            continue
+        rules.append({"required": [name]} if len(spelled[name]) == 1 else
+                     {"anyOf": [{"required": [key]} for key in spelled[name]]})
     return {
         "type": "object",
         "description": description,
-        "properties": {name: dict(_FIELD_SCHEMAS[check]) for name, check in checks},
-        "required": [name for name, _ in checks],
+        "properties": properties,
+        "allOf": rules,
         "additionalProperties": False,
     }
 
@@ -202,10 +222,18 @@ def ingest_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": _BEARER,
             "schemas": {
-                "Reading": _item_schema(fields._READING_CHECKS,
-                                        "A sensor reading; animals_lower <= animals_upper."),
-                "Outcome": _item_schema(fields._OUTCOME_CHECKS,
-                                        "A ranger's report: did a hunt at the location succeed."),
+                "Reading": _item_schema(
+                    fields._READING_CHECKS,
+                    "A sensor reading; animals_lower <= animals_upper. Each field by its "
+                    "snake_case name or the talk's camelCase one (sensorId, locationId, "
+                    "readingId, animalsLowerBound, animalsUpperBound, percentZebras), never "
+                    "both. Without reading_id, the reading is identified by its sensor and "
+                    "timestamp (its reading id is the timestamp's decimal string).",
+                    fields.READING_ALIASES),
+                "Outcome": _item_schema(
+                    fields._OUTCOME_CHECKS,
+                    "A ranger's report: did a hunt at the location succeed (locationId and "
+                    "outcomeId also accepted).", fields.OUTCOME_ALIASES),
                 "IngestAnswer": ingest_answer,
                 "Health": health,
                 "Error": _error("Why the request was refused."),

@@ -14,15 +14,20 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 from urllib.parse import quote
 
+import structlog
+
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 
-__all__ = ["SQLiteBacked", "SQLiteDatabase", "translate_errors"]
+__all__ = ["Migration", "SQLiteBacked", "SQLiteDatabase", "schema_version", "translate_errors"]
+
+_log = structlog.get_logger()
 
 _BUSY = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 _UNAVAILABLE = frozenset({
@@ -74,11 +79,27 @@ def translate_errors(path: Path, busy_timeout_s: float) -> Iterator[None]:
         raise _store_error(exc, path, busy_timeout_s) from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of a store's schema: applied once to a file written before it, in one
+    transaction with the file's ``user_version`` set to ``version`` (a fresh file is made
+    with the newest schema and only stamped)."""
+
+    version: int
+    description: str
+    statements: tuple[str, ...]
+
+
+def schema_version(migrations: Sequence[Migration]) -> int:
+    """The version a file has once every migration is applied (0: none)."""
+    return max((m.version for m in migrations), default=0)
+
+
 class SQLiteDatabase:
     """One connection to one database file, with short write and read transactions."""
 
     def __init__(self, path: Path, schema: str, *, busy_timeout_s: float = 10.0,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, migrations: Sequence[Migration] = ()) -> None:
         if busy_timeout_s < 0:
             raise ValueError("busy_timeout_s must be >= 0")
         self.path = Path(path)
@@ -90,6 +111,7 @@ class SQLiteDatabase:
         # lock). None is ever dropped (a rebuild swaps one in within its transaction), so
         # a table once seen is never looked for again.
         self._tables: set[str] = set()
+        self._migrations = tuple(sorted(migrations, key=lambda m: m.version))
         with translate_errors(self.path, busy_timeout_s):
             self._conn = self._connect()
             try:
@@ -126,6 +148,7 @@ class SQLiteDatabase:
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(f"{self.path}: WAL journal refused (got {mode!r})")
                 conn.execute("PRAGMA synchronous = FULL")
+                self._migrate(conn, tables)
                 if _found(conn, names) != names:  # skip the write lock when already there
                     conn.executescript(f"BEGIN IMMEDIATE;\n{schema}\nCOMMIT;")
                 self._tables = tables
@@ -137,6 +160,39 @@ class SQLiteDatabase:
                 if code not in _BUSY or time.monotonic() >= deadline:
                     raise
                 time.sleep(0.01)
+
+    def _migrate(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        """Bring a file written by an earlier release to the newest schema, one versioned
+        step at a time, under the write lock (another process may be doing it: the version
+        is read again once the lock is held). A fresh file is only stamped."""
+        newest = schema_version(self._migrations)
+        if conn.execute("PRAGMA user_version").fetchone()[0] >= newest:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            written_before = bool(_found(conn, tables, "table"))
+            for migration in self._migrations:
+                if migration.version <= version:
+                    continue
+                if written_before:
+                    began = time.perf_counter()
+                    for statement in migration.statements:
+                        conn.execute(statement)
+                    _log.info("sqlite_migrated", path=str(self.path), version=migration.version,
+                              description=migration.description,
+                              seconds=round(time.perf_counter() - began, 3))
+                conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def version(self) -> int:
+        """The file's schema version (``PRAGMA user_version``)."""
+        with self.read() as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
     def has_tables(self, *names: str) -> bool:
         """Whether the file has every one of these tables. Known at open (a writable open
@@ -187,11 +243,13 @@ class SQLiteBacked:
     with the subclass's ``SCHEMA``; ``path`` and ``close``."""
 
     SCHEMA: ClassVar[str] = ""
+    #: Versioned changes to ``SCHEMA`` since files were first written (``Migration``).
+    MIGRATIONS: ClassVar[tuple[Migration, ...]] = ()
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0,
                  read_only: bool = False) -> None:
         self._db = SQLiteDatabase(path, self.SCHEMA, busy_timeout_s=busy_timeout_s,
-                                  read_only=read_only)
+                                  read_only=read_only, migrations=self.MIGRATIONS)
 
     @property
     def path(self) -> Path:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from messages.facts import Outcome, Reading
-from storage._sqlite import SQLiteBacked
+from storage._sqlite import Migration, SQLiteBacked
 from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
 
 __all__ = ["SQLITE_LOG", "SQLiteFactStore"]
@@ -23,19 +23,23 @@ __all__ = ["SQLITE_LOG", "SQLiteFactStore"]
 #: The name of an SQLite fact file's one log in a ``FactCursor``.
 SQLITE_LOG = "sqlite"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS readings (
+# An estimate's bounds are real numbers: ANY (a STRICT table keeps each value's own type),
+# so a whole bound stays the integer it was always stored as and 12.5 is kept exactly.
+_READINGS_TABLE = """
+CREATE TABLE IF NOT EXISTS {name} (
     seq INTEGER PRIMARY KEY,
     sensor_id TEXT NOT NULL,
     location_id INTEGER NOT NULL,
     reading_id TEXT NOT NULL,
     timestamp INTEGER NOT NULL,
-    animals_lower INTEGER NOT NULL,
-    animals_upper INTEGER NOT NULL,
+    animals_lower ANY NOT NULL CHECK (typeof(animals_lower) IN ('integer', 'real')),
+    animals_upper ANY NOT NULL CHECK (typeof(animals_upper) IN ('integer', 'real')),
     percent_zebras REAL NOT NULL,
     UNIQUE (sensor_id, reading_id)
-) STRICT;
-CREATE INDEX IF NOT EXISTS readings_by_location ON readings (location_id, timestamp);
+) STRICT"""
+_READINGS_INDEX = ("CREATE INDEX IF NOT EXISTS readings_by_location "
+                   "ON readings (location_id, timestamp)")
+_SCHEMA = _READINGS_TABLE.format(name="readings") + ";\n" + _READINGS_INDEX + """;
 CREATE TABLE IF NOT EXISTS outcomes (
     seq INTEGER PRIMARY KEY,
     location_id INTEGER NOT NULL,
@@ -64,10 +68,23 @@ def _outcome(row: Sequence[object]) -> Outcome:
     return Outcome(location_id, outcome_id, timestamp, bool(label))  # type: ignore[arg-type]
 
 
+#: Schema 1: the bounds were INTEGER columns (a STRICT table refused 12.5). The table is
+#: rebuilt with every row and its seq (cursors stay valid); stored integers stay integers.
+_REAL_BOUNDS = Migration(1, "readings: real-valued animal bounds", (
+    _READINGS_TABLE.format(name="readings_v1"),
+    "INSERT INTO readings_v1 SELECT seq, sensor_id, location_id, reading_id, timestamp, "
+    "animals_lower, animals_upper, percent_zebras FROM readings",
+    "DROP TABLE readings",
+    "ALTER TABLE readings_v1 RENAME TO readings",
+    _READINGS_INDEX,
+))
+
+
 class SQLiteFactStore(SQLiteBacked):
     """Readings and outcomes in one SQLite file (WAL, durable commits, insert-only)."""
 
     SCHEMA = _SCHEMA
+    MIGRATIONS = (_REAL_BOUNDS,)
 
     def _insert(self, sql: str, values: object, n: int) -> InsertResult:
         if n == 0:

@@ -48,6 +48,7 @@ class RunningDaemon:
     config: Path
     settings: Settings
     pgid: int
+    started: str = ""  # what `rml start` printed
 
     def rml(self, *args: str, timeout_s: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``rml --config <ours> ARGS`` and return the finished process."""
@@ -127,9 +128,10 @@ def _toml(value: Any) -> str:
 
 
 def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = None,
-                 **learning: Any) -> Path:
-    """A TOML config on free ports in ``data_dir``; ``sections`` adds other tables
-    (e.g. ``{"features": {"plugins": [...]}}``), ``learning`` keys go to ``[learning]``."""
+                 store: Path | None = None, **learning: Any) -> Path:
+    """A TOML config on free ports in ``data_dir`` (its ``data`` folder, or ``store``);
+    ``sections`` adds other tables (e.g. ``{"features": {"plugins": [...]}}``),
+    ``learning`` keys go to ``[learning]``."""
     admin, ingest, predict = free_ports(3)
     tables: dict[str, dict[str, Any]] = {
         "actor_system": {"admin_port": admin},
@@ -139,7 +141,7 @@ def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = No
     }
     for name, keys in (sections or {}).items():
         tables.setdefault(name, {}).update(keys)
-    text = f'data_dir = "{data_dir / "data"}"\n' + "".join(
+    text = f'data_dir = "{store or data_dir / "data"}"\n' + "".join(
         f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
         for name, keys in tables.items())
     config = data_dir / "rml.toml"
@@ -149,12 +151,13 @@ def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = No
 
 @contextmanager
 def running_daemon(tmp: Path, sections: dict[str, dict[str, Any]] | None = None,
-                   **learning: Any) -> Iterator[RunningDaemon]:
-    """Start a daemon with the CLI; on exit stop it and prove nothing is left."""
-    # Called as ``write_config(tmp, **learning)`` unless sections are given: some tests wrap
-    # write_config with that signature.
-    config = (write_config(tmp, sections=sections, **learning) if sections
-              else write_config(tmp, **learning))
+                   store: Path | None = None, **learning: Any) -> Iterator[RunningDaemon]:
+    """Start a daemon with the CLI (on the data directory ``store``, if given); on exit stop
+    it and prove nothing is left."""
+    # Called as ``write_config(tmp, **learning)`` unless sections or a store are given: some
+    # tests wrap write_config with that signature.
+    config = (write_config(tmp, sections=sections, store=store, **learning)
+              if sections or store else write_config(tmp, **learning))
     settings = load_settings(config, environ={})
     started = subprocess.run(
         [sys.executable, "-m", "run_system", "--config", str(config), "start"],
@@ -165,7 +168,7 @@ def running_daemon(tmp: Path, sections: dict[str, dict[str, Any]] | None = None,
     try:
         assert started.returncode == 0, f"start failed:\n{started.stdout}\n{started.stderr}"
         assert pgid is not None
-        yield RunningDaemon(config, settings, pgid)
+        yield RunningDaemon(config, settings, pgid, started.stdout)
     finally:
         subprocess.run([sys.executable, "-m", "run_system", "--config", str(config), "stop"],
                        capture_output=True, text=True, timeout=120, env=_env())

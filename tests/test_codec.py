@@ -263,7 +263,7 @@ def test_unknown_field_is_named_and_wins_over_missing_field() -> None:
     assert "colour" in rejection.detail
 
 
-@pytest.mark.parametrize("field", list(reading_item()))
+@pytest.mark.parametrize("field", [f for f in reading_item() if f != "reading_id"])
 def test_each_missing_reading_field_is_named(field: str) -> None:
     item = reading_item()
     del item[field]
@@ -275,7 +275,8 @@ def test_each_missing_reading_field_is_named(field: str) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("sensor_id", 12),
+        ("sensor_id", 1.5),
+        ("sensor_id", True),
         ("sensor_id", None),
         ("reading_id", ["r"]),
         ("location_id", True),
@@ -285,7 +286,7 @@ def test_each_missing_reading_field_is_named(field: str) -> None:
         ("timestamp", False),
         ("animals_lower", "3"),
         ("animals_upper", {"n": 9}),
-        ("animals_upper", 9.0),
+        ("animals_upper", True),
         ("percent_zebras", True),
         ("percent_zebras", "0.5"),
         ("percent_zebras", None),
@@ -418,7 +419,7 @@ def test_msgpack_map_with_a_key_given_twice_is_duplicate_field() -> None:
 @pytest.mark.parametrize(
     ("changes", "code"),
     [
-        ({"sensor_id": 1, "location_id": -5}, "wrong_type"),  # first field in declaration order
+        ({"sensor_id": 1.5, "location_id": -5}, "wrong_type"),  # first in declaration order
         ({"location_id": -5, "sensor_id": ""}, "out_of_range"),
         ({"animals_lower": 9, "animals_upper": 1, "timestamp": NOW_MS * 2}, "bounds_inverted"),
         ({"percent_zebras": math.inf, "timestamp": NOW_MS * 2}, "not_finite"),
@@ -432,7 +433,7 @@ def test_checks_run_in_declaration_order_and_report_the_first_problem(
 
 
 def test_the_first_failing_field_is_the_one_named() -> None:
-    rejection = only_rejection([reading_item(reading_id=3, sensor_id=4)])
+    rejection = only_rejection([reading_item(reading_id=[3], sensor_id=[4])])
     assert rejection.detail.startswith("sensor_id: ")
 
 

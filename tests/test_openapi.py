@@ -79,10 +79,23 @@ def test_schema_required_fields_match_the_codec_and_the_facts() -> None:
         ("Outcome", Outcome, _wire_fields._OUTCOME_FIELDS),
     ):
         schema = schemas[name]
-        assert tuple(schema["required"]) == codec_fields
-        assert tuple(schema["properties"]) == codec_fields
+        aliases = (_wire_fields.READING_ALIASES if name == "Reading"
+                   else _wire_fields.OUTCOME_ALIASES)
+        assert set(schema["properties"]) == set(codec_fields) | set(aliases)
         assert tuple(f.name for f in dataclasses.fields(fact)) == codec_fields
         assert schema["additionalProperties"] is False
+        # Every field is required by one of its names, but the optional reading id, and no
+        # field may be given by both.
+        required = set()
+        for rule in schema["allOf"]:
+            if "required" in rule:
+                required.add(rule["required"][0])
+            elif "anyOf" in rule:
+                required.add(rule["anyOf"][0]["required"][0])
+            else:
+                both = rule["not"]["required"]
+                assert aliases[both[1]] == both[0]
+        assert required == set(codec_fields) - _wire_fields._OPTIONAL
 
 
 def test_every_route_but_health_and_the_document_needs_the_bearer_token() -> None:
