@@ -11,6 +11,7 @@ import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from messages._wire_fields import OUTCOME_ALIASES, READING_ALIASES
 from messages.codec import (
     BodyError,
     DecodedBatch,
@@ -19,6 +20,7 @@ from messages.codec import (
     decode_predict_query,
     decode_readings,
     encode_readings,
+    reading_to_wire,
 )
 from messages.facts import Reading
 
@@ -39,6 +41,7 @@ scalars = (
 field_names = st.sampled_from(
     ["sensor_id", "location_id", "reading_id", "timestamp", "animals_lower", "animals_upper"]
     + ["percent_zebras", "outcome_id", "label", "features", "readings"]
+    + list(READING_ALIASES) + list(OUTCOME_ALIASES)  # the talk's camelCase names
 )
 json_values = st.recursive(
     scalars,
@@ -49,25 +52,31 @@ json_values = st.recursive(
     max_leaves=20,
 )
 good_fields: dict[str, st.SearchStrategy[Any]] = {
-    "sensor_id": st.text(min_size=1, max_size=130),
+    "sensor_id": st.text(min_size=1, max_size=130) | st.integers(-(2**64), 2**64),
     "location_id": st.integers(-1, 2**31),
-    "reading_id": st.text(min_size=1, max_size=10),
+    "reading_id": st.text(min_size=1, max_size=10) | st.integers(),
     "timestamp": st.integers(-1, NOW_MS + 400_000),
-    "animals_lower": st.integers(-1, 10**9 + 1),
-    "animals_upper": st.integers(-1, 10**9 + 1),
+    "animals_lower": st.integers(-1, 10**9 + 1) | st.floats(-1.0, 1e9 + 1),
+    "animals_upper": st.integers(-1, 10**9 + 1) | st.floats(-1.0, 1e9 + 1),
     "percent_zebras": st.floats(-0.1, 1.1) | st.integers(-1, 2),
 }
+_CAMEL = {ours: theirs for theirs, ours in READING_ALIASES.items()}
 
 
 @st.composite
 def reading_like(draw: st.DrawFn) -> dict[str, Any]:
-    """Mostly-plausible readings: each field usually sane, sometimes absent or anything at all."""
+    """Mostly-plausible readings: each field usually sane, sometimes absent or anything at
+    all; by its snake_case name, the talk's camelCase one, or now and then both."""
     item: dict[str, Any] = {}
     for name, good in good_fields.items():
         choice = draw(st.integers(0, 9))
         if choice == 0:
             continue
-        item[name] = draw(json_values) if choice == 1 else draw(good)
+        spelling = draw(st.integers(0, 9))
+        keys = [name] if spelling < 5 or name not in _CAMEL else (
+            [_CAMEL[name]] if spelling < 9 else [name, _CAMEL[name]])
+        for key in keys:
+            item[key] = draw(json_values) if choice == 1 else draw(good)
     if draw(st.integers(0, 9)) == 0:
         item[draw(st.text(max_size=8))] = draw(json_values)
     return item
@@ -146,8 +155,8 @@ valid_readings = st.lists(
         location_id=st.integers(0, 2**31 - 1),
         reading_id=st.text(min_size=1, max_size=16),
         timestamp=st.integers(0, NOW_MS),
-        animals_lower=st.integers(0, 100),
-        animals_upper=st.integers(100, 10**9),
+        animals_lower=st.integers(0, 100) | st.floats(0.0, 99.5),
+        animals_upper=st.integers(100, 10**9) | st.floats(100.0, 1e9),
         percent_zebras=st.floats(0.0, 1.0),
     ),
     min_size=1,
@@ -212,3 +221,29 @@ def test_brackets_quotes_and_escapes_inside_strings_never_look_like_nesting(
     fact = Reading(sensor_id, 1, "r", NOW_MS, 1, 2, 0.5)
     batch = decode_readings(encode_readings([fact], "json"), None, now_ms=NOW_MS)
     assert batch.items == (fact,)
+
+
+@FUZZ
+@given(facts=valid_readings, fmt=formats, data=st.data())
+def test_the_talks_spelling_decodes_to_the_same_readings(
+    facts: list[Reading], fmt: WireFormat, data: st.DataObject
+) -> None:
+    """Each field by either name (never both), ids as integers when they are decimal text:
+    the same readings as our own spelling."""
+    ours = decode_readings(encode_readings(facts, fmt), CONTENT_TYPE[fmt], now_ms=NOW_MS)
+    talk_items = []
+    for fact in ours.items:
+        item: dict[str, Any] = {}
+        for name, value in reading_to_wire(fact).items():
+            key = _CAMEL.get(name, name) if data.draw(st.booleans()) else name
+            item[key] = value
+        talk_items.append(item)
+    body = (json.dumps({"readings": talk_items}).encode() if fmt == "json"
+            else msgpack.packb({"readings": talk_items}, use_bin_type=True))
+    theirs = decode_readings(body, CONTENT_TYPE[fmt], now_ms=NOW_MS)
+    assert theirs.items == ours.items and theirs.rejected == ours.rejected
+    as_ints = [dict(i, sensor_id=int(i["sensor_id"])) if "sensor_id" in i
+               and i["sensor_id"].isdigit() and i["sensor_id"] == str(int(i["sensor_id"]))
+               else i for i in talk_items]
+    again = decode_readings(json.dumps({"readings": as_ints}).encode(), None, now_ms=NOW_MS)
+    assert again.items == ours.items
