@@ -2,7 +2,8 @@
 
 Owns: an ``HttpEdge`` thread serving ``POST /readings``, ``POST /outcomes``,
 ``GET /health`` and ``GET /openapi.json`` (both public); a ``Waker`` it watches with
-``ThespianWatch``.
+``ThespianWatch``; with ``[mqtt]`` configured, an MQTT client thread (``actors.mqtt_ingest``)
+that commits what the broker delivers before acknowledging it.
 Receives: ``Init``, ``Peers``, wake-ups from its edge, timers.
 Sends: ``FactsRecorded`` hints (coalesced, a few a second at most) to the
 feature generator and the learner.
@@ -21,6 +22,7 @@ from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import Request, Response, Route, Waker
 from actors.hints import HintWindow
+from actors.mqtt_ingest import MqttIngest, client_id
 from config.settings import IngestSettings
 from messages.codec import (
     BodyError,
@@ -31,7 +33,7 @@ from messages.codec import (
     wire_format,
 )
 from messages.openapi import INGEST_OPENAPI_JSON
-from messages.protocol import FactsNoted, FactsRecorded, Init
+from messages.protocol import FactsNoted, FactsRecorded, Init, WorkerNote
 from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.errors import StoreError
 from storage.facts import FactStore
@@ -56,6 +58,10 @@ class Collector(EdgeWorker):
         # What each receiver was last told (a hint carries what is new to *it*), and which
         # receivers have not yet noted their last hint (they get no new one till then).
         self._window = HintWindow()
+        self.mqtt: MqttIngest | None = None
+        self._mqtt_backend: StoreBackend | None = None
+        self._mqtt_store: FactStore | None = None
+        self._mqtt_reported: dict[str, Any] | None = None
 
     def on_start(self, init: Init) -> None:
         self.waker = Waker()
@@ -75,8 +81,25 @@ class Collector(EdgeWorker):
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
 
+    def on_serve(self) -> None:
+        super().on_serve()
+        assert self.settings is not None
+        if self.settings.mqtt.url and self.mqtt is None:
+            # Here, not in on_start: a promoted standby subscribes under its new name (the
+            # client id of the slot, whose session holds what its predecessor left).
+            self.mqtt = MqttIngest(
+                self.settings.mqtt,
+                client_id(self.settings.mqtt, self.settings.node_name, self.name),
+                self._mqtt_facts, self._mqtt_accepted, self.log,
+                self.settings.ingest.max_future_ms, changed=self._mqtt_changed)
+            self.mqtt.start()
+
     def on_stop(self) -> None:
+        if self.mqtt is not None:
+            self.mqtt.stop()
         self.stop_edge()
+        if self._mqtt_backend is not None:
+            self._mqtt_backend.close()
         if self._backend is not None:
             self._backend.close()
         if self.waker is not None:
@@ -94,6 +117,35 @@ class Collector(EdgeWorker):
                                              connect_wait_s=ACTOR_CONNECT_WAIT_S)
             self._store = self._backend.facts()
         return self._store
+
+    def _mqtt_facts(self) -> FactStore:
+        """The MQTT thread's own store (its own fact log writer: never two threads on one)."""
+        if self._mqtt_store is None:
+            assert self.settings is not None
+            if self._mqtt_backend is None:
+                self._mqtt_backend = StoreBackend(self.settings, writer=f"{self.name}-mqtt",
+                                                  connect_wait_s=ACTOR_CONNECT_WAIT_S)
+            self._mqtt_store = self._mqtt_backend.facts()
+        return self._mqtt_store
+
+    def _mqtt_accepted(self, kind: str, n: int) -> None:  # the MQTT thread
+        self.counters.bump(f"{kind}_accepted", n)
+        if self.waker is not None:
+            self.waker.notify()
+
+    def _mqtt_changed(self) -> None:  # the MQTT thread: the actor reports it (on_readable)
+        if self.waker is not None:
+            self.waker.notify()
+
+    def _report_mqtt(self) -> None:
+        """Tell the supervisor (and so ``status``) when the MQTT connection changed."""
+        if self.mqtt is None or self.supervisor is None:
+            return
+        state = self.mqtt.state().to_mapping()
+        shown = {k: state[k] for k in ("connected", "since_ms", "error")}
+        if shown != self._mqtt_reported:
+            self._mqtt_reported = shown
+            self.send(self.supervisor, WorkerNote("mqtt", tuple(sorted(shown.items()))))
 
     def _post_readings(self, request: Request) -> Response:
         return self._ingest(request, "readings", decode_readings,
@@ -128,7 +180,10 @@ class Collector(EdgeWorker):
         return Response(200, encode(answer, fmt), content_type=_media(fmt))
 
     def _health(self, request: Request) -> Response:
-        return Response.json(200, {"status": "ok", "actor": self.name})
+        answer: dict[str, Any] = {"status": "ok", "actor": self.name}
+        if self.mqtt is not None:
+            answer["mqtt"] = self.mqtt.state().to_mapping()
+        return Response.json(200, answer)
 
     # --- hints ----------------------------------------------------------------------
 
@@ -136,6 +191,7 @@ class Collector(EdgeWorker):
         if self.waker is not None:
             self.waker.drain()
         self._maybe_hint()
+        self._report_mqtt()
 
     def on_timer(self, payload: Any) -> None:
         if payload == "hint":

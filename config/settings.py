@@ -36,6 +36,7 @@ __all__ = [
     "IngestSettings",
     "FeatureSettings",
     "LearningSettings",
+    "MqttSettings",
     "PredictSettings",
     "Settings",
     "StorageSettings",
@@ -181,6 +182,32 @@ class StorageSettings:
     couchbase: CouchbaseSettings = field(default_factory=CouchbaseSettings)
 
 
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """``[mqtt]``: collectors also take readings and outcomes from an MQTT broker (QoS 1, a
+    shared subscription so replicas split the load, acknowledged only once committed).
+    Off while ``url`` is empty. The password is best given as ``RML_MQTT_PASSWORD``."""
+
+    url: str = ""  # mqtt://host:1883 or mqtts://host:8883
+    username: str = ""
+    password: str = field(default="", repr=False)
+    readings_topic: str = "rml/readings/+"
+    outcomes_topic: str = "rml/outcomes/+"
+    share_group: str = "rml"  # $share/<group>/<topic>: one copy of each message per group
+    client_id_prefix: str = "rml"  # <prefix>-<node>-<collector>: stable across restarts
+    session_expiry_s: int = 86_400  # how long the broker keeps a gone collector's session
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    ca_file: str = ""  # mqtts: a CA bundle instead of the system's
+
+    def address(self) -> tuple[str, int, bool]:
+        """(host, port, tls) from ``url``."""
+        url = urlsplit(self.url)
+        tls = url.scheme == "mqtts"
+        return url.hostname or "", url.port or (8883 if tls else 1883), tls
+
+
 #: What a node may host (``[cluster] roles``): collectors, predictors, and the learning
 #: subtree's single workers (learner, feature generator, publisher), which run on the leader.
 CLUSTER_ROLES = ("collector", "predictor", "learning")
@@ -228,6 +255,7 @@ class Settings:
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
 
     @property
     def node_name(self) -> str:
@@ -262,6 +290,7 @@ _SECTIONS: dict[str, type] = {
     "supervision": SupervisionSettings,
     "storage": StorageSettings,
     "cluster": ClusterSettings,
+    "mqtt": MqttSettings,
 }
 _TOP_LEVEL = {"data_dir": str, "log_level": str}
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -473,6 +502,7 @@ def _validate(s: Settings) -> Settings:
     validate_supervision(s.supervision)
     _validate_storage(s.storage)
     _validate_cluster(s)
+    _validate_mqtt(s.mqtt)
     from config.job import ModelType  # local: config.job is the learning side's
 
     try:
@@ -504,6 +534,42 @@ def _validate_storage(storage: StorageSettings) -> None:
     for name, most in (("bootstrap_timeout_s", 300.0), ("kv_timeout_s", 60.0)):
         if not 0 < getattr(cb, name) <= most:
             raise ConfigError(f"{key}.{name}", f"must be in (0, {most:g}] seconds")
+
+
+def _validate_mqtt(mqtt: MqttSettings) -> None:
+    if not mqtt.url:
+        return
+    url = urlsplit(mqtt.url)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname or port == -1 or url.path \
+            not in ("", "/"):
+        raise ConfigError("mqtt.url", "must be mqtt://host[:port] or mqtts://host[:port], "
+                          f"got {mqtt.url!r}")
+    for key in ("readings_topic", "outcomes_topic"):
+        topic = getattr(mqtt, key)
+        levels = topic.split("/")
+        if (not topic or len(topic) > 200 or any(("+" in level or "#" in level)
+                                                 and level not in ("+", "#") for level in levels)
+                or "#" in levels[:-1] or topic.startswith("$")):
+            raise ConfigError(f"mqtt.{key}", "must be an MQTT topic filter (+ and # as whole "
+                              f"levels, # last), got {topic!r}")
+    if mqtt.readings_topic == mqtt.outcomes_topic:
+        raise ConfigError("mqtt.outcomes_topic", "must differ from mqtt.readings_topic")
+    if not _NODE_NAME.fullmatch(mqtt.share_group):
+        raise ConfigError("mqtt.share_group", "must be 1 to 40 letters, digits, _ . or -")
+    if not _NODE_NAME.fullmatch(mqtt.client_id_prefix):
+        raise ConfigError("mqtt.client_id_prefix", "must be 1 to 40 letters, digits, _ . or -")
+    if not 0 <= mqtt.session_expiry_s <= 2**32 - 1:
+        raise ConfigError("mqtt.session_expiry_s", "must be in 0..4294967295 seconds")
+    if not 5 <= mqtt.keepalive_s <= 65535:
+        raise ConfigError("mqtt.keepalive_s", "must be in 5..65535 seconds")
+    if not 0 < mqtt.reconnect_min_s <= mqtt.reconnect_max_s:
+        raise ConfigError("mqtt.reconnect_min_s", "must be above 0 and at most reconnect_max_s")
+    if mqtt.password and not mqtt.username:
+        raise ConfigError("mqtt.username", "a password needs a username")
 
 
 def _validate_cluster(s: Settings) -> None:

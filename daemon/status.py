@@ -148,16 +148,31 @@ def collect_status(settings: Settings, timeout_s: float = 10.0) -> dict[str, Any
         ],
         "actors": [
             {"name": a.name, "node": a.node, "role": a.role, "pid": a.pid,
-             "restarts": a.restarts, "state": a.state, "supervisor": a.supervisor}
+             "restarts": a.restarts, "state": a.state, "supervisor": a.supervisor,
+             **({"notes": {k: _plain(v) for k, v in a.notes}} if a.notes else {})}
             for a in report.actors
         ],
     }
+    if settings.mqtt.url:
+        collectors = {a.name: _plain(dict(a.notes).get("mqtt")) for a in report.actors
+                      if a.role == "collector" and a.state == "running"}
+        status["mqtt"] = {"url": settings.mqtt.url,
+                          "connected": sum(bool(c and c.get("connected"))
+                                           for c in collectors.values()),
+                          "collectors": collectors}
     status["store"] = _store_health(settings)
     try:
         status.update(_store_view(settings))
     except StoreError as exc:  # the tree is still worth showing; the store's state says why
         status["store"].update(healthy=False, error=str(exc))
     return status
+
+
+def _plain(value: Any) -> Any:
+    """A note's value as JSON: a tuple of pairs is a mapping."""
+    if isinstance(value, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in value):
+        return {k: _plain(v) for k, v in value}
+    return value
 
 
 def _store_health(settings: Settings) -> dict[str, Any]:
@@ -209,6 +224,14 @@ def render_status(status: dict[str, Any]) -> str:
             walk(actor["name"], depth + 1)
 
     walk("", 1)
+    mqtt = status.get("mqtt")
+    if mqtt:
+        lines.append(f"mqtt: {mqtt['url']}: {mqtt['connected']}/{len(mqtt['collectors'])} "
+                     "collectors connected")
+        for name, state in sorted(mqtt["collectors"].items()):
+            if state and not state.get("connected"):
+                lines.append(f"  {name}: {state.get('error')} (since "
+                             f"{utc_text(state.get('since_ms'))})")
     store = status.get("store")
     if store:
         state = "ok" if store["healthy"] else f"UNAVAILABLE: {store['error']}"

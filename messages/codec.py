@@ -51,6 +51,7 @@ __all__ = [
     "PredictQuery",
     "UnsupportedMediaType",
     "WireFormat",
+    "decode_message",
     "decode_outcomes",
     "decode_predict_query",
     "decode_readings",
@@ -112,6 +113,11 @@ def _decode_batch(
     items = doc[key]
     if type(items) is not list:
         raise BodyError("wrong_type", f"{key}: expected an array, got {kind_of(items)}")
+    return _decode_items(items, key, to_fact, latest, max_items)
+
+
+def _decode_items(items: list[Any], key: str, to_fact: Callable[[Any, int], T | Problem],
+                  latest: int, max_items: int) -> DecodedBatch[T]:
     if len(items) > max_items:
         raise BodyError("too_many_items", f"{key}: {len(items)} items, at most {max_items}")
     kept: list[T] = []
@@ -151,6 +157,31 @@ def decode_outcomes(
     """Decode ``{"outcomes": [...]}``; raises only ``BodyError``, bad items become ItemErrors."""
     latest = now_ms + max_future_ms
     return _decode_batch(body, content_type, "outcomes", to_outcome, latest, max_items)
+
+
+def decode_message(
+    payload: bytes,
+    content_type: str | None,
+    kind: str,
+    *,
+    now_ms: int,
+    max_future_ms: int = 300_000,
+    max_items: int = 100_000,
+) -> DecodedBatch[Any]:
+    """An MQTT message's ``kind`` ("readings" or "outcomes"): a batch (``{"readings":
+    [...]}``), an array of items or one item; JSON or msgpack (``content_type``, else sniffed:
+    JSON starts with ``{`` or ``[``). Raises only ``BodyError``."""
+    if content_type is None:
+        head = payload.lstrip()[:1]
+        content_type = "application/json" if head in (b"{", b"[") else "application/msgpack"
+    doc = parse(payload, content_type)
+    to_fact: Callable[[Any, int], Any] = to_reading if kind == "readings" else to_outcome
+    if type(doc) is dict and doc.keys() == {kind}:
+        doc = doc[kind]
+        if type(doc) is not list:
+            raise BodyError("wrong_type", f"{kind}: expected an array, got {kind_of(doc)}")
+    items = doc if type(doc) is list else [doc]
+    return _decode_items(items, kind, to_fact, now_ms + max_future_ms, max_items)
 
 
 def _deadline_ms(doc: dict[str, Any]) -> float | None:

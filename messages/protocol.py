@@ -42,6 +42,7 @@ __all__ = [
     "StoppingNormally",
     "SystemStarted",
     "TrainRequest",
+    "WorkerNote",
     "TrainResult",
     "RollbackRequest",
     "RollbackResult",
@@ -117,6 +118,17 @@ class ActorInfo:
     supervisor: str
     address: Any = field(default=None, compare=False)
     node: str = ""  # the node its current incarnation runs on ("" : none)
+    # What the actor itself reports for status (``WorkerNote``), e.g. ``("mqtt", {...})``.
+    notes: tuple[tuple[str, Any], ...] = field(default=(), compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerNote:
+    """Worker -> its supervisor (up to the root's directory): something ``status`` shows
+    of it (its MQTT connection), sent when it changes."""
+
+    key: str
+    value: Any  # plain, immutable values (a tuple of pairs for a mapping)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,7 @@ class Child:
     # a supervisor that dies abruptly leaves them running, so we end them.
     below: dict[str, int] = field(default_factory=dict)
     below_nodes: dict[str, str] = field(default_factory=dict)  # name -> node, where not ours
+    notes: dict[str, Any] = field(default_factory=dict)  # its own WorkerNotes, for status
 
     def backoff_history(self, reset_s: float) -> list[float]:
         """The restarts that pace its next backoff, cleared first if it was alive ``reset_s``
@@ -69,7 +70,7 @@ class Child:
         """What the root's directory (and ``rml status``) shows of it."""
         return ActorInfo(self.spec.name, self.spec.role, self.pid, self.restarts, self.state,
                          supervisor, self.address if self.state in REACHABLE else None,
-                         self.node)
+                         self.node, tuple(sorted(self.notes.items())))
 
 
 def standby_spec(spec: SupervisorSpec, n: int) -> ChildSpec:

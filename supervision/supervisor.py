@@ -52,6 +52,7 @@ from messages.protocol import (
     StartSystem,
     StoppingNormally,
     SystemStarted,
+    WorkerNote,
 )
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
@@ -168,6 +169,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         child.init_id = uuid.uuid4().hex
         child.started_at = time.monotonic()
         child.moving_since = 0.0
+        child.notes = {}  # a new incarnation reports its own
         target = self._standby_target(child) if child in self.standbys else self._target(child)
         if target is None:
             # No node hosts its role now: it waits for one to join (``_reconcile``).
@@ -597,6 +599,12 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             self._record(info)
         elif self.supervisor is not None:
             self.send(self.supervisor, ChildUp(info))
+
+    def on_WorkerNote(self, msg: WorkerNote, sender: Any) -> None:  # noqa: N802
+        child = self._by_address(sender)
+        if child is not None:
+            child.notes[msg.key] = msg.value
+            self._report(child.info(self.name))
 
     def on_ChildUp(self, msg: ChildUp, sender: Any) -> None:  # noqa: N802
         child = self._by_address(sender)

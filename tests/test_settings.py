@@ -89,6 +89,18 @@ DEFAULTS: dict[str, Any] = {
     "cluster.node_name": "",
     "cluster.roles": ("collector", "predictor", "learning"),
     "cluster.join": "",
+    "mqtt.url": "",
+    "mqtt.username": "",
+    "mqtt.password": "",
+    "mqtt.readings_topic": "rml/readings/+",
+    "mqtt.outcomes_topic": "rml/outcomes/+",
+    "mqtt.share_group": "rml",
+    "mqtt.client_id_prefix": "rml",
+    "mqtt.session_expiry_s": 86400,
+    "mqtt.keepalive_s": 30,
+    "mqtt.reconnect_min_s": 0.5,
+    "mqtt.reconnect_max_s": 30.0,
+    "mqtt.ca_file": "",
 }
 
 GOOD_TOKEN = "a-long-enough-token"
