@@ -2,7 +2,9 @@
 
 Starts a daemon on the settings given (a fresh data directory under
 ``data_dir``), plays field gateways over HTTP (duplicates, late and
-malformed readings included), waits for a published model, asks for
+malformed readings included; one in the talk's ``PreyReading`` format) and
+one over MQTT (through a Mosquitto it starts, when one is installed), waits for a
+published model, asks for
 predictions over HTTP and through Thespian, SIGKILLs a predictor and a
 collector and shows both answer again, prints a summary and stops the daemon,
 checking that no process and no port is left.
@@ -10,6 +12,7 @@ checking that no process and no port is left.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,10 +20,12 @@ import threading
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from daemon.gateway import HttpClient, IngestTally, send_items
+from daemon.broker import Broker, mosquitto_binary, running_broker
+from daemon.gateway import HttpClient, IngestTally, publish_items, send_items, talk_item
 from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
 from learning.ceiling import holdout_best_auc
@@ -112,11 +117,38 @@ def run_demo(base: Settings, config_path: str | None) -> int:
         where += f" and Couchbase scope {couchbase.scope!r}"
     started = time.monotonic()
     _say(f"Reactive ML demo: data in {where}")
+    with contextlib.ExitStack() as stack:
+        broker = _demo_broker(settings, stack)
+        if broker is not None:
+            settings = replace(settings, mqtt=replace(settings.mqtt, url=broker.url))
+            os.environ["RML_MQTT_URL"] = broker.url
+        return _run(settings, config_path, broker, started)
+    return 1
+
+
+def _demo_broker(settings: Settings, stack: contextlib.ExitStack) -> Broker | None:
+    """A Mosquitto for the MQTT gateway, on the project's own config and a free port, when
+    one is installed and no broker is configured; None (said why) otherwise."""
+    if settings.mqtt.url:
+        _say(f"MQTT: the configured broker {settings.mqtt.url} is not the demo's: the fourth "
+             "gateway sends over HTTP")
+        return None
+    if mosquitto_binary() is None:
+        _say("MQTT: no mosquitto installed (Debian's `mosquitto` package): the fourth "
+             "gateway sends over HTTP")
+        return None
+    broker = stack.enter_context(running_broker(Path(settings.data_dir).resolve() / "mosquitto"))
+    _say(f"MQTT: a Mosquitto for the demo at {broker.url} (deploy/mosquitto.conf)")
+    return broker
+
+
+def _run(settings: Settings, config_path: str | None, broker: Broker | None,
+         started: float) -> int:
     _say("starting the daemon ...")
     record = start(settings, config_path)
     try:
         _say(f"  up in {time.monotonic() - started:.1f} s (process group {record.pgid})")
-        return _play(settings, started)
+        return _play(settings, started, broker)
     except Exception as exc:
         _say(f"demo failed: {type(exc).__name__}: {exc}")
         return 1
@@ -132,23 +164,33 @@ def run_demo(base: Settings, config_path: str | None) -> int:
         _say(f"demo took {time.monotonic() - started:.0f} s")
 
 
-def _play(settings: Settings, started: float) -> int:
+def _play(settings: Settings, started: float, broker: Broker | None) -> int:
     ingest = settings.ingest
     token = ingest.tokens[0]
     savanna = Savanna(seed=7, end_ms=last_midnight_ms())
     traffic = savanna.traffic()
     _say(f"playing 4 field gateways: {len(traffic.items)} reading items "
          f"({traffic.n_duplicates} resent, {traffic.n_late} late, {len(traffic.malformed)} "
-         "malformed), JSON and msgpack ...")
+         "malformed): JSON, msgpack, the talk's PreyReading format (camelCase, real-valued "
+         "bounds), and " + ("MQTT" if broker else "msgpack (no MQTT broker)") + " ...")
+    if broker is not None:
+        _wait("the collectors subscribed to the broker",
+              lambda: collect_status(settings)["mqtt"]["connected"] == ingest.collectors, 30.0)
     tally = IngestTally()
     lock = threading.Lock()
 
     def gateway(part: int) -> None:
-        client = HttpClient(ingest.host, ingest.port, token)
         mine = IngestTally()
-        send_items(client, "readings", traffic.items[part::4], batch_size=1000,
-                   fmt="msgpack" if part % 2 else "json", tally=mine)
-        client.close()
+        items = traffic.items[part::4]
+        if part == 3 and broker is not None:
+            mine = publish_items("127.0.0.1", broker.port, "demo-gateway-4", "readings", items)
+        else:
+            client = HttpClient(ingest.host, ingest.port, token)
+            if part == 2:
+                items = tuple(talk_item(item) for item in items)
+            send_items(client, "readings", items, batch_size=1000,
+                       fmt="msgpack" if part % 2 else "json", tally=mine)
+            client.close()
         with lock:
             tally.accepted += mine.accepted
             tally.duplicates += mine.duplicates

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -116,4 +117,83 @@ def send_items(client: HttpClient, kind: str, items: Iterable[dict[str, Any]],
             batch = []
     if batch:
         flush()
+    return tally
+
+
+#: The talk's names for a reading's fields (``messages._wire_fields.READING_ALIASES``).
+_TALK_NAMES = {"sensor_id": "sensorId", "location_id": "locationId",
+               "reading_id": "readingId", "animals_lower": "animalsLowerBound",
+               "animals_upper": "animalsUpperBound", "percent_zebras": "percentZebras"}
+
+
+def talk_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A reading item as a gateway written from the talk sends it: camelCase names and
+    real-valued bounds (other keys and values, even malformed ones, kept as they are)."""
+    out: dict[str, Any] = {}
+    for key, value in item.items():
+        if key in ("animals_lower", "animals_upper") and type(value) is int:
+            value = float(value)
+        out[_TALK_NAMES.get(key, key)] = value
+    return out
+
+
+def publish_items(host: str, port: int, gateway: str, kind: str,
+                  items: Iterable[dict[str, Any]], batch_size: int = 1000,
+                  timeout_s: float = 120.0) -> IngestTally:
+    """Publish ``items`` over MQTT (QoS 1, msgpack batches on ``rml/<kind>/<gateway>``), each
+    message asking for its answer on a response topic (MQTT 5), and tally the answers: the
+    collectors answer once a message's items are committed."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    tally = IngestTally()
+    answers: list[dict[str, Any]] = []
+    done = threading.Event()
+    expected = [0]
+    lock = threading.Lock()
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        with lock:
+            answers.append(json.loads(message.payload))
+            if len(answers) >= expected[0]:
+                done.set()
+
+    subscribed = threading.Event()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{gateway}-{kind}",
+                         protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect(host, port)
+    client.loop_start()
+    replies = f"rml/answers/{gateway}"
+    try:
+        client.subscribe(replies, qos=1)
+        subscribed.wait(10.0)  # the answers' subscription is in place before any question
+        batch: list[dict[str, Any]] = []
+        chunks = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= batch_size:
+                chunks.append(batch)
+                batch = []
+        if batch:
+            chunks.append(batch)
+        expected[0] = len(chunks)
+        for chunk in chunks:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.ResponseTopic = replies
+            properties.ContentType = "application/msgpack"
+            client.publish(f"rml/{kind}/{gateway}", msgpack.packb({kind: chunk}), qos=1,
+                           properties=properties)
+        if chunks and not done.wait(timeout_s):
+            tally.failed_batches = len(chunks) - len(answers)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    for answer in answers:
+        if "error" in answer:
+            tally.failed_batches += 1
+        else:
+            tally.add(answer)
     return tally
