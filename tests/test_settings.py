@@ -552,3 +552,32 @@ durability = "persist_to_majority"
     assert "from-the-env" not in repr(s)
     assert refused_key(write(tmp_path, "[storage.couchbase]\nport = 1\n", "bad.toml")) == (
         "storage.couchbase.port")
+
+
+# --- [mqtt] ------------------------------------------------------------------------------
+
+
+def test_mqtt_settings_from_file_and_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, '[mqtt]\nurl = "mqtts://broker.internal"\nusername = "rml"\n')
+    s = load_settings(path, {"RML_MQTT_PASSWORD": "from-env", "RML_MQTT_READINGS_TOPIC": "a/+"})
+    assert s.mqtt.address() == ("broker.internal", 8883, True)
+    assert (s.mqtt.password, s.mqtt.readings_topic) == ("from-env", "a/+")
+    assert "from-env" not in repr(s.mqtt)
+    assert load_settings(None, {"RML_MQTT_URL": "mqtt://127.0.0.1"}).mqtt.address() == (
+        "127.0.0.1", 1883, False)
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[mqtt]\nurl = "http://broker"\n', "mqtt.url"),
+    ('[mqtt]\nurl = "mqtt://"\n', "mqtt.url"),
+    ('[mqtt]\nurl = "mqtt://b:99999"\n', "mqtt.url"),
+    ('[mqtt]\nurl = "mqtt://b"\nreadings_topic = "rml/#/x"\n', "mqtt.readings_topic"),
+    ('[mqtt]\nurl = "mqtt://b"\noutcomes_topic = "rml/re+"\n', "mqtt.outcomes_topic"),
+    ('[mqtt]\nurl = "mqtt://b"\noutcomes_topic = "rml/readings/+"\n', "mqtt.outcomes_topic"),
+    ('[mqtt]\nurl = "mqtt://b"\nshare_group = "a/b"\n', "mqtt.share_group"),
+    ('[mqtt]\nurl = "mqtt://b"\nreconnect_min_s = 9.0\nreconnect_max_s = 1.0\n',
+     "mqtt.reconnect_min_s"),
+    ('[mqtt]\nurl = "mqtt://b"\npassword = "x"\n', "mqtt.username"),
+])
+def test_bad_mqtt_settings_are_refused_by_name(tmp_path: Path, text: str, key: str) -> None:
+    assert refused_key(write(tmp_path, text)) == key
