@@ -89,7 +89,7 @@ class Collector(EdgeWorker):
             # client id of the slot, whose session holds what its predecessor left).
             self.mqtt = MqttIngest(
                 self.settings.mqtt,
-                client_id(self.settings.mqtt, self.settings.node_name, self.name),
+                client_id(self.settings.mqtt, self.name),
                 self._mqtt_facts, self._mqtt_accepted, self.log,
                 self.settings.ingest.max_future_ms, changed=self._mqtt_changed)
             self.mqtt.start()

@@ -7,7 +7,7 @@ thread of its own (paho-mqtt, MQTT 5):
   only after its items are committed durably (``manual_ack``). A collector that dies
   before that leaves the message unacknowledged in its session, and the broker sends it
   again to the replacement, which reconnects under the same client id
-  (``<prefix>-<node>-<collector>``) with ``clean_start=False`` and a session expiry: the
+  (``<prefix>-<collector slot>``) with ``clean_start=False`` and a session expiry: the
   items come again and are stored once, by key.
 - **Replicas split the load**: ``$share/<group>/<topic>``, one copy of each message for the
   group.
@@ -50,10 +50,12 @@ _RETRY_MIN_S = 0.2
 _RETRY_MAX_S = 5.0
 
 
-def client_id(settings: MqttSettings, node: str, collector: str) -> str:
-    """The collector slot's client id: stable across restarts, so its session (and the
-    messages it left unacknowledged) goes to its replacement."""
-    return f"{settings.client_id_prefix}-{node}-{collector}"
+def client_id(settings: MqttSettings, collector: str) -> str:
+    """The collector slot's client id (``rml-collector-1``, ``rml-collector-2.b`` for a
+    member's slot): stable across restarts and across the nodes a slot is placed on, so its
+    session (and the messages it left unacknowledged) goes to its replacement wherever that
+    runs."""
+    return f"{settings.client_id_prefix}-{collector.replace('@', '.')}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -194,7 +194,7 @@ class MqttSettings:
     readings_topic: str = "rml/readings/+"
     outcomes_topic: str = "rml/outcomes/+"
     share_group: str = "rml"  # $share/<group>/<topic>: one copy of each message per group
-    client_id_prefix: str = "rml"  # <prefix>-<node>-<collector>: stable across restarts
+    client_id_prefix: str = "rml"  # <prefix>-<collector slot>: stable across restarts
     session_expiry_s: int = 86_400  # how long the broker keeps a gone collector's session
     keepalive_s: int = 30
     reconnect_min_s: float = 0.5
