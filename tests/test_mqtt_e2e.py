@@ -25,7 +25,14 @@ from paho.mqtt.properties import Properties
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient
 from learning.simulator import Savanna
-from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
+from tests.e2e_support import (
+    BACKENDS,
+    TOKEN,
+    RunningDaemon,
+    running_daemon,
+    storage_section,
+    wait_for,
+)
 from tests.mqtt_support import NEEDS_BROKER, Broker, running_broker
 
 pytestmark = [pytest.mark.e2e, NEEDS_BROKER]
@@ -37,10 +44,12 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         yield started
 
 
-@pytest.fixture(scope="module")
-def daemon(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def daemon(request: pytest.FixtureRequest, broker: Broker,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     sections: dict[str, dict[str, Any]] = {
-        "mqtt": {"url": broker.url, "reconnect_max_s": 1.0}, "predict": {"deadline_ms": 5000}}
+        "mqtt": {"url": broker.url, "reconnect_max_s": 1.0}, "predict": {"deadline_ms": 5000},
+        **storage_section(request.param)}
     with running_daemon(tmp_path_factory.mktemp("mqtt"), sections, min_outcomes=100) as d:
         wait_for("both collectors connected to the broker", lambda: _connected(d) == 2, 30.0)
         yield d
