@@ -51,6 +51,10 @@ class Broker:
             elif line.startswith("persistence_location "):
                 line = f"persistence_location {self.folder}/"
             lines.append(line)
+        if os.geteuid() == 0:
+            # As root, Mosquitto switches to the user "mosquitto", which could not write its
+            # persistence (sessions, queues) or its log here: they would be lost unnoticed.
+            lines.append("user root")
         conf.write_text("\n".join(lines) + f"\nlog_dest file {self.folder}/mosquitto.log\n")
         self.process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)

@@ -244,3 +244,11 @@ def test_broker_restart_and_collectors_killed_mid_batch_lose_and_double_nothing(
         ids = [r.reading_id for r in stores.facts.all_readings() if r.sensor_id == "9"]
     assert sorted(ids) == sorted(expected)  # each once
     wait_for("both collectors back and connected", lambda: _connected(daemon) == 2, 30.0, 0.1)
+    # The broker kept every collector's session over its restarts (persistence as shipped):
+    # only a client's very first connection found none.
+    fresh: dict[str, int] = {}
+    for line in (daemon.settings.log_dir / "rml.log").read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") == "mqtt_connected" and event.get("session_present") is False:
+            fresh[event["client"]] = fresh.get(event["client"], 0) + 1
+    assert fresh and all(n == 1 for n in fresh.values()), fresh
