@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -57,6 +58,17 @@ def stored(settings: Settings) -> int:
         backend.close()
 
 
+def in_threads(gateway: Callable[[int], None], n: int) -> float:
+    """Run ``gateway(0..n-1)`` in ``n`` threads; the seconds until all are done."""
+    began = time.monotonic()
+    threads = [threading.Thread(target=gateway, args=(g,)) for g in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - began
+
+
 def http_rate(settings: Settings, size: int, seconds: float, gateways: int) -> float:
     done = [0] * gateways
     now_ms = int(time.time() * 1000)
@@ -72,13 +84,7 @@ def http_rate(settings: Settings, size: int, seconds: float, gateways: int) -> f
             n += size
         client.close()
 
-    began = time.monotonic()
-    threads = [threading.Thread(target=gateway, args=(g,)) for g in range(gateways)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(done) / (time.monotonic() - began)
+    return sum(done) / in_threads(gateway, gateways)
 
 
 def mqtt_rate(settings: Settings, port: int, size: int, seconds: float,
@@ -112,11 +118,7 @@ def mqtt_rate(settings: Settings, port: int, size: int, seconds: float,
         client.loop_stop()
 
     began = time.monotonic()
-    threads = [threading.Thread(target=gateway, args=(g,)) for g in range(gateways)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(gateway, gateways)
     total = sum(published)
     deadline = time.monotonic() + 120.0
     count = 0

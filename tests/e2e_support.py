@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,16 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float,
         time.sleep(interval_s)
 
 
+@contextmanager
+def open_stores(settings: Settings) -> Iterator[Stores]:
+    """The stores ``settings`` name, read-only, closed on exit."""
+    backend = StoreBackend(settings, read_only=True)
+    try:
+        yield backend.stores()
+    finally:
+        backend.close()
+
+
 @dataclass
 class RunningDaemon:
     """Handles on a daemon started by the ``rml`` CLI for a test."""
@@ -69,14 +79,9 @@ class RunningDaemon:
                 return dict(actor)
         raise KeyError(name)
 
-    @contextmanager
-    def stores(self) -> Iterator[Stores]:
+    def stores(self) -> AbstractContextManager[Stores]:
         """The daemon's stores, read-only, on its backend."""
-        backend = StoreBackend(self.settings, read_only=True)
-        try:
-            yield backend.stores()
-        finally:
-            backend.close()
+        return open_stores(self.settings)
 
     def champion(self) -> ModelRecord | None:
         """The registry's champion, read from the daemon's store (read-only), if any."""
@@ -229,14 +234,9 @@ class Node:
         assert done.returncode == 0, done.stderr
         return dict(json.loads(done.stdout))
 
-    @contextmanager
-    def stores(self) -> Iterator[Stores]:
+    def stores(self) -> AbstractContextManager[Stores]:
         """The cluster's shared stores, read-only, as this node's settings name them."""
-        backend = StoreBackend(self.settings, read_only=True)
-        try:
-            yield backend.stores()
-        finally:
-            backend.close()
+        return open_stores(self.settings)
 
 
 def cluster_configs(tmp: Path, names: tuple[str, ...],
