@@ -84,7 +84,8 @@ def http_rate(settings: Settings, size: int, seconds: float, gateways: int) -> f
             n += size
         client.close()
 
-    return sum(done) / in_threads(gateway, gateways)
+    seconds_taken = in_threads(gateway, gateways)
+    return sum(done) / seconds_taken
 
 
 def mqtt_rate(settings: Settings, port: int, size: int, seconds: float,
