@@ -34,6 +34,7 @@ from daemon.group import (
     group_members,
     port_accepts,
     port_bindable,
+    set_process_name,
     wait_until,
 )
 from daemon.logs import NODE_ENV
@@ -457,6 +458,7 @@ def serve(settings: Settings) -> int:
     from messages.protocol import StartSystem, SystemStarted
 
     configure_logging(settings.log_dir, settings.log_level, actor="keeper")
+    set_process_name("rml-keeper")  # the admin and Thespian's logger, forked from it, too
     log = get_logger()
     try:
         libc = ctypes.CDLL(None, use_errno=True)

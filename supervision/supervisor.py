@@ -34,7 +34,7 @@ from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, W
 
 from actors.base import NODE_CAPABILITY, ReactiveActor
 from config.settings import Settings
-from daemon.group import descendants, process_alive
+from daemon.group import descendants, process_alive, set_process_name
 from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     Activate,
@@ -137,6 +137,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         self.name = name
         self.settings = settings
         self.spec = spec
+        set_process_name(f"rml-sup:{name}")  # what ps shows (not rml:, a worker's prefix)
         configure_logging(settings.log_dir, settings.log_level, actor=name)
         self.log = get_logger(actor=name, role="supervisor")
         self.children = [Child(spec=c) for c in spec.children]
