@@ -47,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httptools  # noqa: E402
 import numpy as np  # noqa: E402
 
+from learning.compiled import sigmoid  # noqa: E402
+
 __all__ = ["FloorModel", "load_floor_model", "main", "running_floor", "serve"]
 
 HOST = "127.0.0.1"
@@ -111,12 +113,7 @@ class _Ensemble:
         for _ in range(self.depth):
             node = children[node, (x[feature[node]] <= threshold[node]).view(np.int8)]
         total = self.offset + float(self.value[node].sum())
-        if not self.logistic:
-            return total
-        if total >= 0:
-            return 1.0 / (1.0 + math.exp(-total))
-        e = math.exp(total)
-        return e / (1.0 + e)
+        return sigmoid(total) if self.logistic else total
 
 
 @dataclass(frozen=True, slots=True)
