@@ -3,13 +3,16 @@
 Owns: its fact cursor (in the feature store), the active feature collection, and
 how many times in a row each feature has crashed (in memory: the verdict is
 in the store, a restart only costs a few more crashes before it).
-Receives: ``FactsRecorded`` hints (and a timer, in case a hint was lost).
-Sends: ``CollectionSwitched`` to the learner and the predictors; the rows
-themselves are in the feature store, where predictors and the learner read
-them. When a feature's values break its type's rules, or its computation
-crashes ``[features] max_crashes`` times in a row, the feature is marked
-invalid and the active collection falls back (the seed's ``validCollection``);
-every switch is logged and recorded.
+Receives: ``FactsRecorded`` hints (and a timer, in case a hint was lost);
+``FeatureRowsNoted`` (a predictor took a push).
+Sends: ``CollectionSwitched`` to the learner and the predictors; ``FeatureRows``
+to the predictors: the rows it wrote, pushed one at a time to each and at least
+every ``[predict] row_freshness_s`` / 4 (``actors.row_feed``), so predictors answer
+from memory. The rows are in the feature store first, where the learner reads
+them and predictors reload them. When a feature's values break its type's rules,
+or its computation crashes ``[features] max_crashes`` times in a row, the feature
+is marked invalid and the active collection falls back (the seed's
+``validCollection``); every switch is logged and recorded.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from typing import Any
 
 from actors.base import Worker
+from actors.row_feed import RowFeed
 from learning.collections import (
     CrashStreaks,
     FeatureCollection,
@@ -27,7 +31,13 @@ from learning.feature_batch import compute_batch
 from learning.features import (
     register_collections,
 )
-from messages.protocol import CollectionSwitched, FactsNoted, FactsRecorded, Init
+from messages.protocol import (
+    CollectionSwitched,
+    FactsNoted,
+    FactsRecorded,
+    FeatureRowsNoted,
+    Init,
+)
 from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
 from storage.facts import FactCursor, FactStore
 from storage.features import FeatureStore
@@ -37,6 +47,12 @@ __all__ = ["CURSOR", "FeatureGenerator"]
 CURSOR = "feature-generator/readings"
 _POLL_S = 1.0
 _BATCH = 5000
+
+
+def _heartbeat_s(freshness_s: float) -> float:
+    """How often a predictor hears from us, at the least: several times per freshness bound
+    (a push may wait for the previous one's acknowledgement)."""
+    return min(0.25, freshness_s / 4)
 
 
 def _now_ms() -> int:
@@ -57,6 +73,7 @@ class FeatureGenerator(Worker):
         self.crashes = CrashStreaks(limit=3)
         self.cursor = FactCursor()
         self._more_scheduled = False
+        self.feed: RowFeed | None = None  # this incarnation's pushes to the predictors
 
     def on_start(self, init: Init) -> None:
         # Kept across the retries of a start that waits for the store (``actors.base``).
@@ -72,6 +89,10 @@ class FeatureGenerator(Worker):
         self.cursor = self.features.cursor(CURSOR)
         self._choose_collection("started")
         self.wakeupAfter(_POLL_S, payload="poll")
+        self.feed = self.feed or RowFeed(heartbeat_s=_heartbeat_s(init.settings.predict
+                                                                   .row_freshness_s))
+        self._push()
+        self.wakeupAfter(self.feed.heartbeat_s, payload="push")
 
     def on_stop(self) -> None:
         if self.backend is not None:
@@ -95,8 +116,30 @@ class FeatureGenerator(Worker):
         self.send(sender, FactsNoted(msg.sequence))  # the collector may hint again
         self._catch_up()
 
+    def on_FeatureRowsNoted(self, msg: FeatureRowsNoted, sender: Any) -> None:  # noqa: N802
+        if self.feed is not None:
+            self.feed.noted(sender, msg.version)
+            self._push()  # what came while it was busy
+
+    def on_peers(self) -> None:
+        self._push()  # a new predictor reloads and joins at once
+
+    def _push(self) -> None:
+        """Send the pushes due now (``actors.row_feed``)."""
+        if self.feed is None:
+            return
+        for address, push in self.feed.pushes(self.peers.of("predictor"), time.monotonic(),
+                                              time.time()):
+            self.send(address, push)
+
     def on_timer(self, payload: Any) -> None:
-        if payload == "poll":
+        if payload == "push":
+            try:
+                self._push()
+            finally:
+                assert self.feed is not None
+                self.wakeupAfter(self.feed.heartbeat_s, payload="push")
+        elif payload == "poll":
             try:
                 self._catch_up()
             finally:
@@ -131,7 +174,11 @@ class FeatureGenerator(Worker):
                              location_id=crash.location_id, error=crash.error,
                              in_a_row=crash.in_a_row)
         self._record_invalid(result.invalid)
-        self.features.write_rows(list(result.rows))
+        rows = list(result.rows)
+        self.features.write_rows(rows)
+        if self.feed is not None:
+            self.feed.written(rows)
+            self._push()
         self.cursor = page.cursor
         self.features.advance_cursor(CURSOR, self.cursor, _now_ms())
         self.log.debug("features_written", readings=len(page.items), locations=result.locations)

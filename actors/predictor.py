@@ -3,11 +3,16 @@
 Owns: an ``HttpEdge`` thread; an immutable ``ServingSnapshot`` (champion,
 fallback and a model in shadow, if any) that it swaps whole, so the edge never
 sees half a model; a ``ShadowRunner`` of requests waiting for the shadow model.
+Also owns a ``RowTable``: each location's latest feature row, for the collections
+the snapshot's models take, loaded from the store and kept current by the feature
+generator's pushes; ``{"location_id"}`` answers read it, and the store only when the
+table is not confirmed within ``[predict] row_freshness_s`` (``learning.row_table``).
 Receives: ``ModelPublished``, ``ShadowStarted`` and ``CollectionSwitched``
 (choose again now), a timer (choose again, in case a hint was lost), a shadow
 timer (ask the shadow model, off the answers, and report), ``Forwarded(PredictRequest)``
-(answer ``reply_to``).
-Sends: ``Prediction`` / ``PredictionError``; ``ShadowServed`` to the publisher.
+(answer ``reply_to``), ``FeatureRows`` (take them; reload first when asked).
+Sends: ``Prediction`` / ``PredictionError``; ``ShadowServed`` to the publisher;
+``FeatureRowsNoted`` to the feature generator.
 On start it reads the champion, the models and the invalid features from the
 stores: never from memory. A champion on a collection with an invalid feature
 is not served; a model on a valid collection stands in (answers marked
@@ -25,6 +30,7 @@ from actors.counters import Counters
 from actors.edge import Request, Response, Route
 from config.settings import PredictSettings
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
+from learning.row_table import RowLookup, RowTable
 from learning.serving import (
     NO_MODEL_YET,
     HeldRows,
@@ -39,6 +45,8 @@ from messages.codec import BodyError, PredictQuery, decode_predict_query
 from messages.openapi import PREDICT_OPENAPI_JSON
 from messages.protocol import (
     CollectionSwitched,
+    FeatureRows,
+    FeatureRowsNoted,
     Forwarded,
     Init,
     ModelPublished,
@@ -48,6 +56,7 @@ from messages.protocol import (
     ShadowStarted,
 )
 from storage.backend import ACTOR_CONNECT_WAIT_S, StoreBackend
+from storage.errors import StoreError
 from storage.features import FeatureStore
 from storage.registry import ModelRegistry
 from storage.shadow import ShadowCounts
@@ -84,9 +93,10 @@ class Predictor(EdgeWorker):
         self.registry: ModelRegistry | None = None
         self.features: FeatureStore | None = None  # actor thread only
         self.counters = Counters(("ok", "fallback", "bad_request", "unavailable"))
+        self.rows = RowTable(PredictSettings().row_freshness_s)  # replaced in on_start
         self._edge_store: FeatureStore | None = None  # the edge's loop thread only
-        self._edge_rows: HeldRows | None = None  # its rows, held for an outage
-        self._actor_rows: HeldRows | None = None  # the actor thread's
+        self._edge_rows: RowLookup | None = None  # its reader of the table
+        self._actor_rows: RowLookup | None = None  # the actor thread's
         # Shadow serving: requests wait here for the shadow model (the edge only appends).
         self.shadow = ShadowRunner()
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
@@ -98,6 +108,7 @@ class Predictor(EdgeWorker):
         self.backend = self.backend or StoreBackend(settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()
         self.features = self.backend.features()
+        self.rows.freshness_s = settings.predict.row_freshness_s
         self._refresh()
         self.wakeupAfter(settings.predict.refresh_interval_s, payload="refresh")
         self.prepare_edge()
@@ -138,6 +149,10 @@ class Predictor(EdgeWorker):
                                active)
         current = self.snapshot
         if choice == _served(current):
+            held = {m.feature_collection_id for m in (current.champion, current.fallback,
+                                                       current.shadow) if m is not None}
+            if held - self.rows.collections:  # a load the store refused: again now
+                self._hold_rows(held)
             return
         loaded = {m.version: m for m in (current.champion, current.fallback, current.shadow)
                   if m is not None}
@@ -153,6 +168,8 @@ class Predictor(EdgeWorker):
 
         first, fallback = load(choice.first), load(choice.fallback)
         shadow = load(choice.shadow) if first is not None else None
+        self._hold_rows({m.feature_collection_id for m in (first, fallback, shadow)
+                         if m is not None})
         # One assignment: the swap.
         self.snapshot = ServingSnapshot(first, fallback, choice.stand_in,
                                         choice.reason or NO_MODEL_YET, shadow)
@@ -160,6 +177,41 @@ class Predictor(EdgeWorker):
         event("model_loaded", version=choice.first, stand_in=choice.stand_in,
               fallback_version=choice.fallback, active_collection_id=active,
               shadow_version=choice.shadow, reason=choice.reason or None)
+
+    # --- rows -------------------------------------------------------------------------
+
+    def _hold_rows(self, wanted: set[int]) -> None:
+        """Hold the rows of these collections (reading the new ones from the store), only."""
+        features, table = self.features, self.rows
+        assert features is not None
+        first = not table.collections
+        started = time.time()
+        complete = True
+        for collection_id in sorted(wanted - table.collections):
+            try:
+                table.load(collection_id, features.latest_rows(collection_id))
+            except StoreError as exc:  # its lookups read the store (and held rows) meanwhile
+                complete = False
+                self.log.warning("feature_rows_not_loaded", collection_id=collection_id,
+                                 error=str(exc))
+        table.keep(wanted)
+        if first and complete and wanted:
+            table.confirm(started)  # as fresh as the store when we began reading
+
+    def on_FeatureRows(self, msg: FeatureRows, sender: Any) -> None:  # noqa: N802
+        features, table = self.features, self.rows
+        if features is None:
+            return  # not started: the generator sends it again, asking for a reload
+        if msg.reload:
+            try:
+                for collection_id in sorted(table.collections):
+                    table.load(collection_id, features.latest_rows(collection_id))
+            except StoreError as exc:  # unacknowledged: it is sent again, reload and all
+                self.log.warning("feature_rows_not_reloaded", error=str(exc))
+                return
+        table.apply(FeatureRow(*row) for row in msg.rows)
+        table.confirm(msg.sent_at)
+        self.send(sender, FeatureRowsNoted(msg.version))
 
     def on_ModelPublished(self, msg: ModelPublished, sender: Any) -> None:  # noqa: N802
         self._refresh()
@@ -192,7 +244,7 @@ class Predictor(EdgeWorker):
         debug = self.settings.log_level == "debug"
         assert self.features is not None
         # Rows the champion was not asked with: through the actor's own store, on its thread.
-        self.shadow.run_pending(self.features.latest_row,
+        self.shadow.run_pending(self._actor_lookup(),
                                 self._log_shadow_prediction if debug else None,
                                 budget_s=_SHADOW_BUDGET_S)
         shadow = self.snapshot.shadow
@@ -232,27 +284,28 @@ class Predictor(EdgeWorker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
-        if self._actor_rows is None:
-            self._actor_rows = HeldRows(lambda c, loc: self._features().latest_row(c, loc))
         self.send(msg.reply_to, self.shadow.answer(
-            self.snapshot, query, self._actor_rows, request.correlation_id,
+            self.snapshot, query, self._actor_lookup(), request.correlation_id,
             deadline_ms=self.settings.predict.deadline_ms))
 
-    def _features(self) -> FeatureStore:
-        assert self.features is not None
-        return self.features
+    def _actor_lookup(self) -> RowLookup:
+        """The actor thread's reader of the row table (its store: the actor's own)."""
+        if self._actor_rows is None:
+            features = self.features
+            assert features is not None
+            self._actor_rows = self.rows.reader(HeldRows(features.latest_row))
+        return self._actor_rows
 
-    def _lookup(self, collection_id: int, location_id: int) -> FeatureRow | None:
-        """A location's latest row, for the edge's loop thread (``/model`` is answered
-        there): its own store, opened on the first request, so it never queues on the
-        actor's connection; closed in ``on_stop`` once the edge has stopped."""
+    def _edge_lookup(self) -> RowLookup:
+        """The edge's loop thread's reader (``/model`` is answered there): its own store,
+        opened on the first request, so it never queues on the actor's connection; closed
+        in ``on_stop`` once the edge has stopped."""
         rows = self._edge_rows
         if rows is None:
-            assert self.settings is not None
             assert self.backend is not None
             self._edge_store = self.backend.features()
-            rows = self._edge_rows = HeldRows(self._edge_store.latest_row)
-        return rows(collection_id, location_id)
+            rows = self._edge_rows = self.rows.reader(HeldRows(self._edge_store.latest_row))
+        return rows
 
     def _post_model(self, request: Request) -> Response:
         try:
@@ -261,7 +314,8 @@ class Predictor(EdgeWorker):
             self.counters.bump("bad_request")
             return Response.error(exc.status, str(exc))
         assert self.settings is not None
-        answer = self.shadow.answer(self.snapshot, query, self._lookup,
+        lookup = self._edge_rows or self._edge_lookup()
+        answer = self.shadow.answer(self.snapshot, query, lookup,
                                     deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
             self.counters.bump("fallback" if answer.fallback else "ok")
@@ -296,6 +350,18 @@ class Predictor(EdgeWorker):
                   "# TYPE rml_edge_requests_total counter",
                   f'rml_edge_requests_total{{predictor="{self.name}"}} '
                   f"{self.edge.requests_served if self.edge else 0}"]
+        memory, store = self.rows.counts()
+        age = time.time() - self.rows.confirmed_at
+        lines += ["# HELP rml_prediction_rows_total Feature rows looked up for location_id "
+                  "predictions, by where they came from.",
+                  "# TYPE rml_prediction_rows_total counter",
+                  f'rml_prediction_rows_total{{predictor="{self.name}",source="memory"}} {memory}',
+                  f'rml_prediction_rows_total{{predictor="{self.name}",source="store"}} {store}',
+                  "# HELP rml_feature_rows_confirmed_age_seconds Since when the in-memory rows "
+                  "are known complete (answers read the store past [predict] row_freshness_s).",
+                  "# TYPE rml_feature_rows_confirmed_age_seconds gauge",
+                  f'rml_feature_rows_confirmed_age_seconds{{predictor="{self.name}"}} '
+                  f"{age if age != float('inf') else '+Inf'}"]
         shadow = self.snapshot.shadow
         if shadow is not None:
             counts = self.shadow.counts(shadow.version)

@@ -92,6 +92,10 @@ class PredictSettings:
     idle_timeout_s: float = 30.0
     refresh_interval_s: float = 2.0
     deadline_ms: float = 250.0  # per prediction; a request may ask for its own
+    # How far behind the feature generator's writes a ``location_id`` answer's row may be:
+    # predictors hold the rows in memory, pushed by the generator; past this without a push
+    # they read the store again (``learning.row_table``).
+    row_freshness_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,6 +476,8 @@ def _validate(s: Settings) -> Settings:
                               "must be at least max_body_bytes (one whole request)")
     if not 0 < s.predict.deadline_ms <= 60_000:
         raise ConfigError("predict.deadline_ms", "must be in (0, 60000]")
+    if not 0.05 <= s.predict.row_freshness_s <= 3600:
+        raise ConfigError("predict.row_freshness_s", "must be in [0.05, 3600] seconds")
     if s.features.max_crashes < 1:
         raise ConfigError("features.max_crashes", "must be at least 1")
     for module in s.features.plugins:

@@ -30,6 +30,7 @@ from learning.compiled import (
     features_from_mapping,
 )
 from learning.lineage import feature_names_of
+from learning.row_table import RowLookup
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.errors import StoreError
@@ -49,7 +50,6 @@ __all__ = [
     "predict",
 ]
 
-RowLookup = Callable[[int, int], FeatureRow | None]
 
 
 class HeldRows:

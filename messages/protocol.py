@@ -17,6 +17,8 @@ __all__ = [
     "CollectionSwitched",
     "FactsNoted",
     "FactsRecorded",
+    "FeatureRows",
+    "FeatureRowsNoted",
     "Forwarded",
     "MessageFailed",
     "Init",
@@ -284,6 +286,29 @@ class FactsNoted:
     """Receiver -> collector: hint ``sequence`` arrived; another may come."""
 
     sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRows:
+    """Feature generator -> predictors: the rows written since this receiver's last
+    acknowledged push, newest per (collection, location), each as ``(collection_id,
+    location_id, as_of_ms, values, computed_at_ms)``; every row written before ``sent_at``
+    (the generator's wall clock) is in it or an earlier push. ``reload``: read the latest
+    rows from the store before taking these (a receiver new to ``feed``, the generator's
+    incarnation, or one that fell too far behind). Answered with ``FeatureRowsNoted``."""
+
+    feed: str
+    version: int
+    rows: tuple[tuple[int, int, int, tuple[float, ...], int], ...]
+    sent_at: float
+    reload: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRowsNoted:
+    """Predictor -> feature generator: push ``version`` is taken; another may come."""
+
+    version: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from daemon.group import group_members, port_accepts
 from daemon.process import ask_root
 from learning.ceiling import holdout_best_auc
 from learning.lineage import facts_fingerprint
+from learning.serving import load_serving_model
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest
 from storage.facts import FactCursor
@@ -46,7 +47,11 @@ def daemon(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDaemon]:
     # A generous deadline: HTTP and Thespian answers are compared exactly, and a loaded
     # machine must not turn one of them into a (correctly marked) fallback answer.
-    sections = {"predict": {"deadline_ms": 5000}, **storage_section(request.param)}
+    # A long freshness bound: a row served from memory can only have come by push (see
+    # test_rows_of_a_new_location_are_pushed_and_served_from_memory), however slow the
+    # machine; the bound itself is tested with a clock in tests/test_row_table.py.
+    sections = {"predict": {"deadline_ms": 5000, "row_freshness_s": 30.0},
+                **storage_section(request.param)}
     with running_daemon(tmp_path_factory.mktemp("e2e"), sections, min_outcomes=500) as d:
         yield d
 
@@ -186,6 +191,74 @@ def test_http_and_thespian_predictions_agree(daemon: RunningDaemon,
         assert over_thespian.model_version == over_http["model_version"]
         assert over_thespian.label == over_http["label"]
         assert over_http["fallback"] is False
+
+
+def _row_counts(daemon: RunningDaemon) -> dict[str, tuple[int, int]]:
+    """Each running predictor's rows looked up so far, (from memory, from the store), read
+    from its ``/metrics`` (fresh connections until every replica has answered)."""
+    names = {a["name"] for a in daemon.status()["actors"]
+             if a["role"] == "predictor" and a["state"] == "running"}
+    counts: dict[str, tuple[int, int]] = {}
+
+    def scrape() -> bool:
+        client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
+        try:
+            status, _, body = client.request("GET", "/metrics")
+        finally:
+            client.close()
+        assert status == 200
+        found: dict[str, dict[str, int]] = {}
+        for line in body.decode().splitlines():
+            if line.startswith("rml_prediction_rows_total{"):
+                labels, value = line[len("rml_prediction_rows_total{"):].split("} ")
+                fields = dict(part.split("=") for part in labels.split(","))
+                found.setdefault(fields["predictor"].strip('"'), {})[
+                    fields["source"].strip('"')] = int(value)
+        for name, by_source in found.items():
+            counts[name] = (by_source["memory"], by_source["store"])
+        return names <= counts.keys()
+
+    wait_for("every predictor's /metrics", scrape, 30.0, 0.0)
+    return counts
+
+
+def test_rows_of_a_new_location_are_pushed_and_served_from_memory(
+        daemon: RunningDaemon, ingest: HttpClient, predictor: HttpClient) -> None:
+    champion = daemon.champion()
+    assert champion is not None
+    location = 4242  # never seen: no predictor's table held it when it was loaded
+    status, unknown = predictor.post("/model", {"location_id": location})
+    assert status == 400 and unknown["error"].startswith("unknown_location")
+    now = int(time.time() * 1000)
+    readings = [_reading(location_id=location, timestamp=now - 500 * n,
+                         animals_lower=2 + n, animals_upper=12 + n) for n in range(6)]
+    assert ingest.post("/readings", {"readings": readings})[1]["accepted"] == 6
+
+    def stored_row() -> Any:
+        with daemon.stores() as stores:
+            return stores.features.latest_row(champion.feature_collection_id, location)
+
+    row = wait_for("the feature generator's row for the new location", stored_row, 30.0)
+    with daemon.stores() as stores:
+        model = load_serving_model(champion, stores.registry.compiled_form(champion.version),
+                                   lambda: stores.registry.artifact(champion.version))
+
+    def answered_from_memory() -> bool:
+        before = _row_counts(daemon)
+        for _ in range(10):
+            status, answer = predictor.post("/model", {"location_id": location})
+            assert status == 200, answer
+            assert answer["probability"] == pytest.approx(model.predict_one(row.values),
+                                                          abs=1e-12)
+        after = _row_counts(daemon)
+        store_reads = sum(after[n][1] - before[n][1] for n in after)
+        memory_reads = sum(after[n][0] - before[n][0] for n in after)
+        return store_reads == 0 and memory_reads >= 10
+
+    # The push may still be on its way (meanwhile the store answers, as the truth): then every
+    # predictor holds the row, and the store is read no more for it.
+    wait_for("the new location's row served from the predictors' memory",
+             answered_from_memory, 30.0, 0.1)
 
 
 def test_predictors_serve_compiled_forms_without_loading_scikit_learn(

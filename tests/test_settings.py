@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "predict.idle_timeout_s": 30.0,
     "predict.refresh_interval_s": 2.0,
     "predict.deadline_ms": 250.0,
+    "predict.row_freshness_s": 1.0,
     "learning.min_outcomes": 500,
     "learning.retrain_every_outcomes": 1000,
     "learning.check_interval_s": 1.0,
@@ -581,3 +582,9 @@ def test_mqtt_settings_from_file_and_environment(tmp_path: Path) -> None:
 ])
 def test_bad_mqtt_settings_are_refused_by_name(tmp_path: Path, text: str, key: str) -> None:
     assert refused_key(write(tmp_path, text)) == key
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.01, -1.0, 7200.0])
+def test_a_row_freshness_bound_out_of_range_is_refused(tmp_path: Path, seconds: float) -> None:
+    path = write(tmp_path, f"[predict]\nrow_freshness_s = {seconds}\n")
+    assert refused_key(path) == "predict.row_freshness_s"
