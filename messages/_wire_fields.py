@@ -18,6 +18,7 @@ from messages._wire_parse import DuplicateKeys, kind_of, show
 from messages.facts import Outcome, Reading
 
 __all__ = [
+    "MAX_LOCATION",
     "OUTCOME_ALIASES",
     "Problem",
     "READING_ALIASES",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 _MAX_ID_CHARS = 128
-_MAX_LOCATION = 2**31 - 1
+MAX_LOCATION = 2**31 - 1
 _MAX_ANIMALS = 10**9
 _MAX_INT_ID = 2**63  # integer ids are 64-bit, as a gateway's Int or Long
 
@@ -75,7 +76,7 @@ def _integer(value: Any, high: int) -> Problem | None:
 
 def location_problem(value: Any) -> Problem | None:
     """Why ``value`` is not a location id (an integer, 0 to 2**31 - 1), if it is not."""
-    return _integer(value, _MAX_LOCATION)
+    return _integer(value, MAX_LOCATION)
 
 
 def _bound(value: Any) -> Problem | None:
@@ -240,7 +241,7 @@ def to_reading(item: Any, latest: int) -> Reading | Problem:
             and 0 < len(reading_id) <= _MAX_ID_CHARS
             and reading_id.isascii()
             and type(location_id) is int
-            and 0 <= location_id <= _MAX_LOCATION
+            and 0 <= location_id <= MAX_LOCATION
             and type(timestamp) is int
             and 0 <= timestamp <= latest
             and type(lower) is int

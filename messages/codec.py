@@ -16,6 +16,7 @@ keys, how many items) and the encoding of answers, the only parts callers name.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -23,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import msgpack
 
 from messages._wire_fields import (
+    MAX_LOCATION,
     Problem,
     identifier_problem,
     location_problem,
@@ -196,9 +198,23 @@ def _deadline_ms(doc: dict[str, Any]) -> float | None:
     return float(value)
 
 
+# The body nearly every prediction has, ``{"location_id": n}`` in JSON: matched whole, it
+# decodes to what the general path gives (one key, an integer with no leading zero), for a
+# fifth of the cost. JSON's whitespace only; anything else takes the general path.
+_LOCATION_ONLY = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"location_id"[ \t\n\r]*:[ \t\n\r]*'
+                            rb"(0|[1-9][0-9]{0,9})[ \t\n\r]*\}[ \t\n\r]*")
+_JSON_TYPES = frozenset({None, "", "application/json"})
+
+
 def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
     """Decode ``{"location_id": n}`` or ``{"features": {name: number}}``, each with an optional
     ``"deadline_ms"`` (a number in (0, 60000]); else ``BodyError``."""
+    if content_type in _JSON_TYPES and type(body) is bytes:
+        match = _LOCATION_ONLY.fullmatch(body)
+        if match is not None:
+            location = int(match[1])
+            if location <= MAX_LOCATION:
+                return PredictQuery(location, None, None)
     doc = _body_object(parse(body, content_type), ("location_id", "features", "deadline_ms"),
                        "a query")
     deadline_ms = _deadline_ms(doc)

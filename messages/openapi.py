@@ -58,7 +58,7 @@ _ID_OR_INTEGER: _Schema = {
 }
 _FIELD_SCHEMAS: dict[Callable[[Any], Any], _Schema] = {
     fields.identifier_problem: _ID_OR_INTEGER,
-    fields.location_problem: {"type": "integer", "minimum": 0, "maximum": fields._MAX_LOCATION,
+    fields.location_problem: {"type": "integer", "minimum": 0, "maximum": fields.MAX_LOCATION,
                               "description": _WHOLE},
     fields._bound: {"type": "number", "minimum": 0, "maximum": fields._MAX_ANIMALS,
                     "description": "An estimate's bound: a real number."},

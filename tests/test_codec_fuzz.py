@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import msgpack
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from messages._wire_fields import OUTCOME_ALIASES, READING_ALIASES
@@ -247,3 +247,39 @@ def test_the_talks_spelling_decodes_to_the_same_readings(
                else i for i in talk_items]
     again = decode_readings(json.dumps({"readings": as_ints}).encode(), None, now_ms=NOW_MS)
     assert again.items == ours.items
+
+
+# The fast path for {"location_id": n} must decode exactly as the general one: bodies near
+# its pattern (whitespace, leading zeros, signs, big numbers, other keys, trailing bytes).
+_blank = st.text(alphabet=" \t\n\r\x0b\x0c", max_size=3)
+_numbers = (st.integers(min_value=-5, max_value=2**33).map(str)
+            | st.sampled_from(["007", "0", "00", "-0", "1e3", "7.0", "2147483647",
+                               "2147483648", "99999999999", "+7", "", "7 7"]))
+_keys = st.sampled_from(['"location_id"', '"location_id "', '"Location_id"', "location_id",
+                         '"location_id", "x"'])
+_near_fast_bodies = st.builds(
+    lambda b1, k, b2, b3, n, b4, tail, b5: f"{b1}{{{b2}{k}{b3}:{n}{b4}}}{tail}{b5}".encode(),
+    _blank, _keys, _blank, _blank, _numbers, _blank, st.sampled_from(["", "}", ",", "x"]),
+    _blank)
+
+
+def _decoded(body: bytes, content_type: str | None) -> Any:
+    try:
+        return decode_predict_query(body, content_type)
+    except BodyError as exc:
+        return ("error", exc.code, exc.detail)
+
+
+@FUZZ
+@given(_near_fast_bodies, st.sampled_from([None, "application/json"]))
+@example(b'{"location_id": 007}', None)
+@example(b'{"location_id":00}', None)
+@example(b'{"location_id": 2147483648}', None)
+@example(b'{"location_id": -0}', None)
+@example(b'\x0b{"location_id": 7}', None)
+@example(b'{"location_id": 7}}', None)
+@example(b' {\t"location_id"\r:\n2147483647 } ', "application/json")
+def test_the_location_fast_path_decodes_as_the_general_path(body: bytes,
+                                                            content_type: str | None) -> None:
+    general = _decoded(body, "application/json; charset=utf-8")  # never the fast path
+    assert _decoded(body, content_type) == general

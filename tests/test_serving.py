@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
@@ -295,3 +298,27 @@ def test_held_rows_answer_with_the_last_row_read_while_the_store_is_down() -> No
     down = True
     with pytest.raises(StoreUnavailable):
         held(1, 7)  # past the limit, the oldest held row went first
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.booleans(), st.floats(allow_nan=False, allow_infinity=False)
+       | st.sampled_from([0.0, -0.0, 1.0, 0.5, 1e-300, 5e-324, 0.1 + 0.2]),
+       st.integers(0, 2**40), st.integers(0, 2**31), st.booleans())
+def test_a_predictions_json_is_what_json_dumps_gives(label: bool, probability: float,
+                                                      version: int, collection: int,
+                                                      fallback: bool) -> None:
+    from actors.predictor import prediction_json
+
+    answer = Prediction("", label, probability, version, collection, fallback)
+    expected = json.dumps({"label": label, "probability": probability, "model_version": version,
+                           "feature_collection_id": collection, "fallback": fallback},
+                          separators=(",", ":")).encode()
+    assert prediction_json(answer) == expected
+    assert json.loads(prediction_json(answer))["probability"] == probability
+
+
+def test_a_prediction_that_is_not_a_number_is_refused_not_written() -> None:
+    from actors.predictor import prediction_json
+
+    with pytest.raises(ValueError):
+        prediction_json(Prediction("", False, float("nan"), 1, 1, False))
