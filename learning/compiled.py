@@ -271,13 +271,21 @@ class CompiledModel:
 
         Raises ``ValueError`` for a wrong length or an infinite value.
         """
+        return self.walk.predict_one(self.prepare(values))
+
+    def prepare(self, values: Sequence[float]) -> list[float]:
+        """The walk's input for ``values``: NaN imputed, float32-rounded for trees (a row's
+        input may be kept: ``walk.predict_one(prepare(v))`` is ``predict_one(v)``).
+
+        Raises ``ValueError`` for a wrong length or an infinite value.
+        """
         if len(values) != len(self.statistics):
             raise ValueError(f"expected {len(self.statistics)} values, got {len(values)}")
         raw = array("f", values) if self.float32_inputs else values
         x = [v if v == v else s for v, s in zip(raw, self.statistics, strict=True)]
         if not math.isfinite(sum(x)):
             raise ValueError("feature values must be finite numbers or NaN")
-        return self.walk.predict_one(x)
+        return x
 
     def to_bytes(self) -> bytes:
         kind = next(name for name, cls in _KINDS.items() if isinstance(self.walk, cls))

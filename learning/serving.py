@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
 from learning.compiled import (
@@ -80,6 +80,7 @@ class HeldRows:
         return row
 
 _SERVABLE = frozenset({CHAMPION, RETIRED})
+_MAX_PREPARED = 1_000_000  # locations' inputs kept per model, at most
 NO_MODEL_YET = "no model has been published yet"
 
 
@@ -91,6 +92,14 @@ class LoadedModel:
     feature_collection_id: int
     feature_names: tuple[str, ...]
     predict_one: Callable[[Sequence[float]], float]  # P(label is True)
+    # A compiled model's two halves (``predict_one`` is walk(prepare(values))), so a row's
+    # prepared input is made once per row and kept (``prepared``), not once per request.
+    prepare: Callable[[Sequence[float]], Any] | None = None
+    walk: Callable[[Any], float] | None = None
+    # location -> (the row values it was made from, their input): any thread may replace an
+    # entry (one assignment); an entry is used only for the very same values object.
+    prepared: dict[int, tuple[Sequence[float], Any]] = field(default_factory=dict, repr=False,
+                                                             compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +207,19 @@ def _answer(model: LoadedModel, query: PredictQuery, lookup: RowLookup, correlat
     values = feature_values(model, query, lookup, correlation_id)
     if isinstance(values, PredictionError):
         return values
-    probability = float(model.predict_one(values))
+    location, walk, prepare = query.location_id, model.walk, model.prepare
+    if location is not None and walk is not None and prepare is not None:
+        kept = model.prepared.get(location)
+        if kept is not None and kept[0] is values:
+            x = kept[1]
+        else:
+            x = prepare(values)
+            if len(model.prepared) >= _MAX_PREPARED:
+                model.prepared.clear()
+            model.prepared[location] = (values, x)
+        probability = float(walk(x))
+    else:
+        probability = float(model.predict_one(values))
     return Prediction(correlation_id, probability >= 0.5, probability, model.version,
                       model.feature_collection_id, fallback)
 
@@ -254,7 +275,7 @@ def load_serving_model(record: ModelRecord, compiled: bytes | None,
                                     f"{model.n_features} features, its lineage names "
                                     f"{len(names)}")
         return LoadedModel(record.version, record.feature_collection_id, names,
-                           model.predict_one)
+                           model.predict_one, model.prepare, model.walk.predict_one)
     from learning.artifacts import load_model
     from learning.inference import ServingModel
 

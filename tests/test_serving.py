@@ -322,3 +322,27 @@ def test_a_prediction_that_is_not_a_number_is_refused_not_written() -> None:
 
     with pytest.raises(ValueError):
         prediction_json(Prediction("", False, float("nan"), 1, 1, False))
+
+
+def test_a_rows_prepared_input_is_made_once_and_remade_when_the_row_changes() -> None:
+    prepared: list[Sequence[float]] = []
+
+    def prepare(values: Sequence[float]) -> list[float]:
+        prepared.append(values)
+        return [2.0 * v for v in values]
+
+    model = LoadedModel(1, 1, ("a",), lambda v: v[0] / 10, prepare, lambda x: x[0] / 10)
+    rows = {7: FeatureRow(1, 7, 1, (1.0,), 1)}
+    snapshot = ServingSnapshot(model)
+    query = PredictQuery(7, None)
+
+    def ask() -> float:
+        answer = predict(snapshot, query, lambda c, loc: rows.get(loc))
+        assert isinstance(answer, Prediction)
+        return answer.probability
+
+    assert [ask(), ask(), ask()] == [0.2, 0.2, 0.2]
+    assert len(prepared) == 1
+    rows[7] = FeatureRow(1, 7, 2, (3.0,), 2)  # a newer row: its own input
+    assert ask() == 0.6
+    assert len(prepared) == 2
