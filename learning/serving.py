@@ -100,6 +100,16 @@ class LoadedModel:
     # entry (one assignment); an entry is used only for the very same values object.
     prepared: dict[int, tuple[Sequence[float], Any]] = field(default_factory=dict, repr=False,
                                                              compare=False)
+    # The feature names sorted, as a query's features come; for each feature in the model's
+    # order, its place among them.
+    sorted_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    sorted_order: tuple[int, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ordered = sorted(self.feature_names)
+        place = {name: i for i, name in enumerate(ordered)}
+        object.__setattr__(self, "sorted_names", tuple(ordered))
+        object.__setattr__(self, "sorted_order", tuple(place[n] for n in self.feature_names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +195,16 @@ def feature_values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
                    correlation_id: str = "") -> Sequence[float] | PredictionError:
     """The query's feature values in ``model``'s order (from the query, or the location's
     latest row of the model's collection), or the 400 that says what is wrong."""
-    if query.features is not None:
+    given = query.features
+    if given is not None:
+        # The usual case: exactly the model's names (the codec sorts them and checked every
+        # value is a finite number), taken in the model's order without a mapping.
+        order = model.sorted_order
+        if len(given) == len(order) and all(pair[0] == name for pair, name in
+                                            zip(given, model.sorted_names, strict=True)):
+            return tuple([given[i][1] for i in order])
         try:
-            return features_from_mapping(model.feature_names, dict(query.features))
+            return features_from_mapping(model.feature_names, dict(given))
         except MissingFeature as exc:
             takes = ", ".join(model.feature_names)
             return PredictionError(correlation_id, f"missing_feature: {', '.join(exc.names)} "

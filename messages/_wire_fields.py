@@ -18,6 +18,7 @@ from messages._wire_parse import DuplicateKeys, kind_of, show
 from messages.facts import Outcome, Reading
 
 __all__ = [
+    "MAX_ID_CHARS",
     "MAX_LOCATION",
     "OUTCOME_ALIASES",
     "Problem",
@@ -30,7 +31,7 @@ __all__ = [
     "to_reading",
 ]
 
-_MAX_ID_CHARS = 128
+MAX_ID_CHARS = 128
 MAX_LOCATION = 2**31 - 1
 _MAX_ANIMALS = 10**9
 _MAX_INT_ID = 2**63  # integer ids are 64-bit, as a gateway's Int or Long
@@ -51,8 +52,8 @@ def identifier_problem(value: Any) -> Problem | None:
         return None
     if type(value) is not str:
         return "wrong_type", f"expected a string or an integer, got {kind_of(value)}"
-    if not 0 < len(value) <= _MAX_ID_CHARS:
-        return "out_of_range", f"expected 1 to {_MAX_ID_CHARS} characters, got {len(value)}"
+    if not 0 < len(value) <= MAX_ID_CHARS:
+        return "out_of_range", f"expected 1 to {MAX_ID_CHARS} characters, got {len(value)}"
     if not value.isascii() and not _encodable(value):
         return "invalid_utf8", "contains a lone surrogate"
     return None
@@ -235,10 +236,10 @@ def to_reading(item: Any, latest: int) -> Reading | Problem:
         lower, upper, share = item["animals_lower"], item["animals_upper"], item["percent_zebras"]
         if (
             type(sensor_id) is str
-            and 0 < len(sensor_id) <= _MAX_ID_CHARS
+            and 0 < len(sensor_id) <= MAX_ID_CHARS
             and sensor_id.isascii()
             and type(reading_id) is str
-            and 0 < len(reading_id) <= _MAX_ID_CHARS
+            and 0 < len(reading_id) <= MAX_ID_CHARS
             and reading_id.isascii()
             and type(location_id) is int
             and 0 <= location_id <= MAX_LOCATION

@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 import msgpack
 
 from messages._wire_fields import (
+    MAX_ID_CHARS,
     MAX_LOCATION,
     Problem,
     identifier_problem,
@@ -237,11 +238,15 @@ def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
         raise BodyError("too_many_items", f"features: {len(features)}, at most {_MAX_FEATURES}")
     pairs = []
     for name, value in features.items():
-        problem = identifier_problem(name) or number_problem(value)
-        if problem is not None:
-            raise BodyError(problem[0], f"features[{show(name)}]: {problem[1]}")
+        # The usual case inline (an ASCII name, a finite float); the checks name the rest.
+        if not (type(name) is str and name.isascii() and 0 < len(name) <= MAX_ID_CHARS
+                and type(value) is float and value - value == 0.0):
+            problem = identifier_problem(name) or number_problem(value)
+            if problem is not None:
+                raise BodyError(problem[0], f"features[{show(name)}]: {problem[1]}")
         pairs.append((name, float(value)))
-    return PredictQuery(None, tuple(sorted(pairs)), deadline_ms)
+    pairs.sort()
+    return PredictQuery(None, tuple(pairs), deadline_ms)
 
 
 # --- encoding ----------------------------------------------------------------------------------

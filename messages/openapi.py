@@ -48,7 +48,7 @@ def _max_items(decode: Callable[..., Any]) -> int:
 
 # --- the item schemas, one per field check ------------------------------------------------------
 
-_IDENTIFIER: _Schema = {"type": "string", "minLength": 1, "maxLength": fields._MAX_ID_CHARS}
+_IDENTIFIER: _Schema = {"type": "string", "minLength": 1, "maxLength": fields.MAX_ID_CHARS}
 # JSON Schema counts 1.0 as an integer; the codec does not (it is a float on the wire).
 _WHOLE = "Written as an integer: 1, not 1.0."
 _ID_OR_INTEGER: _Schema = {
