@@ -346,3 +346,21 @@ def test_a_rows_prepared_input_is_made_once_and_remade_when_the_row_changes() ->
     rows[7] = FeatureRow(1, 7, 2, (3.0,), 2)  # a newer row: its own input
     assert ask() == 0.6
     assert len(prepared) == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.text("abcxyz_", min_size=1, max_size=6), min_size=1, max_size=9,
+                unique=True).flatmap(lambda names: st.tuples(
+                    st.just(tuple(names)),
+                    st.lists(st.floats(-1e6, 1e6), min_size=len(names), max_size=len(names)))))
+def test_explicit_features_are_taken_in_the_models_order(case: tuple[tuple[str, ...],
+                                                                     list[float]]) -> None:
+    from learning.compiled import features_from_mapping
+    from learning.serving import feature_values
+
+    names, values = case
+    model = LoadedModel(1, 1, names, lambda v: 0.0)
+    given = dict(zip(names, values, strict=True))
+    query = PredictQuery(None, tuple(sorted(given.items())))
+    assert feature_values(model, query, lambda c, loc: None) == features_from_mapping(names,
+                                                                                     given)
