@@ -26,21 +26,17 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.base import Worker
 from config.job import JobConfiguration
-from learning.artifacts import load_model
-from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
 from learning.drift_sample import measure_drift
-from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
 from learning.features import (
     FeatureCrashed,
     register_collections,
 )
 from learning.lineage import outcomes_seen
-from learning.pipeline import TrainingError
 from learning.triggers import (
     REQUEST,
     RetrainState,
@@ -72,6 +68,9 @@ from storage.training_runs import (
     TrainingRun,
     TrainingRuns,
 )
+
+if TYPE_CHECKING:  # scikit-learn (through these) is imported on the first training only
+    from learning.candidate import Candidate, ChampionRef
 
 __all__ = ["Learner", "NoModel"]
 
@@ -312,6 +311,10 @@ class Learner(Worker):
         before the feature generator's verdict, is left out of this run's choice; an
         external trainer's timeout or failure ends the run."""
         assert self.stores is not None and self.settings is not None
+        from learning.candidate import make_candidate
+        from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
+        from learning.pipeline import TrainingError
+
         learning = self.settings.learning
         fit = fit_step(learning.trainer, learning.trainer_token, learning.trainer_timeout_s)
         features = self.stores.features
@@ -357,6 +360,9 @@ class Learner(Worker):
         if collection is None or collection.id not in usable_collection_ids(
                 every, features.invalid_features()):
             return None  # its features are broken: it cannot be scored, only replaced
+        from learning.artifacts import load_model
+        from learning.candidate import ChampionRef
+
         pipeline = load_model(self.stores.registry.artifact(record.version))
         window_ms = json.loads(record.job).get("window_ms", self.default_job().window_ms)
         return ChampionRef(record.version, pipeline, collection, int(window_ms))

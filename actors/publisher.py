@@ -20,10 +20,8 @@ import time
 from typing import Any
 
 from actors.base import Worker
-from learning.artifacts import load_model
 from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
-from learning.inference import checked_compiled_form
 from learning.lineage import feature_names_of
 from learning.rollback import rollback_reason, rollback_refusal
 from learning.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
@@ -91,6 +89,9 @@ class Publisher(Worker):
         if self.registry.compiled_form(version) is not None:
             return
         record = self.registry.get(version)
+        from learning.artifacts import load_model
+        from learning.inference import checked_compiled_form
+
         if pipeline is None:
             pipeline = load_model(self.registry.artifact(version))
         form = checked_compiled_form(pipeline, feature_names_of(record.lineage))
@@ -244,6 +245,8 @@ class Publisher(Worker):
         artifact_error = None
         if record is not None:
             try:
+                from learning.artifacts import load_model
+
                 pipeline = load_model(self.registry.artifact(version))  # sha256, allow-list
                 self._compile(version, pipeline)
             except Exception as exc:
