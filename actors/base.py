@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -38,6 +39,7 @@ from thespian.actors import (
 
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from actors.edge import HttpEdge, Request, Route
+from actors.listeners import borrow_listener, listeners_path
 from config.settings import IngestSettings, PredictSettings, Settings
 from daemon.group import set_process_name
 from daemon.logs import configure_logging, get_logger
@@ -306,8 +308,9 @@ _BEFORE_START = (Init, Activate, Ping, Peers, WakeupMessage, ActorExitRequest, P
 
 class EdgeWorker(Worker):
     """A worker that serves HTTP from its own edge: the edge's threads start with the actor
-    (``prepare_edge`` in ``on_start``), its port is bound in ``on_serve`` (at once, or when
-    a warm standby is promoted, when a bind is all that is left to do)."""
+    (``prepare_edge`` in ``on_start``), and it accepts from ``on_serve`` on (at once, or
+    when a warm standby is promoted, when that is all that is left to do), from the
+    listener its node's keeper lends (``actors.listeners``), or else from one of its own."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -336,7 +339,24 @@ class EdgeWorker(Worker):
 
     def on_serve(self) -> None:
         assert self.edge is not None
-        self.edge.listen()
+        if not self.edge.port:
+            self.edge.listen(self._borrow_listener())
+
+    def _borrow_listener(self) -> socket.socket | None:
+        """The node's listener for the edge's port, lent by the keeper; None (the edge binds
+        its own, with SO_REUSEPORT, and we say so) where no keeper lends one."""
+        assert self.settings is not None
+        section = self.edge_settings()
+        if not section.port:
+            return None  # a fresh port for each replica: nothing to share
+        path = listeners_path(self.settings)
+        try:
+            return borrow_listener(path, section.host, section.port)
+        except FileNotFoundError:  # no daemon's keeper here (actors run on their own)
+            self.log.info("edge_binds_own_listener", reason=f"no {path}")
+        except OSError as exc:
+            self.log.warning("edge_binds_own_listener", reason=str(exc) or repr(exc))
+        return None
 
     def stop_edge(self) -> None:
         """Drain and stop the edge (``on_stop``)."""

@@ -201,8 +201,9 @@ def answered_by(settings: Settings, name: str, give_up: Callable[[], bool] = lam
                 timeout_s: float = 30.0) -> float | None:
     """When (``time.monotonic()``) a new connection to the predict port is first answered
     by the predictor called ``name``; None at the deadline. After a SIGKILL that is its
-    replacement (the killed process cannot answer, and its listening socket went with it).
-    Fresh connections, since SO_REUSEPORT spreads them over the replicas' listeners."""
+    replacement (the killed process cannot answer, and its copy of the listener went with it).
+    Fresh connections, since any of the replicas may accept one (they share the node's
+    listening socket: ``actors.listeners``)."""
     predict = settings.predict
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not give_up():

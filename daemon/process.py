@@ -1,12 +1,14 @@
 """Start, stop and reach the daemon: a process group we own, a keeper, the actor system.
 
 ``start`` spawns a keeper in a new session (so a new process group): the
-keeper starts Thespian's ``multiprocTCPBase`` admin bound to loopback and the
-root supervisor, waits until every actor answers, records the group in
-``<data_dir>/run/daemon.json`` and then stays, reaping orphans (it is a child
-subreaper), until it is told to stop. ``stop`` asks the actor system to shut
-down (actors drain), then ends whatever is left of the group and checks that
-no process and no port remains. The keeper's stdout/stderr go to a log file,
+keeper binds the node's HTTP edge ports (one listening socket each, lent to
+the replicas: ``actors.listeners``), starts Thespian's ``multiprocTCPBase``
+admin bound to loopback and the root supervisor, waits until every actor
+answers, records the group in ``<data_dir>/run/daemon.json`` and then stays,
+reaping orphans (it is a child subreaper), until it is told to stop. ``stop``
+asks the keeper to let go of the edge ports and the actor system to shut down
+(actors drain), then ends whatever is left of the group and checks that no
+process and no port remains. The keeper's stdout/stderr go to a log file,
 never to a pipe that could close under the actors.
 """
 
@@ -27,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from actors.listeners import EdgeListeners, listeners_path, release_listeners
 from config.settings import Settings
 from daemon.group import (
     children_of,
@@ -359,6 +362,9 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
     if record is None:
         return StopReport(False, True, 0, (), ())
     graceful = False
+    # The keeper lets go of the edge ports first: they close with the last replica's
+    # drain, as new clients should see, and are not left queueing on the keeper's copy.
+    release_listeners(listeners_path(settings))
     if _daemon_alive(record) and _admin_alive(settings, record):
         if not settings.cluster.leads:
             _leave(settings)
@@ -454,8 +460,7 @@ def _shutdown_system(settings: Settings, timeout_s: float) -> bool:
 
 def serve(settings: Settings) -> int:
     """Keeper main: start the actor system and the tree, record it, reap orphans until stopped."""
-    from daemon.logs import configure_logging, get_logger, thespian_log_defs
-    from messages.protocol import StartSystem, SystemStarted
+    from daemon.logs import configure_logging, get_logger
 
     configure_logging(settings.log_dir, settings.log_level, actor="keeper")
     set_process_name("rml-keeper")  # the admin and Thespian's logger, forked from it, too
@@ -468,6 +473,25 @@ def serve(settings: Settings) -> int:
     stop_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
+    # The edge ports, bound here once for the node's replicas (actors.listeners), before
+    # anything forks: a port taken meanwhile is this one clear error, and nothing started.
+    try:
+        listeners = EdgeListeners.open(settings, log)
+    except OSError as exc:
+        log.error("start_failed", error=str(exc))
+        print(f"start failed: {exc}", flush=True)
+        return 1
+    try:
+        return _run_system(settings, stop_requested, log)
+    finally:
+        listeners.close()
+
+
+def _run_system(settings: Settings, stop_requested: threading.Event, log: Any) -> int:
+    """The keeper's life once the listeners are held: the actor system, then ``_keep``."""
+    from daemon.logs import thespian_log_defs
+    from messages.protocol import StartSystem, SystemStarted
+
     bind_thespian_to(settings.actor_system.bind)
     _keep_admin_in_our_group()
     _preload_actor_modules(settings)

@@ -48,15 +48,15 @@ def test_fresh_table_answers_from_memory_and_a_stale_one_from_the_store() -> Non
 
     store.rows[(1, 7)] = row(1, 7, 200, 2.0)  # written, but no push came
     clock.now += 1.0  # exactly the bound: still fresh
-    assert lookup(1, 7).as_of_ms == 100
+    assert as_of(lookup(1, 7)) == 100
     clock.now += 0.001  # past it: the store, the truth
-    assert lookup(1, 7).as_of_ms == 200
+    assert as_of(lookup(1, 7)) == 200
     assert store.reads == 1
     assert table.counts() == (2, 1)
 
     table.apply([row(1, 7, 200, 2.0)])  # the push arrives, sent just now
     table.confirm(clock.now)
-    assert lookup(1, 7).as_of_ms == 200
+    assert as_of(lookup(1, 7)) == 200
     assert store.reads == 1
 
 
@@ -90,8 +90,8 @@ def test_pushes_and_loads_keep_the_newest_row_only_for_held_collections() -> Non
     table.load(1, [row(1, 7, 110), row(1, 8, 10)])  # a read older than a push already taken
     table.confirm(Clock().now)
     lookup = table.reader(Store())
-    assert lookup(1, 7).as_of_ms == 120
-    assert lookup(1, 8).as_of_ms == 10
+    assert as_of(lookup(1, 7)) == 120
+    assert as_of(lookup(1, 8)) == 10
     assert table.collections == {1}
     table.keep({2})
     assert table.collections == frozenset()
@@ -105,6 +105,11 @@ def test_confirmation_never_goes_back() -> None:
 
 
 # --- the feed ----------------------------------------------------------------------------
+
+
+def as_of(found: FeatureRow | None) -> int:
+    assert found is not None
+    return found.as_of_ms
 
 
 def rows_of(push) -> list[FeatureRow]:
