@@ -1,6 +1,7 @@
 """Predictions: the project's ``POST /model`` against the floor, in one run, with wrk.
 
     .venv/bin/python bench/predict.py [--model-type decision_tree] [--rounds 3] [--seconds 5]
+                                      [--body {location,features,both}]
 
 A real daemon (temporary directory, free ports on 127.0.0.1, 2 predict replicas, tokens
 set, always stopped) learns a champion of ``--model-type`` (``decision_tree``,
@@ -12,12 +13,30 @@ publish gate rejects: ``--hours``). Once ``POST /model {"location_id": 7}`` answ
 SO_REUSEPORT, the same champion and rows in memory) starts on another free port; both
 must give the same answers for locations 1..10 (a warning is printed if not).
 
+Two request bodies (``--body``, default ``both``): ``{"location_id": n}`` and
+``{"features": {name: value, ...}}`` with location n's latest feature row on the
+champion's collection, read from the daemon's store (read-only) before the rounds, so
+its answers equal location n's. The codec takes no null or NaN, so a location whose row
+holds one is skipped (and said so). Before the rounds, each server must answer the
+features bodies as it answers location_id (a warning is printed if not).
+
 Then ``--rounds`` rounds, the servers' order alternating from one round to the next: for
-each server, wrk for ``--seconds`` with 1 connection on 1 thread (p50, p99), then with 8
-connections on 2 threads (requests/s, p99); every request is a keep-alive
-``POST /model`` with a bearer token, for locations 1..10 in turn. Printed: each run as it
-comes, then per server the medians over rounds and the project's ratios to the floor
-against the goals. wrk runs on the same 2 cores as the servers (for both alike).
+each body and server, wrk for ``--seconds`` with 1 connection on 1 thread (p50, p99),
+then with 8 connections on 2 threads (requests/s, p99); every request is a keep-alive
+``POST /model`` with a bearer token, for locations 1..10 in turn. During the project's
+runs, a light ingest keeps its rows changing (a batch of 10 readings, one per location,
+once a second, stamped on the simulated data's clock: its end plus the time since, so the
+features' 6-hour windows still hold the simulated sensors) and a thread samples
+``GET /metrics`` every 100 ms on a fresh connection (so every replica): the age of the
+predictors' in-memory rows since last confirmed complete, and how many location_id rows
+were read from memory or from the store (each replica's counters against its own
+earlier values).
+
+Printed: each run as it comes; per body, each server's medians over rounds and the
+project's ratios to the floor against the goals; the project's features / location_id
+ratios (p50 at 1 connection, requests/s at 8: the goal is the same speed); the rows'
+confirmed age (p50, p99, max over the samples), the share of rows from memory and the
+readings sent. wrk runs on the same 2 cores as the servers (for both alike).
 
 Exit 2 if wrk is not installed (``apt-get install -y wrk``); 1 if a server answered
 anything but 200 under load; else 0 (the goals are reported, not enforced).
@@ -28,6 +47,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -35,7 +55,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +70,7 @@ from _floor import running_floor  # noqa: E402
 
 from config.job import HYPERPARAMETERS, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
+from daemon.demo import last_midnight_ms  # noqa: E402
 from daemon.gateway import HttpClient  # noqa: E402
 from daemon.group import free_ports  # noqa: E402
 
@@ -61,19 +84,23 @@ GOALS = "goals: p50 <= 1.1x, req/s >= 0.85x, p99 <= 1.5x the floor"
 _LEARNING_TOML = ('[learning]\nmin_outcomes = 100\nretrain_every_outcomes = 100000\n'
                   'drift_check_interval_s = 0\nmodel_type = "{model_type}"\n')
 
+BODIES = {"location": '{"location_id": n}', "features": '{"features": {...}}'}
+
+# The bodies are Lua long strings: JSON never holds "]==]".
 _LUA = """\
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer {token}"
+local bodies = {{{bodies}}}
 local requests = {{}}
 local n = 0
 init = function(args)
-  for i = 1, 10 do
-    requests[i] = wrk.format(nil, "/model", nil, '{{"location_id":' .. i .. '}}')
+  for i, body in ipairs(bodies) do
+    requests[i] = wrk.format(nil, "/model", nil, body)
   end
 end
 request = function()
-  n = n % 10 + 1
+  n = n % #requests + 1
   return requests[n]
 end
 """
@@ -128,13 +155,14 @@ def run_wrk(script: Path, port: int, connections: int, threads: int, seconds: fl
     return parse_wrk(output)
 
 
-def seed_champion(settings: Settings, timeout_s: float, hours: int = 48) -> dict[str, Any]:
-    """Send the simulator's readings and outcomes; wait until location 7 is answered (200)."""
-    from daemon.demo import last_midnight_ms
+def seed_champion(settings: Settings, timeout_s: float, hours: int,
+                  end_ms: int) -> dict[str, Any]:
+    """Send the simulator's readings and outcomes (ending at ``end_ms``); wait until
+    location 7 is answered (200)."""
     from daemon.gateway import send_items
     from learning.simulator import Savanna, reading_item
 
-    savanna = Savanna(seed=3, n_locations=10, hours=hours, end_ms=last_midnight_ms())
+    savanna = Savanna(seed=3, n_locations=10, hours=hours, end_ms=end_ms)
     ingest = settings.ingest
     client = HttpClient(ingest.host, ingest.port, ingest.tokens[0])
     try:
@@ -158,19 +186,54 @@ def seed_champion(settings: Settings, timeout_s: float, hours: int = 48) -> dict
                        "published: try more --hours)")
 
 
-def answers(port: int) -> dict[int, tuple[int, Any]]:
-    """Each location's (status, answer) from the server on ``port``."""
+def lua_script(token: str, bodies: dict[int, dict[str, Any]]) -> str:
+    """wrk's script: keep-alive ``POST /model`` with each of ``bodies`` in turn."""
+    texts = (json.dumps(body, separators=(",", ":")) for body in bodies.values())
+    return _LUA.format(token=token, bodies=", ".join(f"[==[{t}]==]" for t in texts))
+
+
+def feature_bodies(settings: Settings) -> tuple[dict[int, dict[str, Any]], list[int]]:
+    """Each location's ``{"features": ...}`` body, its latest row on the champion's
+    collection (read-only from the daemon's store); and the locations skipped: no row, or a
+    value that is not a finite number (the codec takes no null, NaN or infinity)."""
+    from learning.lineage import feature_names_of
+    from storage.backend import StoreBackend
+
+    backend = StoreBackend(settings, read_only=True)
+    try:
+        stores = backend.stores()
+        record = stores.registry.champion()
+        if record is None:
+            raise LookupError("the daemon has no champion")
+        names = feature_names_of(record.lineage)
+        bodies, skipped = {}, []
+        for loc in LOCATIONS:
+            row = stores.features.latest_row(record.feature_collection_id, loc)
+            if row is None or not all(type(v) in (int, float) and math.isfinite(v)
+                                      for v in row.values):
+                skipped.append(loc)
+                continue
+            values = (float(v) for v in row.values)
+            bodies[loc] = {"features": dict(zip(names, values, strict=True))}
+        return bodies, skipped
+    finally:
+        backend.close()
+
+
+def answers(port: int, bodies: dict[int, dict[str, Any]]) -> dict[int, tuple[int, Any]]:
+    """Each location's (status, answer) from the server on ``port``, for its body."""
     client = HttpClient(HOST, port, TOKEN)
     try:
-        return {loc: client.post("/model", {"location_id": loc}, retries=2) for loc in LOCATIONS}
+        return {loc: client.post("/model", body, retries=2) for loc, body in bodies.items()}
     finally:
         client.close()
 
 
 def compare(project: dict[int, tuple[int, Any]], floor: dict[int, tuple[int, Any]]) -> list[str]:
-    """Where the two servers' answers differ (empty: the same, probabilities within 1e-9)."""
+    """Where two sets of answers differ (empty: the same, probabilities within 1e-9), for
+    the locations of the first."""
     differences = []
-    for loc in LOCATIONS:
+    for loc in project:
         (ps, pa), (fs, fa) = project[loc], floor[loc]
         if ps != 200 or fs != 200:
             differences.append(f"location {loc}: status {ps} vs {fs} ({pa} vs {fa})")
@@ -181,6 +244,133 @@ def compare(project: dict[int, tuple[int, Any]], floor: dict[int, tuple[int, Any
         if not same:
             differences.append(f"location {loc}: {json.dumps(pa)} vs {json.dumps(fa)}")
     return differences
+
+
+_METRIC = re.compile(r'^(rml_prediction_rows_total|rml_feature_rows_confirmed_age_seconds)'
+                     r'\{predictor="([^"]+)"(?:,source="(\w+)")?\} (\S+)$', re.M)
+
+
+class Watch:
+    """While ``active``: the project's ``/metrics`` sampled every 100 ms from a thread (a
+    fresh connection each time, so every replica), and a batch of readings (one for each of
+    locations 1..10) posted to its ingest once a second from another.
+
+    The readings are stamped on the simulated data's clock (``end_ms`` when the watch is
+    made, then running): stamped with today's time, hours past the data's end, their
+    feature windows would hold one sensor and one reading, so trend and
+    sensor_disagreement would be NaN for every location and judged invalid, and the daemon
+    would switch to its fallback collection."""
+
+    def __init__(self, settings: Settings, end_ms: int) -> None:
+        self.settings = settings
+        self._clock = (end_ms, time.monotonic())
+        self.ages: list[float] = []  # confirmed age (s), one per sample
+        self.rows: dict[str, dict[str, int]] = {}  # predictor -> source -> rows looked up
+        self._last: dict[str, dict[str, int]] = {}  # predictor -> source -> last counter
+        self.sent = self.accepted = self.failed_batches = self.failed_scrapes = 0
+
+    def scrape(self, keep_age: bool = True) -> str | None:
+        """One ``/metrics`` on a fresh connection: note its figures, return its predictor."""
+        client = HttpClient(HOST, self.settings.predict.port, TOKEN, timeout_s=5.0)
+        try:
+            status, _, body = client.request("GET", "/metrics", retries=0)
+        except ConnectionError:
+            status = 0
+        finally:
+            client.close()
+        if status != 200:
+            self.failed_scrapes += 1
+            return None
+        found = _METRIC.findall(body.decode())
+        if not found:
+            return None
+        name, counters = found[0][1], {}
+        for metric, _, source, value in found:  # one predictor's figures
+            if metric == "rml_prediction_rows_total":
+                counters[source] = int(value)
+            elif keep_age:
+                self.ages.append(float(value))
+        last, rows = self._last.setdefault(name, {}), self.rows.setdefault(name, {})
+        for source, value in counters.items():
+            if source in last:  # a counter that fell was restarted: it counts from 0 again
+                rows[source] = rows.get(source, 0) + value - (last[source]
+                                                              if value >= last[source] else 0)
+            last[source] = value
+        return name
+
+    def scrape_all(self) -> None:
+        """Scrape until every replica has answered (the counters' bounds), within 5 s."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + 5.0
+        while len(seen) < self.settings.predict.replicas and time.monotonic() < deadline:
+            name = self.scrape(keep_age=False)
+            if name is not None:
+                seen.add(name)
+
+    def _sample(self, stop: threading.Event) -> None:
+        while not stop.wait(0.1):
+            self.scrape()
+
+    def _ingest(self, stop: threading.Event) -> None:
+        ingest = self.settings.ingest
+        client = HttpClient(ingest.host, ingest.port, ingest.tokens[0], timeout_s=5.0)
+        try:
+            while True:
+                now = self._clock[0] + int((time.monotonic() - self._clock[1]) * 1000)
+                batch = [{"sensor_id": "predict-bench", "location_id": loc,
+                          "reading_id": f"predict-bench-{self.sent + i}", "timestamp": now,
+                          "animals_lower": 5 + (self.sent + i) % 7,
+                          "animals_upper": 15 + (self.sent + i) % 7, "percent_zebras": 0.5}
+                         for i, loc in enumerate(LOCATIONS)]
+                self.sent += len(batch)
+                try:
+                    status, answer = client.post("/readings", {"readings": batch}, retries=1)
+                except ConnectionError:
+                    status = 0
+                if status == 200:
+                    self.accepted += int(answer["accepted"])
+                else:
+                    self.failed_batches += 1
+                if stop.wait(1.0):
+                    return
+        finally:
+            client.close()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.scrape_all()
+        stop = threading.Event()
+        threads = [threading.Thread(target=self._sample, args=(stop,), daemon=True),
+                   threading.Thread(target=self._ingest, args=(stop,), daemon=True)]
+        for thread in threads:
+            thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10.0)
+            self.scrape_all()
+
+    def report(self) -> list[str]:
+        lines = [f"project freshness over its runs: {len(self.ages)} /metrics samples "
+                 f"({self.failed_scrapes} failed); {self.sent} readings sent in batches of "
+                 f"{len(LOCATIONS)} once a second, {self.accepted} accepted"
+                 + (f", {self.failed_batches} batches failed" if self.failed_batches else "")]
+        if self.ages:
+            ages = sorted(self.ages)
+            p50, p99 = (ages[min(len(ages) - 1, int(q * len(ages)))] for q in (0.5, 0.99))
+            lines.append(f"  rows confirmed age: p50 {p50 * 1e3:,.0f} ms, p99 {p99 * 1e3:,.0f} "
+                         f"ms, max {ages[-1] * 1e3:,.0f} ms (answers read the store past "
+                         f"{self.settings.predict.row_freshness_s:g} s)")
+        memory = sum(r.get("memory", 0) for r in self.rows.values())
+        store = sum(r.get("store", 0) for r in self.rows.values())
+        share = f"{memory / (memory + store):.1%}" if memory + store else "-"
+        per = ", ".join(f"{n} {r.get('memory', 0):,}/{r.get('store', 0):,}"
+                        for n, r in sorted(self.rows.items()))
+        lines.append(f"  location_id rows from memory: {share} ({memory:,} from memory, "
+                     f"{store:,} from the store; memory/store by predictor: {per or '-'})")
+        return lines
 
 
 def _us(seconds: float) -> str:
@@ -216,6 +406,8 @@ def main() -> int:
                              "gradient_boosting, whose 48-hour model the gate rejects)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary directory (its logs) and print where it is")
+    parser.add_argument("--body", choices=["location", "features", "both"], default="both",
+                        help="the request bodies measured")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -229,60 +421,99 @@ def main() -> int:
     print(f"{model_type.value} ({hyper}: the job's defaults"
           + (f", {trees.default} trees" if trees else "") + f"); {hours} h of simulated data; "
           f"{version.strip()}")
+    kinds = list(BODIES) if args.body == "both" else [args.body]
     bad = False
     with bench_daemon(_LEARNING_TOML.format(model_type=model_type.value),
                       prefix="rml-bench-predict-", tokens=(TOKEN,), keep=args.keep,
                       keep_note="data and logs in", warn_leftovers=True) as (settings, config):
-        began = time.monotonic()
-        first = seed_champion(settings, args.train_timeout, hours)
+        began, end_ms = time.monotonic(), last_midnight_ms()
+        first = seed_champion(settings, args.train_timeout, hours, end_ms)
         print(f"daemon: {settings.predict.replicas} predict replicas on port "
               f"{settings.predict.port}; champion {first['model_version']} answers "
               f"({time.monotonic() - began:.1f} s after the first reading)")
+        bodies = {"location": {loc: {"location_id": loc} for loc in LOCATIONS}}
+        if "features" in kinds:
+            bodies["features"], skipped = feature_bodies(settings)
+            if skipped:
+                print(f"features bodies: locations {skipped} skipped (no row, or a value "
+                      "that is null, NaN or infinite: the codec takes none)")
+            if not bodies["features"]:
+                print("no location has a features body: only location_id is measured")
+                kinds.remove("features")
         floor_port = free_ports(1)[0]
         with running_floor(config, floor_port, TOKEN) as ready:
             print(ready)
-            differences = compare(answers(settings.predict.port), answers(floor_port))
+            servers = {"project": settings.predict.port, "floor": floor_port}
+            got = {(name, kind): answers(port, bodies[kind])
+                   for name, port in servers.items() for kind in ["location", *kinds]}
+            differences = compare(got["project", "location"], got["floor", "location"])
             if differences:
                 print("WARNING: the project and the floor answer differently:")
                 for line in differences:
                     print(f"  {line}")
             else:
                 print("same answers for locations 1..10 (probabilities within 1e-9)")
-            script = Path(config).parent / "predict.lua"
-            script.write_text(_LUA.format(token=TOKEN))
-            servers = {"project": settings.predict.port, "floor": floor_port}
+            if "features" in kinds:
+                differences = [f"{name} {line}" for name in servers for line in compare(
+                    got[name, "features"], got[name, "location"])]
+                if differences:
+                    print("WARNING: features bodies answered unlike location_id:")
+                    for line in differences:
+                        print(f"  {line}")
+                else:
+                    print(f"same answers for features bodies as for location_id on both "
+                          f"servers (locations {', '.join(map(str, bodies['features']))})")
+            scripts = {}
+            for kind in kinds:
+                scripts[kind] = Path(config).parent / f"predict-{kind}.lua"
+                scripts[kind].write_text(lua_script(TOKEN, bodies[kind]))
             for port in servers.values():
-                if args.warmup > 0:
-                    run_wrk(script, port, 8, 2, args.warmup)
-            figures = {name: Figures([], []) for name in servers}
+                for kind in kinds:
+                    if args.warmup > 0:
+                        run_wrk(scripts[kind], port, 8, 2, args.warmup)
+            figures = {(kind, name): Figures([], []) for kind in kinds for name in servers}
+            watch = Watch(settings, end_ms)
             for r in range(args.rounds):
                 order = list(servers) if r % 2 == 0 else list(reversed(servers))
-                for name in order:
-                    one = run_wrk(script, servers[name], 1, 1, args.seconds)
-                    eight = run_wrk(script, servers[name], 8, 2, args.seconds)
-                    figures[name].one.append(one)
-                    figures[name].eight.append(eight)
-                    problems = "; ".join(p for p in (one.errors, eight.errors) if p)
-                    bad = bad or bool(problems)
-                    print(f"round {r + 1} {name:<8} 1 conn: p50 {_us(one.p50_s)}, p99 "
-                          f"{_us(one.p99_s)}, {one.rate:,.0f} req/s | 8 conns: "
-                          f"{eight.rate:,.0f} req/s, p99 {_us(eight.p99_s)}"
-                          + (f"  ERRORS: {problems}" if problems else ""), flush=True)
+                for kind in kinds:
+                    for name in order:
+                        with watch.active() if name == "project" else contextlib.nullcontext():
+                            one = run_wrk(scripts[kind], servers[name], 1, 1, args.seconds)
+                            eight = run_wrk(scripts[kind], servers[name], 8, 2, args.seconds)
+                        figures[kind, name].one.append(one)
+                        figures[kind, name].eight.append(eight)
+                        problems = "; ".join(p for p in (one.errors, eight.errors) if p)
+                        bad = bad or bool(problems)
+                        print(f"round {r + 1} {kind:<8} {name:<8} 1 conn: p50 {_us(one.p50_s)}"
+                              f", p99 {_us(one.p99_s)}, {one.rate:,.0f} req/s | 8 conns: "
+                              f"{eight.rate:,.0f} req/s, p99 {_us(eight.p99_s)}"
+                              + (f"  ERRORS: {problems}" if problems else ""), flush=True)
+    medians = {key: f.medians() for key, f in figures.items()}
+    for kind in kinds:
+        print()
+        print(f"medians over {args.rounds} rounds of {args.seconds:g} s ({model_type.value}), "
+              f"body {BODIES[kind]}:")
+        print(f"{'':<9}{'1 conn p50':>12}{'1 conn p99':>12}{'1 conn req/s':>14}"
+              f"{'8 conns req/s':>15}{'8 conns p99':>13}")
+        for name in servers:
+            p50, p99_1, rate_1, rate_8, p99_8 = medians[kind, name]
+            print(f"{name:<9}{_us(p50):>12}{_us(p99_1):>12}{rate_1:>14,.0f}{rate_8:>15,.0f}"
+                  f"{_us(p99_8):>13}")
+        project, floor = medians[kind, "project"], medians[kind, "floor"]
+        p50_ratio, rate_ratio, p99_ratio = (project[0] / floor[0], project[3] / floor[3],
+                                            project[4] / floor[4])
+        print(f"project / floor: p50 (1 conn) {p50_ratio:.2f}x {_mark(p50_ratio <= 1.1)}, "
+              f"req/s (8 conns) {rate_ratio:.2f}x {_mark(rate_ratio >= 0.85)}, "
+              f"p99 (8 conns) {p99_ratio:.2f}x {_mark(p99_ratio <= 1.5)}")
     print()
-    print(f"medians over {args.rounds} rounds of {args.seconds:g} s ({model_type.value}):")
-    print(f"{'':<9}{'1 conn p50':>12}{'1 conn p99':>12}{'1 conn req/s':>14}"
-          f"{'8 conns req/s':>15}{'8 conns p99':>13}")
-    medians = {name: f.medians() for name, f in figures.items()}
-    for name, (p50, p99_1, rate_1, rate_8, p99_8) in medians.items():
-        print(f"{name:<9}{_us(p50):>12}{_us(p99_1):>12}{rate_1:>14,.0f}{rate_8:>15,.0f}"
-              f"{_us(p99_8):>13}")
-    project, floor = medians["project"], medians["floor"]
-    p50_ratio, rate_ratio, p99_ratio = (project[0] / floor[0], project[3] / floor[3],
-                                        project[4] / floor[4])
-    print(f"project / floor: p50 (1 conn) {p50_ratio:.2f}x {_mark(p50_ratio <= 1.1)}, "
-          f"req/s (8 conns) {rate_ratio:.2f}x {_mark(rate_ratio >= 0.85)}, "
-          f"p99 (8 conns) {p99_ratio:.2f}x {_mark(p99_ratio <= 1.5)}")
     print(GOALS)
+    if len(kinds) == 2:
+        feat, loc = ({n: medians[k, n] for n in servers} for k in ("features", "location"))
+        line = ", ".join(f"{n} p50 (1 conn) {feat[n][0] / loc[n][0]:.2f}x, req/s (8 conns) "
+                         f"{feat[n][3] / loc[n][3]:.2f}x" for n in servers)
+        print(f"features / location_id: {line} (goal: the project's at 1.0x)")
+    for line in watch.report():
+        print(line)
     return 1 if bad else 0
 
 
