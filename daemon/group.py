@@ -12,10 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 __all__ = [
-    "children_of", "descendants", "end_group", "free_ports", "group_members", "kill_group",
-    "port_accepts", "port_bindable", "process_alive", "process_name", "set_process_name",
-    "wait_until",
+    "NODE_ENV", "children_of", "descendants", "end_group", "free_ports", "group_members",
+    "kill_group", "port_accepts", "port_bindable", "process_alive", "process_name",
+    "set_process_name", "wait_until",
 ]
+
+#: The node a process runs on (``[cluster] node_name``): set by the node's keeper, inherited
+#: by its processes, on every log line (``daemon.logs``).
+NODE_ENV = "RML_NODE"
 
 _PR_SET_NAME = 15
 

@@ -14,10 +14,9 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["NODE_ENV", "configure_logging", "get_logger", "thespian_log_defs"]
+from daemon.group import NODE_ENV
 
-#: The node this process runs on (``[cluster] node_name``), on every log line.
-NODE_ENV = "RML_NODE"
+__all__ = ["NODE_ENV", "configure_logging", "get_logger", "thespian_log_defs"]
 
 _configured_pid: int | None = None
 _stream: TextIO | None = None

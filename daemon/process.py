@@ -32,6 +32,7 @@ from typing import Any
 from actors.listeners import EdgeListeners, listeners_path, release_listeners
 from config.settings import Settings
 from daemon.group import (
+    NODE_ENV,
     children_of,
     end_group,
     group_members,
@@ -40,7 +41,6 @@ from daemon.group import (
     set_process_name,
     wait_until,
 )
-from daemon.logs import NODE_ENV
 from daemon.loopback import bind_thespian_to
 from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
@@ -328,7 +328,7 @@ def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) ->
             return record
         if keeper.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     # Failed or too slow: leave nothing behind.
     end_group(keeper.pid)
     keeper.wait(timeout=5)
@@ -557,15 +557,24 @@ _IMPORTED_ON_FIRST_USE = ("encodings.cp437",)
 
 
 def _preload_actor_modules(settings: Settings) -> None:
-    """Import the supervisor's module once, here, before the admin forks.
+    """Import the supervisor's and every worker's module once, here, before the admin forks.
 
     Every actor process is forked from its parent's, down from the admin, which is forked
-    from the keeper. Only the supervisor is imported here: each supervisor imports its
-    own children's modules before forking them (``supervision.preload``), so scikit-learn
-    is loaded once, in the learning supervisor, and not in a predictor's process. On a
-    member, the admin itself forks the replicas placed there: it imports theirs.
+    from the keeper: what is imported here is shared, copy-on-write, by all of them (one
+    copy of numpy and the actors instead of one per supervisor). No worker module imports
+    scikit-learn at start (the learner and the publisher do on first use), so none of it
+    lands in a predictor's process. On a member, the admin itself forks the replicas placed
+    there: it imports theirs.
     """
-    modules = [module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE]
+    from supervision.spec import SupervisorSpec, system_tree
+
+    def workers(spec: SupervisorSpec) -> list[str]:
+        return [module for child in spec.children
+                for module in [module_of(child.actor_class),
+                               *(workers(child.spec) if child.spec else [])]]
+
+    modules = [module_of(SUPERVISOR_CLASS), *_IMPORTED_ON_FIRST_USE,
+               *workers(system_tree(settings))]
     if not settings.cluster.leads:
         modules += ["supervision.node_agent", "actors.collector", "actors.predictor"]
     preload(modules)
