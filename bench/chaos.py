@@ -1,15 +1,21 @@
 """Chaos bench: ingest and predictions on a real daemon while its actors are killed.
 
     .venv/bin/python bench/chaos.py [--seconds 60] [--kill-every 1.0] [--nodes 1]
+                                    [--predict-rate 6000] [--predict-clients 2]
 
-Prints readings acknowledged, lost (must be 0), stored twice (must be 0),
-predictions answered and the share answered by a fallback, restarts, and three views
-of the time from a kill to the replacement: until the root's status shows it running
-(polled by the killer, in a process of its own; for a predictor, from when it answers
-HTTP, so that the polls do not take the GIL from the probe); for a predictor, until its
-replacement answers HTTP on the predict port (the goal's measure); and from the
-supervisors' own log, exit to running, by how (a warm standby promoted, or a new actor
-started).
+The predictions come from ``--predict-clients`` processes (raw keep-alive sockets, paced
+to ``--predict-rate`` a second in all), each asked until answered as a client would: a
+broken connection is opened again (any replica may accept it), a 503 waits for its
+Retry-After, 4 attempts per node.
+
+Prints readings acknowledged, lost (must be 0), stored twice (must be 0), predictions
+answered (and asked a second) and the share answered by a fallback, restarts, and three
+views of the time from a kill to the replacement: until the root's status shows it
+running (polled by the killer, in a process of its own; for a predictor, from when it
+answers HTTP, so that the polls do not take the GIL from the probe); for a predictor,
+until its replacement answers HTTP on the predict port (the goal's measure); and from
+the supervisors' own log, exit to running, by how (a warm standby promoted, or a new
+actor started).
 
 ``--nodes N`` (default 1: one daemon) runs a cluster of N nodes on this machine: a leader
 ``a`` and members ``b``, ``c``, ... (``[cluster] join`` the leader, roles collector and
@@ -87,6 +93,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--kill-every", type=float, default=1.0)
     parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--predict-rate", type=float, default=6000.0,
+                        help="predictions asked a second, in all")
+    parser.add_argument("--predict-clients", type=int, default=2,
+                        help="processes asking them (each paced to its share)")
     parser.add_argument("--nodes", type=int, default=1,
                         help="1: one daemon; N > 1: a leader and N - 1 members")
     parser.add_argument("--keep", action="store_true",
@@ -99,12 +109,15 @@ def main() -> int:
             (leader, config), members = nodes[0], nodes[1:]
             report = run_chaos(leader, config, duration_s=args.seconds,
                                kill_every_s=args.kill_every, gateways=args.gateways,
-                               members=members)
+                               predict_rate=args.predict_rate,
+                               predict_clients=args.predict_clients, members=members)
     else:
         with bench_daemon(LEARNING_TOML, prefix="rml-chaos-", keep=args.keep,
                           keep_note="data and logs in", start_daemon=False) as (settings, path):
             report = run_chaos(settings, str(path), duration_s=args.seconds,
-                               kill_every_s=args.kill_every, gateways=args.gateways)
+                               kill_every_s=args.kill_every, gateways=args.gateways,
+                               predict_rate=args.predict_rate,
+                               predict_clients=args.predict_clients)
     print()
     for line in report.lines():
         print(line)

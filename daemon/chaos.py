@@ -22,8 +22,10 @@ import http.client
 import json
 import multiprocessing
 import os
+import queue
 import random
 import signal
+import socket
 import statistics
 import threading
 import time
@@ -94,7 +96,9 @@ class ChaosReport:
             f"lost:                    {self.lost}",
             f"stored twice:            {self.stored_twice}",
             f"predictions answered:    {self.predictions_answered}/{self.predictions_sent} "
-            f"({self.answered_share:.4%}); by a fallback: {self.fallback_answers}",
+            f"({self.answered_share:.4%}); by a fallback: {self.fallback_answers}; "
+            f"{self.predictions_sent / self.duration_s if self.duration_s else 0:,.0f} asked "
+            "a second",
             f"kills:                   {len(self.kills)} SIGKILL, {len(self.stopped)} SIGSTOP, "
             f"{self.daemon_kills} whole daemon"
             + (f", {self.node_kills} whole node" if self.nodes > 1 else ""),
@@ -285,35 +289,42 @@ class _Chaos:
             time.sleep(0.1)
         return None
 
-    def predictor_client(self, index: int = 0) -> None:
-        clients = self._clients("predict", index, 2.0)
-        while not self.stop_flag.is_set():
-            if self.daemon_down.is_set():
-                time.sleep(0.05)  # the whole daemon is down on purpose: not a serving fault
-                continue
-            location = self.rng.randint(1, 10)
-            sent_at = time.time()
-            with self.lock:
-                self.report.predictions_sent += 1
-            status: int = 0
-            answer: Any = None
-            for client in clients:  # the next node only when this one cannot be reached
-                try:
-                    status, answer = client.post("/model", {"location_id": location},
-                                                 retries=3)
-                    break
-                except ConnectionError:
-                    status, answer = 0, None
-            with self.lock:
+    def prediction_load(self, index: int, rate: float, results: Any) -> None:
+        """A process of its own (a Python client costs CPU the daemon shares): keep-alive
+        ``POST /model`` for locations 1..10 in turn, paced to ``rate`` a second, each asked
+        until answered as a client would (``_ask``); its tally goes to ``results``."""
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        clients = [_RawClient(node.settings.predict.host, node.settings.predict.port,
+                              node.settings.predict.tokens[0], timeout_s=2.0)
+                   for node in self.nodes[index % len(self.nodes):]
+                   + self.nodes[:index % len(self.nodes)]]
+        sent = answered = fallback = 0
+        unanswered: Counter[int] = Counter()
+        unanswered_at: list[float] = []
+        interval, due = 1.0 / rate, time.monotonic()
+        try:
+            while not self.stop_flag.is_set():
+                if self.daemon_down.is_set():
+                    time.sleep(0.05)  # the whole daemon is down on purpose: not a fault
+                    due = time.monotonic()
+                    continue
+                ahead = due - time.monotonic()
+                if ahead > 0.001:
+                    time.sleep(ahead)
+                due = max(due + interval, time.monotonic() - 0.1)  # no burst to catch up
+                sent_at = time.time()
+                status, body = _ask(clients, sent % 10 + 1, self.daemon_down.is_set)
+                sent += 1
                 if status == 200:
-                    self.report.predictions_answered += 1
-                    self.report.fallback_answers += bool(answer.get("fallback"))
+                    answered += 1
+                    fallback += b'"fallback":true' in body
                 else:
-                    self.unanswered[status] += 1
-                    self.unanswered_at.append(sent_at)
-            time.sleep(0.01)
-        for client in clients:
-            client.close()
+                    unanswered[status] += 1
+                    unanswered_at.append(sent_at)
+        finally:
+            for client in clients:
+                client.close()
+            results.put((sent, answered, fallback, dict(unanswered), unanswered_at))
 
     # --- faults ----------------------------------------------------------------------
 
@@ -489,6 +500,86 @@ class _Chaos:
         self.report.stored_twice = len(keys) - len(set(keys))
 
 
+class _RawClient:
+    """One keep-alive HTTP/1.1 connection for ``POST /model`` on a raw socket: a few
+    microseconds of client CPU a request, where ``http.client`` spends a hundred."""
+
+    def __init__(self, host: str, port: int, token: str, timeout_s: float) -> None:
+        self.address, self.timeout_s = (host, port), timeout_s
+        self._requests = [
+            (f"POST /model HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+             "Content-Type: application/json\r\nContent-Length: "
+             f"{len(body)}\r\n\r\n{body}").encode()
+            for body in (f'{{"location_id": {location}}}' for location in range(1, 11))]
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._buffer = b""
+
+    def ask(self, location: int) -> tuple[int, bytes, bytes]:
+        """(status, head, body) for ``location``; ``OSError`` when the connection fails."""
+        if self._sock is None:
+            self._sock = socket.create_connection(self.address, timeout=self.timeout_s)
+            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock = self._sock
+        sock.sendall(self._requests[location - 1])
+        buffer = self._buffer
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            buffer += self._recv(sock)
+        head, buffer = buffer[:end].lower(), buffer[end + 4:]
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        while len(buffer) < length:
+            buffer += self._recv(sock)
+        body, self._buffer = buffer[:length], buffer[length:]
+        if b"connection: close" in head:
+            self.close()
+        return int(head[9:12]), head, body
+
+    @staticmethod
+    def _recv(sock: socket.socket) -> bytes:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionResetError("closed by the server")
+        return data
+
+
+def _ask(clients: Sequence[_RawClient], location: int,
+         paused: Callable[[], bool] = lambda: False) -> tuple[int, bytes]:
+    """Ask until answered, as ``HttpClient`` would: each node in turn (the next only when
+    this one cannot be reached), up to 4 attempts each; a broken connection is opened
+    again after a short backoff, a 503 waits for its Retry-After (at most 1 s). While
+    ``paused()`` (the whole daemon killed on purpose, until it is started again), a failed
+    attempt waits and does not count: a client would retry after such an outage too."""
+    status, body = 0, b""
+    for client in clients:
+        attempt = 0
+        while attempt < 4:
+            try:
+                status, head, body = client.ask(location)
+            except (OSError, ValueError, IndexError):  # refused, reset, timed out, garbled
+                client.close()
+                status, body = 0, b""
+                if paused():
+                    while paused():
+                        time.sleep(0.05)
+                    continue
+                attempt += 1
+                time.sleep(min(0.02 * attempt, 0.5))
+                continue
+            attempt += 1
+            if status == 503 and attempt < 4:
+                after = head.split(b"retry-after:", 1)
+                time.sleep(min(float(after[1].split(b"\r\n", 1)[0]) if len(after) > 1
+                               else 0.2, 1.0))
+                continue
+            return status, body
+    return status, body
+
+
 def _seed_model(settings: Settings, say: Callable[[str], None]) -> None:
     """Enough facts for a champion, so predictions have a model from the start."""
     from daemon.demo import last_midnight_ms
@@ -535,6 +626,7 @@ def _at_home_within(leader: Settings, member: _Node, timeout_s: float) -> bool:
 
 def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float = 60.0,
               kill_every_s: float = 1.0, gateways: int = 4, predict_clients: int = 2,
+              predict_rate: float = 200.0,
               sigstop: bool = True, kill_daemon: bool = True, seed: int = 1,
               members: Sequence[tuple[Settings, str | None]] = (),
               say: Callable[[str], None] = print) -> ChaosReport:
@@ -544,7 +636,9 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
     join`` names its admin port). They are started after it, in order, and the run waits
     until each one's replicas run on it; gateway ``i`` sends to node ``i % N``'s ingest port
     and prediction client ``j`` to node ``j % N``'s predict port (the leader is node 0),
-    each failing over to the next node's port when its own cannot be reached; with
+    each failing over to the next node's port when its own cannot be reached (the
+    ``predict_clients`` are processes asking ``predict_rate`` predictions a second in all,
+    each until answered: ``_ask``); with
     ``kill_daemon``, a member's whole process group is SIGKILLed instead of the leader's
     and started again. All of them are stopped at the end, members first.
     """
@@ -553,6 +647,7 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
     report = ChaosReport(nodes=len(nodes))
     started: list[_Node] = []
     killer: Any = None
+    loads: list[Any] = []
     try:
         started_at: dict[str, float] = {}
         for node in nodes:
@@ -573,14 +668,19 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
         killer.start()  # forked before any load thread runs (their locks would be copied)
         threads = [threading.Thread(target=chaos.gateway, args=(g, 200, 0.05), daemon=True)
                    for g in range(gateways)]
-        threads += [threading.Thread(target=chaos.predictor_client, args=(j,), daemon=True)
-                    for j in range(predict_clients)]
+        tallies = _FORK.Queue()
+        loads = [_FORK.Process(target=chaos.prediction_load, daemon=True,
+                               args=(j, predict_rate / predict_clients, tallies))
+                 for j in range(predict_clients)]
+        for process in loads:
+            process.start()  # forked before the load threads, too
         for thread in threads:
             thread.start()
         began = time.monotonic()
         spread = f" over {len(nodes)} nodes" if len(nodes) > 1 else ""
         say(f"  chaos for {duration_s:.0f} s: {gateways} gateways, {predict_clients} "
-            f"prediction clients{spread}, a SIGKILL every {kill_every_s} s")
+            f"prediction client processes asking {predict_rate:,.0f} a second in all"
+            f"{spread}, a SIGKILL every {kill_every_s} s")
         try:
             (kills, stopped, timings, http_timings, daemon_kills, restarts, node_kills,
              node_replaced, node_home) = results.get(timeout=duration_s + 300.0)
@@ -595,6 +695,19 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
         for thread in threads:
             thread.join(120.0)
         report.duration_s = time.monotonic() - began
+        for _ in loads:
+            try:
+                sent, answered, fallback, unanswered, unanswered_at = tallies.get(timeout=60.0)
+            except queue.Empty:
+                say("  a prediction client process sent no tally: its predictions are missing")
+                continue
+            report.predictions_sent += sent
+            report.predictions_answered += answered
+            report.fallback_answers += fallback
+            chaos.unanswered.update(unanswered)
+            chaos.unanswered_at.extend(unanswered_at)
+        for process in loads:
+            process.join(10.0)
         if chaos.unanswered:
             when = sorted(chaos.unanswered_at)
             say("  predictions no node answered, by status (0: no connection): "
@@ -608,6 +721,10 @@ def run_chaos(settings: Settings, config_path: str | None, *, duration_s: float 
         if killer is not None and killer.is_alive():
             killer.terminate()  # e.g. still starting a member again: it must not outlive us
             killer.join(10.0)
+        for process in loads:
+            if process.is_alive():
+                process.terminate()
+                process.join(10.0)
         for node in reversed(started):  # members first (each hands its replicas over)
             try:
                 ended = stop(node.settings)
