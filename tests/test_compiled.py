@@ -180,3 +180,48 @@ def test_no_actor_imports_scikit_learn_until_it_needs_it(module: str) -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def _thresholds(pipeline: Pipeline) -> list[float]:
+    """Every split threshold of a fitted tree model (each tree of an ensemble)."""
+    model = pipeline.named_steps["model"]
+    estimators = getattr(model, "estimators_", None)
+    trees = ([model.tree_] if estimators is None
+             else [e.tree_ for e in np.asarray(estimators, dtype=object).ravel()])
+    return sorted({float(t) for tree in trees for t, left in zip(tree.threshold,
+                                                                  tree.children_left,
+                                                                  strict=True) if left != -1})
+
+
+_PIPELINES = {t: fitted(t) for t in (ModelType.DECISION_TREE, ModelType.RANDOM_FOREST,
+                                     ModelType.GRADIENT_BOOSTING)}
+_THRESHOLDS = {t: _thresholds(p) for t, p in _PIPELINES.items()}
+_CHECKED: dict[ModelType, bytes | None] = {t: checked_compiled_form(p, NAMES)
+                                            for t, p in _PIPELINES.items()}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(list(_PIPELINES)), st.data())
+def test_served_answers_are_sklearns_at_and_around_every_threshold(model_type: ModelType,
+                                                                    data: st.DataObject) -> None:
+    """A prediction served from a location's row (the prepared input kept) or from explicit
+    values is ``predict_proba``'s, for values at a split threshold, one float32 step either
+    side, anywhere, or missing."""
+    from learning.serving import load_serving_model
+
+    pipeline, thresholds = _PIPELINES[model_type], _THRESHOLDS[model_type]
+    at = st.sampled_from(thresholds)
+    value = (at | at.map(lambda t: float(np.nextafter(np.float32(t), np.float32(np.inf))))
+             | at.map(lambda t: float(np.nextafter(np.float32(t), np.float32(-np.inf))))
+             | st.floats(-60, 60) | st.just(math.nan))
+    row = tuple(data.draw(st.lists(value, min_size=len(NAMES), max_size=len(NAMES))))
+    record = type("Record", (), {"version": 1, "feature_collection_id": 1,
+                                 "lineage": '{"feature_collection": {"features": '
+                                            + str(list(NAMES)).replace("'", '"') + "}}"})()
+    form = _CHECKED[model_type]
+    assert form is not None
+    loaded = load_serving_model(record, form, lambda: b"")
+    assert loaded.prepare is not None and loaded.walk is not None
+    expected = float(pipeline.predict_proba(np.array([row]))[0, 1])
+    assert loaded.walk(loaded.prepare(row)) == pytest.approx(expected, abs=1e-12)
+    assert loaded.predict_one(row) == pytest.approx(expected, abs=1e-12)
