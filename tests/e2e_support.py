@@ -41,6 +41,15 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float,
         time.sleep(interval_s)
 
 
+def stopped(pid: int) -> bool:
+    """Whether ``pid`` is in the stopped state (``T``)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] == "T"
+
+
 @contextmanager
 def open_stores(settings: Settings) -> Iterator[Stores]:
     """The stores ``settings`` name, read-only, closed on exit."""

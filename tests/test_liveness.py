@@ -25,7 +25,7 @@ from config.errors import ConfigError
 from config.settings import Settings, load_settings
 from daemon.group import group_members
 from supervision.spec import ChildSpec, SupervisorSpec, system_tree
-from tests.e2e_support import running_daemon
+from tests.e2e_support import running_daemon, stopped
 from tests.e2e_support import wait_for as wait_for_daemon
 from tests.supervision_actors import (
     LABOURER,
@@ -50,15 +50,6 @@ def fast(*children: ChildSpec, name: str = "test-sup") -> SupervisorSpec:
     """A test supervisor that pings every 0.1 s and kills after ``TIMEOUT_S`` of silence."""
     return supervisor_spec(*children, name=name, heartbeat_interval_s=0.1,
                            heartbeat_timeout_s=TIMEOUT_S)
-
-
-def stopped(pid: int) -> bool:
-    """Whether ``pid`` is in the stopped state (``T``)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] == "T"
 
 
 def heartbeat_events(probe: Probe, child_name: str) -> list[dict[str, Any]]:

@@ -28,7 +28,14 @@ import pytest
 from actors.listeners import listeners_path
 from config.settings import load_settings
 from daemon.group import port_accepts, process_alive
-from tests.e2e_support import RunningDaemon, _env, running_daemon, wait_for, write_config
+from tests.e2e_support import (
+    RunningDaemon,
+    _env,
+    running_daemon,
+    stopped,
+    wait_for,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -55,15 +62,6 @@ def predictor_pids(daemon: RunningDaemon) -> dict[str, int]:
         return None
 
     return dict(wait_for("both predictors running", running, 60.0, 0.1))
-
-
-def stopped(pid: int) -> bool:
-    """Whether ``pid`` is in the stopped state (``T``)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] == "T"
 
 
 def health(port: int) -> tuple[int, str]:
