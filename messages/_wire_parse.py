@@ -16,6 +16,7 @@ import re
 from typing import Any, Literal
 
 import msgpack
+import orjson
 
 __all__ = [
     "MSGPACK_MEDIA_TYPES",
@@ -165,6 +166,8 @@ _JSON = json.JSONDecoder(
 _ONLY_BRACKETS = bytes(range(256)).translate(None, b"[]{}")
 _ONLY_BRACKETS_AND_QUOTES = bytes(range(256)).translate(None, b'[]{}"')
 _DEEP_RUN = re.compile(rb"[\[{]{%d}" % (_MAX_DEPTH + 1))
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_DIGITS = b"0" * 19  # in a body whose digits are all made 0: a run of 19 digits
 
 
 def _json_too_deep(data: bytes) -> bool:
@@ -181,7 +184,42 @@ def _json_too_deep(data: bytes) -> bool:
     return _DEEP_RUN.search(structure) is not None
 
 
+def _count_keys(value: Any) -> int:
+    """How many keys ``value``'s objects hold, nested ones included."""
+    kind = type(value)
+    if kind is dict:
+        count = len(value)
+        for item in value.values():
+            if type(item) is dict or type(item) is list:
+                count += _count_keys(item)
+        return count
+    if kind is list:
+        return sum(_count_keys(item) for item in value if type(item) is dict or
+                   type(item) is list)
+    return 0
+
+
 def _parse_json(data: bytes) -> Any:
+    """Strict JSON (see the module docstring). Parsed by orjson first, whose answer is taken
+    when it is exactly what the standard parser gives: when the body's ':' count equals the
+    keys its objects hold, no key was given twice (and no string holds a ':'), so there
+    was nothing for the duplicate-key hook to mark. Anything orjson refuses (NaN, bad
+    UTF-8, deep nesting), a long run of digits, or a body that fails that check takes the
+    standard parser, which names the problem: the same result, 5-10x faster for most
+    bodies."""
+    # orjson reads an integer past 64 bits as a float (the standard parser: an int, which
+    # the field checks refuse by name): a run of 19 digits anywhere takes the strict path.
+    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO) and not _json_too_deep(data):
+        try:
+            doc = orjson.loads(data)
+            if _count_keys(doc) == data.count(b":"):
+                return doc
+        except (orjson.JSONDecodeError, RecursionError):
+            pass
+    return _parse_json_strict(data)
+
+
+def _parse_json_strict(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -283,3 +283,50 @@ def test_the_location_fast_path_decodes_as_the_general_path(body: bytes,
                                                             content_type: str | None) -> None:
     general = _decoded(body, "application/json; charset=utf-8")  # never the fast path
     assert _decoded(body, content_type) == general
+
+
+# JSON parsed by orjson first must be exactly what the strict parser gives (types, values,
+# duplicate keys marked, errors named): bodies built as text, so numbers come in every
+# spelling (exponents, long mantissas, huge integers, -0) and keys may repeat.
+_number_texts = (st.integers().map(str)
+                 | st.sampled_from([2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]).map(str)
+                 | st.floats(allow_nan=False, allow_infinity=False).map(repr)
+                 | st.floats(allow_nan=False, allow_infinity=False).map(lambda f: f"{f:.25g}")
+                 | st.sampled_from(["-0", "-0.0", "1E5", "1e-400", "1e400", "0.1e1", "NaN",
+                                    "Infinity", "1.0000000000000000000001", "5e-324"]))
+_key_texts = st.sampled_from(['"a"', '"b"', '"a:b"', '"\\u00e9"', '"location_id"', '"x"'])
+_json_texts = st.recursive(
+    _number_texts | st.sampled_from(["true", "false", "null", '"s"', '"t:u"']),
+    lambda inner: (st.lists(inner, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]")
+                   | st.lists(st.tuples(_key_texts, inner), max_size=4).map(
+                       lambda kv: "{" + ",".join(f"{k}:{v}" for k, v in kv) + "}")),
+    max_leaves=12)
+
+
+def _typed(value: Any) -> Any:
+    from messages._wire_parse import DuplicateKeys
+
+    if isinstance(value, dict):
+        marked = getattr(value, "duplicate", None) if isinstance(value, DuplicateKeys) else None
+        return ("dict", marked, tuple((k, _typed(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("list", tuple(_typed(v) for v in value))
+    if isinstance(value, float) and value != value:
+        return ("float", "nan")
+    return (type(value).__name__, repr(value))
+
+
+def _parsed(parse: Any, data: bytes) -> Any:
+    try:
+        return _typed(parse(data))
+    except BodyError as exc:
+        return ("error", exc.code)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_texts)
+def test_json_parsed_by_orjson_is_what_the_strict_parser_gives(text: str) -> None:
+    from messages._wire_parse import _parse_json, _parse_json_strict
+
+    data = text.encode()
+    assert _parsed(_parse_json, data) == _parsed(_parse_json_strict, data)
