@@ -199,10 +199,8 @@ def feature_values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
     if given is not None:
         # The usual case: exactly the model's names (the codec sorts them and checked every
         # value is a finite number), taken in the model's order without a mapping.
-        order = model.sorted_order
-        if len(given) == len(order) and all(pair[0] == name for pair, name in
-                                            zip(given, model.sorted_names, strict=True)):
-            return tuple([given[i][1] for i in order])
+        if tuple([pair[0] for pair in given]) == model.sorted_names:
+            return tuple([given[i][1] for i in model.sorted_order])
         try:
             return features_from_mapping(model.feature_names, dict(given))
         except MissingFeature as exc:
