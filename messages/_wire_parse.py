@@ -24,6 +24,7 @@ __all__ = [
     "DuplicateKeys",
     "UnsupportedMediaType",
     "WireFormat",
+    "has_long_digits",
     "kind_of",
     "parse",
     "show",
@@ -199,6 +200,11 @@ def _count_keys(value: Any) -> int:
     return 0
 
 
+def has_long_digits(data: bytes) -> bool:
+    """Whether ``data`` holds a run of 19 digits: an integer orjson would read as a float."""
+    return _LONG_DIGITS in data.translate(_DIGITS_AS_ZERO)
+
+
 def _parse_json(data: bytes) -> Any:
     """Strict JSON (see the module docstring). Parsed by orjson first, whose answer is taken
     when it is exactly what the standard parser gives: when the body's ':' count equals the
@@ -209,7 +215,7 @@ def _parse_json(data: bytes) -> Any:
     bodies."""
     # orjson reads an integer past 64 bits as a float (the standard parser: an int, which
     # the field checks refuse by name): a run of 19 digits anywhere takes the strict path.
-    if _LONG_DIGITS not in data.translate(_DIGITS_AS_ZERO) and not _json_too_deep(data):
+    if not has_long_digits(data) and not _json_too_deep(data):
         try:
             doc = orjson.loads(data)
             if _count_keys(doc) == data.count(b":"):

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgpack
+import orjson
 
 from messages._wire_fields import (
     MAX_ID_CHARS,
@@ -40,6 +42,7 @@ from messages._wire_parse import (
     DuplicateKeys,
     UnsupportedMediaType,
     WireFormat,
+    has_long_digits,
     kind_of,
     parse,
     show,
@@ -70,6 +73,7 @@ __all__ = [
 T = TypeVar("T")
 
 _MAX_FEATURES = 256
+_MAX_FLOAT = int(sys.float_info.max)
 _MAX_DEADLINE_MS = 60_000
 
 
@@ -207,6 +211,30 @@ _LOCATION_ONLY = re.compile(rb'[ \t\n\r]*\{[ \t\n\r]*"location_id"[ \t\n\r]*:[ \
 _JSON_TYPES = frozenset({None, "", "application/json"})
 
 
+def _features_only(body: bytes) -> PredictQuery | None:
+    """``{"features": {name: finite float, ...}}`` and nothing else, in one pass: what the
+    general path decodes it to, or None for anything else (which takes the general path,
+    and its named errors). No key can repeat: the body's ':' count is its keys' count."""
+    if has_long_digits(body):
+        return None
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    features = doc.get("features") if type(doc) is dict and len(doc) == 1 else None
+    if (type(features) is not dict or not 0 < len(features) <= _MAX_FEATURES
+            or body.count(b":") != 1 + len(features)):
+        return None
+    pairs = []
+    for name, value in features.items():
+        if not (name.isascii() and 0 < len(name) <= MAX_ID_CHARS and type(value) is float
+                and value - value == 0.0):
+            return None
+        pairs.append((name, value))
+    pairs.sort()
+    return PredictQuery(None, tuple(pairs), None)
+
+
 def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
     """Decode ``{"location_id": n}`` or ``{"features": {name: number}}``, each with an optional
     ``"deadline_ms"`` (a number in (0, 60000]); else ``BodyError``."""
@@ -216,6 +244,9 @@ def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
             location = int(match[1])
             if location <= MAX_LOCATION:
                 return PredictQuery(location, None, None)
+        query = _features_only(body)
+        if query is not None:
+            return query
     doc = _body_object(parse(body, content_type), ("location_id", "features", "deadline_ms"),
                        "a query")
     deadline_ms = _deadline_ms(doc)
@@ -242,6 +273,8 @@ def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
         if not (type(name) is str and name.isascii() and 0 < len(name) <= MAX_ID_CHARS
                 and type(value) is float and value - value == 0.0):
             problem = identifier_problem(name) or number_problem(value)
+            if problem is None and type(value) is int and not -_MAX_FLOAT <= value <= _MAX_FLOAT:
+                problem = "out_of_range", f"expected a number a float can hold, got {show(value)}"
             if problem is not None:
                 raise BodyError(problem[0], f"features[{show(name)}]: {problem[1]}")
         pairs.append((name, float(value)))

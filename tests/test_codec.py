@@ -645,3 +645,10 @@ def test_ingest_answer_lists_each_rejection_with_index_error_and_detail() -> Non
         "rejected": [{"index": 3, "error": "out_of_range", "detail": "location_id: -1"}],
     }
     assert json.loads(encode(answer, "json")) == answer
+
+
+def test_a_feature_value_past_what_a_float_holds_is_named_not_a_crash() -> None:
+    body = b'{"features": {"a": 1' + b"0" * 400 + b"}}"
+    with pytest.raises(BodyError) as caught:
+        decode_predict_query(body, "application/json")
+    assert caught.value.code == "out_of_range" and "features['a']" in caught.value.detail

@@ -330,3 +330,32 @@ def test_json_parsed_by_orjson_is_what_the_strict_parser_gives(text: str) -> Non
 
     data = text.encode()
     assert _parsed(_parse_json, data) == _parsed(_parse_json_strict, data)
+
+
+# The fast path for {"features": {...}} must decode exactly as the general one: names and
+# values of every kind near it (repeated names, integers, huge ones, NaN, nested values,
+# names with ':' or non-ASCII, other keys beside).
+_feature_names = st.sampled_from(['"a"', '"b"', '"a"', '"c:d"', '"\\u00e9"', '""', '"x" ',
+                                  '"' + "n" * 129 + '"'])
+_feature_values = (st.floats(allow_nan=False, allow_infinity=False).map(repr)
+                   | st.integers(-10, 10).map(str)
+                   | st.sampled_from(["1" * 25, "1e400", "NaN", "null", "true", '"1"', "[1.5]",
+                                      '{"a": 1.5}', "-0.0", "1.0000000000000000000001"]))
+_features_bodies = st.builds(
+    lambda pairs, extra: ('{"features": {' + ", ".join(f"{k}: {v}" for k, v in pairs) + "}"
+                          + extra + "}").encode(),
+    st.lists(st.tuples(_feature_names, _feature_values), max_size=5),
+    st.sampled_from(["", ', "deadline_ms": 5', ', "location_id": 1', ', "x": 1']))
+
+
+@FUZZ
+@given(_features_bodies, st.sampled_from([None, "application/json"]))
+@example(b'{"features": {"a": 1.5, "a": 2.5}}', None)
+@example(b'{"features": {"a": 1111111111111111111111111.0}}', None)
+@example(b'{"features": {"a:b": 1.5}}', None)
+@example(b'{"features": {"a": 1.5, "b": 2}}', None)
+@example(b'{"features": {"a": 1' + b"0" * 400 + b'}}', None)
+def test_the_features_fast_path_decodes_as_the_general_path(body: bytes,
+                                                            content_type: str | None) -> None:
+    general = _decoded(body, "application/json; charset=utf-8")  # never a fast path
+    assert _decoded(body, content_type) == general
