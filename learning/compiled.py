@@ -273,7 +273,7 @@ class CompiledModel:
         """
         return self.walk.predict_one(self.prepare(values))
 
-    def prepare(self, values: Sequence[float]) -> list[float]:
+    def prepare(self, values: Sequence[float]) -> list[float] | np.ndarray:
         """The walk's input for ``values``: NaN imputed, float32-rounded for trees (a row's
         input may be kept: ``walk.predict_one(prepare(v))`` is ``predict_one(v)``).
 
@@ -285,6 +285,8 @@ class CompiledModel:
         x = [v if v == v else s for v, s in zip(raw, self.statistics, strict=True)]
         if not math.isfinite(sum(x)):
             raise ValueError("feature values must be finite numbers or NaN")
+        if type(self.walk) is EnsembleWalk:  # walked with numpy: kept as the array it takes
+            return np.asarray(x, dtype=np.float64)
         return x
 
     def to_bytes(self) -> bytes:
