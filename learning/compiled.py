@@ -273,7 +273,7 @@ class CompiledModel:
         """
         return self.walk.predict_one(self.prepare(values))
 
-    def prepare(self, values: Sequence[float]) -> list[float] | np.ndarray:
+    def prepare(self, values: Sequence[float]) -> Any:
         """The walk's input for ``values``: NaN imputed, float32-rounded for trees (a row's
         input may be kept: ``walk.predict_one(prepare(v))`` is ``predict_one(v)``).
 
