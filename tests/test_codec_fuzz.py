@@ -243,7 +243,8 @@ def test_the_talks_spelling_decodes_to_the_same_readings(
     theirs = decode_readings(body, CONTENT_TYPE[fmt], now_ms=NOW_MS)
     assert theirs.items == ours.items and theirs.rejected == ours.rejected
     as_ints = [dict(i, sensor_id=int(i["sensor_id"])) if "sensor_id" in i
-               and i["sensor_id"].isdigit() and i["sensor_id"] == str(int(i["sensor_id"]))
+               and i["sensor_id"].isascii() and i["sensor_id"].isdigit()
+               and i["sensor_id"] == str(int(i["sensor_id"]))
                else i for i in talk_items]
     again = decode_readings(json.dumps({"readings": as_ints}).encode(), None, now_ms=NOW_MS)
     assert again.items == ours.items
