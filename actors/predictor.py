@@ -21,8 +21,6 @@ is not served; a model on a valid collection stands in (answers marked
 
 from __future__ import annotations
 
-import json
-import math
 import time
 import uuid
 from typing import Any
@@ -43,7 +41,12 @@ from learning.serving import (
     load_serving_model,
 )
 from learning.shadow import ShadowPrediction, ShadowRunner
-from messages.codec import BodyError, PredictQuery, decode_predict_query
+from messages.codec import (
+    BodyError,
+    PredictQuery,
+    decode_predict_query,
+    encode_prediction_json,
+)
 from messages.openapi import PREDICT_OPENAPI_JSON
 from messages.protocol import (
     CollectionSwitched,
@@ -321,7 +324,7 @@ class Predictor(EdgeWorker):
                                     deadline_ms=self.settings.predict.deadline_ms)
         if isinstance(answer, Prediction):
             self.counters.bump("fallback" if answer.fallback else "ok")
-            return Response(200, prediction_json(answer))
+            return Response(200, encode_prediction_json(answer))
         self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
         return Response.json(answer.status, {"error": answer.reason})
 
@@ -371,28 +374,6 @@ class Predictor(EdgeWorker):
                                           ("error", counts.errors))]
         return Response(200, ("\n".join(lines) + "\n").encode(),
                         content_type="text/plain; version=0.0.4")
-
-
-_PREDICTION = b'{"label":%s,"probability":%s,"model_version":%d,"feature_collection_id":%d,' \
-    b'"fallback":%s}'
-
-
-def prediction_json(answer: Prediction) -> bytes:
-    """The answer's JSON, as ``json.dumps`` (compact) spells it, without its generic encoder:
-    a finite float's ``repr`` is JSON's spelling of it; anything else takes ``json.dumps``."""
-    probability = answer.probability
-    if (type(probability) is float and math.isfinite(probability)
-            and type(answer.model_version) is int
-            and type(answer.feature_collection_id) is int):
-        return _PREDICTION % (b"true" if answer.label else b"false",
-                              repr(probability).encode(), answer.model_version,
-                              answer.feature_collection_id,
-                              b"true" if answer.fallback else b"false")
-    return json.dumps({"label": answer.label, "probability": probability,
-                       "model_version": answer.model_version,
-                       "feature_collection_id": answer.feature_collection_id,
-                       "fallback": answer.fallback},
-                      separators=(",", ":"), allow_nan=False).encode()
 
 
 def _openapi(request: Request) -> Response:

@@ -16,6 +16,7 @@ keys, how many items) and the encoding of answers, the only parts callers name.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,11 +50,13 @@ from messages._wire_parse import (
     wire_format,
 )
 from messages.facts import ItemError, Outcome, Reading
+from messages.protocol import Prediction
 
 __all__ = [
     "MSGPACK_MEDIA_TYPES",
     "BodyError",
     "DecodedBatch",
+    "encode_prediction_json",
     "PredictQuery",
     "UnsupportedMediaType",
     "WireFormat",
@@ -302,6 +305,28 @@ def encode(payload: Mapping[str, Any], fmt: WireFormat) -> bytes:
         packed: bytes = msgpack.packb(payload, use_bin_type=True, default=_plain)
         return packed
     raise ValueError(f"unknown wire format {fmt!r}")
+
+
+_PREDICTION = b'{"label":%s,"probability":%s,"model_version":%d,"feature_collection_id":%d,' \
+    b'"fallback":%s}'
+
+
+def encode_prediction_json(answer: Prediction) -> bytes:
+    """The answer's JSON, as ``json.dumps`` (compact) spells it, without its generic encoder:
+    a finite float's ``repr`` is JSON's spelling of it; anything else takes ``json.dumps``."""
+    probability = answer.probability
+    if (type(probability) is float and math.isfinite(probability)
+            and type(answer.model_version) is int
+            and type(answer.feature_collection_id) is int):
+        return _PREDICTION % (b"true" if answer.label else b"false",
+                              repr(probability).encode(), answer.model_version,
+                              answer.feature_collection_id,
+                              b"true" if answer.fallback else b"false")
+    return json.dumps({"label": answer.label, "probability": probability,
+                       "model_version": answer.model_version,
+                       "feature_collection_id": answer.feature_collection_id,
+                       "fallback": answer.fallback},
+                      separators=(",", ":"), allow_nan=False).encode()
 
 
 def reading_to_wire(r: Reading) -> dict[str, Any]:

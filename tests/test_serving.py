@@ -307,7 +307,7 @@ def test_held_rows_answer_with_the_last_row_read_while_the_store_is_down() -> No
 def test_a_predictions_json_is_what_json_dumps_gives(label: bool, probability: float,
                                                       version: int, collection: int,
                                                       fallback: bool) -> None:
-    from actors.predictor import prediction_json
+    from messages.codec import encode_prediction_json as prediction_json
 
     answer = Prediction("", label, probability, version, collection, fallback)
     expected = json.dumps({"label": label, "probability": probability, "model_version": version,
@@ -318,7 +318,7 @@ def test_a_predictions_json_is_what_json_dumps_gives(label: bool, probability: f
 
 
 def test_a_prediction_that_is_not_a_number_is_refused_not_written() -> None:
-    from actors.predictor import prediction_json
+    from messages.codec import encode_prediction_json as prediction_json
 
     with pytest.raises(ValueError):
         prediction_json(Prediction("", False, float("nan"), 1, 1, False))
