@@ -2,7 +2,8 @@
 
 Verbs: ``start``, ``stop``, ``status [--json]``, ``deadletters [--json]``, ``demo``;
 ``train``, ``models``, ``rollback`` (``daemon.registry_cli``); ``report``
-(``daemon.report_cli``); ``migrate --to couchbase`` (``daemon.migrate_cli``).
+(``daemon.report_cli``); ``migrate --to couchbase`` (``daemon.migrate_cli``);
+``backup DIR``, ``restore DIR [--force]`` (``daemon.backup``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from config.errors import ConfigError
@@ -98,6 +100,34 @@ def _cmd_deadletters(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """Copy every store into DIR while the daemon runs (``daemon.backup``)."""
+    from daemon.backup import backup
+
+    manifest = backup(settings, args.dir)
+    facts = ("" if manifest.readings is None else
+             f"; {manifest.readings:,} readings, {manifest.outcomes:,} outcomes")
+    champion = "" if manifest.champion is None else f", champion v{manifest.champion}"
+    print(f"backed up {len(manifest.files)} stores of {manifest.source} to {args.dir}: "
+          f"{manifest.size:,} bytes in {manifest.seconds:.2f} s{facts}{champion}; "
+          "every copy passed PRAGMA integrity_check")
+    return 0
+
+
+def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    """Install a backup as the (stopped) data directory's stores (``daemon.backup``)."""
+    from daemon.backup import restore
+
+    report = restore(settings, args.dir, force=args.force)
+    manifest = report.manifest
+    print(f"restored {len(manifest.files)} stores ({manifest.size:,} bytes, backed up "
+          f"{manifest.created_at} from {manifest.source}) into {report.data_dir} in "
+          f"{report.seconds:.2f} s; checksums and PRAGMA integrity_check passed")
+    if report.replaced is not None:
+        print(f"the stores it replaced are in {report.replaced}")
+    return 0
+
+
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.demo import run_demo
 
@@ -129,6 +159,16 @@ def build_parser() -> argparse.ArgumentParser:
     from daemon.migrate_cli import add_migrate_parser
 
     add_migrate_parser(verbs)
+    backup = verbs.add_parser("backup", help="copy every store into DIR (a consistent, "
+                              "checked copy, while the daemon runs)")
+    backup.add_argument("dir", type=Path, metavar="DIR", help="a new or empty directory")
+    backup.set_defaults(run=_cmd_backup)
+    restore = verbs.add_parser("restore", help="install a backup as this data directory's "
+                               "stores (daemon stopped)")
+    restore.add_argument("dir", type=Path, metavar="DIR", help="a directory `rml backup` wrote")
+    restore.add_argument("--force", action="store_true",
+                         help="replace the stores already there (moved to replaced-<time>/)")
+    restore.set_defaults(run=_cmd_restore)
     return parser
 
 
