@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import time
 from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -303,15 +304,18 @@ class Connection(asyncio.Protocol):
                 self._busy = True
                 self._running_held = len(request.body)
                 self.deadline = None  # we owe the answer now, not the client
-                edge._jobs.put((self, route, request, keep_alive))
+                edge._jobs.put((self, route, request, keep_alive,
+                                time.perf_counter()))
                 return
         self._release(len(request.body))
+        edge._refused(request.path, refusal.status)
         self._send(encode_response(refusal, keep_alive, request.method == "HEAD"), keep_alive)
 
     def _idle(self) -> bool:
         return not self._busy and not self._queue and not self._write_paused
 
     def _refuse(self, response: Response) -> None:
+        self._edge._refused(self._url.partition(b"?")[0].decode("latin-1"), response.status)
         self._parsing = False
         self._in_message = False
         self._body = []
@@ -332,6 +336,7 @@ class Connection(asyncio.Protocol):
                 keep_alive = bool(extra) and (bool(self._queue) or self._in_message)
                 head_only = request.method == "HEAD"
                 self._release(len(request.body))
+                self._edge._refused(request.path, _SHUTTING_DOWN.status)
                 self._send(encode_response(_SHUTTING_DOWN, keep_alive, head_only), keep_alive)
             else:
                 self._answer(request, request.headers, bool(extra))

@@ -38,6 +38,7 @@ from thespian.actors import (
 )
 
 import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
+from actors import metrics
 from actors.edge import HttpEdge, Request, Route
 from actors.listeners import borrow_listener, listeners_path
 from config.settings import IngestSettings, PredictSettings, Settings
@@ -66,6 +67,9 @@ WORKER_PROCESS_PREFIX = "rml:"
 _STORE_LOG_EVERY_S = 10.0
 _START_RETRY_S = 1.0
 _RETRY_START = "rml:retry-start"
+# How often a worker adds what its threads counted to the node's metrics (actors.metrics).
+_FLUSH_METRICS = "rml:flush-metrics"
+_METRICS_FLUSH_S = 1.0
 
 
 class ReactiveActor(Actor):
@@ -176,6 +180,7 @@ class Worker(ReactiveActor):
         self.started = False  # on_start succeeded (it is retried while the store is down)
         self._init: Init | None = None
         self._promoted = False
+        self._flushing = False  # the metrics timer runs
 
     # Hooks for subclasses.
 
@@ -201,6 +206,10 @@ class Worker(ReactiveActor):
 
     def on_readable(self, fds: list[int]) -> None:
         """A watched file descriptor is readable."""
+
+    def flush_metrics(self) -> None:
+        """Add what this actor's threads counted since the last call to the node's metrics
+        (``actors.metrics``): every second, and once more when it stops."""
 
     def stop_normally(self) -> None:
         """Exit on purpose: a ``transient`` child stopped this way is not restarted."""
@@ -246,6 +255,9 @@ class Worker(ReactiveActor):
             self.wakeupAfter(_START_RETRY_S, payload=_RETRY_START)
             return
         self.started = True
+        if not self._flushing:
+            self._flushing = True
+            self.wakeupAfter(_METRICS_FLUSH_S, payload=_FLUSH_METRICS)
         if not init.standby or self._promoted:
             self.on_serve()
         self.log.info("actor_started", standby=init.standby and not self._promoted,
@@ -287,6 +299,9 @@ class Worker(ReactiveActor):
         if msg.payload == _RETRY_START:
             if not self.started and self._init is not None:
                 self._start()
+        elif msg.payload == _FLUSH_METRICS:
+            self.wakeupAfter(_METRICS_FLUSH_S, payload=_FLUSH_METRICS)
+            self._flush_metrics()
         elif self.started:
             self.on_timer(msg.payload)
 
@@ -298,7 +313,14 @@ class Worker(ReactiveActor):
         try:
             self.on_stop()
         finally:
+            self._flush_metrics()
             self.log.info("actor_stopped")
+
+    def _flush_metrics(self) -> None:
+        try:
+            self.flush_metrics()
+        except Exception:  # a metric must never take the actor down
+            self.log.warning("metrics_flush_failed", exc_info=True)
 
 
 #: What a Worker handles before its ``on_start`` has succeeded.
@@ -312,9 +334,13 @@ class EdgeWorker(Worker):
     when a warm standby is promoted, when that is all that is left to do), from the
     listener its node's keeper lends (``actors.listeners``), or else from one of its own."""
 
+    #: The request counter and latency histogram its edge counts into.
+    edge_families: metrics.EdgeFamilies | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.edge: HttpEdge | None = None
+        self.tally = metrics.Tally(self.edge_families) if self.edge_families else None
 
     def edge_settings(self) -> IngestSettings | PredictSettings:
         """The section with the edge's address, tokens and limits."""
@@ -333,7 +359,7 @@ class EdgeWorker(Worker):
             idle_timeout_s=section.idle_timeout_s, max_pending=section.max_pending,
             max_connections=section.max_connections,
             max_buffered_bytes=section.max_buffered_bytes,
-            name=self.name, on_error=self._edge_error,
+            name=self.name, on_error=self._edge_error, tally=self.tally,
         )
         self.edge.prepare()
 
@@ -357,6 +383,10 @@ class EdgeWorker(Worker):
         except OSError as exc:
             self.log.warning("edge_binds_own_listener", reason=str(exc) or repr(exc))
         return None
+
+    def flush_metrics(self) -> None:
+        if self.tally is not None:
+            self.tally.flush()
 
     def stop_edge(self) -> None:
         """Drain and stop the edge (``on_stop``)."""

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from actors import metrics
 from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import Request, Response, Route, Waker
@@ -45,6 +46,7 @@ class Collector(EdgeWorker):
     """Serves ingest over HTTP; every acknowledged fact is committed first."""
 
     role = "collector"
+    edge_families = metrics.INGEST
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,6 +66,7 @@ class Collector(EdgeWorker):
         self._mqtt_reported: dict[str, Any] | None = None
 
     def on_start(self, init: Init) -> None:
+        metrics.INGEST_UNAVAILABLE.labels("store").inc(0)  # the series exists from the start
         self.waker = Waker()
         self.watch_fds = (self.waker.fileno(),)
         self.prepare_edge()
@@ -165,14 +168,19 @@ class Collector(EdgeWorker):
             batch = decode(request.body, content_type, now_ms=int(time.time() * 1000),
                            max_future_ms=self.settings.ingest.max_future_ms)
         except BodyError as exc:
+            metrics.INGEST_BATCH.labels(kind).observe(0)
             return Response.error(exc.status, str(exc))
+        began = time.perf_counter()
         try:
             result = insert(self._facts(), batch.items)
         except StoreError as exc:
             # Nothing was acknowledged: the gateway retries.
             self.log.error("store_error", kind=kind, error=str(exc))
+            metrics.INGEST_UNAVAILABLE.labels("store").inc()
             return Response(503, encode({"error": f"store unavailable: {exc}"}, fmt),
                             content_type=_media(fmt), headers=(("Retry-After", "1"),))
+        metrics.count_batch(kind, result.accepted, result.duplicates,
+                            (e.error for e in batch.rejected), time.perf_counter() - began)
         self.counters.bump(f"{kind}_accepted", result.accepted)
         if self.waker is not None and result.accepted:
             self.waker.notify()

@@ -44,6 +44,7 @@ from collections.abc import Callable, Collection, Sequence
 from actors._http_connection import Connection
 from actors._http_message import Handler, Request, Response, Route, encode_response
 from actors.listeners import bind_listener
+from actors.metrics import Tally
 from actors.waker import Waker
 from messages.auth import bearer_matches
 
@@ -93,6 +94,7 @@ class HttpEdge:
         reuse_port: bool = True,
         name: str = "edge",
         on_error: Callable[[BaseException, Request | None], None] | None = None,
+        tally: Tally | None = None,
     ) -> None:
         self._routes: dict[str, dict[str, Route]] = {}
         for route in routes:
@@ -125,11 +127,13 @@ class HttpEdge:
         self._reuse_port = reuse_port
         self._name = name
         self._on_error = on_error
+        # Requests by route and status, and their latency (None: not counted).
+        self._tally = tally
         self._connections: set[Connection] = set()
         self._pending = 0
         self._served = 0
         self._port = 0
-        self._jobs: queue.SimpleQueue[tuple[Connection, Route, Request, bool] | None]
+        self._jobs: queue.SimpleQueue[tuple[Connection, Route, Request, bool, float] | None]
         self._jobs = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -360,12 +364,29 @@ class HttpEdge:
         # Any other spelling: scheme in any case, spaces around the token.
         return bearer_matches(header, self._tokens)
 
-    def _run(self, route: Route, request: Request, keep_alive: bool) -> bytes:
+    def _run(self, route: Route, request: Request, keep_alive: bool,
+             began: float | None = None) -> bytes:
+        """The handler's answer as bytes; counted in the tally, timed from ``began`` (a
+        blocking request's hand-over to the worker) or from now."""
+        tally = self._tally
+        if tally is not None and began is None:
+            began = time.perf_counter()
         try:
-            return encode_response(route.handler(request), keep_alive, request.method == "HEAD")
+            response = route.handler(request)
+            data = encode_response(response, keep_alive, request.method == "HEAD")
+            status = response.status
         except Exception as error:
             self._report(error, request)
-            return encode_response(_INTERNAL, keep_alive, request.method == "HEAD")
+            data, status = encode_response(_INTERNAL, keep_alive, request.method == "HEAD"), 500
+        if tally is not None:
+            assert began is not None
+            tally.record(route.path, status, time.perf_counter() - began)
+        return data
+
+    def _refused(self, path: str, status: int) -> None:
+        """A request answered by the edge itself (401, 404, 405, 503 overloaded, ...)."""
+        if self._tally is not None:
+            self._tally.record(path if path in self._routes else "unmatched", status)
 
     def _report(self, error: BaseException, request: Request | None) -> None:
         if self._on_error is None:
@@ -379,8 +400,8 @@ class HttpEdge:
     def _work(self) -> None:
         """The single worker thread: run blocking handlers, hand the bytes back to the loop."""
         while (job := self._jobs.get()) is not None:
-            connection, route, request, keep_alive = job
-            data = self._run(route, request, keep_alive)
+            connection, route, request, keep_alive, began = job
+            data = self._run(route, request, keep_alive, began)
             loop = self._loop
             if loop is None:
                 return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from actors import metrics
 from actors.base import Worker
 from actors.row_feed import RowFeed
 from learning.collections import (
@@ -175,7 +176,9 @@ class FeatureGenerator(Worker):
                              in_a_row=crash.in_a_row)
         self._record_invalid(result.invalid)
         rows = list(result.rows)
+        began = time.perf_counter()
         self.features.write_rows(rows)
+        metrics.COMMIT_SECONDS.labels("features", "write_rows").observe(time.perf_counter() - began)
         if self.feed is not None:
             self.feed.written(rows)
             self._push()

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from actors import metrics
 from actors.base import Worker
 from config.job import JobConfiguration
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
@@ -218,6 +219,7 @@ class Learner(Worker):
 
         def record(outcome: str, error: str, version: int | None) -> None:
             assert self.runs is not None and self.settings is not None
+            metrics.TRAINING_RUNS.labels(trigger.kind, outcome).inc()
             self.runs.record(TrainingRun(correlation_id, started_ms, trigger,
                                          self.settings.learning.trainer, outcome, error,
                                          time.monotonic() - clock, version))
@@ -268,6 +270,8 @@ class Learner(Worker):
                             champion_version=champion.version, collection_id=collection.id,
                             window=measure.window, rows=measure.rows)
         self.drift_log.record_check(check)
+        for name, score in check.scores:
+            metrics.DRIFT_PSI.labels(name).set(score)
         (self.log.warning if check.above else self.log.info)(
             "drift_checked", champion_version=champion.version, rows=check.rows,
             max_psi=round(check.max_psi, 4), threshold=check.threshold,
@@ -283,7 +287,10 @@ class Learner(Worker):
         started = time.monotonic()
         readings = stores.facts.all_readings()
         outcomes = stores.facts.all_outcomes()
+        fitting = time.monotonic()
         fitted = self._fit(readings, outcomes, job, correlation_id)
+        if not isinstance(fitted, NoModel):
+            metrics.FIT_SECONDS.labels(job.model_type.value).observe(time.monotonic() - fitting)
         if isinstance(fitted, NoModel):
             self.log.warning("training_skipped", outcome=fitted.outcome, reason=fitted.reason,
                              outcomes=len(outcomes), correlation_id=correlation_id)

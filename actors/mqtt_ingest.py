@@ -39,6 +39,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from actors import metrics
 from config.settings import MqttSettings
 from messages.codec import BodyError, decode_message, ingest_answer
 from storage.errors import StoreError
@@ -259,6 +260,7 @@ class MqttIngest:
             result = InsertResult(0, 0)
             rejected = True
         else:
+            began = time.perf_counter()
             try:
                 store = self._store()
                 result = (store.insert_readings(batch.items) if kind == "readings"
@@ -267,6 +269,8 @@ class MqttIngest:
                 self._log.warning("mqtt_store_unavailable", topic=message.topic,
                                   error=str(exc))
                 return False
+            metrics.count_batch(kind, result.accepted, result.duplicates,
+                                (e.error for e in batch.rejected), time.perf_counter() - began)
             answer = ingest_answer(result.accepted, result.duplicates, batch.rejected)
             rejected = bool(batch.rejected)
             if result.accepted and kind is not None:

@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import Any
 
+from actors import metrics
 from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import Request, Response, Route
@@ -90,6 +91,7 @@ class Predictor(EdgeWorker):
     """Answers predictions from the champion; swaps models on ``ModelPublished``."""
 
     role = "predictor"
+    edge_families = metrics.PREDICT
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,6 +109,10 @@ class Predictor(EdgeWorker):
         self._reporter = uuid.uuid4().hex  # this incarnation: its counts start from zero
         self._reported: tuple[int, ShadowCounts, float] | None = None  # version, counts, when
         self._summarised: tuple[int, float] | None = None
+        # What the metrics were last given (actors.metrics.flush_counters).
+        self._flushed: dict[str, int] = {}
+        self._rows_flushed: dict[str, int] = {}
+        self._shadow_flushed: dict[int, dict[str, int]] = {}
 
     def on_start(self, init: Init) -> None:
         settings = init.settings
@@ -130,7 +136,9 @@ class Predictor(EdgeWorker):
         return [
             Route("POST", "/model", self._post_model),
             Route("GET", "/health", self._health, public=True),
-            Route("GET", "/metrics", self._metrics),
+            # The node's whole view (every process), the metrics port's: blocking, as it
+            # reads the metrics files of every process.
+            Route("GET", "/metrics", self._metrics, blocking=True),
             Route("GET", "/openapi.json", _openapi, public=True),
         ]
 
@@ -202,6 +210,7 @@ class Predictor(EdgeWorker):
         table.keep(wanted)
         if first and complete and wanted:
             table.confirm(started)  # as fresh as the store when we began reading
+            metrics.ROWS_CONFIRMED_AT.labels(self.name).set(table.confirmed_at)
 
     def on_FeatureRows(self, msg: FeatureRows, sender: Any) -> None:  # noqa: N802
         features, table = self.features, self.rows
@@ -216,6 +225,7 @@ class Predictor(EdgeWorker):
                 return
         table.apply(FeatureRow(*row) for row in msg.rows)
         table.confirm(msg.sent_at)
+        metrics.ROWS_CONFIRMED_AT.labels(self.name).set(table.confirmed_at)
         self.send(sender, FeatureRowsNoted(msg.version))
 
     def on_ModelPublished(self, msg: ModelPublished, sender: Any) -> None:  # noqa: N802
@@ -289,9 +299,16 @@ class Predictor(EdgeWorker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
-        self.send(msg.reply_to, self.shadow.answer(
-            self.snapshot, query, self._actor_lookup(), request.correlation_id,
-            deadline_ms=self.settings.predict.deadline_ms))
+        snapshot = self.snapshot
+        answer = self.shadow.answer(snapshot, query, self._actor_lookup(),
+                                    request.correlation_id,
+                                    deadline_ms=self.settings.predict.deadline_ms,
+                                    on_fallback=_fallback_used)
+        if isinstance(answer, Prediction):
+            self._count(answer, snapshot)
+        else:
+            self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
+        self.send(msg.reply_to, answer)
 
     def _actor_lookup(self) -> RowLookup:
         """The actor thread's reader of the row table (its store: the actor's own)."""
@@ -320,13 +337,23 @@ class Predictor(EdgeWorker):
             return Response.error(exc.status, str(exc))
         assert self.settings is not None
         lookup = self._edge_rows or self._edge_lookup()
-        answer = self.shadow.answer(self.snapshot, query, lookup,
-                                    deadline_ms=self.settings.predict.deadline_ms)
+        snapshot = self.snapshot
+        answer = self.shadow.answer(snapshot, query, lookup,
+                                    deadline_ms=self.settings.predict.deadline_ms,
+                                    on_fallback=_fallback_used)
         if isinstance(answer, Prediction):
-            self.counters.bump("fallback" if answer.fallback else "ok")
+            self._count(answer, snapshot)
             return Response(200, encode_prediction_json(answer))
         self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
         return Response.json(answer.status, {"error": answer.reason})
+
+    def _count(self, answer: Prediction, snapshot: ServingSnapshot) -> None:
+        if not answer.fallback:
+            self.counters.bump("ok")
+            return
+        self.counters.bump("fallback")
+        if snapshot.stand_in:
+            metrics.PREDICTION_FALLBACKS.labels("stand_in").inc()
 
     def _health(self, request: Request) -> Response:
         snapshot = self.snapshot
@@ -336,44 +363,33 @@ class Predictor(EdgeWorker):
                                    "shadow_version": shadow.version if shadow else None})
 
     def _metrics(self, request: Request) -> Response:
-        champion = self.snapshot.champion
-        values = self.counters.snapshot()
-        lines = ["# HELP rml_predictions_total Predictions answered by this predictor.",
-                 "# TYPE rml_predictions_total counter"]
-        lines += [f'rml_predictions_total{{predictor="{self.name}",outcome="{k}"}} {v}'
-                  for k, v in values.items()]
-        lines += ["# HELP rml_model_version The champion version being served.",
-                  "# TYPE rml_model_version gauge",
-                  f'rml_model_version{{predictor="{self.name}"}} '
-                  f"{champion.version if champion else 0}",
-                  "# HELP rml_edge_requests_total HTTP requests served by this edge.",
-                  "# TYPE rml_edge_requests_total counter",
-                  f'rml_edge_requests_total{{predictor="{self.name}"}} '
-                  f"{self.edge.requests_served if self.edge else 0}"]
+        return Response(200, metrics.render(), content_type=metrics.CONTENT_TYPE)
+
+    def flush_metrics(self) -> None:
+        super().flush_metrics()
+        metrics.flush_counters(metrics.PREDICTIONS, self.counters.snapshot(), self._flushed)
         memory, store = self.rows.counts()
-        age = time.time() - self.rows.confirmed_at
-        lines += ["# HELP rml_prediction_rows_total Feature rows looked up for location_id "
-                  "predictions, by where they came from.",
-                  "# TYPE rml_prediction_rows_total counter",
-                  f'rml_prediction_rows_total{{predictor="{self.name}",source="memory"}} {memory}',
-                  f'rml_prediction_rows_total{{predictor="{self.name}",source="store"}} {store}',
-                  "# HELP rml_feature_rows_confirmed_age_seconds Since when the in-memory rows "
-                  "are known complete (answers read the store past [predict] row_freshness_s).",
-                  "# TYPE rml_feature_rows_confirmed_age_seconds gauge",
-                  f'rml_feature_rows_confirmed_age_seconds{{predictor="{self.name}"}} '
-                  f"{age if age != float('inf') else '+Inf'}"]
-        shadow = self.snapshot.shadow
-        if shadow is not None:
-            counts = self.shadow.counts(shadow.version)
-            lines += ["# HELP rml_shadow_predictions_total Shadow predictions made beside the "
-                      "champion's answers by this predictor process.",
-                      "# TYPE rml_shadow_predictions_total counter"]
-            lines += [f'rml_shadow_predictions_total{{predictor="{self.name}",'
-                      f'version="{shadow.version}",outcome="{name}"}} {value}'
-                      for name, value in (("served", counts.served), ("agreed", counts.agreed),
-                                          ("error", counts.errors))]
-        return Response(200, ("\n".join(lines) + "\n").encode(),
-                        content_type="text/plain; version=0.0.4")
+        metrics.flush_counters(metrics.ROWS, {"memory": memory, "store": store},
+                               self._rows_flushed, self.name)
+        champion, shadow = self.snapshot.champion, self.snapshot.shadow
+        if champion is not None:
+            metrics.CHAMPION_VERSION.set(champion.version)
+            metrics.CHAMPION_COLLECTION.set(champion.feature_collection_id)
+        # Every version shadowed here so far: the last counts of one that has just been
+        # promoted or dropped are added too.
+        for version in {*self._shadow_flushed, *((shadow.version,) if shadow else ())}:
+            counts = self.shadow.counts(version)
+            metrics.flush_counters(
+                metrics.SHADOW, {"served": counts.served, "agreed": counts.agreed,
+                                 "error": counts.errors},
+                self._shadow_flushed.setdefault(version, {}), str(version))
+
+
+def _fallback_used(cause: str) -> None:
+    """The first model's answer was not used (``learning.serving.predict``): why."""
+    metrics.PREDICTION_FALLBACKS.labels(cause).inc()
+    if cause == "deadline":
+        metrics.DEADLINE_MISSES.inc()
 
 
 def _openapi(request: Request) -> Response:

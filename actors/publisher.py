@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from actors import metrics
 from actors.base import Worker
 from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
@@ -80,6 +81,8 @@ class Publisher(Worker):
         for record in self.registry.versions():
             if record.status in (CHAMPION, RETIRED, SHADOW):
                 self._try_compile(record.version)
+            if record.status == CHAMPION:
+                _show_champion(record)
         self.wakeupAfter(_SCAN_S, payload="scan")
 
     def _compile(self, version: int, pipeline: Any = None) -> None:
@@ -135,15 +138,15 @@ class Publisher(Worker):
         assert self.registry is not None and self.settings is not None
         assert self.trials is not None
         record = self.registry.get(version)
-        metrics = tuple(record.metrics)
+        scores = tuple(record.metrics)
         if record.status != CANDIDATE:
             published = record.status in (CHAMPION, RETIRED)
             if reply_to is not None:
-                self.send(reply_to, TrainResult(correlation_id, version, published, metrics,
+                self.send(reply_to, TrainResult(correlation_id, version, published, scores,
                                                 record.status_reason))
             return
         champion = self.registry.champion()
-        decision = judge_candidate(dict(metrics), champion is not None,
+        decision = judge_candidate(dict(scores), champion is not None,
                                    self.settings.learning.publish_margin, force)
         target = self.settings.learning.shadow_requests
         plan = plan_candidate(decision.publish, champion is not None, force, target)
@@ -169,7 +172,7 @@ class Publisher(Worker):
                           correlation_id=correlation_id)
         if reply_to is not None:
             self.send(reply_to, TrainResult(correlation_id, version,
-                                            plan is CandidatePlan.PROMOTE, metrics, reason))
+                                            plan is CandidatePlan.PROMOTE, scores, reason))
 
     # --- shadow trials ------------------------------------------------------------------
 
@@ -194,6 +197,9 @@ class Publisher(Worker):
                                     "was ever started for it; the report is not counted")
             return
         self.log.debug("shadow_progress", version=msg.version, progress=trial_progress(trial))
+        if trial.target:
+            metrics.SHADOW_PROGRESS.labels(str(msg.version)).set(
+                min(1.0, trial.counts.served / trial.target))
         self._finish_shadow(trial)
 
     def _finish_shadow(self, trial: ShadowTrial) -> None:
@@ -272,8 +278,16 @@ class Publisher(Worker):
         """Make ``record`` the champion (one registry transaction) and tell every predictor."""
         assert self.registry is not None
         self.registry.promote(record.version, reason, _now_ms())
+        _show_champion(record)
         self._tell_predictors(ModelPublished(record.version, record.feature_collection_id))
 
     def _tell_predictors(self, notice: ModelPublished | ShadowStarted) -> None:
         for address in self.peers.of("predictor"):
             self.send(address, notice)
+
+
+def _show_champion(record: ModelRecord) -> None:
+    """The champion's holdout ROC AUC, in the node's metrics."""
+    auc = dict(record.metrics).get("roc_auc")
+    if auc is not None:
+        metrics.CHAMPION_AUC.set(auc)

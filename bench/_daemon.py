@@ -42,7 +42,7 @@ def bench_daemon(extra_toml: str = "", *, prefix: str = "rml-bench-",
     with where as tmp:
         if keep:
             print(f"{keep_note} {tmp}")
-        admin, ingest, predict = free_ports(3)
+        admin, ingest, predict, metrics = free_ports(4)
         token_line = ("tokens = [" + ", ".join(f'"{t}"' for t in tokens) + "]\n"
                       if tokens else "")
         config = Path(tmp) / "rml.toml"
@@ -50,6 +50,7 @@ def bench_daemon(extra_toml: str = "", *, prefix: str = "rml-bench-",
             f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
             f"[ingest]\nport = {ingest}\n{token_line}{ingest_toml}"
             f"[predict]\nport = {predict}\n{token_line}"
+            f"[metrics]\nport = {metrics}\n"
             f"{extra_toml}"
         )
         settings = load_settings(config, environ={})

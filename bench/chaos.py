@@ -69,10 +69,10 @@ def cluster_configs(n: int, keep: bool) -> Iterator[list[tuple[Settings, str]]]:
     with where as tmp:
         if keep:
             print(f"data and logs in {tmp}")
-        ports = free_ports(3 * n)
+        ports = free_ports(4 * n)
         out = []
         for i, name in enumerate(string.ascii_lowercase[:n]):
-            admin, ingest, predict = ports[3 * i: 3 * i + 3]
+            admin, ingest, predict, metrics = ports[4 * i: 4 * i + 4]
             cluster = f'[cluster]\nnode_name = "{name}"\n'
             if i:
                 cluster += (f'join = "127.0.0.1:{ports[0]}"\n'
@@ -83,7 +83,7 @@ def cluster_configs(n: int, keep: bool) -> Iterator[list[tuple[Settings, str]]]:
             config.write_text(
                 f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
                 f"[ingest]\nport = {ingest}\n[predict]\nport = {predict}\n"
-                f"{cluster}{LEARNING_TOML}")
+                f"[metrics]\nport = {metrics}\n{cluster}{LEARNING_TOML}")
             out.append((load_settings(config, environ={}), str(config)))
         yield out
 

@@ -34,14 +34,14 @@ MEMBER_SLOTS = {"collector-1@b", "collector-2@b", "predictor-1@b", "predictor-2@
 
 
 def _config(tmp: Path, name: str, join: int | None) -> tuple[Settings, str]:
-    admin, ingest, predict = free_ports(3)
+    admin, ingest, predict, metrics = free_ports(4)
     cluster = f'node_name = "{name}"\n'
     if join is not None:
         cluster += f'join = "127.0.0.1:{join}"\nroles = ["collector", "predictor"]\n'
     path = tmp / f"{name}.toml"
     path.write_text(f'data_dir = "{tmp}/data"\n[actor_system]\nadmin_port = {admin}\n'
                     f"[ingest]\nport = {ingest}\n[predict]\nport = {predict}\n"
-                    f"[cluster]\n{cluster}")
+                    f"[metrics]\nport = {metrics}\n[cluster]\n{cluster}")
     return load_settings(path, environ={}), str(path)
 
 

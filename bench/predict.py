@@ -269,8 +269,9 @@ class Watch:
         self._last: dict[str, dict[str, int]] = {}  # predictor -> source -> last counter
         self.sent = self.accepted = self.failed_batches = self.failed_scrapes = 0
 
-    def scrape(self, keep_age: bool = True) -> str | None:
-        """One ``/metrics`` on a fresh connection: note its figures, return its predictor."""
+    def scrape(self, keep_age: bool = True) -> set[str] | None:
+        """One ``/metrics`` on a fresh connection (the node's one view): note its figures,
+        return the predictors it shows."""
         client = HttpClient(HOST, self.settings.predict.port, TOKEN, timeout_s=5.0)
         try:
             status, _, body = client.request("GET", "/metrics", retries=0)
@@ -284,28 +285,26 @@ class Watch:
         found = _METRIC.findall(body.decode())
         if not found:
             return None
-        name, counters = found[0][1], {}
-        for metric, _, source, value in found:  # one predictor's figures
+        counters: dict[str, dict[str, int]] = {}
+        for metric, name, source, value in found:  # every predictor's figures (one view)
             if metric == "rml_prediction_rows_total":
-                counters[source] = int(value)
-            elif keep_age:
+                counters.setdefault(name, {})[source] = int(float(value))
+            elif keep_age and value != "+Inf":
                 self.ages.append(float(value))
-        last, rows = self._last.setdefault(name, {}), self.rows.setdefault(name, {})
-        for source, value in counters.items():
-            if source in last:  # a counter that fell was restarted: it counts from 0 again
-                rows[source] = rows.get(source, 0) + value - (last[source]
-                                                              if value >= last[source] else 0)
-            last[source] = value
-        return name
+        for name, by_source in counters.items():
+            last, rows = self._last.setdefault(name, {}), self.rows.setdefault(name, {})
+            for source, value in by_source.items():
+                if source in last:  # counters never fall (the node's view sums restarts)
+                    rows[source] = rows.get(source, 0) + value - min(value, last[source])
+                last[source] = value
+        return set(counters)
 
     def scrape_all(self) -> None:
         """Scrape until every replica has answered (the counters' bounds), within 5 s."""
         seen: set[str] = set()
         deadline = time.monotonic() + 5.0
         while len(seen) < self.settings.predict.replicas and time.monotonic() < deadline:
-            name = self.scrape(keep_age=False)
-            if name is not None:
-                seen.add(name)
+            seen |= self.scrape(keep_age=False) or set()
 
     def _sample(self, stop: threading.Event) -> None:
         while not stop.wait(0.1):
@@ -350,6 +349,7 @@ class Watch:
             stop.set()
             for thread in threads:
                 thread.join(10.0)
+            time.sleep(1.1)  # predictors add their counts to the metrics once a second
             self.scrape_all()
 
     def report(self) -> list[str]:

@@ -36,6 +36,7 @@ __all__ = [
     "IngestSettings",
     "FeatureSettings",
     "LearningSettings",
+    "MetricsSettings",
     "MqttSettings",
     "PredictSettings",
     "Settings",
@@ -96,6 +97,15 @@ class PredictSettings:
     # predictors hold the rows in memory, pushed by the generator; past this without a push
     # they read the store again (``learning.row_table``).
     row_freshness_s: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """The node's Prometheus view (``GET /metrics``) on a port of its own, with the
+    predictors' tokens (``[predict] tokens``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8473  # 0: no metrics port (the predictors' ``GET /metrics`` still answers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +264,7 @@ class Settings:
     actor_system: ActorSystemSettings = field(default_factory=ActorSystemSettings)
     ingest: IngestSettings = field(default_factory=IngestSettings)
     predict: PredictSettings = field(default_factory=PredictSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     learning: LearningSettings = field(default_factory=LearningSettings)
     features: FeatureSettings = field(default_factory=FeatureSettings)
     supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
@@ -289,6 +300,7 @@ _SECTIONS: dict[str, type] = {
     "actor_system": ActorSystemSettings,
     "ingest": IngestSettings,
     "predict": PredictSettings,
+    "metrics": MetricsSettings,
     "learning": LearningSettings,
     "features": FeatureSettings,
     "supervision": SupervisionSettings,
@@ -444,6 +456,7 @@ def _validate(s: Settings) -> Settings:
     port("actor_system.admin_port", s.actor_system.admin_port)
     port("ingest.port", s.ingest.port)
     port("predict.port", s.predict.port)
+    port("metrics.port", s.metrics.port)
     if s.actor_system.admin_port == 0:
         raise ConfigError("actor_system.admin_port", "must be a fixed port, not 0")
     if s.actor_system.bind not in LOOPBACK and not s.actor_system.allow_non_loopback:

@@ -230,6 +230,7 @@ def _check_ports(settings: Settings) -> None:
         ("actor_system.admin_port", settings.actor_system.bind, settings.actor_system.admin_port),
         ("ingest.port", settings.ingest.host, settings.ingest.port),
         ("predict.port", settings.predict.host, settings.predict.port),
+        ("metrics.port", settings.metrics.host, settings.metrics.port),
     ]
     for key, host, port in wanted:
         if port and not wait_until(functools.partial(port_bindable, host, port), 3.0):
@@ -378,7 +379,8 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
     killed = len(leftover)
     if leftover:
         end_group(record.pgid)
-    ports = (record.admin_port, record.ingest_port, record.predict_port)
+    ports = (record.admin_port, record.ingest_port, record.predict_port,
+             *((settings.metrics.port,) if settings.metrics.port else ()))
     wait_until(lambda: not any(port_accepts("127.0.0.1", p, 0.2) for p in ports), 5.0)
     busy = tuple(p for p in ports if port_accepts("127.0.0.1", p, 0.2))
     remaining = tuple(group_members(record.pgid))
@@ -470,6 +472,10 @@ def serve(settings: Settings) -> int:
         libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         log.warning("no_subreaper")
+    # Every process forked from here on writes its metrics where one scrape merges them.
+    from actors.metrics import use_directory
+
+    use_directory(settings.run_dir / "metrics")
     stop_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
     signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
@@ -490,7 +496,6 @@ def serve(settings: Settings) -> int:
 def _run_system(settings: Settings, stop_requested: threading.Event, log: Any) -> int:
     """The keeper's life once the listeners are held: the actor system, then ``_keep``."""
     from daemon.logs import thespian_log_defs
-    from messages.protocol import StartSystem, SystemStarted
 
     bind_thespian_to(settings.actor_system.bind)
     _keep_admin_in_our_group()
@@ -503,6 +508,28 @@ def _run_system(settings: Settings, stop_requested: threading.Event, log: Any) -
     _write_record(settings, record)
     asys = ActorSystem("multiprocTCPBase", _node_capabilities(settings),
                        logDefs=thespian_log_defs(settings.log_dir, settings.log_level))
+    # Opened once the admin has forked: no actor process inherits its listening socket.
+    from daemon.metrics_port import open_metrics_port
+
+    try:
+        metrics_port = open_metrics_port(settings)
+    except OSError as exc:
+        log.error("start_failed", error=f"metrics.port: {exc}")
+        print(f"start failed: metrics.port: {exc}", flush=True)
+        asys.shutdown()
+        return 1
+    try:
+        return _lead_or_join(settings, record, stop_requested, log, asys)
+    finally:
+        if metrics_port is not None:
+            metrics_port.stop()
+
+
+def _lead_or_join(settings: Settings, record: RunRecord, stop_requested: threading.Event,
+                  log: Any, asys: Any) -> int:
+    """A leader starts the tree and keeps it; a member keeps what the leader places."""
+    from messages.protocol import StartSystem, SystemStarted
+
     if not settings.cluster.leads:
         return _serve_member(settings, record, stop_requested, log)
     root = asys.createActor(SUPERVISOR_CLASS, globalName=ROOT_NAME)

@@ -241,10 +241,13 @@ def _answer(model: LoadedModel, query: PredictQuery, lookup: RowLookup, correlat
 
 def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
             correlation_id: str = "", *, deadline_ms: float | None = None,
-            clock: Callable[[], float] = time.perf_counter) -> Prediction | PredictionError:
+            clock: Callable[[], float] = time.perf_counter,
+            on_fallback: Callable[[str], None] | None = None) -> Prediction | PredictionError:
     """The first model's answer within the deadline (the query's own, else ``deadline_ms``;
     None: no deadline); the fallback model's (marked) when it errors or overruns; a 503
-    when neither can answer. Bad input (a 400) is answered as is, never retried."""
+    when neither can answer. Bad input (a 400) is answered as is, never retried.
+    ``on_fallback`` hears why the first model's answer was not used: ``"error"`` or
+    ``"deadline"``."""
     first = snapshot.champion
     if first is None:
         return PredictionError(correlation_id, snapshot.reason, 503)
@@ -254,12 +257,16 @@ def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
         answer = _answer(first, query, lookup, correlation_id, snapshot.stand_in)
     except Exception as exc:  # a model error must not become a failed request
         problem = f"model error: model {first.version} raised {type(exc).__name__}"
+        cause = "error"
     else:
         elapsed_ms = (clock() - started) * 1000.0
         if isinstance(answer, PredictionError) or deadline is None or elapsed_ms <= deadline:
             return answer
         problem = (f"deadline_exceeded: model {first.version} took {elapsed_ms:.3g} ms, "
                    f"over the deadline of {deadline:g} ms")
+        cause = "deadline"
+    if on_fallback is not None:
+        on_fallback(cause)
     fallback = snapshot.fallback
     if fallback is None:
         return PredictionError(correlation_id, f"{problem}; no fallback model", 503)

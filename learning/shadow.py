@@ -179,16 +179,19 @@ class ShadowRunner:
         self._differences: dict[int, float] = {}  # sum of |shadow - champion| probabilities
 
     def answer(self, snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
-               correlation_id: str = "", *,
-               deadline_ms: float | None = None) -> Prediction | PredictionError:
+               correlation_id: str = "", *, deadline_ms: float | None = None,
+               on_fallback: Callable[[str], None] | None = None,
+               ) -> Prediction | PredictionError:
         """The champion's answer (``learning.serving.predict``). With a shadow in the
         snapshot, the rows the champion was asked with are remembered and the request is
         queued for the shadow, asked later off the answer's path."""
         shadow = snapshot.shadow
         if shadow is None:
-            return predict(snapshot, query, lookup, correlation_id, deadline_ms=deadline_ms)
+            return predict(snapshot, query, lookup, correlation_id, deadline_ms=deadline_ms,
+                           on_fallback=on_fallback)
         rows = RowMemo(lookup)
-        result = predict(snapshot, query, rows, correlation_id, deadline_ms=deadline_ms)
+        result = predict(snapshot, query, rows, correlation_id, deadline_ms=deadline_ms,
+                         on_fallback=on_fallback)
         if isinstance(result, Prediction):
             self.offer(shadow, query, rows, result)
         return result

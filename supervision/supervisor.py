@@ -32,6 +32,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, WakeupMessage
 
+from actors import metrics
 from actors.base import NODE_CAPABILITY, ReactiveActor
 from config.settings import Settings
 from daemon.group import descendants, process_alive, set_process_name
@@ -153,6 +154,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
                       children=[c.name for c in spec.children], standbys=policy.standby,
                       max_restarts=policy.max_restarts, period_s=policy.period_s)
         preload(module_of(c.actor_class) for c in spec.children)
+        _declare_metrics(name, spec)
         for child in (*self.children, *self.standbys):
             self._start(child)
         self._last_tick = time.monotonic()
@@ -192,6 +194,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             # The Activate first: the report and the log line can wait a millisecond.
             self.send(child.address, Activate(child.spec.name, child.spec.role, child.init_id))
             self._report(standby.info(self.name))
+            metrics.PROMOTIONS.labels(child.spec.role).inc()
             self.log.info("standby_promoting", child=child.spec.name, standby=standby.spec.name,
                           pid=child.pid)
             return
@@ -347,6 +350,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         if not decision.restart:
             self._escalate(child, decision.recent)
             return
+        metrics.RESTARTS.labels(spec.name, _cause_label(cause)).inc()
         # Backoff is the child's own: a predictor killed once does not wait because a
         # sibling was restarted a moment ago, nor because it was itself, after a stable run.
         delay_s = child.next_backoff(now, period_s=policy.period_s,
@@ -408,6 +412,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         assert self.spec is not None
         self.log.error("restart_intensity_exceeded", child=child.spec.name, restarts=recent,
                        period_s=self.spec.policy.period_s)
+        metrics.ESCALATIONS.labels(self.name).inc()
         child.state = "failed"
         self._report(child.info(self.name))
         if not self.is_root:
@@ -496,6 +501,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         ``ChildActorExited`` restart it like a crashed one."""
         cause = f"{why} for {silent_s:.1f} s"
         self.log.error("child_unresponsive", child=child.spec.name, pid=child.pid, cause=cause)
+        metrics.HANGS.labels(child.spec.name).inc()
         child.state = "unresponsive"
         child.kill_cause = cause
         self._report(child.info(self.name))
@@ -567,6 +573,7 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
         """Record a poison message in the dead-letter table; a failed Init fails the child."""
         self.log.error("dead_letter", failed_actor=msg.actor, message_type=msg.message_type,
                        error=msg.error.strip().splitlines()[-1:] or "")
+        metrics.DEAD_LETTERS.labels(msg.actor if len(msg.actor) <= 64 else "other").inc()
         try:
             self._dead_letter_store().record(
                 at_ms=int(time.time() * 1000), actor=msg.actor, message_type=msg.message_type,
@@ -628,3 +635,21 @@ class Supervisor(RootServices, NodePlacement, ReactiveActor):
             if child.address is not None and child.address == address:
                 return child
         return None
+
+
+def _declare_metrics(name: str, spec: SupervisorSpec) -> None:
+    """This supervisor's series, at zero until something happens: a graph shows a flat line,
+    not a gap, and a rate starts from the first event."""
+    metrics.ESCALATIONS.labels(name).inc(0)
+    if spec.standby_role:
+        metrics.PROMOTIONS.labels(spec.standby_role).inc(0)
+    for child in spec.children:
+        metrics.RESTARTS.labels(child.name, "exited").inc(0)
+        metrics.HANGS.labels(child.name).inc(0)
+        metrics.DEAD_LETTERS.labels(child.name).inc(0)
+
+
+def _cause_label(cause: str) -> str:
+    """A restart's cause as a metric label: its kind, not its figures ("heartbeat missed for
+    3.1 s" -> "heartbeat missed")."""
+    return cause.split(" for ", 1)[0][:48] or "unexplained"

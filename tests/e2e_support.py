@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from config.settings import Settings, load_settings
 from daemon.group import end_group, free_ports, group_members, port_accepts
@@ -39,6 +42,24 @@ def wait_for(what: str, predicate: Callable[[], Any], timeout_s: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def scrape(settings: Settings, token: str = TOKEN,
+           port: int | None = None) -> dict[str, list[Sample]]:
+    """The node's ``GET /metrics`` (its metrics port, or ``port``), parsed by
+    prometheus-client's own parser: the samples by family name."""
+    url = f"http://127.0.0.1:{port or settings.metrics.port}/metrics"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        text = answer.read().decode()
+    return {family.name: list(family.samples)
+            for family in text_string_to_metric_families(text)}
+
+
+def total(families: dict[str, list[Sample]], sample: str, **labels: str) -> float:
+    """The sum of ``sample``'s values whose labels include ``labels``."""
+    return sum(s.value for samples in families.values() for s in samples if s.name == sample
+               and all(s.labels.get(k) == v for k, v in labels.items()))
 
 
 def stopped(pid: int) -> bool:
@@ -146,11 +167,12 @@ def write_config(data_dir: Path, sections: dict[str, dict[str, Any]] | None = No
     """A TOML config on free ports in ``data_dir`` (its ``data`` folder, or ``store``);
     ``sections`` adds other tables (e.g. ``{"features": {"plugins": [...]}}``),
     ``learning`` keys go to ``[learning]``."""
-    admin, ingest, predict = free_ports(3)
+    admin, ingest, predict, metrics = free_ports(4)
     tables: dict[str, dict[str, Any]] = {
         "actor_system": {"admin_port": admin},
         "ingest": {"port": ingest, "tokens": [TOKEN]},
         "predict": {"port": predict, "tokens": [TOKEN]},
+        "metrics": {"port": metrics},
         "learning": dict(learning),
     }
     for name, keys in (sections or {}).items():
@@ -190,8 +212,9 @@ def running_daemon(tmp: Path, sections: dict[str, dict[str, Any]] | None = None,
         if pgid and leftover:
             end_group(pgid)  # never leak a daemon into the next test, even when failing
         assert not leftover, f"processes left after stop: {leftover}"
-        ports = (settings.actor_system.admin_port, settings.ingest.port, settings.predict.port)
-        busy = [p for p in ports if port_accepts("127.0.0.1", p, 0.2)]
+        ports = (settings.actor_system.admin_port, settings.ingest.port, settings.predict.port,
+                 settings.metrics.port)
+        busy = [p for p in ports if p and port_accepts("127.0.0.1", p, 0.2)]
         assert not busy, f"ports still bound after stop: {busy}"
 
 

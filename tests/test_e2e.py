@@ -11,12 +11,16 @@ import os
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
@@ -33,7 +37,9 @@ from tests.e2e_support import (
     TOKEN,
     RunningDaemon,
     running_daemon,
+    scrape,
     storage_section,
+    total,
     wait_for,
 )
 
@@ -193,6 +199,12 @@ def test_http_and_thespian_predictions_agree(daemon: RunningDaemon,
         assert over_http["fallback"] is False
 
 
+def _samples(body: bytes, name: str) -> list[Sample]:
+    """The samples called ``name`` in a Prometheus text exposition."""
+    return [sample for family in text_string_to_metric_families(body.decode())
+            for sample in family.samples if sample.name == name]
+
+
 def _row_counts(daemon: RunningDaemon) -> dict[str, tuple[int, int]]:
     """Each running predictor's rows looked up so far, (from memory, from the store), read
     from its ``/metrics`` (fresh connections until every replica has answered)."""
@@ -208,14 +220,11 @@ def _row_counts(daemon: RunningDaemon) -> dict[str, tuple[int, int]]:
             client.close()
         assert status == 200
         found: dict[str, dict[str, int]] = {}
-        for line in body.decode().splitlines():
-            if line.startswith("rml_prediction_rows_total{"):
-                labels, value = line[len("rml_prediction_rows_total{"):].split("} ")
-                fields = dict(part.split("=") for part in labels.split(","))
-                found.setdefault(fields["predictor"].strip('"'), {})[
-                    fields["source"].strip('"')] = int(value)
+        for sample in _samples(body, "rml_prediction_rows_total"):
+            found.setdefault(sample.labels["predictor"], {})[sample.labels["source"]] = int(
+                sample.value)
         for name, by_source in found.items():
-            counts[name] = (by_source["memory"], by_source["store"])
+            counts[name] = (by_source.get("memory", 0), by_source.get("store", 0))
         return names <= counts.keys()
 
     wait_for("every predictor's /metrics", scrape, 30.0, 0.0)
@@ -250,9 +259,15 @@ def test_rows_of_a_new_location_are_pushed_and_served_from_memory(
             assert status == 200, answer
             assert answer["probability"] == pytest.approx(model.predict_one(row.values),
                                                           abs=1e-12)
-        after = _row_counts(daemon)
-        store_reads = sum(after[n][1] - before[n][1] for n in after)
-        memory_reads = sum(after[n][0] - before[n][0] for n in after)
+
+        def counted() -> dict[str, tuple[int, int]] | None:  # predictors flush every second
+            after = _row_counts(daemon)
+            seen = sum(sum(after[n]) - sum(before.get(n, (0, 0))) for n in after)
+            return after if seen >= 10 else None
+
+        after = wait_for("the lookups counted in /metrics", counted, 10.0, 0.05)
+        store_reads = sum(after[n][1] - before.get(n, (0, 0))[1] for n in after)
+        memory_reads = sum(after[n][0] - before.get(n, (0, 0))[0] for n in after)
         return store_reads == 0 and memory_reads >= 10
 
     # The push may still be on its way (meanwhile the store answers, as the truth): then every
@@ -281,6 +296,50 @@ def test_prediction_from_explicit_features_and_bad_input(predictor: HttpClient) 
     assert status == 400
     status, unknown = predictor.post("/model", {"location_id": 123456})
     assert status == 400 and unknown["error"].startswith("unknown_location")
+
+
+# The node's metrics scraped before the kills below, to compare with after them.
+_EARLY: dict[str, list[Sample]] = {}
+
+#: Every family the metrics port shows on a daemon that has ingested, trained and answered.
+FAMILIES = (
+    "rml_ingest_requests", "rml_ingest_request_seconds", "rml_ingest_unavailable",
+    "rml_ingest_items", "rml_ingest_rejected_items", "rml_ingest_batch_items",
+    "rml_predict_requests", "rml_predict_request_seconds", "rml_predictions",
+    "rml_prediction_deadline_misses", "rml_champion_version",
+    "rml_champion_feature_collection", "rml_prediction_rows",
+    "rml_feature_rows_confirmed_age_seconds", "rml_actor_restarts", "rml_actor_hangs",
+    "rml_supervisor_escalations", "rml_dead_letters", "rml_standby_promotions",
+    "rml_training_runs", "rml_training_fit_seconds", "rml_champion_roc_auc",
+    "rml_store_commit_seconds",
+)
+
+
+def _monotonic(samples: dict[str, list[Sample]]) -> dict[tuple[str, tuple[Any, ...]], float]:
+    """Every sample that may only grow (counters, histogram buckets, counts and sums)."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in samples.values() for s in family
+            if s.name.endswith(("_total", "_bucket", "_count", "_sum"))}
+
+
+def test_metrics_port_shows_the_whole_node_behind_a_token(daemon: RunningDaemon) -> None:
+    families = scrape(daemon.settings)
+    missing = [name for name in FAMILIES if name not in families]
+    assert not missing, f"families missing from the scrape: {missing}"
+    champion = daemon.champion()
+    assert champion is not None
+    assert total(families, "rml_champion_version") == champion.version
+    assert total(families, "rml_ingest_items_total", outcome="accepted") > 0
+    assert total(families, "rml_training_runs_total") >= 1
+    # The predictors' GET /metrics is the same view (the families of the whole node).
+    assert set(scrape(daemon.settings, port=daemon.settings.predict.port)) >= set(FAMILIES)
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{daemon.settings.metrics.port}/metrics", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+    _EARLY.update(families)
 
 
 def test_killed_predictor_answers_again_with_the_same_model(
@@ -370,12 +429,42 @@ def test_collectors_killed_mid_batch_lose_and_double_nothing(
     assert sorted(paged) == sorted(item["reading_id"] for item in items)  # each seen once
 
 
+def test_metrics_sum_the_replicas_and_never_go_back_after_their_restarts(
+        daemon: RunningDaemon) -> None:
+    assert _EARLY, "runs after test_metrics_port_shows_the_whole_node_behind_a_token"
+    before = scrape(daemon.settings)
+    for name in ("predictor-1", "collector-1"):  # both killed above
+        assert total(before, "rml_actor_restarts_total", actor=name, cause="exited") >= 1
+    early, now = _monotonic(_EARLY), _monotonic(before)
+    fell = {key: (value, now.get(key)) for key, value in early.items()
+            if now.get(key, -1.0) < value}
+    assert not fell, f"samples that went back after the restarts: {fell}"
+    # 40 predictions on fresh connections (spread over both replicas): counted once each.
+    ok = total(before, "rml_predictions_total", outcome="ok")
+    for i in range(10):
+        client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
+        try:
+            for _ in range(4):
+                status, answer = client.post("/model", {"location_id": 1 + i % 5})
+                assert status == 200, answer
+        finally:
+            client.close()
+    counted = wait_for("the 40 predictions counted", lambda: (
+        n if (n := total(scrape(daemon.settings), "rml_predictions_total", outcome="ok"))
+        >= ok + 40 else None), 15.0, 0.1)
+    assert counted == ok + 40
+    by_predictor = {s.labels["predictor"] for s in scrape(daemon.settings)[
+        "rml_prediction_rows"] if s.name == "rml_prediction_rows_total" and s.value > 0}
+    assert {"predictor-1", "predictor-2"} <= by_predictor
+
+
 def test_stop_leaves_no_process_and_no_bound_port(daemon: RunningDaemon) -> None:
     done = daemon.rml("stop")
     assert done.returncode == 0, done.stderr
     assert "no process and no port left" in done.stdout
     assert group_members(daemon.pgid) == []
-    assert not any(port_accepts("127.0.0.1", p, 0.2) for p in daemon.ports())
+    assert not any(port_accepts("127.0.0.1", p, 0.2)
+                   for p in (*daemon.ports(), daemon.settings.metrics.port))
     assert daemon.rml("status").returncode == 3
 
 

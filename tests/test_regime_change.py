@@ -18,7 +18,7 @@ from daemon.gateway import HttpClient, send_items
 from daemon.regime_change import RegimeChange, holdout_auc
 from learning.simulator import outcome_item, reading_item
 from storage import open_sqlite_stores
-from tests.e2e_support import RunningDaemon, running_daemon, wait_for
+from tests.e2e_support import RunningDaemon, running_daemon, scrape, total, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -89,6 +89,9 @@ def test_regime_b_readings_are_detected_as_drift_before_any_outcome(
     assert check["psi"]["hour_sin"] < THRESHOLD  # the clock did not move
     rendered = daemon.rml("status")
     assert "ABOVE threshold" in rendered.stdout and "animal_estimate" in rendered.stdout
+    # The metrics show each feature's PSI (a drift check runs every 0.5 s: one as high).
+    wait_for("the drift in the metrics", lambda: total(
+        scrape(daemon.settings), "rml_drift_psi", feature="animal_estimate") > THRESHOLD, 30.0)
     # No outcome of the new regime yet: retraining would see the same facts, so none runs.
     assert [m["version"] for m in _models(daemon)] == [1]
 

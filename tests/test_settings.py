@@ -44,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "predict.refresh_interval_s": 2.0,
     "predict.deadline_ms": 250.0,
     "predict.row_freshness_s": 1.0,
+    "metrics.host": "127.0.0.1",
+    "metrics.port": 8473,
     "learning.min_outcomes": 500,
     "learning.retrain_every_outcomes": 1000,
     "learning.check_interval_s": 1.0,

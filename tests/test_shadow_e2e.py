@@ -21,7 +21,7 @@ from daemon.gateway import HttpClient, send_items
 from learning.simulator import Savanna
 from storage import MODELS_FILE, open_sqlite_stores
 from storage.sqlite_shadow import SQLiteShadowTrials
-from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
+from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, scrape, total, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -117,6 +117,13 @@ def test_a_candidate_that_passes_the_gate_serves_in_shadow_first(daemon: Running
     assert _predict(daemon, BEFORE_KILL) == {1}
     wait_for(f"{BEFORE_KILL} shadow predictions recorded",
              lambda: _trial_served(daemon, 2) == BEFORE_KILL, WAIT_S)
+    # The node's metrics sum both predictors' shadow predictions, and show the progress.
+    wait_for(f"{BEFORE_KILL} shadow predictions in the metrics", lambda: total(
+        scrape(daemon.settings), "rml_shadow_predictions_total", version="2",
+        outcome="served") == BEFORE_KILL, WAIT_S, 0.1)
+    wait_for("the trial's progress in the metrics", lambda: total(
+        scrape(daemon.settings), "rml_shadow_trial_progress", version="2") == (
+        BEFORE_KILL / SHADOW_REQUESTS), WAIT_S, 0.1)
     assert "shadow model: version 2 on feature collection" in daemon.rml("status").stdout
 
 
@@ -137,6 +144,10 @@ def test_shadow_progress_survives_the_publisher_and_predictors_dying(
     assert _predict(daemon, SHADOW_REQUESTS - BEFORE_KILL) == {1}
     wait_for("version 2 promoted after its shadow requests",
              lambda: _status_of(daemon, 2)[0] == "champion", WAIT_S)
+    # The killed predictors' counts stay in the node's metrics; the new ones add theirs.
+    wait_for(f"{SHADOW_REQUESTS} shadow predictions in the metrics", lambda: total(
+        scrape(daemon.settings), "rml_shadow_predictions_total", version="2",
+        outcome="served") == SHADOW_REQUESTS, WAIT_S, 0.1)
     status, reason = _status_of(daemon, 2)
     assert reason == (f"shadow finished: {SHADOW_REQUESTS}/{SHADOW_REQUESTS} requests, "
                       "100.0% agreed with the champion's label")

@@ -1,0 +1,85 @@
+"""actors.metrics: the edges' tallies, and one view of many processes (multiprocess mode).
+
+The whole daemon's view (every family, replicas summed, counters monotonic across restarts)
+is tested on a real daemon in tests/test_e2e.py and tests/test_shadow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import generate_latest
+
+from actors.metrics import LATENCY_BUCKETS, EdgeFamilies, Tally
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _families() -> tuple[CollectorRegistry, EdgeFamilies]:
+    registry = CollectorRegistry()
+    return registry, EdgeFamilies(
+        Counter("t_requests", "requests", ("route", "status"), registry=registry),
+        Histogram("t_seconds", "latency", ("route",), buckets=LATENCY_BUCKETS,
+                  registry=registry))
+
+
+def _without_created(text: bytes) -> list[str]:
+    return [line for line in text.decode().splitlines() if "_created" not in line]
+
+
+def test_a_flushed_tally_shows_what_direct_counting_shows() -> None:
+    seconds = [0.00004, 0.00005, 0.0003, 0.0003, 0.02, 3.0, 11.0, 0.0001]
+    tallied, families = _families()
+    tally = Tally(families)
+    direct, reference = _families()
+    for i, s in enumerate(seconds):
+        route, status = ("/model", 200) if i % 3 else ("/health", 503)
+        tally.record(route, status, s)
+        reference.requests.labels(route, str(status)).inc()
+        reference.latency.labels(route).observe(s)
+    tally.record("unmatched", 404)  # refused by the edge: counted, not timed
+    reference.requests.labels("unmatched", "404").inc()
+    tally.flush()
+    assert _without_created(generate_latest(tallied)) == _without_created(
+        generate_latest(direct))
+    tally.flush()  # nothing new: nothing added
+    assert _without_created(generate_latest(tallied)) == _without_created(
+        generate_latest(direct))
+
+
+_CHILDREN = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from actors import metrics   # imported before the directory is set, as in the keeper
+    metrics.use_directory(Path(sys.argv[1]))
+    for n in (3, 4):  # one after the other: the second writes last
+        pid = os.fork()
+        if pid == 0:
+            metrics.PREDICTIONS.labels("ok").inc(n)
+            metrics.DEADLINE_MISSES.inc()
+            metrics.CHAMPION_VERSION.set(n)
+            metrics.CHAMPION_AUC.set(0.5 + n / 100)
+            os._exit(0)
+        os.waitpid(pid, 0)
+    sys.stdout.write(metrics.render().decode())
+""")
+
+
+def test_processes_are_summed_and_the_dead_keep_their_counts(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", _CHILDREN, str(tmp_path / "metrics")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    # Both (dead) processes' counters, summed: nothing lost with the process.
+    assert 'rml_predictions_total{outcome="ok"} 7.0' in lines
+    assert "rml_prediction_deadline_misses_total 2.0" in lines
+    # A live-only gauge forgets the dead; a most-recent one keeps the last value written.
+    assert not any(line.startswith("rml_champion_version ") and not line.endswith(" 0.0")
+                   for line in lines)
+    assert "rml_champion_roc_auc 0.54" in lines
