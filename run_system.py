@@ -23,6 +23,10 @@ __all__ = ["main"]
 
 
 def _cmd_start(settings: Settings, args: argparse.Namespace) -> int:
+    if args.foreground:  # this process becomes the keeper (systemd, containers)
+        from daemon.keeper import run_foreground
+
+        return run_foreground(settings)
     record = start(settings, args.config)
     print(f"started: process group {record.pgid}; ingest on "
           f"http://{settings.ingest.host}:{record.ingest_port}, predictions on "
@@ -139,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rml", description="Reactive ML daemon")
     parser.add_argument("--config", help="TOML settings file (else $RML_CONFIG, else defaults)")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    verbs.add_parser("start", help="start the daemon (detached)").set_defaults(run=_cmd_start)
+    start_verb = verbs.add_parser("start", help="start the daemon (detached)")
+    start_verb.add_argument("--foreground", action="store_true",
+                            help="run the daemon in this process until SIGTERM/SIGINT, JSON "
+                            "log lines on stdout (for systemd and containers)")
+    start_verb.set_defaults(run=_cmd_start)
     verbs.add_parser("stop", help="drain and stop the daemon").set_defaults(run=_cmd_stop)
     status = verbs.add_parser("status", help="supervision tree, model, counters")
     status.add_argument("--json", action="store_true")

@@ -10,6 +10,11 @@ asks the keeper to let go of the edge ports and the actor system to shut down
 (actors drain), then ends whatever is left of the group and checks that no
 process and no port remains. The keeper's stdout/stderr go to a log file,
 never to a pipe that could close under the actors.
+
+``rml start --foreground`` makes the CLI process itself the keeper
+(``daemon.keeper.run_foreground``, for systemd and containers): it prepares as
+``start`` does (``prepare_start``, ``keeper_environment``), runs ``serve`` and,
+told to stop, drains as ``stop`` does (``drain_system``) before it exits.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +52,19 @@ from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
 __all__ = [
+    "DRAIN_TIMEOUT_S",
     "DaemonError",
     "RunRecord",
     "RootClient",
     "ask_root",
+    "clear_record",
     "connect",
+    "drain_system",
+    "keeper_environment",
+    "node_ports",
+    "prepare_start",
     "read_record",
+    "reap_children",
     "serve",
     "start",
     "stop",
@@ -59,6 +72,8 @@ __all__ = [
 ]
 
 _PR_SET_CHILD_SUBREAPER = 36
+#: How long ``stop`` (and a foreground keeper told to stop) lets the actors drain.
+DRAIN_TIMEOUT_S = 20.0
 
 
 class DaemonError(RuntimeError):
@@ -100,7 +115,8 @@ def _write_record(settings: Settings, record: RunRecord) -> None:
     os.replace(tmp, path)
 
 
-def _clear_record(settings: Settings) -> None:
+def clear_record(settings: Settings) -> None:
+    """Remove the run record (the daemon it describes is gone)."""
     _record_path(settings).unlink(missing_ok=True)
 
 
@@ -222,18 +238,23 @@ def _clear_stale(settings: Settings, out: Any) -> None:
         print(f"clearing a stale daemon (process group {record.pgid})", file=out)
         if not end_group(record.pgid):
             raise DaemonError(f"could not clear the stale process group {record.pgid}")
-    _clear_record(settings)
+    clear_record(settings)
 
 
-def _check_ports(settings: Settings) -> None:
+def node_ports(settings: Settings) -> list[tuple[str, str, int]]:
+    """``(setting, host, port)`` of every fixed TCP port the node's daemon binds."""
     wanted = [
         ("actor_system.admin_port", settings.actor_system.bind, settings.actor_system.admin_port),
         ("ingest.port", settings.ingest.host, settings.ingest.port),
         ("predict.port", settings.predict.host, settings.predict.port),
         ("metrics.port", settings.metrics.host, settings.metrics.port),
     ]
-    for key, host, port in wanted:
-        if port and not wait_until(functools.partial(port_bindable, host, port), 3.0):
+    return [(key, host, port) for key, host, port in wanted if port]
+
+
+def _check_ports(settings: Settings) -> None:
+    for key, host, port in node_ports(settings):
+        if not wait_until(functools.partial(port_bindable, host, port), 3.0):
             raise DaemonError(f"{key}: {host}:{port} is in use by another process")
 
 
@@ -291,17 +312,20 @@ def _migrate_sqlite(settings: Settings, out: Any) -> None:
     print(f"  done in {time.monotonic() - began:.1f} s", file=out, flush=True)
 
 
-def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) -> RunRecord:
-    """Start the daemon detached; return once every actor answers."""
+def prepare_start(settings: Settings, out: Any) -> None:
+    """Everything before a keeper starts: clear a stale daemon, check the ports are free,
+    reach and prepare the store, make the log and run directories. Raises DaemonError."""
     _clear_stale(settings, out)
     _check_ports(settings)
     _prepare_store(settings, out)
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "daemon.keeper"]
-    if config_path:
-        cmd += ["--config", str(Path(config_path).resolve())]
-    env = dict(os.environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1",
+
+
+def keeper_environment(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` as a keeper runs in it: the node's data directory and name, and Thespian's
+    convention timers and transmit window unless ``environ`` sets them."""
+    env = dict(environ, RML_DATA_DIR=settings.data_dir, PYTHONUNBUFFERED="1",
                **{NODE_ENV: settings.node_name})
     for name, value in CONVENTION_TIMERS.items():
         env.setdefault(name, value)
@@ -313,6 +337,16 @@ def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) ->
     # bench/transmit_window.py). The wider window stays as a margin for the sends that
     # pile up towards an actor that hangs until its supervisor kills it.
     env.setdefault("THESPIAN_MAX_PENDING_TRANSMITS", "1000")
+    return env
+
+
+def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) -> RunRecord:
+    """Start the daemon detached; return once every actor answers."""
+    prepare_start(settings, out)
+    cmd = [sys.executable, "-m", "daemon.keeper"]
+    if config_path:
+        cmd += ["--config", str(Path(config_path).resolve())]
+    env = keeper_environment(settings, os.environ)
     keeper_out = open(settings.log_dir / "daemon.out", "ab")  # noqa: SIM115
     try:
         keeper = subprocess.Popen(
@@ -333,7 +367,7 @@ def start(settings: Settings, config_path: str | None, out: Any = sys.stdout) ->
     # Failed or too slow: leave nothing behind.
     end_group(keeper.pid)
     keeper.wait(timeout=5)
-    _clear_record(settings)
+    clear_record(settings)
     tail = _tail(settings.log_dir / "daemon.out")
     raise DaemonError(f"the daemon did not start (keeper exit {keeper.returncode}); "
                       f"last lines of {settings.log_dir / 'daemon.out'}:\n{tail}")
@@ -357,7 +391,7 @@ class StopReport:
     busy_ports: tuple[int, ...]
 
 
-def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
+def stop(settings: Settings, drain_timeout_s: float = DRAIN_TIMEOUT_S) -> StopReport:
     """Shut the actor system down (actors drain), end the group, check nothing is left."""
     record = read_record(settings)
     if record is None:
@@ -367,9 +401,7 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
     # drain, as new clients should see, and are not left queueing on the keeper's copy.
     release_listeners(listeners_path(settings))
     if _daemon_alive(record) and _admin_alive(settings, record):
-        if not settings.cluster.leads:
-            _leave(settings)
-        graceful = _shutdown_system(settings, drain_timeout_s)
+        graceful = drain_system(settings, drain_timeout_s)
     # The keeper ends itself once the admin is gone; then end whatever else is left.
     with contextlib.suppress(ProcessLookupError):
         os.kill(record.keeper_pid, signal.SIGTERM)
@@ -385,7 +417,7 @@ def stop(settings: Settings, drain_timeout_s: float = 20.0) -> StopReport:
     busy = tuple(p for p in ports if port_accepts("127.0.0.1", p, 0.2))
     remaining = tuple(group_members(record.pgid))
     if not remaining:
-        _clear_record(settings)
+        clear_record(settings)
     return StopReport(True, graceful, killed, remaining, busy)
 
 
@@ -442,7 +474,21 @@ def wait_joined(settings: Settings, timeout_s: float = 15.0) -> int | None:
     return running
 
 
-def _shutdown_system(settings: Settings, timeout_s: float) -> bool:
+def drain_system(settings: Settings, timeout_s: float = DRAIN_TIMEOUT_S,
+                 cut_short: threading.Event | None = None) -> bool:
+    """Shut the recorded daemon's actor system down (actors drain; a member hands its
+    replicas over first). True once it has; False when no admin of it runs, or after
+    ``timeout_s``, or as soon as ``cut_short`` is set."""
+    record = read_record(settings)
+    if record is None or not _daemon_alive(record) or not _admin_alive(settings, record):
+        return False
+    if not settings.cluster.leads:
+        _leave(settings)
+    return _shutdown_system(settings, timeout_s, cut_short)
+
+
+def _shutdown_system(settings: Settings, timeout_s: float,
+                     cut_short: threading.Event | None = None) -> bool:
     done = threading.Event()
 
     def run() -> None:
@@ -454,14 +500,24 @@ def _shutdown_system(settings: Settings, timeout_s: float) -> bool:
             done.set()
 
     threading.Thread(target=run, daemon=True, name="rml-stop").start()
-    return done.wait(timeout_s)
+    if cut_short is None:
+        return done.wait(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while not done.wait(0.05):
+        if cut_short.is_set() or time.monotonic() >= deadline:
+            return False
+    return True
 
 
 # --- the keeper (runs in the daemon's own session) ----------------------------------
 
 
-def serve(settings: Settings) -> int:
-    """Keeper main: start the actor system and the tree, record it, reap orphans until stopped."""
+def serve(settings: Settings, stop_requested: threading.Event | None = None) -> int:
+    """Keeper main: start the actor system and the tree, record it, reap orphans until stopped.
+
+    SIGTERM and SIGINT stop it, unless the caller (the foreground keeper, which handles
+    them itself) passes the ``stop_requested`` its handlers set. 0 once stopped (or the
+    admin is gone), 1 when the tree could not start."""
     from daemon.logs import configure_logging, get_logger
 
     configure_logging(settings.log_dir, settings.log_level, actor="keeper")
@@ -476,9 +532,15 @@ def serve(settings: Settings) -> int:
     from actors.metrics import use_directory
 
     use_directory(settings.run_dir / "metrics")
-    stop_requested = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop_requested.set())
-    signal.signal(signal.SIGINT, lambda *_: stop_requested.set())
+    requested = threading.Event() if stop_requested is None else stop_requested
+    if stop_requested is None:
+        # Set from a thread: Event.set in a handler could wait for the very lock the
+        # interrupted main thread holds inside Event.wait.
+        def stop(*_: Any) -> None:
+            threading.Thread(target=requested.set, name="rml-stop-signal", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
     # The edge ports, bound here once for the node's replicas (actors.listeners), before
     # anything forks: a port taken meanwhile is this one clear error, and nothing started.
     try:
@@ -487,9 +549,14 @@ def serve(settings: Settings) -> int:
         log.error("start_failed", error=str(exc))
         print(f"start failed: {exc}", flush=True)
         return 1
+    held = bool(listeners.addresses)
     try:
-        return _run_system(settings, stop_requested, log)
+        return _run_system(settings, requested, log)
     finally:
+        if held and not listeners.addresses:
+            # `rml stop` lets go of the edges before it shuts the admin down: the admin
+            # gone, this was a stop asked for, not a crash (a foreground keeper's exit 0).
+            requested.set()
         listeners.close()
 
 
@@ -568,12 +635,12 @@ def _serve_member(settings: Settings, record: RunRecord, stop_requested: threadi
 def _keep(settings: Settings, stop_requested: threading.Event, log: Any) -> int:
     """Reap orphans until told to stop or the admin is gone."""
     while not stop_requested.is_set():
-        _reap()
+        reap_children()
         if not port_accepts(settings.actor_system.bind, settings.actor_system.admin_port, 1.0):
             log.warning("admin_gone")
             break
         stop_requested.wait(1.0)
-    _reap()
+    reap_children()
     log.info("keeper_exiting")
     return 0
 
@@ -626,7 +693,9 @@ def _keep_admin_in_our_group() -> None:
     multiprocCommon.startAdmin = start_admin
 
 
-def _reap() -> None:
+def reap_children() -> None:
+    """Collect every child of this process that has exited (the keeper is a subreaper: the
+    daemon's orphans are its children)."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
