@@ -439,8 +439,41 @@ def test_metrics_sum_the_replicas_and_never_go_back_after_their_restarts(
     fell = {key: (value, now.get(key)) for key, value in early.items()
             if now.get(key, -1.0) < value}
     assert not fell, f"samples that went back after the restarts: {fell}"
+    # Scraped twice more under load (predictions and readings): still never back.
+    stop = threading.Event()
+    answered: list[int] = []  # predictions answered by the champion (outcome "ok")
+
+    def load() -> None:
+        predict = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
+        ingest = HttpClient("127.0.0.1", daemon.settings.ingest.port, TOKEN)
+        try:
+            while not stop.is_set():
+                status, answer = predict.post("/model", {"location_id": 3})
+                if status == 200 and not answer["fallback"]:
+                    answered.append(1)
+                ingest.post("/readings", {"readings": [_reading(location_id=998)]})
+        finally:
+            predict.close()
+            ingest.close()
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        first = _monotonic(scrape(daemon.settings))
+        wait_for("the load counted", lambda: total(scrape(daemon.settings),
+                 "rml_ingest_items_total", outcome="accepted") > total(
+                 before, "rml_ingest_items_total", outcome="accepted"), 15.0, 0.1)
+        second = _monotonic(scrape(daemon.settings))
+    finally:
+        stop.set()
+        loader.join(10.0)
+    fell = {key: (value, second.get(key)) for key, value in first.items()
+            if second.get(key, -1.0) < value}
+    assert not fell, f"samples that went back under load: {fell}"
+    ok = total(before, "rml_predictions_total", outcome="ok") + len(answered)
+    wait_for("the load's predictions counted", lambda: total(
+        scrape(daemon.settings), "rml_predictions_total", outcome="ok") >= ok, 15.0, 0.1)
     # 40 predictions on fresh connections (spread over both replicas): counted once each.
-    ok = total(before, "rml_predictions_total", outcome="ok")
     for i in range(10):
         client = HttpClient("127.0.0.1", daemon.settings.predict.port, TOKEN)
         try:
