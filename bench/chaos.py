@@ -3,10 +3,10 @@
     .venv/bin/python bench/chaos.py [--seconds 60] [--kill-every 1.0] [--nodes 1]
                                     [--predict-rate 6000] [--predict-clients 2]
 
-The predictions come from ``--predict-clients`` processes (raw keep-alive sockets, paced
-to ``--predict-rate`` a second in all), each asked until answered as a client would: a
-broken connection is opened again (any replica may accept it), a 503 waits for its
-Retry-After, 4 attempts per node.
+The predictions come from ``--predict-clients`` processes (``rml_client.PredictionClient``,
+keep-alive, paced to ``--predict-rate`` a second in all), each asked until answered as a
+client would: a broken connection is opened again (any replica may accept it), a 503 waits
+for its Retry-After, 4 attempts per node.
 
 Prints readings acknowledged, lost (must be 0), stored twice (must be 0), predictions
 answered (and asked a second) and the share answered by a fallback, restarts, and three

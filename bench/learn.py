@@ -32,13 +32,13 @@ from _daemon import bench_daemon  # noqa: E402
 from config.job import JobConfiguration, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from daemon.demo import last_midnight_ms  # noqa: E402
-from daemon.gateway import HttpClient, send_items  # noqa: E402
 from daemon.regime_change import RegimeChange, holdout_auc  # noqa: E402
 from learning.features import default_collections  # noqa: E402
 from learning.pipeline import split_by_location, train  # noqa: E402
 from learning.simulator import Savanna, outcome_item, reading_item  # noqa: E402
 from learning.training import build_training_set  # noqa: E402
 from learning.triggers import DriftCheck  # noqa: E402
+from rml_client import GatewayClient  # noqa: E402
 from storage.backend import StoreBackend  # noqa: E402
 from storage.errors import StoreError  # noqa: E402
 from storage.registry import ModelRecord  # noqa: E402
@@ -97,7 +97,7 @@ def regime_change(model_type: str) -> None:
 
 
 def _play(settings: Settings, scenario: RegimeChange) -> None:
-    client = HttpClient("127.0.0.1", settings.ingest.port, _TOKEN)
+    client = GatewayClient(port=settings.ingest.port, token=_TOKEN, batch_size=5000)
 
     def champion() -> ModelRecord | None:
         backend = StoreBackend(settings, read_only=True)
@@ -106,13 +106,13 @@ def _play(settings: Settings, scenario: RegimeChange) -> None:
         finally:
             backend.close()
 
-    send_items(client, "readings", [reading_item(r) for r in scenario.readings(False)], 5000)
-    send_items(client, "outcomes", [outcome_item(o) for o in scenario.outcomes(False)], 5000)
+    client.send([reading_item(r) for r in scenario.readings(False)])
+    client.send_outcomes([outcome_item(o) for o in scenario.outcomes(False)])
     first = _wait("a champion on regime A", champion)
     print(f"regime A: champion version {first.version} ({first.metrics_map['roc_auc']:.3f} "
           "holdout AUC)")
     sent_at = time.time()
-    send_items(client, "readings", [reading_item(r) for r in scenario.readings(True)], 5000)
+    client.send([reading_item(r) for r in scenario.readings(True)])
 
     def drifting() -> DriftCheck | None:
         backend = StoreBackend(settings, read_only=True)
@@ -125,10 +125,9 @@ def _play(settings: Settings, scenario: RegimeChange) -> None:
         return check if check is not None and check.above else None
 
     detected = _wait("drift", drifting)
-    status, _ = client.post("/outcomes", {"outcomes": [outcome_item(o)
-                                                      for o in scenario.outcomes(True)]})
+    client.send_outcomes([outcome_item(o) for o in scenario.outcomes(True)])  # one batch
     stored_at = time.time()
-    assert status == 200
+    client.close()
     def replaced() -> ModelRecord | None:
         now = champion()
         return now if now is not None and now.version != first.version else None

@@ -19,6 +19,7 @@ readings/s each way and MQTT's as a ratio of HTTP's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -35,8 +36,8 @@ from _daemon import bench_daemon  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 from daemon.broker import mosquitto_binary, running_broker  # noqa: E402
-from daemon.gateway import HttpClient  # noqa: E402
 from daemon.status import collect_status  # noqa: E402
+from rml_client import GatewayClient, RmlError  # noqa: E402
 from storage.backend import StoreBackend  # noqa: E402
 
 TOKEN = "mqtt-bench-token-0123"
@@ -74,13 +75,12 @@ def http_rate(settings: Settings, size: int, seconds: float, gateways: int) -> f
     now_ms = int(time.time() * 1000)
 
     def gateway(g: int) -> None:
-        client = HttpClient("127.0.0.1", settings.ingest.port, TOKEN, timeout_s=30.0)
+        client = GatewayClient(port=settings.ingest.port, token=TOKEN, batch_size=size,
+                               timeout_s=30.0)
         deadline, n = time.monotonic() + seconds, 0
         while time.monotonic() < deadline:
-            status, answer = client.post("/readings",
-                                         {"readings": batch(f"http-{size}-{g}", n, size, now_ms)})
-            if status == 200:
-                done[g] += int(answer["accepted"])
+            with contextlib.suppress(RmlError):  # not acknowledged after the retries
+                done[g] += client.send(batch(f"http-{size}-{g}", n, size, now_ms)).accepted
             n += size
         client.close()
 

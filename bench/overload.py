@@ -22,7 +22,6 @@ the collectors acknowledge and refuse, not a gateway's backoff.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import queue
 import sys
@@ -41,6 +40,7 @@ from _daemon import bench_daemon  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from daemon.process import ask_root  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
+from rml_client import BatchResult, GatewayClient, HttpStatusError, RmlError  # noqa: E402
 
 TOKEN = "overload-bench-token-0123"
 _PLACEHOLDER = b"BBBBBBBB"
@@ -75,34 +75,25 @@ class Batches:
 
 
 class Client:
-    """One keep-alive connection, raw http.client; reconnects after a close or an error."""
+    """One keep-alive connection (``rml_client.GatewayClient``) sending batches already
+    encoded; with ``retries=0`` a refused batch is counted, not sent again."""
 
-    def __init__(self, port: int, timeout_s: float = 30.0) -> None:
-        self.port, self.timeout_s = port, timeout_s
-        self.conn: http.client.HTTPConnection | None = None
+    def __init__(self, port: int, timeout_s: float = 30.0, retries: int = 0) -> None:
+        self.gateway = GatewayClient(port=port, token=TOKEN, timeout_s=timeout_s,
+                                     retries=retries, deadline_s=None)
 
-    def post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """(status, lower-cased headers, body); status 0 for a transport error."""
+    def post(self, body: bytes) -> tuple[int, bool, BatchResult | None, str]:
+        """(status, whether a 503 came with Retry-After, the answer, the error); status 0
+        when no answer came (the error names why)."""
         try:
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port,
-                                                       timeout=self.timeout_s)
-            self.conn.request("POST", "/readings", body=body, headers={
-                "Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
-            response = self.conn.getresponse()
-            data = response.read()
-            headers = {k.lower(): v for k, v in response.getheaders()}
-            if headers.get("connection", "").lower() == "close":
-                self.close()
-            return response.status, headers, data
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
-            return 0, {"error": type(exc).__name__}, b""
+            return 200, False, self.gateway.send_encoded(body), ""
+        except HttpStatusError as exc:
+            return exc.status, exc.retry_after_s is not None, None, ""
+        except RmlError as exc:
+            return 0, False, None, type(exc.__cause__ or exc).__name__
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        self.gateway.close()
 
 
 @dataclass
@@ -115,22 +106,21 @@ class Tally:
     acked: list[int] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, n: int, status: int, headers: dict[str, str], data: bytes,
-               size: int) -> None:
+    def record(self, n: int, status: int, retry_after: bool, answer: BatchResult | None,
+               error: str, size: int) -> None:
         with self.lock:
             self.sent += 1
-            if status == 200:
-                answer = json.loads(data)
-                if answer["accepted"] + answer["duplicates"] != size:
+            if answer is not None:
+                if answer.accepted + answer.duplicates != size:
                     self.other[f"200 with {answer}"[:80]] += 1
                 self.ok += 1
                 self.acked.append(n)
-            elif status == 503 and "retry-after" in headers:
+            elif status == 503 and retry_after:
                 self.refused += 1
             elif status == 503:
                 self.refused_bare += 1
             elif status == 0:
-                self.other[f"error {headers.get('error')}"] += 1
+                self.other[f"error {error}"] += 1
             else:
                 self.other[str(status)] += 1
 
@@ -256,21 +246,17 @@ def verify(port: int, acked: list[int], batches: Batches, clients: int = 4) -> t
     lock = threading.Lock()
 
     def loop() -> None:
-        client = Client(port)
+        client = Client(port, retries=60)
         while True:
             try:
                 n = todo.get_nowait()
             except queue.Empty:
                 break
-            for _attempt in range(60):  # a refused resend is retried, bounded
-                status, headers, data = client.post(batches.body(n))
-                if status == 200:
-                    with lock:
-                        lost[0] += json.loads(data)["accepted"]
-                    break
-                time.sleep(min(float(headers.get("retry-after", "0.1")), 0.2))
-            else:
-                with lock:
+            answer = client.post(batches.body(n))[2]  # a refused resend is retried, bounded
+            with lock:
+                if answer is not None:
+                    lost[0] += answer.accepted
+                else:
                     unanswered[0] += 1
         client.close()
 

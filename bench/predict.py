@@ -58,7 +58,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ from config.settings import Settings  # noqa: E402
 from daemon.demo import last_midnight_ms  # noqa: E402
 from daemon.gateway import HttpClient  # noqa: E402
 from daemon.group import free_ports  # noqa: E402
+from rml_client import GatewayClient, HttpStatusError, PredictionClient  # noqa: E402
 
 TOKEN = "predict-bench-token-0123"
 HOST = "127.0.0.1"
@@ -159,31 +160,26 @@ def seed_champion(settings: Settings, timeout_s: float, hours: int,
                   end_ms: int) -> dict[str, Any]:
     """Send the simulator's readings and outcomes (ending at ``end_ms``); wait until
     location 7 is answered (200)."""
-    from daemon.gateway import send_items
     from learning.simulator import Savanna, reading_item
 
     savanna = Savanna(seed=3, n_locations=10, hours=hours, end_ms=end_ms)
     ingest = settings.ingest
-    client = HttpClient(ingest.host, ingest.port, ingest.tokens[0])
-    try:
-        send_items(client, "readings", [reading_item(r) for r in savanna.readings()])
-        send_items(client, "outcomes", savanna.outcome_items())
-    finally:
-        client.close()
-    predict = HttpClient(settings.predict.host, settings.predict.port, TOKEN)
-    try:
+    with GatewayClient(host=ingest.host, port=ingest.port, token=ingest.tokens[0]) as gateway:
+        gateway.send([reading_item(r) for r in savanna.readings()])
+        gateway.send_outcomes(savanna.outcome_items())
+    last = "none"
+    with PredictionClient(host=settings.predict.host, port=settings.predict.port, token=TOKEN,
+                          retries=2) as predict:
         deadline = time.monotonic() + timeout_s
-        last: tuple[int, Any] = (0, None)
         while time.monotonic() < deadline:
-            last = predict.post("/model", {"location_id": 7}, retries=2)
-            if last[0] == 200:
-                return dict(last[1])
+            try:
+                return asdict(predict.predict(location_id=7))
+            except HttpStatusError as exc:
+                last = f"{exc.status} {exc.reason}"
             time.sleep(0.25)
-    finally:
-        predict.close()
     raise RuntimeError(f"no champion answered POST /model within {timeout_s:.0f} s (last "
-                       f"answer: {last[0]} {last[1]}; a model the gate rejects is never "
-                       "published: try more --hours)")
+                       f"answer: {last}; a model the gate rejects is never published: try "
+                       "more --hours)")
 
 
 def lua_script(token: str, bodies: dict[int, dict[str, Any]]) -> str:
@@ -222,11 +218,15 @@ def feature_bodies(settings: Settings) -> tuple[dict[int, dict[str, Any]], list[
 
 def answers(port: int, bodies: dict[int, dict[str, Any]]) -> dict[int, tuple[int, Any]]:
     """Each location's (status, answer) from the server on ``port``, for its body."""
-    client = HttpClient(HOST, port, TOKEN)
-    try:
-        return {loc: client.post("/model", body, retries=2) for loc, body in bodies.items()}
-    finally:
-        client.close()
+    out: dict[int, tuple[int, Any]] = {}
+    with PredictionClient(host=HOST, port=port, token=TOKEN, retries=2) as client:
+        for loc, body in bodies.items():
+            try:
+                out[loc] = (200, asdict(client.predict(location_id=body.get("location_id"),
+                                                       features=body.get("features"))))
+            except HttpStatusError as exc:
+                out[loc] = (exc.status, {"error": exc.reason})
+    return out
 
 
 def compare(project: dict[int, tuple[int, Any]], floor: dict[int, tuple[int, Any]]) -> list[str]:

@@ -7,6 +7,7 @@ predictor and a collector are SIGSTOPped and left stopped (liveness must
 replace them); once the whole daemon is SIGKILLed mid-ingest and started
 again with ``rml start``. Afterwards every acknowledged reading is sent again
 and must come back as a duplicate: proof that each was stored, exactly once.
+The gateways and the prediction clients are ``rml_client``'s, as other services' are.
 
 With ``members`` (the configs of nodes that join the leader, ``[cluster]``) the run
 spans several nodes: the load is spread over the nodes' ports (each client fails over
@@ -18,14 +19,12 @@ member is started again, come home.
 
 from __future__ import annotations
 
-import http.client
 import json
 import multiprocessing
 import os
 import queue
 import random
 import signal
-import socket
 import statistics
 import threading
 import time
@@ -37,11 +36,21 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from daemon.gateway import HttpClient
 from daemon.group import end_group
 from daemon.process import RootClient, read_record, start, stop
 from learning.simulator import Savanna
 from messages.protocol import ActorInfo, StatusReport, StatusRequest
+from rml_client import (
+    BadRequest,
+    BatchResult,
+    ConnectionFailed,
+    GatewayClient,
+    HttpStatusError,
+    Prediction,
+    PredictionClient,
+    RmlError,
+    Unavailable,
+)
 
 __all__ = ["ChaosReport", "answered_by", "home_replicas", "replacements", "run_chaos"]
 
@@ -211,16 +220,13 @@ def answered_by(settings: Settings, name: str, give_up: Callable[[], bool] = lam
     predict = settings.predict
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not give_up():
-        connection = http.client.HTTPConnection(predict.host, predict.port, timeout=0.5)
-        try:
-            connection.request("GET", "/health")
-            answer = json.loads(connection.getresponse().read() or b"{}")
-            if isinstance(answer, dict) and answer.get("actor") == name:
-                return time.monotonic()
-        except (OSError, ValueError, http.client.HTTPException):
-            pass
-        finally:
-            connection.close()
+        with PredictionClient(host=predict.host, port=predict.port, timeout_s=0.5, retries=0,
+                              deadline_s=None) as client:
+            try:
+                if client.health().get("actor") == name:
+                    return time.monotonic()
+            except RmlError:
+                pass
         time.sleep(0.001)
     return None
 
@@ -245,18 +251,15 @@ class _Chaos:
 
     # --- load ------------------------------------------------------------------------
 
-    def _clients(self, kind: str, home: int, timeout_s: float) -> list[HttpClient]:
-        """A client of each node's ``kind`` ("ingest" or "predict") port: node ``home % N``
-        first, then the next ones (where it fails over to)."""
-        order = self.nodes[home % len(self.nodes):] + self.nodes[:home % len(self.nodes)]
-        out = []
-        for node in order:
-            edge = node.settings.ingest if kind == "ingest" else node.settings.predict
-            out.append(HttpClient(edge.host, edge.port, edge.tokens[0], timeout_s=timeout_s))
-        return out
+    def _order(self, home: int) -> list[_Node]:
+        """Node ``home % N`` first, then the next ones (where a client fails over to)."""
+        return self.nodes[home % len(self.nodes):] + self.nodes[:home % len(self.nodes)]
 
     def gateway(self, index: int, batch_size: int, pause_s: float) -> None:
-        clients = self._clients("ingest", index, 10.0)
+        clients = [GatewayClient(host=node.settings.ingest.host, port=node.settings.ingest.port,
+                                 token=node.settings.ingest.tokens[0], batch_size=1000,
+                                 timeout_s=10.0, retries=3, deadline_s=None)
+                   for node in self._order(index)]
         n = 0
         while not self.stop_flag.is_set():
             now_ms = int(time.time() * 1000)
@@ -271,22 +274,22 @@ class _Chaos:
         for client in clients:
             client.close()
 
-    def _send_until_answered(self, clients: list[HttpClient], batch: list[dict[str, Any]]) -> Any:
+    def _send_until_answered(self, clients: list[GatewayClient],
+                             batch: list[dict[str, Any]]) -> BatchResult | None:
         """A gateway keeps a batch until it is acknowledged (or the run ends long after); a
         node that cannot be reached passes it to the next one (``clients``' order)."""
         deadline = time.monotonic() + 90.0
         at = 0
         while time.monotonic() < deadline:
             try:
-                status, answer = clients[at].post("/readings", {"readings": batch}, retries=3)
-            except ConnectionError:
+                return clients[at].send(batch)
+            except ConnectionFailed:
                 at = (at + 1) % len(clients)
                 if at == 0:  # no node could be reached: wait before the round again
                     time.sleep(0.1)
                 continue
-            if status == 200:
-                return answer
-            time.sleep(0.1)
+            except RmlError:  # refused after the client's retries (a 503): again, here
+                time.sleep(0.1)
         return None
 
     def prediction_load(self, index: int, rate: float, results: Any) -> None:
@@ -294,10 +297,11 @@ class _Chaos:
         ``POST /model`` for locations 1..10 in turn, paced to ``rate`` a second, each asked
         until answered as a client would (``_ask``); its tally goes to ``results``."""
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        clients = [_RawClient(node.settings.predict.host, node.settings.predict.port,
-                              node.settings.predict.tokens[0], timeout_s=2.0)
-                   for node in self.nodes[index % len(self.nodes):]
-                   + self.nodes[:index % len(self.nodes)]]
+        clients = [PredictionClient(host=node.settings.predict.host,
+                                    port=node.settings.predict.port,
+                                    token=node.settings.predict.tokens[0], timeout_s=2.0,
+                                    retries=3, deadline_s=None)
+                   for node in self._order(index)]
         sent = answered = fallback = 0
         unanswered: Counter[int] = Counter()
         unanswered_at: list[float] = []
@@ -313,11 +317,11 @@ class _Chaos:
                     time.sleep(ahead)
                 due = max(due + interval, time.monotonic() - 0.1)  # no burst to catch up
                 sent_at = time.time()
-                status, body = _ask(clients, sent % 10 + 1, self.daemon_down.is_set)
+                status, answer = _ask(clients, sent % 10 + 1, self.daemon_down.is_set)
                 sent += 1
-                if status == 200:
+                if answer is not None:
                     answered += 1
-                    fallback += b'"fallback":true' in body
+                    fallback += answer.fallback
                 else:
                     unanswered[status] += 1
                     unanswered_at.append(sent_at)
@@ -478,14 +482,15 @@ class _Chaos:
     def verify(self) -> None:
         """Send every acknowledged reading again: each must be a duplicate (stored once)."""
         ingest = self.settings.ingest
-        client = HttpClient(ingest.host, ingest.port, ingest.tokens[0], timeout_s=30.0)
+        client = GatewayClient(host=ingest.host, port=ingest.port, token=ingest.tokens[0],
+                               batch_size=1000, timeout_s=30.0, retries=3, deadline_s=None)
         accepted_again = 0
         for i in range(0, len(self.acknowledged), 1000):
             batch = self.acknowledged[i:i + 1000]
             answer = self._send_until_answered([client], batch)
             if answer is None:
                 raise RuntimeError("the daemon stopped answering during verification")
-            accepted_again += int(answer["accepted"])
+            accepted_again += answer.accepted
         client.close()
         self.report.readings_acknowledged = len(self.acknowledged)
         self.report.lost = accepted_again
@@ -500,106 +505,52 @@ class _Chaos:
         self.report.stored_twice = len(keys) - len(set(keys))
 
 
-class _RawClient:
-    """One keep-alive HTTP/1.1 connection for ``POST /model`` on a raw socket: a few
-    microseconds of client CPU a request, where ``http.client`` spends a hundred."""
-
-    def __init__(self, host: str, port: int, token: str, timeout_s: float) -> None:
-        self.address, self.timeout_s = (host, port), timeout_s
-        self._requests = [
-            (f"POST /model HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
-             "Content-Type: application/json\r\nContent-Length: "
-             f"{len(body)}\r\n\r\n{body}").encode()
-            for body in (f'{{"location_id": {location}}}' for location in range(1, 11))]
-        self._sock: socket.socket | None = None
-        self._buffer = b""
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-        self._buffer = b""
-
-    def ask(self, location: int) -> tuple[int, bytes, bytes]:
-        """(status, head, body) for ``location``; ``OSError`` when the connection fails."""
-        if self._sock is None:
-            self._sock = socket.create_connection(self.address, timeout=self.timeout_s)
-            self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = self._sock
-        sock.sendall(self._requests[location - 1])
-        buffer = self._buffer
-        while (end := buffer.find(b"\r\n\r\n")) < 0:
-            buffer += self._recv(sock)
-        head, buffer = buffer[:end].lower(), buffer[end + 4:]
-        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
-        while len(buffer) < length:
-            buffer += self._recv(sock)
-        body, self._buffer = buffer[:length], buffer[length:]
-        if b"connection: close" in head:
-            self.close()
-        return int(head[9:12]), head, body
-
-    @staticmethod
-    def _recv(sock: socket.socket) -> bytes:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionResetError("closed by the server")
-        return data
-
-
-def _ask(clients: Sequence[_RawClient], location: int,
-         paused: Callable[[], bool] = lambda: False) -> tuple[int, bytes]:
-    """Ask until answered, as ``HttpClient`` would: each node in turn (the next only when
-    this one cannot be reached), up to 4 attempts each; a broken connection is opened
-    again after a short backoff, a 503 waits for its Retry-After (at most 1 s). While
-    ``paused()`` (the whole daemon killed on purpose, until it is started again), a failed
-    attempt waits and does not count: a client would retry after such an outage too."""
-    status, body = 0, b""
+def _ask(clients: Sequence[PredictionClient], location: int,
+         paused: Callable[[], bool] = lambda: False) -> tuple[int, Prediction | None]:
+    """Ask until answered, as a client does: each node in turn (the next only when this one
+    cannot be reached), with the client's own retries on each (a broken connection opened
+    again, a 503 waiting for its Retry-After). (status, the answer): 200, or the status it
+    was refused with, 0 when no node could be reached. While ``paused()`` (the whole daemon
+    killed on purpose, until it is started again), a failure waits and does not count: a
+    client would retry after such an outage too."""
+    status = 0
     for client in clients:
-        attempt = 0
-        while attempt < 4:
+        while True:
             try:
-                status, head, body = client.ask(location)
-            except (OSError, ValueError, IndexError):  # refused, reset, timed out, garbled
-                client.close()
-                status, body = 0, b""
+                return 200, client.predict(location_id=location)
+            except HttpStatusError as exc:
+                return exc.status, None
+            except RmlError:  # no connection, no answer in time, a garbled answer
                 if paused():
                     while paused():
                         time.sleep(0.05)
                     continue
-                attempt += 1
-                time.sleep(min(0.02 * attempt, 0.5))
-                continue
-            attempt += 1
-            if status == 503 and attempt < 4:
-                after = head.split(b"retry-after:", 1)
-                time.sleep(min(float(after[1].split(b"\r\n", 1)[0]) if len(after) > 1
-                               else 0.2, 1.0))
-                continue
-            return status, body
-    return status, body
+                status = 0
+                break
+    return status, None
 
 
 def _seed_model(settings: Settings, say: Callable[[str], None]) -> None:
     """Enough facts for a champion, so predictions have a model from the start."""
     from daemon.demo import last_midnight_ms
-    from daemon.gateway import send_items
     from learning.simulator import reading_item
 
     savanna = Savanna(seed=3, n_locations=10, hours=48, end_ms=last_midnight_ms())
-    ingest = settings.ingest
-    client = HttpClient(ingest.host, ingest.port, ingest.tokens[0])
-    send_items(client, "readings", [reading_item(r) for r in savanna.readings()])
-    send_items(client, "outcomes", savanna.outcome_items())
-    client.close()
-    predict = HttpClient(settings.predict.host, settings.predict.port, settings.predict.tokens[0])
-    deadline = time.monotonic() + 90.0
-    while time.monotonic() < deadline:
-        if predict.post("/model", {"location_id": 1})[0] == 200:
-            predict.close()
+    ingest, predict = settings.ingest, settings.predict
+    with GatewayClient(host=ingest.host, port=ingest.port, token=ingest.tokens[0]) as gateway:
+        gateway.send([reading_item(r) for r in savanna.readings()])
+        gateway.send_outcomes(savanna.outcome_items())
+    with PredictionClient(host=predict.host, port=predict.port, token=predict.tokens[0],
+                          deadline_s=5.0) as client:
+        deadline = time.monotonic() + 90.0
+        while time.monotonic() < deadline:
+            try:
+                client.predict(location_id=1)
+            except (BadRequest, Unavailable):  # no model, or no features, yet
+                time.sleep(0.2)
+                continue
             say("  a model is published and predictions answer")
             return
-        time.sleep(0.2)
     raise RuntimeError("no model was published within 90 s")
 
 

@@ -7,7 +7,8 @@ one over MQTT (through a Mosquitto it starts, when one is installed), waits for 
 published model, asks for
 predictions over HTTP and through Thespian, SIGKILLs a predictor and a
 collector and shows both answer again, prints a summary and stops the daemon,
-checking that no process and no port is left.
+checking that no process and no port is left. The HTTP gateways and the predictions
+are ``rml_client``'s, as another service's would be.
 """
 
 from __future__ import annotations
@@ -25,13 +26,21 @@ from typing import Any
 
 from config.settings import Settings
 from daemon.broker import Broker, mosquitto_binary, running_broker
-from daemon.gateway import HttpClient, IngestTally, publish_items, send_items, talk_item
+from daemon.gateway import IngestTally, publish_items, talk_item
 from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
 from learning.ceiling import holdout_best_auc
 from learning.lineage import outcomes_seen
 from learning.simulator import Savanna
-from messages.protocol import ActorInfo, Prediction, PredictRequest, StatusReport, StatusRequest
+from messages.protocol import ActorInfo, StatusReport, StatusRequest
+from rml_client import (
+    BatchResult,
+    GatewayClient,
+    Prediction,
+    PredictionClient,
+    RmlError,
+    ThespianPredictionClient,
+)
 
 __all__ = ["run_demo"]
 
@@ -185,17 +194,18 @@ def _play(settings: Settings, started: float, broker: Broker | None) -> int:
         if part == 3 and broker is not None:
             mine = publish_items("127.0.0.1", broker.port, "demo-gateway-4", "readings", items)
         else:
-            client = HttpClient(ingest.host, ingest.port, token)
             if part == 2:
                 items = tuple(talk_item(item) for item in items)
-            send_items(client, "readings", items, batch_size=1000,
-                       fmt="msgpack" if part % 2 else "json", tally=mine)
-            client.close()
+            with GatewayClient(host=ingest.host, port=ingest.port, token=token,
+                               format="msgpack" if part % 2 else "json",
+                               batch_size=1000) as client:
+                try:
+                    mine.add_result(client.send(items))
+                except RmlError as exc:  # a batch never acknowledged: said below
+                    mine.add_result(exc.acknowledged or BatchResult())
+                    mine.failed_batches += -(-len(exc.unacknowledged) // client.batch_size)
         with lock:
-            tally.accepted += mine.accepted
-            tally.duplicates += mine.duplicates
-            tally.rejected.update(mine.rejected)
-            tally.failed_batches += mine.failed_batches
+            tally.merge(mine)
 
     threads = [threading.Thread(target=gateway, args=(i,)) for i in range(4)]
     for t in threads:
@@ -203,10 +213,13 @@ def _play(settings: Settings, started: float, broker: Broker | None) -> int:
     for t in threads:
         t.join()
     _say(f"  readings: {tally.accepted} stored, {tally.duplicates} duplicates detected, "
-         f"{sum(tally.rejected.values())} rejected ({dict(tally.rejected)})")
-    rangers = HttpClient(ingest.host, ingest.port, token)
-    outcomes = send_items(rangers, "outcomes", savanna.outcome_items(), batch_size=5000)
-    resent = send_items(rangers, "outcomes", savanna.outcome_items()[:100], batch_size=100)
+         f"{sum(tally.rejected.values())} rejected ({dict(tally.rejected)})"
+         + (f"; {tally.failed_batches} batches NOT ACKNOWLEDGED" if tally.failed_batches
+            else ""))
+    with GatewayClient(host=ingest.host, port=ingest.port, token=token,
+                       batch_size=5000) as rangers:
+        outcomes = rangers.send_outcomes(savanna.outcome_items())
+        resent = rangers.send_outcomes(savanna.outcome_items()[:100])
     _say(f"  outcomes: {outcomes.accepted} stored; 100 resent -> {resent.duplicates} duplicates")
 
     _say("waiting for the learner to train and the publisher to publish a model ...")
@@ -224,40 +237,61 @@ def _play(settings: Settings, started: float, broker: Broker | None) -> int:
          f"{champion.feature_collection_id}: holdout ROC AUC {metrics['roc_auc']:.3f} "
          f"(best achievable {best:.3f})")
 
-    predict = HttpClient(settings.predict.host, settings.predict.port, settings.predict.tokens[0])
+    predict = PredictionClient(host=settings.predict.host, port=settings.predict.port,
+                               token=settings.predict.tokens[0])
 
-    def http_prediction(location: int) -> Any:
-        status, answer = predict.post("/model", {"location_id": location})
-        return answer if status == 200 else None
+    def http_prediction(location: int) -> Prediction | None:
+        try:
+            return predict.predict(location_id=location)
+        except RmlError:  # no features for it yet, no model yet, replicas restarting
+            return None
 
     _wait("features for location 1", lambda: http_prediction(1), 30.0)
-    root = RootClient(settings)  # how another Python service would ask, through Thespian
+    # How another Python service on this host would ask, through Thespian.
+    thespian = ThespianPredictionClient(settings.actor_system.admin_port,
+                                        host=settings.actor_system.bind)
     agree = 0
     for location in range(1, 6):
-        over_http = http_prediction(location)
-        over_thespian = root.ask(PredictRequest(uuid.uuid4().hex, location), 10.0)
-        same = (isinstance(over_thespian, Prediction)
-                and abs(over_thespian.probability - over_http["probability"]) < 1e-12
-                and over_thespian.model_version == over_http["model_version"])
+        over_http = predict.predict(location_id=location)
+        over_thespian: Prediction | None = None
+        try:
+            over_thespian = thespian.predict(location_id=location)
+        except RmlError as exc:
+            _say(f"  location {location}: Thespian: {type(exc).__name__}: {exc}")
+        same = (over_thespian is not None
+                and abs(over_thespian.probability - over_http.probability) < 1e-12
+                and over_thespian.model_version == over_http.model_version)
         agree += same
-        _say(f"  location {location}: HTTP p={over_http['probability']:.3f} "
-             f"label={over_http['label']} v{over_http['model_version']} | Thespian "
-             f"p={getattr(over_thespian, 'probability', float('nan')):.3f} "
+        _say(f"  location {location}: HTTP p={over_http.probability:.3f} "
+             f"label={over_http.label} v{over_http.model_version} | Thespian "
+             f"p={over_thespian.probability if over_thespian else float('nan'):.3f} "
              f"{'(agree)' if same else '(DISAGREE)'}")
+    thespian.close()
+    root = RootClient(settings)  # the root's status, through Thespian
 
     _say("crash test: SIGKILL predictor-1 and collector-1 ...")
     took = _kill_and_wait(root, "predictor-1", lambda: http_prediction(1))
     _say(f"  predictor-1 replaced and answering in {took * 1000:.0f} ms")
-    probe = HttpClient(ingest.host, ingest.port, token)
-    took = _kill_and_wait(root, "collector-1",
-                          lambda: probe.post("/readings", {"readings": []})[0] == 200)
+    probe = GatewayClient(host=ingest.host, port=ingest.port, token=token)
+
+    def collector_answers() -> bool:
+        try:
+            probe.send_encoded(b'{"readings":[]}')
+        except RmlError:
+            return False
+        return True
+
+    took = _kill_and_wait(root, "collector-1", collector_answers)
+    probe.close()
     _say(f"  collector-1 replaced and answering in {took * 1000:.0f} ms")
     after = http_prediction(1)
     status = collect_status(settings)
     restarts = {a["name"]: a["restarts"] for a in status["actors"] if a["restarts"]}
     counters = status["counters"]
-    ok = (agree == 5 and after is not None and after["model_version"] == champion.version
-          and counters["readings_stored"] == traffic.n_unique_valid)
+    predict.close()
+    ok = (agree == 5 and after is not None and after.model_version == champion.version
+          and counters["readings_stored"] == traffic.n_unique_valid
+          and not tally.failed_batches)
     _say("")
     _say("summary")
     _say(f"  facts stored:       {counters['readings_stored']} readings, "
@@ -269,7 +303,7 @@ def _play(settings: Settings, started: float, broker: Broker | None) -> int:
          f"{metrics['roc_auc']:.3f} vs best achievable {best:.3f}")
     _say(f"  restarts:           {restarts}")
     _say(f"  predictions agree:  {agree}/5 (HTTP vs Thespian); after the crash: "
-         f"version {after['model_version'] if after else None}")
+         f"version {after.model_version if after else None}")
     _say(f"  time so far:        {time.monotonic() - started:.0f} s")
     _say("demo: OK" if ok else "demo: SOMETHING WAS OFF (see above)")
     return 0 if ok else 1

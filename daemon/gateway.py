@@ -1,17 +1,18 @@
-"""HTTP clients that play field gateways and services (the demo, tests and benches use them).
+"""The demo's field gateways, and the raw HTTP client tests and benches use.
 
-A client, not a server: ``http.client`` with keep-alive, reconnecting when a
-collector or predictor it was talking to is killed. A batch whose answer was
-lost is sent again; the store reports what it already had as duplicates, so
-nothing is lost and nothing is stored twice.
+Gateways over HTTP are ``rml_client.GatewayClient`` (batches, each resent until
+acknowledged: the store reports what it already had as duplicates, so nothing is lost and
+nothing is stored twice); this module adds what only the demo plays: the talk's
+``PreyReading`` spelling (``talk_item``) and gateways over MQTT (``publish_items``), and a
+tally of many sends (``IngestTally``). ``HttpClient`` is the raw client for tests and
+benches that look at statuses and bodies themselves (a 401, a 415, a malformed body):
+``rml_client``'s connection, without its typed answers.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,50 +20,32 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["HttpClient", "IngestTally", "send_items"]
+from rml_client import BatchResult, GatewayClient, HttpStatusError
+from rml_client._http import Endpoint, Transport
+
+__all__ = ["HttpClient", "IngestTally", "publish_items", "send_items", "talk_item"]
 
 
 class HttpClient:
-    """One keep-alive connection to ``host:port`` with a bearer token."""
+    """One keep-alive connection to ``host:port`` with a bearer token, answering raw
+    statuses and bodies (``rml_client``'s transport: reconnects, retries a 503)."""
 
     def __init__(self, host: str, port: int, token: str, timeout_s: float = 30.0) -> None:
         self.host, self.port, self.token, self.timeout_s = host, port, token, timeout_s
-        self._conn: http.client.HTTPConnection | None = None
+        self._transport = Transport(Endpoint("http", host, port), token or None,
+                                    timeout_s=timeout_s, retries=20, deadline_s=None)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        self._transport.close()
 
     def request(self, method: str, path: str, body: bytes = b"",
                 content_type: str = "application/json", retries: int = 20,
                 auth: bool = True) -> tuple[int, dict[str, str], bytes]:
-        """Send once; on a broken connection reconnect and send again (bounded)."""
-        headers = {"Content-Type": content_type}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
-        last: Exception | None = None
-        for attempt in range(retries + 1):
-            try:
-                if self._conn is None:
-                    self._conn = http.client.HTTPConnection(self.host, self.port,
-                                                            timeout=self.timeout_s)
-                self._conn.request(method, path, body=body or None, headers=headers)
-                response = self._conn.getresponse()
-                data = response.read()
-                answer_headers = {k.lower(): v for k, v in response.getheaders()}
-                if response.status == 503 and attempt < retries:
-                    # Overloaded or restarting: back off as told, then try again.
-                    time.sleep(min(float(answer_headers.get("retry-after", "0.2")), 1.0))
-                    continue
-                if answer_headers.get("connection", "").lower() == "close":
-                    self.close()
-                return response.status, answer_headers, data
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-                self.close()
-                time.sleep(min(0.02 * (attempt + 1), 0.5))
-        raise ConnectionError(f"{self.host}:{self.port}{path}: {last}")
+        """(status, lower-cased headers, body); a broken connection or a 503 is retried (at
+        most ``retries`` times); ``ConnectionError`` when no answer came."""
+        answer = self._transport.request(method, path, body, content_type, auth=auth,
+                                         retries=retries)
+        return answer.status, dict(answer.headers), answer.body
 
     def post(self, path: str, payload: Mapping[str, Any], fmt: str = "json",
              retries: int = 20) -> tuple[int, Any]:
@@ -89,34 +72,46 @@ class IngestTally:
     failed_batches: int = 0
 
     def add(self, answer: Mapping[str, Any]) -> None:
+        """Count one batch's answer as the wire spells it."""
         self.accepted += int(answer["accepted"])
         self.duplicates += int(answer["duplicates"])
         for item in answer["rejected"]:
             self.rejected[item["error"]] += 1
         self.batches += 1
 
+    def add_result(self, result: BatchResult) -> None:
+        """Count a ``GatewayClient``'s result."""
+        self.accepted += result.accepted
+        self.duplicates += result.duplicates
+        self.rejected.update(result.rejected_by_error())
+        self.batches += result.batches
+
+    def merge(self, other: IngestTally) -> None:
+        """Count another tally too."""
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.rejected.update(other.rejected)
+        self.batches += other.batches
+        self.failed_batches += other.failed_batches
+
 
 def send_items(client: HttpClient, kind: str, items: Iterable[dict[str, Any]],
                batch_size: int = 1000, fmt: str = "json",
                tally: IngestTally | None = None) -> IngestTally:
-    """POST ``items`` to ``/readings`` or ``/outcomes`` in batches; tally the answers."""
+    """POST ``items`` to ``/readings`` or ``/outcomes`` of ``client``'s port in batches, with
+    a ``GatewayClient``; tally the answers (a batch still refused after the retries is a
+    failed batch; no connection at all raises ``ConnectionError``)."""
     tally = tally if tally is not None else IngestTally()
-    batch: list[dict[str, Any]] = []
-
-    def flush() -> None:
-        status, answer = client.post(f"/{kind}", {kind: batch}, fmt)
-        if status == 200:
-            tally.add(answer)
-        else:
-            tally.failed_batches += 1
-
-    for item in items:
-        batch.append(item)
-        if len(batch) >= batch_size:
-            flush()
-            batch = []
-    if batch:
-        flush()
+    todo = list(items)
+    with GatewayClient(host=client.host, port=client.port, token=client.token or None,
+                       format=fmt, batch_size=batch_size, timeout_s=client.timeout_s,
+                       retries=20, deadline_s=None) as gateway:
+        send = gateway.send_outcomes if kind == "outcomes" else gateway.send
+        for start in range(0, len(todo), batch_size):
+            try:
+                tally.add_result(send(todo[start:start + batch_size]))
+            except HttpStatusError:
+                tally.failed_batches += 1
     return tally
 
 
