@@ -46,7 +46,10 @@ from messages.codec import (
     BodyError,
     PredictQuery,
     decode_predict_query,
+    encode,
     encode_prediction_json,
+    prediction_to_wire,
+    wire_format,
 )
 from messages.openapi import PREDICT_OPENAPI_JSON
 from messages.protocol import (
@@ -330,11 +333,12 @@ class Predictor(EdgeWorker):
         return rows
 
     def _post_model(self, request: Request) -> Response:
+        content_type = request.headers.get("content-type")
         try:
-            query = decode_predict_query(request.body, request.headers.get("content-type"))
+            query = decode_predict_query(request.body, content_type)
         except BodyError as exc:
             self.counters.bump("bad_request")
-            return Response.error(exc.status, str(exc))
+            return _answer(exc.status, {"error": str(exc)}, content_type)
         assert self.settings is not None
         lookup = self._edge_rows or self._edge_lookup()
         snapshot = self.snapshot
@@ -343,9 +347,11 @@ class Predictor(EdgeWorker):
                                     on_fallback=_fallback_used)
         if isinstance(answer, Prediction):
             self._count(answer, snapshot)
-            return Response(200, encode_prediction_json(answer))
+            if content_type is None or content_type == "application/json":  # the usual case
+                return Response(200, encode_prediction_json(answer))
+            return _answer(200, prediction_to_wire(answer), content_type)
         self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
-        return Response.json(answer.status, {"error": answer.reason})
+        return _answer(answer.status, {"error": answer.reason}, content_type)
 
     def _count(self, answer: Prediction, snapshot: ServingSnapshot) -> None:
         if not answer.fallback:
@@ -383,6 +389,17 @@ class Predictor(EdgeWorker):
                 metrics.SHADOW, {"served": counts.served, "agreed": counts.agreed,
                                  "error": counts.errors},
                 self._shadow_flushed.setdefault(version, {}), str(version))
+
+
+def _answer(status: int, payload: dict[str, Any], content_type: str | None) -> Response:
+    """An answer in the request's format: msgpack for msgpack, else JSON."""
+    try:
+        fmt = wire_format(content_type)
+    except BodyError:  # an unsupported media type: its 415 is said in JSON
+        fmt = "json"
+    if fmt == "msgpack":
+        return Response(status, encode(payload, fmt), content_type="application/msgpack")
+    return Response.json(status, payload)
 
 
 def _fallback_used(cause: str) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "BodyError",
     "DecodedBatch",
     "encode_prediction_json",
+    "prediction_to_wire",
     "PredictQuery",
     "UnsupportedMediaType",
     "WireFormat",
@@ -311,6 +312,14 @@ _PREDICTION = b'{"label":%s,"probability":%s,"model_version":%d,"feature_collect
     b'"fallback":%s}'
 
 
+def prediction_to_wire(answer: Prediction) -> dict[str, Any]:
+    """A prediction as the answer's plain object (what ``encode_prediction_json`` writes)."""
+    return {"label": answer.label, "probability": answer.probability,
+            "model_version": answer.model_version,
+            "feature_collection_id": answer.feature_collection_id,
+            "fallback": answer.fallback}
+
+
 def encode_prediction_json(answer: Prediction) -> bytes:
     """The answer's JSON, as ``json.dumps`` (compact) spells it, without its generic encoder:
     a finite float's ``repr`` is JSON's spelling of it; anything else takes ``json.dumps``."""
@@ -322,11 +331,8 @@ def encode_prediction_json(answer: Prediction) -> bytes:
                               repr(probability).encode(), answer.model_version,
                               answer.feature_collection_id,
                               b"true" if answer.fallback else b"false")
-    return json.dumps({"label": answer.label, "probability": probability,
-                       "model_version": answer.model_version,
-                       "feature_collection_id": answer.feature_collection_id,
-                       "fallback": answer.fallback},
-                      separators=(",", ":"), allow_nan=False).encode()
+    return json.dumps(prediction_to_wire(answer), separators=(",", ":"),
+                      allow_nan=False).encode()
 
 
 def reading_to_wire(r: Reading) -> dict[str, Any]:

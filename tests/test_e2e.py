@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -296,6 +297,24 @@ def test_prediction_from_explicit_features_and_bad_input(predictor: HttpClient) 
     assert status == 400
     status, unknown = predictor.post("/model", {"location_id": 123456})
     assert status == 400 and unknown["error"].startswith("unknown_location")
+
+
+def test_a_msgpack_request_is_answered_in_msgpack(daemon: RunningDaemon,
+                                                  predictor: HttpClient) -> None:
+    as_json = predictor.post("/model", {"location_id": 1})[1]
+    for body, status in (({"location_id": 1}, 200), ({"location_id": "one"}, 400)):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{daemon.settings.predict.port}/model",
+            data=msgpack.packb(body), headers={"Authorization": f"Bearer {TOKEN}",
+                                               "Content-Type": "application/msgpack"})
+        try:
+            answer = urllib.request.urlopen(request, timeout=10)
+        except urllib.error.HTTPError as refused:
+            answer = refused
+        assert answer.status == status
+        assert answer.headers["Content-Type"] == "application/msgpack"
+        decoded = msgpack.unpackb(answer.read())
+        assert decoded == as_json if status == 200 else "error" in decoded
 
 
 # The node's metrics scraped before the kills below, to compare with after them.
