@@ -336,9 +336,9 @@ class Predictor(EdgeWorker):
         content_type = request.headers.get("content-type")
         try:
             query = decode_predict_query(request.body, content_type)
-        except BodyError as exc:
+        except BodyError as exc:  # a body unusable as a whole: said in JSON, as ingest does
             self.counters.bump("bad_request")
-            return _answer(exc.status, {"error": str(exc)}, content_type)
+            return Response.error(exc.status, str(exc))
         assert self.settings is not None
         lookup = self._edge_rows or self._edge_lookup()
         snapshot = self.snapshot
@@ -349,9 +349,12 @@ class Predictor(EdgeWorker):
             self._count(answer, snapshot)
             if content_type is None or content_type == "application/json":  # the usual case
                 return Response(200, encode_prediction_json(answer))
-            return _answer(200, prediction_to_wire(answer), content_type)
+            if wire_format(content_type) == "msgpack":
+                return Response(200, encode(prediction_to_wire(answer), "msgpack"),
+                                content_type="application/msgpack")
+            return Response(200, encode_prediction_json(answer))
         self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
-        return _answer(answer.status, {"error": answer.reason}, content_type)
+        return Response.json(answer.status, {"error": answer.reason})  # errors: JSON
 
     def _count(self, answer: Prediction, snapshot: ServingSnapshot) -> None:
         if not answer.fallback:
@@ -389,17 +392,6 @@ class Predictor(EdgeWorker):
                 metrics.SHADOW, {"served": counts.served, "agreed": counts.agreed,
                                  "error": counts.errors},
                 self._shadow_flushed.setdefault(version, {}), str(version))
-
-
-def _answer(status: int, payload: dict[str, Any], content_type: str | None) -> Response:
-    """An answer in the request's format: msgpack for msgpack, else JSON."""
-    try:
-        fmt = wire_format(content_type)
-    except BodyError:  # an unsupported media type: its 415 is said in JSON
-        fmt = "json"
-    if fmt == "msgpack":
-        return Response(status, encode(payload, fmt), content_type="application/msgpack")
-    return Response.json(status, payload)
 
 
 def _fallback_used(cause: str) -> None:
