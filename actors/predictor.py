@@ -118,6 +118,8 @@ class Predictor(EdgeWorker):
         self._shadow_flushed: dict[int, dict[str, int]] = {}
 
     def on_start(self, init: Init) -> None:
+        for cause in ("deadline", "error", "stand_in"):  # the series exist from the start
+            metrics.PREDICTION_FALLBACKS.labels(cause).inc(0)
         settings = init.settings
         self.backend = self.backend or StoreBackend(settings, connect_wait_s=ACTOR_CONNECT_WAIT_S)
         self.registry = self.backend.registry()

@@ -327,6 +327,7 @@ FAMILIES = (
     "rml_ingest_requests", "rml_ingest_request_seconds", "rml_ingest_unavailable",
     "rml_ingest_items", "rml_ingest_rejected_items", "rml_ingest_batch_items",
     "rml_predict_requests", "rml_predict_request_seconds", "rml_predictions",
+    "rml_prediction_fallbacks",
     "rml_prediction_deadline_misses", "rml_champion_version",
     "rml_champion_feature_collection", "rml_prediction_rows",
     "rml_feature_rows_confirmed_age_seconds", "rml_actor_restarts", "rml_actor_hangs",
