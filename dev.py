@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up the project's virtual environment and run the demo or the tests.
 
-Usage: python3 dev.py demo | test [pytest args] | lint | rml [args]
+Usage: python3 dev.py demo | test [pytest args] | lint | docs [mkdocs build args] | rml [args]
 
 Needs only Python 3.11+: it creates ``.venv`` beside this file, installs the
 project with its dev extras there (again whenever ``pyproject.toml`` changes)
@@ -65,6 +65,13 @@ def run_lint() -> int:
     return rc
 
 
+def build_docs(args: list[str]) -> int:
+    """``mkdocs build --strict`` (into ``site/``, never committed): a broken link or anchor,
+    or a page missing from the nav, fails the build."""
+    return subprocess.call([str(BIN / "python"), "-m", "mkdocs", "build", "--strict", *args],
+                           cwd=ROOT)
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(__doc__)
@@ -76,6 +83,8 @@ def main(argv: list[str]) -> int:
         return run_tests(rest)
     if verb == "lint":
         return run_lint()
+    if verb == "docs":
+        return build_docs(rest)
     if verb == "demo":
         return subprocess.call([str(BIN / "rml"), *rest, "demo"], cwd=ROOT, env=env)
     if verb == "rml":

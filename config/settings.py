@@ -54,49 +54,90 @@ LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 class ActorSystemSettings:
     """Where Thespian listens. Its transport is unauthenticated pickle: loopback only."""
 
-    admin_port: int = 19471
-    bind: str = "127.0.0.1"
-    allow_non_loopback: bool = False
-    start_timeout_s: float = 60.0
+    admin_port: int = field(default=19471, metadata={
+        "doc": "Thespian's admin port: the actor system's address on this host (a fixed port, "
+               "never 0)"})
+    bind: str = field(default="127.0.0.1", metadata={
+        "doc": "Thespian's bind address; anything but loopback is refused unless "
+               "`allow_non_loopback = true`"})
+    allow_non_loopback: bool = field(default=False, metadata={
+        "doc": "allow a non-loopback `bind`, and joining a leader beyond loopback: Thespian's "
+               "transport is unauthenticated pickle, so only on a network that only the nodes "
+               "reach ([security](security.md))"})
+    start_timeout_s: float = field(default=60.0, metadata={
+        "doc": "how long `rml start` waits for every actor to answer"})
 
 
 @dataclass(frozen=True, slots=True)
 class IngestSettings:
     """The collectors' HTTP edge."""
 
-    host: str = "127.0.0.1"
-    port: int = 8471
-    tokens: tuple[str, ...] = (DEMO_TOKEN,)
-    collectors: int = 2
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_pending: int = 32
+    host: str = field(default="127.0.0.1", metadata={
+        "doc": "the collectors' HTTP address (`POST /readings`, `POST /outcomes`)"})
+    port: int = field(default=8471, metadata={"doc": "the collectors' HTTP port"})
+    tokens: tuple[str, ...] = field(default=(DEMO_TOKEN,), metadata={
+        "doc": "accepted bearer tokens (at least one, each at least 8 characters); the "
+               "embedded default is the demo's: set your own"})
+    collectors: int = field(default=2, metadata={
+        "doc": "collector replicas sharing the port (1..32; on a cluster, this node's own)"})
+    max_body_bytes: int = field(default=16 * 1024 * 1024, metadata={
+        "doc": "body limit, past which a request is a 413; at least 2 MiB (a batch of 10,000 "
+               "readings is ~1.6 MB of JSON)"})
+    max_pending: int = field(default=32, metadata={
+        "doc": "batches queued for a collector's commit before it answers 503 with "
+               "`Retry-After`"})
     # The edge's memory bound: connections, and request bodies held at once (then 503s).
-    max_connections: int = 1024
-    max_buffered_bytes: int = 128 * 1024 * 1024
-    idle_timeout_s: float = 30.0
-    max_future_ms: int = 300_000
-    hint_interval_s: float = 0.25
+    max_connections: int = field(default=1024, metadata={
+        "doc": "each collector's memory bound, connections: past it, 503 with `Retry-After`"})
+    max_buffered_bytes: int = field(default=128 * 1024 * 1024, metadata={
+        "doc": "each collector's memory bound, request bodies held at once (arriving, queued, "
+               "running): past it, 503 with `Retry-After`; at least `max_body_bytes`"})
+    idle_timeout_s: float = field(default=30.0, metadata={
+        "doc": "how long an idle keep-alive connection stays open"})
+    max_future_ms: int = field(default=300_000, metadata={
+        "doc": "how far in the future a timestamp may be (a later one is `future_timestamp`)"})
+    hint_interval_s: float = field(default=0.25, metadata={
+        "doc": "at most one `FactsRecorded` hint per interval per collector"})
 
 
 @dataclass(frozen=True, slots=True)
 class PredictSettings:
     """The predictors' HTTP edge."""
 
-    host: str = "127.0.0.1"
-    port: int = 8472
-    tokens: tuple[str, ...] = (DEMO_TOKEN,)
-    replicas: int = 2
-    max_body_bytes: int = 64 * 1024
-    max_pending: int = 256
-    max_connections: int = 4096
-    max_buffered_bytes: int = 16 * 1024 * 1024
-    idle_timeout_s: float = 30.0
-    refresh_interval_s: float = 2.0
-    deadline_ms: float = 250.0  # per prediction; a request may ask for its own
+    host: str = field(default="127.0.0.1", metadata={
+        "doc": "the predictors' HTTP address (`POST /model`, `GET /metrics`)"})
+    port: int = field(default=8472, metadata={"doc": "the predictors' HTTP port"})
+    tokens: tuple[str, ...] = field(default=(DEMO_TOKEN,), metadata={
+        "doc": "accepted bearer tokens (at least one, each at least 8 characters), also for "
+               "the `[metrics]` port"})
+    replicas: int = field(default=2, metadata={
+        "doc": "predictor replicas sharing the port (1..32; on a cluster, this node's own)"})
+    max_body_bytes: int = field(default=64 * 1024, metadata={
+        "doc": "body limit, past which a request is a 413"})
+    max_pending: int = field(default=256, metadata={
+        "doc": "requests queued for a predictor's worker thread (`GET /metrics`; `POST /model` "
+               "is answered in the edge) before 503 with `Retry-After`"})
+    max_connections: int = field(default=4096, metadata={
+        "doc": "each predictor's memory bound, connections: past it, 503 with `Retry-After`"})
+    max_buffered_bytes: int = field(default=16 * 1024 * 1024, metadata={
+        "doc": "each predictor's memory bound, request bodies held at once: past it, 503 with "
+               "`Retry-After`; at least `max_body_bytes`"})
+    idle_timeout_s: float = field(default=30.0, metadata={
+        "doc": "how long an idle keep-alive connection stays open"})
+    refresh_interval_s: float = field(default=2.0, metadata={
+        "doc": "how often a predictor re-reads the champion (in case a hint was lost)"})
+    deadline_ms: float = field(default=250.0, metadata={  # a request may ask for its own
+        "doc": "each prediction's deadline; a body may set its own `\"deadline_ms\"` "
+               "(0 < d <= 60000); past it the fallback model answers"})
     # How far behind the feature generator's writes a ``location_id`` answer's row may be:
     # predictors hold the rows in memory, pushed by the generator; past this without a push
     # they read the store again (``learning.row_table``).
-    row_freshness_s: float = 1.0
+    row_freshness_s: float = field(default=1.0, metadata={
+        "doc": "the freshness bound of `{\"location_id\"}` answers (0.05..3600 s): predictors "
+               "hold each location's latest feature row in memory, pushed by the feature "
+               "generator as it writes them; a row is used only while the generator has "
+               "confirmed the table within this many seconds (else the store is read, as the "
+               "truth). On more than one host, keep the clocks in sync (NTP) to well within it"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,51 +145,84 @@ class MetricsSettings:
     """The node's Prometheus view (``GET /metrics``) on a port of its own, with the
     predictors' tokens (``[predict] tokens``)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8473  # 0: no metrics port (the predictors' ``GET /metrics`` still answers)
+    host: str = field(default="127.0.0.1", metadata={
+        "doc": "the address of the node's Prometheus view ([metrics](metrics.md))"})
+    port: int = field(default=8473, metadata={
+        "doc": "its port: `GET /metrics` with a `[predict] tokens` bearer token (0: none; "
+               "the predictors' `GET /metrics` still answers)"})
 
 
 @dataclass(frozen=True, slots=True)
 class LearningSettings:
     """When and how the learner trains, and the publish gate."""
 
-    min_outcomes: int = 500
-    retrain_every_outcomes: int = 1000
-    check_interval_s: float = 1.0
-    feature_window_ms: int = 6 * 3600 * 1000
-    publish_margin: float = 0.0
-    model_type: str = "decision_tree"
-    seed: int = 7
+    min_outcomes: int = field(default=500, metadata={
+        "doc": "outcomes needed before the first training (at least 10)"})
+    retrain_every_outcomes: int = field(default=1000, metadata={
+        "doc": "new outcomes that trigger the next training"})
+    check_interval_s: float = field(default=1.0, metadata={
+        "doc": "how often the learner checks whether to train"})
+    feature_window_ms: int = field(default=6 * 3600 * 1000, metadata={
+        "doc": "trailing window of the features (at least a minute)"})
+    publish_margin: float = field(default=0.0, metadata={
+        "doc": "how much a challenger's holdout ROC AUC must beat the champion's by "
+               "(0 <= m < 0.5)"})
+    model_type: str = field(default="decision_tree", metadata={
+        "doc": "`decision_tree`, `random_forest`, `logistic_regression`, "
+               "`gradient_boosting`"})
+    seed: int = field(default=7, metadata={"doc": "the train/holdout split's seed"})
     # Retraining on a schedule (0: off), and on drift: every ``drift_check_interval_s``
     # (0: off) the PSI of each feature over the last ``drift_window_ms`` of data against
     # the champion's training profile; above ``drift_threshold`` it retrains (once per
     # drift episode). The window should span a day: hour-of-day features need it.
-    retrain_interval_s: float = 0.0
-    drift_check_interval_s: float = 60.0
-    drift_window_ms: int = 24 * 3600 * 1000
-    drift_threshold: float = 0.25
+    retrain_interval_s: float = field(default=0.0, metadata={
+        "doc": "retrain on this schedule too (0: off; only with new outcomes)"})
+    drift_check_interval_s: float = field(default=60.0, metadata={
+        "doc": "how often the learner computes drift (0: off)"})
+    drift_window_ms: int = field(default=24 * 3600 * 1000, metadata={
+        "doc": "the recent data drift is measured on (1 h .. 90 days)"})
+    drift_threshold: float = field(default=0.25, metadata={
+        "doc": "a feature's PSI above this is drift: retrain once per episode "
+               "([learning](learning.md#retraining-triggers-and-drift))"})
     # A candidate that passes the gate first serves in shadow (answers computed and logged,
     # not returned) for this many requests before its promotion; 0 promotes at once.
-    shadow_requests: int = 0
+    shadow_requests: int = field(default=0, metadata={
+        "doc": "requests a candidate that passed the gate serves in shadow before its "
+               "promotion (0: at once)"})
     # A shadow asked ``shadow_requests`` times or more is rejected when more than this share
     # of its predictions failed (1: never), so one that cannot answer does not wait for ever.
-    shadow_max_error_rate: float = 0.1
+    shadow_max_error_rate: float = field(default=0.1, metadata={
+        "doc": "a shadow asked `shadow_requests` times or more is rejected when more than this "
+               "share of its predictions failed (1: never)"})
     # Fitting may be handed to an external trainer service (``learning.trainer_service``):
     # "local" fits in the learner; an http(s) URL ships the training rows there and waits at
     # most ``trainer_timeout_s`` (inside one handler: below the batch heartbeat timeout).
-    trainer: str = "local"
-    trainer_token: str = ""
-    trainer_timeout_s: float = 60.0
+    trainer: str = field(default="local", metadata={
+        "doc": "where the fit runs: `local` (in the learner), or an external trainer's "
+               "http(s) URL (`learning.trainer_service`, "
+               "[learning](learning.md#external-trainer-hybrid-learning))"})
+    trainer_token: str = field(default="", metadata={
+        "doc": "the external trainer's bearer token (at least 8 characters when `trainer` "
+               "is a URL)"})
+    trainer_timeout_s: float = field(default=60.0, metadata={
+        "doc": "how long the learner waits for the external trainer (below the learning "
+               "supervisor's `batch_heartbeat_timeout_s`)"})
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureSettings:
     """Extra feature types (plugin modules) and when a crashing feature is declared invalid."""
 
-    plugins: tuple[str, ...] = ()  # module names, imported by every actor computing features
-    max_crashes: int = 3  # crashes in a row before a feature is marked invalid
+    plugins: tuple[str, ...] = field(default=(), metadata={  # module names
+        "doc": "modules imported by the feature generator and the learner at start; each "
+               "registers feature types and declares collections "
+               "(`learning.features.register_feature_type`, `declare_collection`)"})
+    max_crashes: int = field(default=3, metadata={
+        "doc": "crashes in a row before a feature is marked invalid"})
     # ``[[features.collections]]``: collections declared in configuration, oldest first.
-    collections: tuple[ConfiguredCollection, ...] = ()
+    collections: tuple[ConfiguredCollection, ...] = field(default=(), metadata={
+        "doc": "collections declared in configuration, oldest first: an array of tables "
+               "([learning](learning.md#feature-collections-in-configuration))"})
 
 
 #: The lowest id a configured collection may fix: 0 and 1 are the built-in collections
@@ -162,9 +236,13 @@ class ConfiguredCollection:
     name for people (in the logs), and an optional fixed ``id``. Without an id, the
     collection's identity is its set of features and it is numbered when first registered."""
 
-    features: tuple[str, ...]
-    name: str = ""
-    id: int | None = None
+    features: tuple[str, ...] = field(metadata={
+        "doc": "registered feature types (built-in or a plugin's), each once"})
+    name: str = field(default="", metadata={
+        "doc": "a name for people, shown in the logs beside the collection's id"})
+    id: int | None = field(default=None, metadata={
+        "doc": "a fixed id (2 or more); without one, the collection is numbered when its set "
+               "of features is first registered"})
 
 
 #: ``[storage.couchbase] durability``: the SDK's server-side durability levels.
@@ -177,23 +255,38 @@ class CouchbaseSettings:
     """``[storage.couchbase]``: the cluster, and where in it this deployment lives. The
     password is best given as ``RML_STORAGE_COUCHBASE_PASSWORD``, not in the file."""
 
-    connection_string: str = "couchbase://127.0.0.1"
-    username: str = "rml"
-    password: str = field(default="", repr=False)
-    bucket: str = "rml"
-    scope: str = "rml"  # one scope per deployment; the project creates its collections
-    durability: str = "majority"
-    bootstrap_timeout_s: float = 10.0
-    kv_timeout_s: float = 2.5
+    connection_string: str = field(default="couchbase://127.0.0.1", metadata={
+        "doc": "the cluster: `couchbase://host[,host...]` or `couchbases://...`"})
+    username: str = field(default="rml", metadata={"doc": "the cluster user"})
+    password: str = field(default="", repr=False, metadata={
+        "doc": "its password: best given in the environment (`rml start` warns when it is "
+               "in the file)"})
+    bucket: str = field(default="rml", metadata={
+        "doc": "the bucket (it must exist; the project creates only its scope and "
+               "collections)"})
+    scope: str = field(default="rml", metadata={  # the project creates its collections
+        "doc": "the scope: one per deployment"})
+    durability: str = field(default="majority", metadata={
+        "doc": "`none`, `majority`, `majority_and_persist_active`, `persist_to_majority`: "
+               "a batch is acknowledged once durable at this level"})
+    bootstrap_timeout_s: float = field(default=10.0, metadata={
+        "doc": "how long connecting may take before a clear error (at most 300)"})
+    kv_timeout_s: float = field(default=2.5, metadata={
+        "doc": "each key-value call's timeout (at most 60)"})
 
 
 @dataclass(frozen=True, slots=True)
 class StorageSettings:
     """The store backend (SQLite files in ``data_dir`` by default)."""
 
-    backend: str = "sqlite"
-    busy_timeout_s: float = 10.0
-    couchbase: CouchbaseSettings = field(default_factory=CouchbaseSettings)
+    backend: str = field(default="sqlite", metadata={
+        "doc": "`sqlite` (files in `data_dir`) or `couchbase`"})
+    busy_timeout_s: float = field(default=10.0, metadata={
+        "doc": "SQLite's busy timeout: how long a writer waits for a file's lock"})
+    couchbase: CouchbaseSettings = field(default_factory=CouchbaseSettings, metadata={
+        "doc": "the Couchbase backend, every store on the Data service alone; "
+               "`rml migrate --to couchbase` copies a data directory there "
+               "([Couchbase](couchbase.md))"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,18 +295,29 @@ class MqttSettings:
     shared subscription so replicas split the load, acknowledged only once committed).
     Off while ``url`` is empty. The password is best given as ``RML_MQTT_PASSWORD``."""
 
-    url: str = ""  # mqtt://host:1883 or mqtts://host:8883
-    username: str = ""
-    password: str = field(default="", repr=False)
-    readings_topic: str = "rml/readings/+"
-    outcomes_topic: str = "rml/outcomes/+"
-    share_group: str = "rml"  # $share/<group>/<topic>: one copy of each message per group
-    client_id_prefix: str = "rml"  # <prefix>-<collector slot>: stable across restarts
-    session_expiry_s: int = 86_400  # how long the broker keeps a gone collector's session
-    keepalive_s: int = 30
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    ca_file: str = ""  # mqtts: a CA bundle instead of the system's
+    url: str = field(default="", metadata={
+        "doc": "the broker: `mqtt://host:1883` or `mqtts://host:8883` (TLS); empty: no MQTT"})
+    username: str = field(default="", metadata={"doc": "the broker user"})
+    password: str = field(default="", repr=False, metadata={
+        "doc": "its password: best given in the environment, not in the file"})
+    readings_topic: str = field(default="rml/readings/+", metadata={
+        "doc": "the topic filter readings arrive on (its last level names the gateway)"})
+    outcomes_topic: str = field(default="rml/outcomes/+", metadata={
+        "doc": "the topic filter outcomes arrive on"})
+    share_group: str = field(default="rml", metadata={  # one copy of each message per group
+        "doc": "the shared subscription's group: `$share/<group>/<topic>`"})
+    client_id_prefix: str = field(default="rml", metadata={  # stable across restarts
+        "doc": "client ids are `<prefix>-<collector slot>`; two deployments sharing a "
+               "broker need different ones"})
+    session_expiry_s: int = field(default=86_400, metadata={
+        "doc": "how long the broker keeps a gone collector's session"})
+    keepalive_s: int = field(default=30, metadata={"doc": "MQTT keepalive (5..65535 s)"})
+    reconnect_min_s: float = field(default=0.5, metadata={
+        "doc": "the shortest wait between attempts to reach the broker"})
+    reconnect_max_s: float = field(default=30.0, metadata={
+        "doc": "the longest wait between attempts to reach the broker"})
+    ca_file: str = field(default="", metadata={
+        "doc": "for `mqtts`: a CA bundle instead of the system's"})
 
     def address(self) -> tuple[str, int, bool]:
         """(host, port, tls) from ``url``."""
@@ -238,9 +342,15 @@ class ClusterSettings:
     hosts is its own ``[ingest] collectors`` and ``[predict] replicas``.
     """
 
-    node_name: str = ""  # "" : a single node (its run record and logs stay where they were)
-    roles: tuple[str, ...] = CLUSTER_ROLES
-    join: str = ""
+    node_name: str = field(default="", metadata={
+        "doc": "this node's name (letters, digits, `_ . -`); required on a member; without "
+               "one, a single node keeps its run record and logs where they always were"})
+    roles: tuple[str, ...] = field(default=CLUSTER_ROLES, metadata={
+        "doc": "what the node hosts: `collector`, `predictor`, `learning` (the leader must "
+               "have `learning`, a member must not)"})
+    join: str = field(default="", metadata={
+        "doc": "the leader's admin `host:port`; absent, this node leads "
+               "([more than one host](cluster.md))"})
 
     @property
     def leads(self) -> bool:
@@ -259,18 +369,34 @@ class ClusterSettings:
 class Settings:
     """Every setting of a daemon. Frozen: it crosses actor boundaries as is."""
 
-    data_dir: str = "rml-data"
-    log_level: str = "info"
-    actor_system: ActorSystemSettings = field(default_factory=ActorSystemSettings)
-    ingest: IngestSettings = field(default_factory=IngestSettings)
-    predict: PredictSettings = field(default_factory=PredictSettings)
-    metrics: MetricsSettings = field(default_factory=MetricsSettings)
-    learning: LearningSettings = field(default_factory=LearningSettings)
-    features: FeatureSettings = field(default_factory=FeatureSettings)
-    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
-    storage: StorageSettings = field(default_factory=StorageSettings)
-    cluster: ClusterSettings = field(default_factory=ClusterSettings)
-    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    data_dir: str = field(default="rml-data", metadata={
+        "doc": "stores, logs (`logs/rml.log`, JSON lines) and the run record; in a config "
+               "file, relative to that file"})
+    log_level: str = field(default="info", metadata={
+        "doc": "`debug`, `info`, `warning`, `error`"})
+    actor_system: ActorSystemSettings = field(default_factory=ActorSystemSettings, metadata={
+        "doc": "where Thespian listens: its transport is unauthenticated pickle, so loopback "
+               "only by default"})
+    ingest: IngestSettings = field(default_factory=IngestSettings, metadata={
+        "doc": "the collectors' HTTP edge"})
+    predict: PredictSettings = field(default_factory=PredictSettings, metadata={
+        "doc": "the predictors' HTTP edge"})
+    metrics: MetricsSettings = field(default_factory=MetricsSettings, metadata={
+        "doc": "the node's Prometheus view on a port of its own"})
+    learning: LearningSettings = field(default_factory=LearningSettings, metadata={
+        "doc": "when and how the learner trains, the publish gate, shadows, drift and the "
+               "external trainer"})
+    features: FeatureSettings = field(default_factory=FeatureSettings, metadata={
+        "doc": "feature plugins, configured collections, and when a crashing feature is "
+               "declared invalid"})
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings, metadata={
+        "doc": "every supervisor's restart policy, liveness and standbys"})
+    storage: StorageSettings = field(default_factory=StorageSettings, metadata={
+        "doc": "the store backend: SQLite files in `data_dir`, or Couchbase"})
+    cluster: ClusterSettings = field(default_factory=ClusterSettings, metadata={
+        "doc": "this node's place among several hosts sharing one actor system"})
+    mqtt: MqttSettings = field(default_factory=MqttSettings, metadata={
+        "doc": "the MQTT ingress: collectors also take readings and outcomes from a broker"})
 
     @property
     def node_name(self) -> str:

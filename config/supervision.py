@@ -8,7 +8,7 @@ from the environment). A bad value is refused naming the table it comes from.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from config.errors import ConfigError
@@ -54,31 +54,51 @@ class SupervisorPolicy:
 class SupervisionSettings:
     """Restart policy: at most ``max_restarts`` in ``period_s``, with backoff between."""
 
-    strategy: str = "one_for_one"
-    max_restarts: int = 10
-    period_s: float = 30.0
-    backoff_min_s: float = 0.0
-    backoff_max_s: float = 2.0
+    strategy: str = field(default="one_for_one", metadata={
+        "doc": "`one_for_one`, `one_for_all`, `rest_for_one`"})
+    max_restarts: int = field(default=10, metadata={
+        "doc": "restart intensity: at most this many restarts within `period_s` across all "
+               "of a supervisor's children, then it gives up and its parent restarts it"})
+    period_s: float = field(default=30.0, metadata={
+        "doc": "the window of `max_restarts`"})
+    backoff_min_s: float = field(default=0.0, metadata={
+        "doc": "the shortest backoff between restarts (doubling, with jitter)"})
+    backoff_max_s: float = field(default=2.0, metadata={
+        "doc": "the longest backoff between restarts"})
     # Akka's autoReset: the backoff paces crash loops (a child that fails within this
     # long of its start); a child that ran longer had a stable run, so its next restart
     # waits only backoff_min_s. Intensity (max_restarts in period_s) bounds the rest.
-    backoff_reset_s: float = 1.0
+    backoff_reset_s: float = field(default=1.0, metadata={
+        "doc": "a child that ran this long before failing restarts after `backoff_min_s` only"})
     # Liveness: a supervisor pings each running child every ``heartbeat_interval_s``; a
     # child silent for longer than its timeout is SIGKILLed by pid and restarted. A child
     # answers between two messages, so the timeout must exceed its longest handler: the
     # hot roles (collectors, predictors, supervisors) never block theirs, while the batch
     # roles (learner training, feature generator catching up, publisher judging) may
     # work for seconds inside one handler and get ``batch_heartbeat_timeout_s``.
-    heartbeat_interval_s: float = 0.5
-    heartbeat_timeout_s: float = 3.0
-    batch_heartbeat_timeout_s: float = 120.0
-    standby: int = 0
-    root: tuple[tuple[str, Any], ...] = ()
-    ingest: tuple[tuple[str, Any], ...] = ()
-    learning: tuple[tuple[str, Any], ...] = ()
+    heartbeat_interval_s: float = field(default=0.5, metadata={
+        "doc": "how often a supervisor pings each child (every supervisor: no per-supervisor "
+               "override)"})
+    heartbeat_timeout_s: float = field(default=3.0, metadata={
+        "doc": "a collector, predictor or supervisor silent this long is killed by pid and "
+               "replaced (at least twice `heartbeat_interval_s`)"})
+    batch_heartbeat_timeout_s: float = field(default=120.0, metadata={
+        "doc": "the same for the learner, feature generator and publisher, whose handlers can "
+               "run for seconds"})
+    standby: int = field(default=0, metadata={
+        "doc": "warm spares kept by the ingest (collectors) and serving (predictors) "
+               "supervisors (0..4)"})
+    root: tuple[tuple[str, Any], ...] = field(default=(), metadata={
+        "doc": "the root supervisor's own policy"})
+    ingest: tuple[tuple[str, Any], ...] = field(default=(), metadata={
+        "doc": "the ingest supervisor's own policy (collectors, feature generator)"})
+    learning: tuple[tuple[str, Any], ...] = field(default=(), metadata={
+        "doc": "the learning supervisor's own policy (learner, publisher)"})
     # A warm spare predictor: a killed one is replaced by promoting it (~ms), not by a
     # fork and a cold start (~70 ms).
-    serving: tuple[tuple[str, Any], ...] = (("standby", 1),)
+    serving: tuple[tuple[str, Any], ...] = field(default=(("standby", 1),), metadata={
+        "doc": "the serving supervisor's own policy (predictors; one warm standby by "
+               "default)"})
 
     def policy(self, supervisor: str) -> SupervisorPolicy:
         """``supervisor``'s policy: its own table over the defaults above."""
