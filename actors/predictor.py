@@ -369,9 +369,12 @@ class Predictor(EdgeWorker):
     def _health(self, request: Request) -> Response:
         snapshot = self.snapshot
         champion, shadow = snapshot.champion, snapshot.shadow
+        age = time.time() - self.rows.confirmed_at
         return Response.json(200, {"status": "ok", "actor": self.name,
                                    "model_version": champion.version if champion else None,
-                                   "shadow_version": shadow.version if shadow else None})
+                                   "shadow_version": shadow.version if shadow else None,
+                                   "rows_confirmed_age_s": age if age != float("inf")
+                                   else None})
 
     def _metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(), content_type=metrics.CONTENT_TYPE)

@@ -285,7 +285,12 @@ def predict_document() -> dict[str, Any]:
               "properties": {"status": {"const": "ok"}, "actor": {"type": "string"},
                              "model_version": {"type": ["integer", "null"]},
                              "shadow_version": {"type": ["integer", "null"],
-                                                "description": "A model serving in shadow."}}}
+                                                "description": "A model serving in shadow."},
+                             "rows_confirmed_age_s": {
+                                 "type": ["number", "null"],
+                                 "description": "Seconds since this replica's in-memory "
+                                                "feature rows were last known complete "
+                                                "(null: never)."}}}
     query = {"oneOf": [{"$ref": "#/components/schemas/LocationQuery"},
                        {"$ref": "#/components/schemas/FeaturesQuery"}]}
     return {
