@@ -1,9 +1,15 @@
-"""Feature collections and the rule that picks the one to use (the seed's validCollection)."""
+"""Feature collections and the rule that picks the one to use (the seed's validCollection).
+
+``FeatureCollection`` and ``FeatureRow`` are defined in ``storage.records`` (the feature store
+keeps them, and storage sits below learning) and re-exported here.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+
+from storage.records import FeatureCollection, FeatureRow
 
 __all__ = [
     "FALLBACK_COLLECTION_ID",
@@ -17,27 +23,6 @@ __all__ = [
 #: The collection of original features every system starts with; used when no
 #: newer collection is valid.
 FALLBACK_COLLECTION_ID = 0
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureCollection:
-    """A named set of feature types a model is trained on, plus the label it predicts."""
-
-    id: int
-    created_at: int  # ms since the epoch
-    features: tuple[str, ...]
-    label: str = "hunt_succeeded"
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureRow:
-    """One location's feature values for a collection, computed from facts before ``as_of_ms``."""
-
-    collection_id: int
-    location_id: int
-    as_of_ms: int
-    values: tuple[float, ...]  # in the order of the collection's ``features``
-    computed_at_ms: int
 
 
 def valid_collection(

@@ -16,14 +16,28 @@ After runs through an external trainer time out or fail, automatic runs wait
 (``retry_backoff_s``: the trainer's timeout, doubling with each failure in a row), so a
 trainer that is down is not called on every new batch of outcomes; a request
 (``rml train``) still runs at once.
+
+``Trigger``, ``DriftCheck`` and the trigger kinds are defined in ``storage.records`` (the
+training runs and the drift log keep them, and storage sits below learning) and re-exported
+here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+from dataclasses import dataclass, replace
 from typing import Any
+
+from storage.records import (
+    COLLECTION,
+    DRIFT,
+    KINDS,
+    NEW_OUTCOMES,
+    REQUEST,
+    SCHEDULE,
+    DriftCheck,
+    Trigger,
+)
 
 __all__ = [
     "COLLECTION", "DRIFT", "KINDS", "MAX_BACKOFF_S", "NEW_OUTCOMES", "REQUEST", "SCHEDULE",
@@ -31,62 +45,8 @@ __all__ = [
     "retry_backoff_s", "with_trigger",
 ]
 
-NEW_OUTCOMES = "outcomes"  # enough new outcomes (or the first model)
-SCHEDULE = "schedule"  # [learning] retrain_interval_s passed
-DRIFT = "drift"  # a feature's PSI above [learning] drift_threshold
-COLLECTION = "collection"  # the champion's feature collection has an invalid feature
-REQUEST = "request"  # someone asked (rml train)
-KINDS = (NEW_OUTCOMES, SCHEDULE, DRIFT, COLLECTION, REQUEST)
-
 #: The longest wait after failed external runs (unless the trainer's timeout is longer).
 MAX_BACKOFF_S = 3600.0
-
-
-@dataclass(frozen=True, slots=True)
-class Trigger:
-    """Why a training run starts: its kind, a sentence, and details (read-only, JSON-able)."""
-
-    kind: str
-    reason: str
-    detail: Mapping[str, Any] = field(default_factory=dict)  # made read-only on creation
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown trigger kind {self.kind!r}; expected one of {KINDS}")
-        object.__setattr__(self, "detail", MappingProxyType(dict(self.detail)))
-
-    def to_mapping(self) -> dict[str, Any]:
-        """The lineage form: ``{"kind": ..., "reason": ..., **detail}``."""
-        return {**self.detail, "kind": self.kind, "reason": self.reason}
-
-
-@dataclass(frozen=True, slots=True)
-class DriftCheck:
-    """One drift check: PSI per feature of the recent window against a champion's profile."""
-
-    at_ms: int
-    champion_version: int
-    collection_id: int
-    window_start_ms: int  # data time: the recent window's span
-    window_end_ms: int
-    rows: int  # recent feature rows the scores are computed on
-    scores: tuple[tuple[str, float], ...]  # (feature, PSI), by feature name
-    threshold: float
-    episode_started_at_ms: int | None  # the first check of this run above the threshold
-
-    @property
-    def max_psi(self) -> float:
-        """The largest score (0 when there is none)."""
-        return max((score for _, score in self.scores), default=0.0)
-
-    @property
-    def above(self) -> bool:
-        """Whether this check saw drift."""
-        return self.max_psi > self.threshold
-
-    def drifting(self) -> dict[str, float]:
-        """The features above the threshold and their scores."""
-        return {name: score for name, score in self.scores if score > self.threshold}
 
 
 def judge_drift(scores: Mapping[str, float], threshold: float, previous: DriftCheck | None,

@@ -12,8 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from learning.triggers import DriftCheck
 from storage._sqlite import SQLiteBacked
+from storage.records import DriftCheck
 
 __all__ = ["DRIFT_FILE", "DriftLog", "SQLiteDriftLog"]
 

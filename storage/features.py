@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from learning.collections import FeatureCollection, FeatureRow
 from storage.facts import FactCursor
+from storage.records import FeatureCollection, FeatureRow
 
 __all__ = ["CollectionSwitch", "FeatureStore", "InvalidFeature"]
 

@@ -11,10 +11,10 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 
-from learning.collections import FeatureCollection, FeatureRow
 from storage._sqlite import SQLiteBacked
 from storage.facts import FactCursor
 from storage.features import CollectionSwitch, InvalidFeature
+from storage.records import FeatureCollection, FeatureRow
 from storage.sqlite_facts import SQLITE_LOG
 
 __all__ = ["SQLiteFeatureStore", "decode_values", "encode_values"]

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from learning.triggers import Trigger
 from storage._sqlite import SQLiteBacked
+from storage.records import Trigger
 
 __all__ = [
     "FAILED", "REGISTERED", "RUN_OUTCOMES", "SKIPPED", "TIMEOUT",

@@ -52,13 +52,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from learning.collections import FeatureCollection, FeatureRow
 from storage.couchbase.keys import doc_key
 from storage.couchbase.kv import KeyValue
 from storage.couchbase.log import AppendLog
 from storage.errors import StoreError
 from storage.facts import FactCursor
 from storage.features import CollectionSwitch, InvalidFeature
+from storage.records import FeatureCollection, FeatureRow
 from storage.sqlite_features import decode_values, encode_values
 
 __all__ = ["CouchbaseFeatureStore"]

@@ -33,12 +33,12 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from learning.triggers import DriftCheck, Trigger
 from storage.couchbase.keys import doc_key
 from storage.couchbase.kv import KeyValue
 from storage.couchbase.log import AppendLog
 from storage.deadletters import DeadLetter, dead_letter
 from storage.errors import StoreError
+from storage.records import DriftCheck, Trigger
 from storage.shadow import ShadowCounts, ShadowTrial
 from storage.training_runs import REGISTERED, TrainingRun, failures_at_head
 
