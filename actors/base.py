@@ -37,13 +37,11 @@ from thespian.actors import (
     WatchMessage,
 )
 
-import daemon.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
+import runtime.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from actors import metrics
 from actors.edge import HttpEdge, Request, Route
 from actors.listeners import borrow_listener, listeners_path
 from config.settings import IngestSettings, PredictSettings, Settings
-from daemon.group import set_process_name
-from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     Activate,
     Init,
@@ -54,6 +52,8 @@ from messages.protocol import (
     Ready,
     StoppingNormally,
 )
+from runtime.group import set_process_name
+from runtime.logs import configure_logging, get_logger
 from storage.errors import StoreError
 
 __all__ = ["NODE_CAPABILITY", "WORKER_PROCESS_PREFIX", "EdgeWorker", "ReactiveActor", "Worker"]

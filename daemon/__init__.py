@@ -1,1 +1,3 @@
-"""The daemon's life: loopback-only Thespian, the process group, logs, the CLI verbs."""
+"""The daemon's life: the launcher and the keeper, status, the CLI verbs. The process group,
+the logs and loopback-only Thespian live in ``runtime`` (below the actors, which use them);
+``daemon.group``, ``daemon.logs`` and ``daemon.loopback`` re-export them."""

@@ -36,8 +36,8 @@ from typing import Any
 from urllib.parse import quote
 
 from config.settings import Settings
-from daemon.group import group_members
 from daemon.process import DaemonError, RunRecord, read_record
+from runtime.group import group_members
 from storage import FACTS_FILE, FEATURES_FILE, MODELS_FILE, SYSTEM_FILE
 from storage.drift_log import DRIFT_FILE
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.group import free_ports, port_accepts
+from runtime.group import free_ports, port_accepts
 
 __all__ = ["SHIPPED", "Broker", "mosquitto_binary", "running_broker"]
 

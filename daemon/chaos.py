@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
-from daemon.group import end_group
 from daemon.process import RootClient, read_record, start, stop
 from learning.simulator import Savanna
 from messages.protocol import ActorInfo, StatusReport, StatusRequest
@@ -51,6 +50,7 @@ from rml_client import (
     RmlError,
     Unavailable,
 )
+from runtime.group import end_group
 
 __all__ = ["ChaosReport", "answered_by", "home_replicas", "replacements", "run_chaos"]
 

@@ -3,7 +3,7 @@ the ``rml start --foreground`` process itself (``run_foreground``: systemd, cont
 
 A foreground keeper is what a service manager expects of a service's main process. It
 stays in the foreground and writes JSON lines to stdout: its own events and every line the
-daemon logs (``daemon.logs.LogEcho`` follows ``logs/rml.log``). On SIGTERM or SIGINT it
+daemon logs (``runtime.logs.LogEcho`` follows ``logs/rml.log``). On SIGTERM or SIGINT it
 drains as ``rml stop`` does and exits 0 with no process and no port left; a tree that
 cannot start, or that dies on its own, exits non-zero (the cue to restart it). The
 actors' stdout and stderr stay on ``logs/daemon.out``: a pipe closing under them would
@@ -30,8 +30,6 @@ from actors.listeners import (
     listeners_path,
 )
 from config.settings import Settings, load_settings
-from daemon.group import descendants, port_accepts, process_alive, wait_until
-from daemon.logs import LogEcho, configure_logging, get_logger
 from daemon.process import (
     DRAIN_TIMEOUT_S,
     DaemonError,
@@ -44,6 +42,8 @@ from daemon.process import (
     reap_children,
     serve,
 )
+from runtime.group import descendants, port_accepts, process_alive, wait_until
+from runtime.logs import LogEcho, configure_logging, get_logger
 
 __all__ = ["main", "run_foreground"]
 

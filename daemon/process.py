@@ -37,7 +37,7 @@ from typing import Any
 
 from actors.listeners import EdgeListeners, listeners_path, release_listeners
 from config.settings import Settings
-from daemon.group import (
+from runtime.group import (
     NODE_ENV,
     children_of,
     end_group,
@@ -47,7 +47,7 @@ from daemon.group import (
     set_process_name,
     wait_until,
 )
-from daemon.loopback import bind_thespian_to
+from runtime.loopback import bind_thespian_to
 from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
@@ -518,7 +518,7 @@ def serve(settings: Settings, stop_requested: threading.Event | None = None) -> 
     SIGTERM and SIGINT stop it, unless the caller (the foreground keeper, which handles
     them itself) passes the ``stop_requested`` its handlers set. 0 once stopped (or the
     admin is gone), 1 when the tree could not start."""
-    from daemon.logs import configure_logging, get_logger
+    from runtime.logs import configure_logging, get_logger
 
     configure_logging(settings.log_dir, settings.log_level, actor="keeper")
     set_process_name("rml-keeper")  # the admin and Thespian's logger, forked from it, too
@@ -562,7 +562,7 @@ def serve(settings: Settings, stop_requested: threading.Event | None = None) -> 
 
 def _run_system(settings: Settings, stop_requested: threading.Event, log: Any) -> int:
     """The keeper's life once the listeners are held: the actor system, then ``_keep``."""
-    from daemon.logs import thespian_log_defs
+    from runtime.logs import thespian_log_defs
 
     bind_thespian_to(settings.actor_system.bind)
     _keep_admin_in_our_group()

@@ -4,7 +4,7 @@ the daemon's host.
 The request goes to the root supervisor (the one actor with a global name), which hands it
 to a live predictor; the predictor answers this client directly. Thespian's transport is
 unauthenticated pickle, so the daemon keeps it on loopback: this client binds its own
-Thespian socket there too (``daemon.loopback``, applied before its actor system starts)
+Thespian socket there too (``runtime.loopback``, applied before its actor system starts)
 and is only for processes on the daemon's host. Elsewhere, use ``PredictionClient``.
 
 The messages are the daemon's own classes (``messages.protocol``), so this module needs
@@ -67,8 +67,8 @@ class ThespianPredictionClient:
             raise ValueError("timeout_s and deadline_s must be positive, retries at least 0")
         self.host, self.admin_port = host, admin_port
         self.timeout_s, self.retries, self.deadline_s = timeout_s, retries, deadline_s
-        from daemon.loopback import bind_thespian_to
         from messages import codec, protocol
+        from runtime.loopback import bind_thespian_to
 
         bind_thespian_to(host)  # before any actor system of this process binds a socket
         self._protocol, self._codec = protocol, codec

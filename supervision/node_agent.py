@@ -15,9 +15,9 @@ import os
 from typing import Any
 
 from actors.base import WORKER_PROCESS_PREFIX, ReactiveActor
-from daemon.group import group_members, process_name, set_process_name
-from daemon.logs import configure_logging, get_logger
 from messages.protocol import EndProcesses, EndStaleWorkers, Init, Ready, StaleWorkersEnded
+from runtime.group import group_members, process_name, set_process_name
+from runtime.logs import configure_logging, get_logger
 from supervision.liveness import kill_ours
 
 __all__ = ["AGENT_CLASS", "NodeAgent", "stale_workers"]

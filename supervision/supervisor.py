@@ -35,8 +35,6 @@ from thespian.actors import ActorExitRequest, ChildActorExited, PoisonMessage, W
 from actors import metrics
 from actors.base import NODE_CAPABILITY, ReactiveActor
 from config.settings import Settings
-from daemon.group import descendants, process_alive, set_process_name
-from daemon.logs import configure_logging, get_logger
 from messages.protocol import (
     Activate,
     ActorInfo,
@@ -55,6 +53,8 @@ from messages.protocol import (
     SystemStarted,
     WorkerNote,
 )
+from runtime.group import descendants, process_alive, set_process_name
+from runtime.logs import configure_logging, get_logger
 from supervision.child import Child, standby_spec
 from supervision.directory import Directory
 from supervision.liveness import PINGED_STATES, judge, kill_ours, ours
