@@ -5,7 +5,8 @@ body limits, answering in request order, flow control, lingering after an error,
 stop) and nothing that is shared across them. It is the edge's own machinery, not a separate
 component: it reads and updates the `HttpEdge`'s private state (routes, tokens, pending-job
 count, worker queue, limits) directly, as it did when both lived in one module, so the hot path
-pays for no extra calls.
+pays for no extra calls. What it touches is declared by `EdgeState`, a Protocol `HttpEdge`
+satisfies, so this module does not import `actors.edge` (which imports it).
 
 The hot path: a request that completes while the connection is free (nothing running, nothing
 queued, the client reading) is answered inside `on_message_complete`, one `transport.write`,
@@ -19,17 +20,15 @@ import select
 import time
 from collections import deque
 from collections.abc import Mapping
+from queue import SimpleQueue
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
 from actors._http_message import Request, Response, Route, encode_response, make_request, with_close
 
-if TYPE_CHECKING:
-    from actors.edge import HttpEdge
-
-__all__ = ["Connection"]
+__all__ = ["Connection", "EdgeState"]
 
 # Request line + headers; llhttp itself has no limit, so without one a client could grow memory.
 _MAX_HEAD_BYTES = 64 * 1024
@@ -63,10 +62,37 @@ class _Refused(Exception):
         self.response = response
 
 
+class EdgeState(Protocol):
+    """The edge's state a connection reads and updates (in the loop's thread): `HttpEdge`."""
+
+    _routes: dict[str, dict[str, Route]]
+    _allow: dict[str, Response]
+    _connections: set[Connection]
+    _jobs: SimpleQueue[tuple[Connection, Route, Request, bool, float] | None]
+    _max_connections: int
+    _max_body_bytes: int
+    _max_held: int
+    _max_pending: int
+    _idle_timeout_s: float
+    _draining: bool
+    _held: int
+    _pending: int
+    _served: int
+
+    def _connection_gone(self, connection: Connection) -> None: ...
+
+    def _authorized(self, header: str | None) -> bool: ...
+
+    def _run(self, route: Route, request: Request, keep_alive: bool,
+             began: float | None = None) -> bytes: ...
+
+    def _refused(self, path: str, status: int) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One client connection: parse, answer in request order, one request at a time."""
 
-    def __init__(self, edge: HttpEdge, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, edge: EdgeState, loop: asyncio.AbstractEventLoop) -> None:
         self._edge = edge
         self._loop = loop
         self._parser = httptools.HttpRequestParser(self)

@@ -1,0 +1,279 @@
+"""The layers: no import runs up from a lower layer to a higher one, and no import cycle.
+
+    daemon                        4   the launcher, the keeper, status, the CLI verbs
+    rml_client                    3.5 the client library (see below)
+    actors, supervision           3   supervision may import actors, never the other way
+    learning                      2   pure ML code
+    storage                       1   the stores and the values they keep (storage.records)
+    messages, config, runtime     0   none imports another
+
+Every import counts for the layers: at module level, inside functions, under
+``TYPE_CHECKING``. Cycles are between modules, through the imports that run when a module
+is imported (module level, ``TYPE_CHECKING`` ones included: they are cycles to a type
+checker, and a ``TYPE_CHECKING`` import is one edit away from a real one). ``rml_client``
+must import alone: nothing of the project at import time; inside functions, only the
+messages and the loopback patch its Thespian client needs. ``tests/``, ``bench/``,
+``run_system.py`` and ``dev.py`` are outside the layers: they may import anything, and
+nothing inside the layers imports them.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: Top-level package -> layer. A module may import its own package, any lower layer, and a
+#: package of its own layer only as ``SIDEWAYS`` allows.
+LAYERS: dict[str, float] = {
+    "messages": 0, "config": 0, "runtime": 0,
+    "storage": 1,
+    "learning": 2,
+    "actors": 3, "supervision": 3,
+    # Only the daemon uses the client (the demo, chaos, gateways); it reaches below lazily.
+    "rml_client": 3.5,
+    "daemon": 4,
+}
+#: Outside the layers: they may import anything; nothing in the layers may import them.
+OUTSIDE = ("tests", "bench", "run_system", "dev", "docs")
+#: Same-layer imports allowed, (importer's package, imported package): supervisors start
+#: actors and are ``ReactiveActor``s themselves; an actor never knows its supervisor's code.
+SIDEWAYS = {("supervision", "actors")}
+#: Known exceptions, (importer module, imported module) -> why. Keep it empty.
+ALLOWED: dict[tuple[str, str], str] = {}
+#: What ``rml_client`` may import inside functions (its Thespian client, made on demand).
+CLIENT_LAZY = ("messages.codec", "messages.protocol", "runtime.loopback")
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """One import statement's target, as a module name, and where it is."""
+
+    importer: str
+    target: str
+    line: int
+    module_level: bool  # runs when the importer is imported (TYPE_CHECKING ones included)
+
+
+def project_modules() -> dict[str, Path]:
+    """Every module of the layered packages, by dotted name."""
+    found = {}
+    for package in LAYERS:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join(parts)] = path
+    return found
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
+             known: set[str]) -> Iterator[str]:
+    """The modules ``node`` imports: ``from pkg import sub`` names the submodule ``pkg.sub``
+    when there is one, else ``pkg``; relative imports are resolved against ``module``."""
+    if isinstance(node, ast.Import):
+        yield from (alias.name for alias in node.names)
+        return
+    base = node.module or ""
+    if node.level:
+        anchor = module.split(".")
+        anchor = anchor[: len(anchor) - node.level + (1 if is_package else 0)]
+        base = ".".join([*anchor, *([base] if base else [])])
+    for alias in node.names:
+        sub = f"{base}.{alias.name}"
+        yield sub if sub in known else base
+
+
+def imports_of(module: str, path: Path, known: set[str]) -> list[Imported]:
+    """Every import in ``path``, each marked whether it runs at import time."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_package = path.name == "__init__.py"
+    found: list[Imported] = []
+
+    def visit(node: ast.AST, module_level: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import | ast.ImportFrom):
+                targets = dict.fromkeys(_targets(child, module, is_package, known))
+                found.extend(Imported(module, target, child.lineno, module_level)
+                             for target in targets)
+            inner = module_level and not isinstance(
+                child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            visit(child, inner)
+
+    visit(tree, True)
+    return found
+
+
+def all_imports() -> list[Imported]:
+    """Every import of every layered module."""
+    modules = project_modules()
+    known = set(modules)
+    return [found for module, path in modules.items()
+            for found in imports_of(module, path, known)]
+
+
+def _top(module: str) -> str:
+    return module.partition(".")[0]
+
+
+def layer_violations(imports: list[Imported]) -> list[str]:
+    """Imports that run up the layers, or sideways where ``SIDEWAYS`` does not allow it."""
+    bad = []
+    for found in imports:
+        source, target = _top(found.importer), _top(found.target)
+        if source == target or (found.importer, found.target) in ALLOWED:
+            continue
+        where = f"{found.importer} (line {found.line}) imports {found.target}"
+        if target in OUTSIDE:
+            bad.append(f"{where}: {target} is outside the layers")
+        elif target not in LAYERS:
+            continue  # the standard library or a dependency
+        elif LAYERS[target] > LAYERS[source]:
+            bad.append(f"{where}: layer {LAYERS[source]:g} imports layer {LAYERS[target]:g}")
+        elif LAYERS[target] == LAYERS[source] and (source, target) not in SIDEWAYS:
+            bad.append(f"{where}: {source} and {target} share layer {LAYERS[source]:g}, "
+                       f"and {source} may not import {target}")
+    return bad
+
+
+def import_cycles(imports: list[Imported]) -> list[list[str]]:
+    """One cycle (a path back to its start) per strongly connected group of modules, through
+    the imports that run at import time."""
+    known = set(project_modules())
+    graph: dict[str, set[str]] = {module: set() for module in known}
+    for found in imports:
+        if found.module_level and found.target in known and found.target != found.importer:
+            graph[found.importer].add(found.target)
+    # Tarjan's strongly connected components, iteratively (no recursion limit to meet).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[set[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            step = next(edges, None)
+            if step is None:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.add(member)
+                        if member == node:
+                            break
+                    if len(group) > 1:
+                        groups.append(group)
+            elif step not in index:
+                index[step] = low[step] = len(index)
+                stack.append(step)
+                on_stack.add(step)
+                work.append((step, iter(sorted(graph[step]))))
+            elif step in on_stack:
+                low[node] = min(low[node], index[step])
+    return [_cycle_in(group, graph) for group in groups]
+
+
+def _cycle_in(group: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """The shortest path from the group's first module back to itself, inside the group."""
+    start = min(group)
+    paths = {target: [start, target] for target in sorted(graph[start] & group)}
+    todo = list(paths)
+    while start not in paths:
+        node = todo.pop(0)
+        for target in sorted(graph[node] & group):
+            if target not in paths:
+                paths[target] = [*paths[node], target]
+                todo.append(target)
+    return paths[start]
+
+
+def test_every_layered_module_is_parsed_and_its_imports_resolved() -> None:
+    imports = all_imports()
+    targets = {found.target for found in imports}
+    # Sanity: the walk sees module-level, function-level and TYPE_CHECKING imports.
+    assert "storage.records" in targets
+    assert any(not found.module_level for found in imports)
+    assert ("storage.backend", "storage") in {(f.importer, f.target) for f in imports}
+
+
+def test_no_import_runs_up_the_layers() -> None:
+    bad = layer_violations(all_imports())
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
+
+
+def test_no_allowance_is_stale() -> None:
+    pairs = {(found.importer, found.target) for found in all_imports()}
+    assert not [pair for pair in ALLOWED if pair not in pairs]
+
+
+def test_no_import_cycle() -> None:
+    cycles = import_cycles(all_imports())
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_the_client_imports_nothing_of_the_project_until_its_thespian_client_is_made() -> None:
+    bad = []
+    for found in all_imports():
+        if _top(found.importer) != "rml_client" or _top(found.target) == "rml_client":
+            continue
+        if _top(found.target) not in (*LAYERS, *OUTSIDE):
+            continue
+        if found.module_level or found.target not in CLIENT_LAZY:
+            bad.append(f"{found.importer} (line {found.line}) imports {found.target}")
+    assert not bad, "rml_client must import alone:\n" + "\n".join(bad)
+
+
+def test_importing_the_client_loads_no_module_of_the_project() -> None:
+    project = sorted({*LAYERS, *OUTSIDE} - {"rml_client"})
+    code = ("import sys, rml_client; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            f"{set(project)!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_the_checker_sees_an_import_up_the_layers_and_a_cycle() -> None:
+    up = Imported("storage.features", "learning.collections", 1, True)
+    assert layer_violations([up])
+    assert layer_violations([Imported("actors.base", "supervision.spec", 1, False)])
+    assert not layer_violations([Imported("supervision.root", "actors.base", 1, True)])
+    loop = [Imported("actors.edge", "actors._http_connection", 1, True),
+            Imported("actors._http_connection", "actors.edge", 2, True)]
+    assert import_cycles(loop) == [["actors._http_connection", "actors.edge",
+                                    "actors._http_connection"]]
+
+
+@pytest.mark.parametrize(("old", "new", "names"), [
+    ("learning.collections", "storage.records", ("FeatureCollection", "FeatureRow")),
+    ("learning.triggers", "storage.records",
+     ("Trigger", "DriftCheck", "KINDS", "NEW_OUTCOMES", "SCHEDULE", "DRIFT", "COLLECTION",
+      "REQUEST")),
+    ("daemon.group", "runtime.group", ("NODE_ENV", "group_members", "set_process_name")),
+    ("daemon.logs", "runtime.logs", ("LogEcho", "configure_logging", "get_logger")),
+    ("daemon.loopback", "runtime.loopback", ("bind_thespian_to",)),
+])
+def test_a_moved_name_is_still_found_where_it_was(old: str, new: str,
+                                                  names: tuple[str, ...]) -> None:
+    before, after = importlib.import_module(old), importlib.import_module(new)
+    for name in names:
+        assert getattr(before, name) is getattr(after, name), name
+        assert name in before.__all__
