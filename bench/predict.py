@@ -270,18 +270,24 @@ class Watch:
         self._last: dict[str, dict[str, int]] = {}  # predictor -> source -> last counter
         self.sent = self.accepted = self.failed_batches = self.failed_scrapes = 0
 
-    def sample_age(self) -> None:
-        """One replica's confirmed age, from its ``/health`` on a fresh connection (cheap:
-        a scrape of ``/metrics`` merges every process's files, ~10 ms of a core)."""
-        client = HttpClient(HOST, self.settings.predict.port, TOKEN, timeout_s=5.0)
+    def _get(self, port: int, path: str) -> tuple[int, bytes]:
+        """``GET path`` on a fresh connection (so any replica); a failure is counted."""
+        client = HttpClient(HOST, port, TOKEN, timeout_s=5.0)
         try:
-            status, _, body = client.request("GET", "/health", retries=0)
+            status, _, body = client.request("GET", path, retries=0)
         except ConnectionError:
-            status = 0
+            status, body = 0, b""
         finally:
             client.close()
         if status != 200:
             self.failed_scrapes += 1
+        return status, body
+
+    def sample_age(self) -> None:
+        """One replica's confirmed age, from its ``/health`` on a fresh connection (cheap:
+        a scrape of ``/metrics`` merges every process's files, ~10 ms of a core)."""
+        status, body = self._get(self.settings.predict.port, "/health")
+        if status != 200:
             return
         age = json.loads(body).get("rows_confirmed_age_s")
         if age is not None:
@@ -290,15 +296,8 @@ class Watch:
     def scrape(self, keep_age: bool = False) -> set[str] | None:
         """One ``/metrics`` of the node (its metrics port): note its figures, return the
         predictors it shows."""
-        client = HttpClient(HOST, self.settings.metrics.port, TOKEN, timeout_s=5.0)
-        try:
-            status, _, body = client.request("GET", "/metrics", retries=0)
-        except ConnectionError:
-            status = 0
-        finally:
-            client.close()
+        status, body = self._get(self.settings.metrics.port, "/metrics")
         if status != 200:
-            self.failed_scrapes += 1
             return None
         found = _METRIC.findall(body.decode())
         if not found:

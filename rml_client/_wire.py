@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from rml_client._http import RETRYABLE, Answer, retry_after_s
+from rml_client._http import RETRYABLE, Answer, Transport, retry_after_s
 from rml_client.errors import (
     BadRequest,
     HttpStatusError,
@@ -76,3 +76,14 @@ def refusal(answer: Answer) -> HttpStatusError:
     if answer.status in RETRYABLE:
         return Unavailable(answer.status, reason, after)
     return HttpStatusError(answer.status, reason, after)
+
+
+def health(transport: Transport) -> dict[str, Any]:
+    """``GET /health`` of whichever replica answers, as a mapping."""
+    answer = transport.request("GET", "/health")
+    if answer.status != 200:
+        raise refusal(answer)
+    doc = decode(answer.body, answer.headers.get("content-type"))
+    if not isinstance(doc, dict):
+        raise UnexpectedAnswer(f"not a health answer: {doc!r:.200}")
+    return doc

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from rml_client._http import Answer, Endpoint, Transport
-from rml_client._wire import CONTENT_TYPES, check_format, decode, encode, refusal
+from rml_client._wire import CONTENT_TYPES, check_format, decode, encode, health, refusal
 from rml_client.errors import RmlError, UnexpectedAnswer
 from rml_client.results import BatchResult, RejectedItem
 
@@ -150,13 +150,7 @@ class GatewayClient:
 
     def health(self) -> dict[str, Any]:
         """``GET /health`` of whichever collector answers."""
-        answer = self._transport.request("GET", "/health")
-        if answer.status != 200:
-            raise refusal(answer)
-        doc = decode(answer.body, answer.headers.get("content-type"))
-        if not isinstance(doc, dict):
-            raise UnexpectedAnswer(f"not a health answer: {doc!r:.200}")
-        return doc
+        return health(self._transport)
 
     def close(self) -> None:
         """Close the connection (buffered readings stay buffered)."""

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from rml_client._http import Endpoint, Transport
-from rml_client._wire import CONTENT_TYPES, check_format, decode, encode, refusal
+from rml_client._wire import CONTENT_TYPES, check_format, decode, encode, health, refusal
 from rml_client.errors import UnexpectedAnswer
 from rml_client.results import Prediction
 
@@ -107,13 +107,7 @@ class PredictionClient:
     def health(self) -> dict[str, Any]:
         """``GET /health`` of whichever predictor answers: ``{"status": "ok", "actor": ...,
         "model_version": ...}``."""
-        answer = self._transport.request("GET", "/health")
-        if answer.status != 200:
-            raise refusal(answer)
-        doc = decode(answer.body, answer.headers.get("content-type"))
-        if not isinstance(doc, dict):
-            raise UnexpectedAnswer(f"not a health answer: {doc!r:.200}")
-        return doc
+        return health(self._transport)
 
     def close(self) -> None:
         """Close the connection (a later call opens a new one)."""
