@@ -245,6 +245,12 @@ def ingest_document() -> dict[str, Any]:
 # --- predict --------------------------------------------------------------------------------
 
 
+#: A request's own deadline (else the predictor's ``[predict] deadline_ms``).
+_DEADLINE = {"type": "number", "exclusiveMinimum": 0, "maximum": 60_000,
+             "description": "This prediction's deadline in ms (default: [predict] "
+                            "deadline_ms); past it, the fallback model answers."}
+
+
 def predict_document() -> dict[str, Any]:
     """The predictors' API: ``POST /model``, ``GET /health``, ``GET /metrics``."""
     by_location = {
@@ -253,7 +259,8 @@ def predict_document() -> dict[str, Any]:
         "description": "Predict from the location's latest online features.",
         "required": ["location_id"],
         "additionalProperties": False,
-        "properties": {"location_id": dict(_FIELD_SCHEMAS[fields.location_problem])},
+        "properties": {"location_id": dict(_FIELD_SCHEMAS[fields.location_problem]),
+                       "deadline_ms": _DEADLINE},
     }
     by_features = {
         "type": "object",
@@ -266,7 +273,7 @@ def predict_document() -> dict[str, Any]:
             "maxProperties": _MAX_FEATURES,
             "propertyNames": dict(_IDENTIFIER),
             "additionalProperties": {"type": "number"},
-        }},
+        }, "deadline_ms": _DEADLINE},
     }
     prediction = {
         "type": "object",

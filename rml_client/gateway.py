@@ -21,7 +21,7 @@ Kind = Literal["readings", "outcomes"]
 class GatewayClient:
     """A field gateway's client of the ingest port (``POST /readings``, ``POST /outcomes``).
 
-    Items are plain mappings, as the README's HTTP API shows them (a reading: ``sensor_id``,
+    Items are plain mappings, as docs/http-api.md shows them (a reading: ``sensor_id``,
     ``location_id``, ``reading_id``, ``timestamp`` in ms, ``animals_lower``,
     ``animals_upper``, ``percent_zebras``; the talk's camelCase ``PreyReading`` too). Two ways
     to send:
