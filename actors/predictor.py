@@ -389,9 +389,9 @@ class Predictor(EdgeWorker):
         if champion is not None:
             metrics.CHAMPION_VERSION.set(champion.version)
             metrics.CHAMPION_COLLECTION.set(champion.feature_collection_id)
-        # Every version shadowed here so far: the last counts of one that has just been
-        # promoted or dropped are added too.
-        for version in {*self._shadow_flushed, *((shadow.version,) if shadow else ())}:
+        # Every version shadowed here so far: the counts of one that has just been promoted
+        # or dropped are added too, even if it came and went between two flushes.
+        for version in {*self.shadow.versions(), *((shadow.version,) if shadow else ())}:
             counts = self.shadow.counts(version)
             metrics.flush_counters(
                 metrics.SHADOW, {"served": counts.served, "agreed": counts.agreed,

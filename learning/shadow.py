@@ -234,6 +234,11 @@ class ShadowRunner:
                 on_each(outcome)
         return done
 
+    def versions(self) -> tuple[int, ...]:
+        """The versions this runner has made shadow predictions for."""
+        with self._lock:
+            return tuple(self._counts)
+
     def counts(self, version: int) -> ShadowCounts:
         """Shadow predictions made for ``version`` by this runner so far (cumulative)."""
         with self._lock:
