@@ -133,7 +133,7 @@ def _cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from players.demo import run_demo
 
     return run_demo(settings, args.config)
 

@@ -34,7 +34,7 @@ def bench_daemon(extra_toml: str = "", *, prefix: str = "rml-bench-",
     printed first. With ``start_daemon`` the daemon is started before the yield and
     stopped after it, whatever happens (with ``warn_leftovers``, a stop that leaves
     processes or ports behind is printed);
-    otherwise the caller starts and stops it (``daemon.chaos.run_chaos`` does).
+    otherwise the caller starts and stops it (``players.chaos.run_chaos`` does).
     """
     where: contextlib.AbstractContextManager[str] = (
         contextlib.nullcontext(tempfile.mkdtemp(prefix=prefix)) if keep

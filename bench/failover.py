@@ -8,7 +8,7 @@ with ``standby = 0``. In each, a predictor is SIGKILLed ``--kills`` times (alter
 predictor-1 and -2, each time once a standby is warm again, when there is one, and the
 victim has run longer than ``backoff_reset_s``: independent failures, not a crash loop) and
 the time from the kill until its replacement answers ``GET /health`` on the predict port is
-taken (``daemon.chaos.answered_by``). Prints the median and max of each, and their ratio.
+taken (``players.chaos.answered_by``). Prints the median and max of each, and their ratio.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _daemon import bench_daemon  # noqa: E402
 
-from daemon.chaos import answered_by  # noqa: E402
 from daemon.process import RootClient  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
+from players.chaos import answered_by  # noqa: E402
 
 
 def _actors(client: RootClient) -> dict[str, tuple[int, str]]:

@@ -8,7 +8,7 @@ Part 1 fits each model type on the demo's savanna (seed 7, 40 locations, 120 hou
 this process, and prints the fit time (median of the repeats) beside the holdout ROC AUC
 and the best achievable AUC on the same holdout.
 Part 2 starts a daemon (temporary directory, free ports, always stopped), feeds 72 hours
-of regime A, then 72 hours of regime B (``learning.regime.MIGRATION``): readings first,
+of regime A, then 72 hours of regime B (``players.regime.MIGRATION``): readings first,
 then, once drift is detected, B's outcomes; it prints when drift was detected, when the
 drift retrain started and when its model became champion, and each champion's AUC on
 each regime's holdout beside the best achievable.
@@ -31,13 +31,13 @@ from _daemon import bench_daemon  # noqa: E402
 
 from config.job import JobConfiguration, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from daemon.demo import last_midnight_ms  # noqa: E402
-from daemon.regime_change import RegimeChange, holdout_auc  # noqa: E402
 from learning.features import default_collections  # noqa: E402
 from learning.pipeline import split_by_location, train  # noqa: E402
-from learning.simulator import Savanna, outcome_item, reading_item  # noqa: E402
 from learning.training import build_training_set  # noqa: E402
 from learning.triggers import DriftCheck  # noqa: E402
+from players.demo import last_midnight_ms  # noqa: E402
+from players.regime_change import RegimeChange, holdout_auc  # noqa: E402
+from players.simulator import Savanna, outcome_item, reading_item  # noqa: E402
 from rml_client import GatewayClient  # noqa: E402
 from storage.backend import StoreBackend  # noqa: E402
 from storage.errors import StoreError  # noqa: E402

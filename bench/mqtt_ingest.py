@@ -35,8 +35,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 from _daemon import bench_daemon  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
-from daemon.broker import mosquitto_binary, running_broker  # noqa: E402
 from daemon.status import collect_status  # noqa: E402
+from players.broker import mosquitto_binary, running_broker  # noqa: E402
 from rml_client import GatewayClient, RmlError  # noqa: E402
 from storage.backend import StoreBackend  # noqa: E402
 

@@ -70,9 +70,9 @@ from _floor import running_floor  # noqa: E402
 
 from config.job import HYPERPARAMETERS, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from daemon.demo import last_midnight_ms  # noqa: E402
-from daemon.gateway import HttpClient  # noqa: E402
 from daemon.group import free_ports  # noqa: E402
+from players.demo import last_midnight_ms  # noqa: E402
+from players.gateway import HttpClient  # noqa: E402
 from rml_client import GatewayClient, HttpStatusError, PredictionClient  # noqa: E402
 
 TOKEN = "predict-bench-token-0123"
@@ -160,7 +160,7 @@ def seed_champion(settings: Settings, timeout_s: float, hours: int,
                   end_ms: int) -> dict[str, Any]:
     """Send the simulator's readings and outcomes (ending at ``end_ms``); wait until
     location 7 is answered (200)."""
-    from learning.simulator import Savanna, reading_item
+    from players.simulator import Savanna, reading_item
 
     savanna = Savanna(seed=3, n_locations=10, hours=hours, end_ms=end_ms)
     ingest = settings.ingest

@@ -1,7 +1,8 @@
 """The layers: no import runs up from a lower layer to a higher one, and no import cycle.
 
+    players                       5   the simulator, gateways, broker, demo, chaos, regime change
     daemon                        4   the launcher, the keeper, status, the CLI verbs
-    rml_client                    3.5 the client library (see below)
+    rml_client                    3.5 the client library (the players use it; see below)
     actors, supervision           3   supervision may import actors, never the other way
     learning                      2   pure ML code
     storage                       1   the stores and the values they keep (storage.records)
@@ -15,6 +16,12 @@ must import alone: nothing of the project at import time; inside functions, only
 messages and the loopback patch its Thespian client needs. ``tests/``, ``bench/``,
 ``run_system.py`` and ``dev.py`` are outside the layers: they may import anything, and
 nothing inside the layers imports them.
+
+The players drive the daemon from outside, as gateways and operators would: they may import
+every layer, and nothing in the layers imports them, save each moved module's old name
+(``daemon.demo``, ``learning.simulator`` ...: ``SHIMS``), which re-exports its player and
+imports nothing else. The CLI reaches the demo from ``run_system.py`` (outside the layers),
+never from a ``daemon`` module.
 """
 
 from __future__ import annotations
@@ -38,15 +45,26 @@ LAYERS: dict[str, float] = {
     "storage": 1,
     "learning": 2,
     "actors": 3, "supervision": 3,
-    # Only the daemon uses the client (the demo, chaos, gateways); it reaches below lazily.
+    # Only the players use the client (the demo, chaos, gateways); it reaches below lazily.
     "rml_client": 3.5,
     "daemon": 4,
+    # The simulator, the gateways and the scenarios that play them against a real daemon.
+    "players": 5,
 }
 #: Outside the layers: they may import anything; nothing in the layers may import them.
 OUTSIDE = ("tests", "bench", "run_system", "dev", "docs")
 #: Same-layer imports allowed, (importer's package, imported package): supervisors start
 #: actors and are ``ReactiveActor``s themselves; an actor never knows its supervisor's code.
 SIDEWAYS = {("supervision", "actors")}
+#: Old name -> player: a module moved to ``players`` that still answers where it was. It may
+#: import its player (whatever its layer) and nothing else of the project.
+SHIMS: dict[str, str] = {
+    "daemon.broker": "players.broker", "daemon.chaos": "players.chaos",
+    "daemon.demo": "players.demo", "daemon.gateway": "players.gateway",
+    "daemon.regime_change": "players.regime_change",
+    "learning.ceiling": "players.ceiling", "learning.regime": "players.regime",
+    "learning.simulator": "players.simulator",
+}
 #: Known exceptions, (importer module, imported module) -> why. Keep it empty.
 ALLOWED: dict[tuple[str, str], str] = {}
 #: What ``rml_client`` may import inside functions (its Thespian client, made on demand).
@@ -131,6 +149,8 @@ def layer_violations(imports: list[Imported]) -> list[str]:
         source, target = _top(found.importer), _top(found.target)
         if source == target or (found.importer, found.target) in ALLOWED:
             continue
+        if SHIMS.get(found.importer) == found.target:
+            continue  # an old name re-exporting its player
         where = f"{found.importer} (line {found.line}) imports {found.target}"
         if target in OUTSIDE:
             bad.append(f"{where}: {target} is outside the layers")
@@ -260,6 +280,35 @@ def test_the_checker_sees_an_import_up_the_layers_and_a_cycle() -> None:
             Imported("actors._http_connection", "actors.edge", 2, True)]
     assert import_cycles(loop) == [["actors._http_connection", "actors.edge",
                                     "actors._http_connection"]]
+
+
+def test_a_shim_imports_its_player_and_nothing_else_of_the_project() -> None:
+    modules = project_modules()
+    assert set(SHIMS) <= set(modules) and set(SHIMS.values()) <= set(modules)
+    bad = [f"{found.importer} (line {found.line}) imports {found.target}"
+           for found in all_imports()
+           if found.importer in SHIMS and _top(found.target) in (*LAYERS, *OUTSIDE)
+           and found.target != SHIMS[found.importer]]
+    assert not bad, "a shim imports more than its player:\n" + "\n".join(bad)
+
+
+def test_nothing_in_the_layers_imports_a_player_but_a_shim() -> None:
+    bad = [f"{found.importer} (line {found.line}) imports {found.target}"
+           for found in all_imports()
+           if _top(found.target) == "players" and _top(found.importer) != "players"
+           and found.importer not in SHIMS]
+    assert not bad, "players are imported from outside the layers only:\n" + "\n".join(bad)
+    # The checker itself: a daemon module importing a player is an import up the layers.
+    assert layer_violations([Imported("daemon.status", "players.demo", 1, False)])
+    assert not layer_violations([Imported("daemon.demo", "players.demo", 1, True)])
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(SHIMS.items()))
+def test_a_player_is_still_found_where_it_was(old: str, new: str) -> None:
+    before, after = importlib.import_module(old), importlib.import_module(new)
+    assert set(after.__all__) <= set(before.__all__)
+    for name in before.__all__:
+        assert getattr(before, name) is getattr(after, name), name
 
 
 @pytest.mark.parametrize(("old", "new", "names"), [

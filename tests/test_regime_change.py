@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from daemon.regime_change import RegimeChange, holdout_auc
 from learning.simulator import outcome_item, reading_item
+from players.gateway import HttpClient, send_items
+from players.regime_change import RegimeChange, holdout_auc
 from storage import open_sqlite_stores
 from tests.e2e_support import RunningDaemon, running_daemon, scrape, total, wait_for
 

@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from learning.simulator import MALFORMED_KINDS, Savanna
+from players.simulator import MALFORMED_KINDS, Savanna
 
 END = 1_750_000_000_000
 
