@@ -1,7 +1,7 @@
 """``rml report [--output FILE]``: the model registry as a self-contained HTML page.
 
 Reads the registry read-only, so it works with or without a running daemon; the
-rendering is ``learning.report``. The page is written to a temporary file beside
+rendering is ``learning.report.page``. The page is written to a temporary file beside
 the target and renamed over it, so a reader never sees half a report.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from config.settings import Settings
-from learning.report import RegistrySnapshot, render_report
+from learning.report.page import RegistrySnapshot, render_report
 from storage.backend import StoreBackend
 from storage.errors import StoreError, StoreUnavailable
 from storage.registry import ModelRegistry

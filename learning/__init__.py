@@ -1,1 +1,18 @@
-"""learning package."""
+"""Learning: pure machine-learning code, no actors and no I/O of its own.
+
+    report/     the registry as one HTML page
+
+Modules that moved keep their old names (``MOVED``): importing ``learning.compiled`` gives
+``learning.serving.compiled``.
+"""
+
+from runtime.moved import keep_old_names
+
+#: Old module name -> where it lives now.
+MOVED: dict[str, str] = {
+    "learning._plot": "learning.report.plot",
+    "learning._report_evaluation": "learning.report.evaluation",
+    "learning._report_lineage": "learning.report.lineage_row",
+}
+
+keep_old_names(MOVED)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.moved import moved_names
+
 REPO = Path(__file__).resolve().parent.parent
 
 #: Top-level package -> layer. A module may import its own package, any lower layer, and a
@@ -326,3 +328,60 @@ def test_a_moved_name_is_still_found_where_it_was(old: str, new: str,
     for name in names:
         assert getattr(before, name) is getattr(after, name), name
         assert name in before.__all__
+
+
+def _moved() -> dict[str, str]:
+    """Every old module name the packages keep (``MOVED`` in their ``__init__``)."""
+    for package in LAYERS:
+        importlib.import_module(package)
+    return moved_names()
+
+
+def test_no_file_imports_a_moved_name() -> None:
+    """The project, its tests and benches use the new names; the old ones are for others."""
+    moved = _moved()
+    assert moved, "no package registered a moved name"
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    modules = project_modules()
+    known = set(modules) | set(moved)
+    bad = []
+    for name in files:
+        path = REPO / name
+        parts = Path(name).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        for found in imports_of(module, path, known):
+            if found.target in moved:
+                bad.append(f"{name} (line {found.line}) imports {found.target}: "
+                           f"now {moved[found.target]}")
+    assert not bad, "\n".join(bad)
+
+
+def test_every_import_of_the_project_names_a_module_that_exists() -> None:
+    modules = set(project_modules())
+    bad = [f"{found.importer} (line {found.line}) imports {found.target}"
+           for found in all_imports()
+           if _top(found.target) in LAYERS and found.target not in modules
+           and found.target.rpartition(".")[0] not in modules]
+    assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(_moved().items()))
+def test_a_moved_module_answers_to_its_old_name(old: str, new: str) -> None:
+    before, after = importlib.import_module(old), importlib.import_module(new)
+    assert before is after
+    assert before.__name__ == new and before.__spec__ is not None
+    assert before.__spec__.name == new  # the import of the old name left the spec alone
+    parent, _, leaf = old.rpartition(".")
+    assert getattr(importlib.import_module(parent), leaf) is after  # ``from pkg import old``
+
+
+def test_an_old_name_runs_as_a_script_and_an_unknown_one_is_not_found() -> None:
+    """``python -m old.name`` runs the new module's code."""
+    code = ("import runpy; ns = runpy.run_module('learning._plot', run_name='__main__'); "
+            "print(sorted({'line_chart', 'Series'} & set(ns)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "['Series', 'line_chart']"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("learning.no_such_module")

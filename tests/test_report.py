@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from learning._plot import FRAME
-from learning._report_evaluation import parse_evaluation
-from learning.report import MAX_PLOTTED_VERSIONS, RegistrySnapshot, is_rollback, render_report
+from learning.report.evaluation import parse_evaluation
+from learning.report.page import MAX_PLOTTED_VERSIONS, RegistrySnapshot, is_rollback, render_report
+from learning.report.plot import FRAME
 from storage.registry import ChampionChange, ModelRecord, StatusChange
 from storage.sqlite_registry import SQLiteModelRegistry
 

@@ -13,9 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from html import escape
 
-from learning._plot import PALETTE, Series, line_chart
-from learning._report_evaluation import Curve, Evaluation, parse_evaluation
-from learning._report_lineage import LINEAGE_COLUMNS, lineage_cells, utc_text
+from learning.report.evaluation import Curve, Evaluation, parse_evaluation
+from learning.report.lineage_row import LINEAGE_COLUMNS, lineage_cells, utc_text
+from learning.report.plot import PALETTE, Series, line_chart
 from storage.registry import CHAMPION, STATUSES, ChampionChange, ModelRecord, StatusChange
 
 __all__ = ["MAX_PLOTTED_VERSIONS", "RegistrySnapshot", "is_rollback", "render_report"]
