@@ -32,7 +32,7 @@ from actors import metrics
 from actors.base import Worker
 from config.job import JobConfiguration
 from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
-from learning.drift_sample import measure_drift
+from learning.drift.sample import measure_drift
 from learning.features import (
     FeatureCrashed,
     register_collections,

@@ -1,5 +1,6 @@
 """Learning: pure machine-learning code, no actors and no I/O of its own.
 
+    drift/      training profiles, the population stability index, drift samples
     report/     the registry as one HTML page
 
 Modules that moved keep their old names (``MOVED``): importing ``learning.compiled`` gives
@@ -10,6 +11,7 @@ from runtime.moved import keep_old_names
 
 #: Old module name -> where it lives now.
 MOVED: dict[str, str] = {
+    "learning.drift_sample": "learning.drift.sample",
     "learning._plot": "learning.report.plot",
     "learning._report_evaluation": "learning.report.evaluation",
     "learning._report_lineage": "learning.report.lineage_row",

@@ -18,7 +18,7 @@ import numpy as np
 from config.job import JobConfiguration
 from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
-from learning.drift import profile_features
+from learning.drift.psi import profile_features
 from learning.inference import checked_compiled_form
 from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc

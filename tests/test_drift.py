@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from learning.collections import FeatureRow
-from learning.drift import (
+from learning.drift.psi import (
     FeatureProfile,
     drift_scores,
     feature_psi,
@@ -21,7 +21,7 @@ from learning.drift import (
     profiles_from_mapping,
     psi,
 )
-from learning.drift_sample import measure_drift, recent_feature_matrix
+from learning.drift.sample import measure_drift, recent_feature_matrix
 from learning.features import default_collections
 from learning.simulator import Savanna
 from learning.triggers import DriftCheck, Trigger, judge_drift
