@@ -6,7 +6,7 @@ sees half a model; a ``ShadowRunner`` of requests waiting for the shadow model.
 Also owns a ``RowTable``: each location's latest feature row, for the collections
 the snapshot's models take, loaded from the store and kept current by the feature
 generator's pushes; ``{"location_id"}`` answers read it, and the store only when the
-table is not confirmed within ``[predict] row_freshness_s`` (``learning.row_table``).
+table is not confirmed within ``[predict] row_freshness_s`` (``learning.serving.row_table``).
 Receives: ``ModelPublished``, ``ShadowStarted`` and ``CollectionSwitched``
 (choose again now), a timer (choose again, in case a hint was lost), a shadow
 timer (ask the shadow model, off the answers, and report), ``Forwarded(PredictRequest)``
@@ -31,8 +31,7 @@ from actors.counters import Counters
 from actors.edge import Request, Response, Route
 from config.settings import PredictSettings
 from learning.collections import FeatureRow, usable_collection_ids, valid_collection
-from learning.row_table import RowLookup, RowTable
-from learning.serving import (
+from learning.serving.answer import (
     NO_MODEL_YET,
     HeldRows,
     LoadedModel,
@@ -41,7 +40,8 @@ from learning.serving import (
     choose_models,
     load_serving_model,
 )
-from learning.shadow import ShadowPrediction, ShadowRunner
+from learning.serving.row_table import RowLookup, RowTable
+from learning.serving.shadow import ShadowPrediction, ShadowRunner
 from messages.codec import (
     BodyError,
     PredictQuery,
@@ -400,7 +400,7 @@ class Predictor(EdgeWorker):
 
 
 def _fallback_used(cause: str) -> None:
-    """The first model's answer was not used (``learning.serving.predict``): why."""
+    """The first model's answer was not used (``learning.serving.answer.predict``): why."""
     metrics.PREDICTION_FALLBACKS.labels(cause).inc()
     if cause == "deadline":
         metrics.DEADLINE_MISSES.inc()

@@ -10,7 +10,7 @@ Sends: ``ModelPublished`` (a new champion) or ``ShadowStarted`` (a new shadow) t
 predictor; ``TrainResult`` to whoever asked for the run; ``RollbackResult``.
 
 Predictors serve compiled forms and never import scikit-learn; the publisher has it, so
-it compiles (``learning.inference.checked_compiled_form``) any servable version registered
+it compiles (``learning.serving.inference.checked_compiled_form``) any servable version registered
 without a form (before forms existed) at its start, and a version about to be served.
 """
 
@@ -25,7 +25,7 @@ from learning.collections import usable_collection_ids
 from learning.gate import judge_candidate
 from learning.lineage import feature_names_of
 from learning.rollback import rollback_reason, rollback_refusal
-from learning.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
+from learning.serving.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
 from messages.protocol import (
     Forwarded,
     Init,
@@ -93,7 +93,7 @@ class Publisher(Worker):
             return
         record = self.registry.get(version)
         from learning.artifacts import load_model
-        from learning.inference import checked_compiled_form
+        from learning.serving.inference import checked_compiled_form
 
         if pipeline is None:
             pipeline = load_model(self.registry.artifact(version))

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httptools  # noqa: E402
 import numpy as np  # noqa: E402
 
-from learning.compiled import sigmoid  # noqa: E402
+from learning.serving.compiled import sigmoid  # noqa: E402
 
 __all__ = ["FloorModel", "load_floor_model", "main", "running_floor", "serve"]
 

@@ -70,7 +70,7 @@ def _parent(heavy: bool, kills: int, out: Any) -> None:
     import actors.predictor  # noqa: F401
 
     if heavy:
-        import learning.inference  # noqa: F401  (scikit-learn, SciPy)
+        import learning.serving.inference  # noqa: F401  (scikit-learn, SciPy)
     out.put((_rss_mb(), _kill_times(kills)))
 
 

@@ -131,7 +131,7 @@ class PredictSettings:
                "(0 < d <= 60000); past it the fallback model answers"})
     # How far behind the feature generator's writes a ``location_id`` answer's row may be:
     # predictors hold the rows in memory, pushed by the generator; past this without a push
-    # they read the store again (``learning.row_table``).
+    # they read the store again (``learning.serving.row_table``).
     row_freshness_s: float = field(default=1.0, metadata={
         "doc": "the freshness bound of `{\"location_id\"}` answers (0.05..3600 s): predictors "
                "hold each location's latest feature row in memory, pushed by the feature "

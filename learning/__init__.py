@@ -1,5 +1,7 @@
 """Learning: pure machine-learning code, no actors and no I/O of its own.
 
+    serving/    answering a prediction: compiled models, serving snapshots, the
+                in-memory row table, shadow trials
     drift/      training profiles, the population stability index, drift samples
     report/     the registry as one HTML page
 
@@ -11,6 +13,10 @@ from runtime.moved import keep_old_names
 
 #: Old module name -> where it lives now.
 MOVED: dict[str, str] = {
+    "learning.compiled": "learning.serving.compiled",
+    "learning.inference": "learning.serving.inference",
+    "learning.row_table": "learning.serving.row_table",
+    "learning.shadow": "learning.serving.shadow",
     "learning.drift_sample": "learning.drift.sample",
     "learning._plot": "learning.report.plot",
     "learning._report_evaluation": "learning.report.evaluation",

@@ -19,10 +19,10 @@ from config.job import JobConfiguration
 from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
 from learning.drift.psi import profile_features
-from learning.inference import checked_compiled_form
 from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc
 from learning.pipeline import Fit, TrainedModel, fit_locally, train
+from learning.serving.inference import checked_compiled_form
 from learning.training import TrainingSet, build_training_set
 from messages.facts import Outcome, Reading
 
@@ -47,7 +47,7 @@ class Candidate:
     """A trained model ready to register: artifact bytes, metrics, lineage, its evaluation
     record (the JSON-able mapping ``evaluation_record`` returns, checked free of NaN and
     infinities; the registry stores it as JSON) and its compiled form for predictors
-    (``learning.compiled``; None for a pipeline with no fast path)."""
+    (``learning.serving.compiled``; None for a pipeline with no fast path)."""
 
     trained: TrainedModel
     artifact: bytes

@@ -118,7 +118,7 @@ class ModelRegistry(Protocol):
         ...
 
     def compiled_form(self, version: int) -> bytes | None:
-        """The compiled form (``learning.compiled``), verified against its sha256
+        """The compiled form (``learning.serving.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""
         ...
 

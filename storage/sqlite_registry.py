@@ -258,7 +258,7 @@ class SQLiteModelRegistry(SQLiteBacked):
             _insert_compiled(conn, version, compiled, ignore=True)
 
     def compiled_form(self, version: int) -> bytes | None:
-        """The compiled form (``learning.compiled``), verified against its sha256
+        """The compiled form (``learning.serving.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""
         if not self._db.has_tables("compiled_forms"):  # a read-only file from before them
             return None

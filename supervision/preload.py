@@ -4,7 +4,7 @@ Thespian forks each actor from its parent's process, so a module imported there 
 inherited already loaded: a restart pays no import. Each supervisor imports only what
 its own children run, so each process maps only what its subtree needs: the serving
 supervisor and its predictors map numpy, not scikit-learn or SciPy (predictors serve
-compiled forms, ``learning.compiled``; only a version without one makes a predictor
+compiled forms, ``learning.serving.compiled``; only a version without one makes a predictor
 import scikit-learn), a third of the memory, and the kernel tears a SIGKILLed predictor
 down 3-4x faster (``bench/teardown.py``).
 """

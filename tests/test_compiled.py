@@ -20,8 +20,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.tree import DecisionTreeClassifier
 
 from config.job import ModelType
-from learning.compiled import CompiledFormError, CompiledModel, TreeWalk
-from learning.inference import ServingModel, checked_compiled_form
+from learning.serving.compiled import CompiledFormError, CompiledModel, TreeWalk
+from learning.serving.inference import ServingModel, checked_compiled_form
 from tests.test_inference import NAMES, fitted, probe_rows, split_value_rows
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +207,7 @@ def test_served_answers_are_sklearns_at_and_around_every_threshold(model_type: M
     """A prediction served from a location's row (the prepared input kept) or from explicit
     values is ``predict_proba``'s, for values at a split threshold, one float32 step either
     side, anywhere, or missing."""
-    from learning.serving import load_serving_model
+    from learning.serving.answer import load_serving_model
 
     pipeline, thresholds = _PIPELINES[model_type], _THRESHOLDS[model_type]
     at = st.sampled_from(thresholds)

@@ -10,14 +10,14 @@ from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
 from learning.artifacts import dump_model, load_model
-from learning.compiled import (
+from learning.pipeline import build_pipeline
+from learning.serving.compiled import (
     InvalidFeatureValue,
     MissingFeature,
     UnknownFeature,
     features_from_mapping,
 )
-from learning.inference import ServingModel
-from learning.pipeline import build_pipeline
+from learning.serving.inference import ServingModel
 
 NAMES = tuple(f"f{i}" for i in range(6))
 SMALL = {

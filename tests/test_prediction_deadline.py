@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 
 from learning.collections import FeatureRow
-from learning.serving import LoadedModel, ServingSnapshot, predict
+from learning.serving.answer import LoadedModel, ServingSnapshot, predict
 from messages.codec import BodyError, PredictQuery, decode_predict_query
 from messages.protocol import Prediction, PredictionError, PredictRequest
 

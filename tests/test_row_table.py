@@ -6,7 +6,7 @@ import pytest
 
 from actors.row_feed import RowFeed
 from learning.collections import FeatureRow
-from learning.row_table import RowTable
+from learning.serving.row_table import RowTable
 from storage.errors import StoreError
 
 

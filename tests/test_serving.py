@@ -14,9 +14,8 @@ from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
 from learning.collections import FeatureRow
-from learning.inference import ServingModel
 from learning.pipeline import build_pipeline
-from learning.serving import (
+from learning.serving.answer import (
     NO_MODEL_YET,
     HeldRows,
     LoadedModel,
@@ -26,6 +25,7 @@ from learning.serving import (
     choose_models,
     predict,
 )
+from learning.serving.inference import ServingModel
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.errors import StoreUnavailable
@@ -355,8 +355,8 @@ def test_a_rows_prepared_input_is_made_once_and_remade_when_the_row_changes() ->
                     st.lists(st.floats(-1e6, 1e6), min_size=len(names), max_size=len(names)))))
 def test_explicit_features_are_taken_in_the_models_order(case: tuple[tuple[str, ...],
                                                                      list[float]]) -> None:
-    from learning.compiled import features_from_mapping
-    from learning.serving import feature_values
+    from learning.serving.answer import feature_values
+    from learning.serving.compiled import features_from_mapping
 
     names, values = case
     model = LoadedModel(1, 1, names, lambda v: 0.0)

@@ -16,14 +16,14 @@ from actors.predictor import Predictor
 from actors.publisher import Publisher
 from config.settings import Settings
 from learning.collections import FeatureCollection, FeatureRow
-from learning.serving import (
+from learning.serving.answer import (
     LoadedModel,
     RowLookup,
     ServingChoice,
     ServingSnapshot,
     choose_models,
 )
-from learning.shadow import (
+from learning.serving.shadow import (
     CandidatePlan,
     RowMemo,
     ShadowPrediction,

@@ -281,7 +281,7 @@ class CouchbaseModelRegistry:
             return self._read_blob(blob, f"artifact of model version {version}")
 
     def compiled_form(self, version: int) -> bytes | None:
-        """The compiled form (``learning.compiled``), verified against its sha256
+        """The compiled form (``learning.serving.compiled``), verified against its sha256
         (``StoreError`` if it fails); None for a version registered without one."""
         with self._lock:
             self._check_open()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from learning.collections import FeatureRow
-from learning.serving import LoadedModel, RowLookup, ServingSnapshot, feature_values, predict
+from learning.serving.answer import LoadedModel, RowLookup, ServingSnapshot, feature_values, predict
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.shadow import ShadowCounts, ShadowTrial
@@ -182,7 +182,7 @@ class ShadowRunner:
                correlation_id: str = "", *, deadline_ms: float | None = None,
                on_fallback: Callable[[str], None] | None = None,
                ) -> Prediction | PredictionError:
-        """The champion's answer (``learning.serving.predict``). With a shadow in the
+        """The champion's answer (``learning.serving.answer.predict``). With a shadow in the
         snapshot, the rows the champion was asked with are remembered and the request is
         queued for the shadow, asked later off the answer's path."""
         shadow = snapshot.shadow

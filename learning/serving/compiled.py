@@ -1,16 +1,17 @@
 """A fitted model as plain arrays: all a predictor needs to answer, without scikit-learn.
 
-The learner compiles each candidate it registers (``learning.inference.checked_compiled_form``:
-only a form that answers as ``predict_proba`` does) and the registry keeps the bytes beside
-the artifact. A predictor loads this form, so its process imports numpy, not scikit-learn or
-SciPy (only a version without a form is loaded from its artifact): it maps a third
-of the memory, and when it is killed the kernel tears it down 3-4x faster, which was most
-of the time a predictor took to come back under load (see ``bench/teardown.py``).
+The learner compiles each candidate it registers
+(``learning.serving.inference.checked_compiled_form``: only a form that answers as
+``predict_proba`` does) and the registry keeps the bytes beside the artifact. A predictor
+loads this form, so its process imports numpy, not scikit-learn or SciPy (only a version
+without a form is loaded from its artifact): it maps a third of the memory, and when it is
+killed the kernel tears it down 3-4x faster, which was most of the time a predictor took to
+come back under load (see ``bench/teardown.py``).
 
-The walks are the fast paths of ``learning.inference``: the imputer's statistics fill NaN,
-then a decision tree is walked in pure Python, a forest or boosting level by level over all
-its trees at once with numpy, and logistic regression is a dot product. Inputs to trees are
-rounded to float32 first, as scikit-learn does.
+The walks are the fast paths of ``learning.serving.inference``: the imputer's statistics
+fill NaN, then a decision tree is walked in pure Python, a forest or boosting level by level
+over all its trees at once with numpy, and logistic regression is a dot product. Inputs to
+trees are rounded to float32 first, as scikit-learn does.
 
 The bytes are msgpack, arrays as raw little-endian bytes with their dtype and shape (no
 pickle). ``CompiledModel.from_bytes`` checks every index before a walk could follow it, and

@@ -8,7 +8,7 @@ regression is a dot product. Trees compare float32 inputs with float64 threshold
 as scikit-learn does, so the fast path gives scikit-learn's probabilities (see tests). Any
 other pipeline goes through ``predict_proba``.
 
-The walks are ``learning.compiled``'s (numpy only): ``ServingModel.compiled`` is what the
+The walks are ``learning.serving.compiled``'s (numpy only): ``ServingModel.compiled`` is what the
 registry keeps for predictors, which do not import scikit-learn. This module builds them
 from the fitted estimators.
 """
@@ -28,7 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
-from learning.compiled import (
+from learning.serving.compiled import (
     CompiledFormError,
     CompiledModel,
     EnsembleWalk,

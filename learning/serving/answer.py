@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
-from learning.compiled import (
+from learning.lineage import feature_names_of
+from learning.serving.compiled import (
     CompiledFormError,
     CompiledModel,
     MissingFeature,
     UnknownFeature,
     features_from_mapping,
 )
-from learning.lineage import feature_names_of
-from learning.row_table import RowLookup
+from learning.serving.row_table import RowLookup
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.errors import StoreError
@@ -299,7 +299,7 @@ def load_serving_model(record: ModelRecord, compiled: bytes | None,
         return LoadedModel(record.version, record.feature_collection_id, names,
                            model.predict_one, model.prepare, model.walk.predict_one)
     from learning.artifacts import load_model
-    from learning.inference import ServingModel
+    from learning.serving.inference import ServingModel
 
     fast = ServingModel.from_pipeline(load_model(artifact()), version=record.version,
                                       feature_collection_id=record.feature_collection_id,
