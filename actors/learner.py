@@ -37,7 +37,7 @@ from learning.features import (
     FeatureCrashed,
     register_collections,
 )
-from learning.lineage import outcomes_seen
+from learning.models.lineage import outcomes_seen
 from learning.triggers import (
     REQUEST,
     RetrainState,
@@ -367,8 +367,8 @@ class Learner(Worker):
         if collection is None or collection.id not in usable_collection_ids(
                 every, features.invalid_features()):
             return None  # its features are broken: it cannot be scored, only replaced
-        from learning.artifacts import load_model
         from learning.candidate import ChampionRef
+        from learning.models.artifacts import load_model
 
         pipeline = load_model(self.stores.registry.artifact(record.version))
         window_ms = json.loads(record.job).get("window_ms", self.default_job().window_ms)

@@ -22,9 +22,9 @@ from typing import Any
 from actors import metrics
 from actors.base import Worker
 from learning.collections import usable_collection_ids
-from learning.gate import judge_candidate
-from learning.lineage import feature_names_of
-from learning.rollback import rollback_reason, rollback_refusal
+from learning.models.gate import judge_candidate
+from learning.models.lineage import feature_names_of
+from learning.models.rollback import rollback_reason, rollback_refusal
 from learning.serving.shadow import CandidatePlan, judge_trial, plan_candidate, trial_progress
 from messages.protocol import (
     Forwarded,
@@ -92,7 +92,7 @@ class Publisher(Worker):
         if self.registry.compiled_form(version) is not None:
             return
         record = self.registry.get(version)
-        from learning.artifacts import load_model
+        from learning.models.artifacts import load_model
         from learning.serving.inference import checked_compiled_form
 
         if pipeline is None:
@@ -251,7 +251,7 @@ class Publisher(Worker):
         artifact_error = None
         if record is not None:
             try:
-                from learning.artifacts import load_model
+                from learning.models.artifacts import load_model
 
                 pipeline = load_model(self.registry.artifact(version))  # sha256, allow-list
                 self._compile(version, pipeline)

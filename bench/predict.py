@@ -192,7 +192,7 @@ def feature_bodies(settings: Settings) -> tuple[dict[int, dict[str, Any]], list[
     """Each location's ``{"features": ...}`` body, its latest row on the champion's
     collection (read-only from the daemon's store); and the locations skipped: no row, or a
     value that is not a finite number (the codec takes no null, NaN or infinity)."""
-    from learning.lineage import feature_names_of
+    from learning.models.lineage import feature_names_of
     from storage.backend import StoreBackend
 
     backend = StoreBackend(settings, read_only=True)

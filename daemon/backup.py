@@ -280,7 +280,7 @@ def _prepare_target(target: Path) -> bool:
 def backup(settings: Settings, target: Path) -> Manifest:
     """Copy every store of ``settings``' data directory into ``target`` (new or empty),
     check each copy and write the manifest last. On failure nothing is left in ``target``."""
-    from learning.lineage import code_version
+    from learning.models.lineage import code_version
     from storage.errors import StoreError
 
     _refuse_couchbase(settings, "backup")

@@ -1,5 +1,7 @@
 """Learning: pure machine-learning code, no actors and no I/O of its own.
 
+    models/     what a registered model is made of and when it may serve: its
+                artifact, its lineage, the publish gate, rollback
     serving/    answering a prediction: compiled models, serving snapshots, the
                 in-memory row table, shadow trials
     drift/      training profiles, the population stability index, drift samples
@@ -13,6 +15,10 @@ from runtime.moved import keep_old_names
 
 #: Old module name -> where it lives now.
 MOVED: dict[str, str] = {
+    "learning.artifacts": "learning.models.artifacts",
+    "learning.gate": "learning.models.gate",
+    "learning.lineage": "learning.models.lineage",
+    "learning.rollback": "learning.models.rollback",
     "learning.compiled": "learning.serving.compiled",
     "learning.inference": "learning.serving.inference",
     "learning.row_table": "learning.serving.row_table",

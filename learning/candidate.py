@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from config.job import JobConfiguration
-from learning.artifacts import dump_model
 from learning.collections import FeatureCollection
 from learning.drift.psi import profile_features
-from learning.lineage import Lineage, code_version, facts_fingerprint
 from learning.metrics import curves, roc_auc
+from learning.models.artifacts import dump_model
+from learning.models.lineage import Lineage, code_version, facts_fingerprint
 from learning.pipeline import Fit, TrainedModel, fit_locally, train
 from learning.serving.inference import checked_compiled_form
 from learning.training import TrainingSet, build_training_set

@@ -4,7 +4,7 @@ answer checked against the artifact allow-list.
 Why the cut is here: the learner keeps everything that decides what a model is worth (the
 training set, the split, the holdout, the champion's score); a trainer only fits. It gets the
 training rows, never the holdout, and its answer is loaded only through
-``learning.artifacts.load_model``. So a slow, broken or hostile trainer can waste a run
+``learning.models.artifacts.load_model``. So a slow, broken or hostile trainer can waste a run
 (``ExternalTrainerTimeout``, ``ExternalTrainerFailed``) but can neither run code in the
 learner nor grade its own model.
 
@@ -34,7 +34,7 @@ from sklearn.pipeline import Pipeline
 
 from config.errors import ConfigError
 from config.job import JobConfiguration
-from learning.artifacts import UntrustedArtifact, load_model
+from learning.models.artifacts import UntrustedArtifact, load_model
 from learning.pipeline import Fit, fit_locally
 
 __all__ = [

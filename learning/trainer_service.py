@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from learning.artifacts import dump_model
 from learning.external import ARTIFACT_TYPE, JOB_TYPE, BadTrainingJob, TrainingJob, decode_job
+from learning.models.artifacts import dump_model
 from learning.pipeline import fit_locally
 from messages.auth import bearer_matches
 from messages.codec import MSGPACK_MEDIA_TYPES

@@ -27,7 +27,7 @@ from typing import Any
 from config.settings import Settings
 from daemon.process import RootClient, start, stop
 from daemon.status import collect_status
-from learning.lineage import outcomes_seen
+from learning.models.lineage import outcomes_seen
 from messages.protocol import ActorInfo, StatusReport, StatusRequest
 from players.broker import Broker, mosquitto_binary, running_broker
 from players.ceiling import holdout_best_auc

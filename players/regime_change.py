@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from learning.artifacts import load_model
 from learning.collections import FeatureCollection
 from learning.metrics import roc_auc
+from learning.models.artifacts import load_model
 from learning.pipeline import split_by_location
 from learning.training import build_training_set
 from messages.facts import Outcome, Reading

@@ -14,7 +14,7 @@ from sklearn.preprocessing import FunctionTransformer
 from sklearn.svm import SVC
 
 from config.job import JobConfiguration, ModelType
-from learning.artifacts import (
+from learning.models.artifacts import (
     ALLOWED_TYPES,
     MAX_MEMBERS,
     MAX_UNCOMPRESSED_BYTES,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from config.job import JobConfiguration, ModelType
-from learning.artifacts import load_model
 from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.features import default_collections
-from learning.lineage import facts_fingerprint
 from learning.metrics import roc_auc
+from learning.models.artifacts import load_model
+from learning.models.lineage import facts_fingerprint
 from learning.pipeline import split_by_location
 from learning.simulator import Savanna
 from learning.training import build_training_set

@@ -28,7 +28,7 @@ from daemon.gateway import HttpClient, send_items
 from daemon.group import group_members, port_accepts
 from daemon.process import ask_root
 from learning.ceiling import holdout_best_auc
-from learning.lineage import facts_fingerprint
+from learning.models.lineage import facts_fingerprint
 from learning.serving.answer import load_serving_model
 from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest

@@ -37,7 +37,6 @@ from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import free_ports
 from daemon.process import ask_root
-from learning.artifacts import MAX_UNCOMPRESSED_BYTES
 from learning.collections import FeatureCollection
 from learning.external import (
     BadTrainingJob,
@@ -49,6 +48,7 @@ from learning.external import (
     fit_step,
 )
 from learning.features import FEATURE_TYPES
+from learning.models.artifacts import MAX_UNCOMPRESSED_BYTES
 from learning.pipeline import fit_locally, train
 from learning.simulator import Savanna, reading_item
 from learning.trainer_service import RETRY_AFTER_S, make_server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from learning.gate import judge_candidate
+from learning.models.gate import judge_candidate
 
 
 @pytest.mark.parametrize("auc", [0.5, 0.42, 0.0, float("nan")])

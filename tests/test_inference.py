@@ -9,7 +9,7 @@ import pytest
 from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
-from learning.artifacts import dump_model, load_model
+from learning.models.artifacts import dump_model, load_model
 from learning.pipeline import build_pipeline
 from learning.serving.compiled import (
     InvalidFeatureValue,

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from config.job import JobConfiguration, ModelType
-from learning.lineage import Lineage, code_version, facts_fingerprint
+from learning.models.lineage import Lineage, code_version, facts_fingerprint
 from learning.simulator import Savanna
 
 

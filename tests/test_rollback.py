@@ -21,7 +21,7 @@ from config.job import JobConfiguration
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.registry_cli import ask_with_progress
-from learning.rollback import rollback_reason, rollback_refusal
+from learning.models.rollback import rollback_reason, rollback_refusal
 from learning.simulator import Savanna
 from messages.protocol import TrainRequest, TrainResult
 from storage import MODELS_FILE, open_sqlite_stores

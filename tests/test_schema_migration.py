@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from daemon.gateway import HttpClient
-from learning.lineage import facts_fingerprint
+from learning.models.lineage import facts_fingerprint
 from messages.facts import Reading
 from storage.facts import FactCursor, InsertResult
 from storage.sqlite_facts import SQLiteFactStore

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
-from learning.lineage import feature_names_of
+from learning.models.lineage import feature_names_of
 from learning.serving.compiled import (
     CompiledFormError,
     CompiledModel,
@@ -298,7 +298,7 @@ def load_serving_model(record: ModelRecord, compiled: bytes | None,
                                     f"{len(names)}")
         return LoadedModel(record.version, record.feature_collection_id, names,
                            model.predict_one, model.prepare, model.walk.predict_one)
-    from learning.artifacts import load_model
+    from learning.models.artifacts import load_model
     from learning.serving.inference import ServingModel
 
     fast = ServingModel.from_pipeline(load_model(artifact()), version=record.version,
