@@ -4,7 +4,7 @@ Owns: nothing in memory that matters; how far it has trained is read back
 from the registry's lineage, drift checks from the drift log, earlier runs from the
 training runs (``storage.training_runs``).
 Receives: ``FactsRecorded`` hints and a timer (check whether to train, see
-``learning.triggers``), a drift timer (PSI of the recent window against the champion's
+``learning.training.triggers``), a drift timer (PSI of the recent window against the champion's
 training profile, recorded in the drift log), ``CollectionSwitched`` (the champion may
 now be on an invalid collection), ``Forwarded(TrainRequest)`` (train now, ``rml train``).
 Every run is one row of the training runs (trigger, trainer, outcome, seconds, version),
@@ -38,7 +38,7 @@ from learning.features import (
     register_collections,
 )
 from learning.models.lineage import outcomes_seen
-from learning.triggers import (
+from learning.training.triggers import (
     REQUEST,
     RetrainState,
     Trigger,
@@ -71,7 +71,7 @@ from storage.training_runs import (
 )
 
 if TYPE_CHECKING:  # scikit-learn (through these) is imported on the first training only
-    from learning.candidate import Candidate, ChampionRef
+    from learning.training.candidate import Candidate, ChampionRef
 
 __all__ = ["Learner", "NoModel"]
 
@@ -318,9 +318,13 @@ class Learner(Worker):
         before the feature generator's verdict, is left out of this run's choice; an
         external trainer's timeout or failure ends the run."""
         assert self.stores is not None and self.settings is not None
-        from learning.candidate import make_candidate
-        from learning.external import ExternalTrainerError, ExternalTrainerTimeout, fit_step
-        from learning.pipeline import TrainingError
+        from learning.training.candidate import make_candidate
+        from learning.training.external import (
+            ExternalTrainerError,
+            ExternalTrainerTimeout,
+            fit_step,
+        )
+        from learning.training.pipeline import TrainingError
 
         learning = self.settings.learning
         fit = fit_step(learning.trainer, learning.trainer_token, learning.trainer_timeout_s)
@@ -367,8 +371,8 @@ class Learner(Worker):
         if collection is None or collection.id not in usable_collection_ids(
                 every, features.invalid_features()):
             return None  # its features are broken: it cannot be scored, only replaced
-        from learning.candidate import ChampionRef
         from learning.models.artifacts import load_model
+        from learning.training.candidate import ChampionRef
 
         pipeline = load_model(self.stores.registry.artifact(record.version))
         window_ms = json.loads(record.job).get("window_ms", self.default_job().window_ms)

@@ -1,6 +1,6 @@
 """What fitting through the external trainer costs beside fitting in the learner.
 
-Starts ``learning.trainer_service`` as its own process on loopback, then fits the same
+Starts ``learning.training.trainer_service`` as its own process on loopback, then fits the same
 training rows (random, the shape of a real training set: 9 features, NaN in some windows)
 both ways, per model type. The external figure includes the msgpack request, the HTTP hop,
 the skops dump in the trainer and the allow-list load and checks in the learner.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from config.job import JobConfiguration, ModelType
-from learning.external import ExternalTrainer, encode_job
-from learning.pipeline import fit_locally
+from learning.training.external import ExternalTrainer, encode_job
+from learning.training.pipeline import fit_locally
 
 TOKEN = "bench-trainer-token"
 REPO = Path(__file__).resolve().parent.parent
@@ -39,9 +39,9 @@ def main() -> int:
     y = np.nan_to_num(X[:, 0]) + rng.normal(size=args.rows) > 0
     names = tuple(f"f{i}" for i in range(9))
 
-    process = subprocess.Popen([sys.executable, "-m", "learning.trainer_service", "--port", "0",
-                                "--token", TOKEN], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "learning.training.trainer_service",
+                                "--port", "0", "--token", TOKEN], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout is not None
         found = re.search(r":(\d+)$", process.stdout.readline().strip())

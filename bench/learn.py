@@ -32,9 +32,9 @@ from _daemon import bench_daemon  # noqa: E402
 from config.job import JobConfiguration, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from learning.features import default_collections  # noqa: E402
-from learning.pipeline import split_by_location, train  # noqa: E402
-from learning.training import build_training_set  # noqa: E402
-from learning.triggers import DriftCheck  # noqa: E402
+from learning.training.pipeline import split_by_location, train  # noqa: E402
+from learning.training.sets import build_training_set  # noqa: E402
+from learning.training.triggers import DriftCheck  # noqa: E402
 from players.demo import last_midnight_ms  # noqa: E402
 from players.regime_change import RegimeChange, holdout_auc  # noqa: E402
 from players.simulator import Savanna, outcome_item, reading_item  # noqa: E402

@@ -194,12 +194,12 @@ class LearningSettings:
     shadow_max_error_rate: float = field(default=0.1, metadata={
         "doc": "a shadow asked `shadow_requests` times or more is rejected when more than this "
                "share of its predictions failed (1: never)"})
-    # Fitting may be handed to an external trainer service (``learning.trainer_service``):
+    # Fitting may be handed to an external trainer service (``learning.training.trainer_service``):
     # "local" fits in the learner; an http(s) URL ships the training rows there and waits at
     # most ``trainer_timeout_s`` (inside one handler: below the batch heartbeat timeout).
     trainer: str = field(default="local", metadata={
         "doc": "where the fit runs: `local` (in the learner), or an external trainer's "
-               "http(s) URL (`learning.trainer_service`, "
+               "http(s) URL (`learning.training.trainer_service`, "
                "[learning](learning.md#external-trainer-hybrid-learning))"})
     trainer_token: str = field(default="", metadata={
         "doc": "the external trainer's bearer token (at least 8 characters when `trainer` "

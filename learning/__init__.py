@@ -1,5 +1,7 @@
 """Learning: pure machine-learning code, no actors and no I/O of its own.
 
+    training/   training sets, pipelines, holdout metrics, candidates, triggers,
+                the external trainer
     models/     what a registered model is made of and when it may serve: its
                 artifact, its lineage, the publish gate, rollback
     serving/    answering a prediction: compiled models, serving snapshots, the
@@ -15,6 +17,12 @@ from runtime.moved import keep_old_names
 
 #: Old module name -> where it lives now.
 MOVED: dict[str, str] = {
+    "learning.candidate": "learning.training.candidate",
+    "learning.external": "learning.training.external",
+    "learning.metrics": "learning.training.metrics",
+    "learning.pipeline": "learning.training.pipeline",
+    "learning.trainer_service": "learning.training.trainer_service",
+    "learning.triggers": "learning.training.triggers",
     "learning.artifacts": "learning.models.artifacts",
     "learning.gate": "learning.models.gate",
     "learning.lineage": "learning.models.lineage",

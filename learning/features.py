@@ -4,7 +4,7 @@ A feature is computed for one location over a trailing window of readings,
 ``as_of_ms - window_ms <= timestamp < as_of_ms``: strictly before ``as_of_ms``, so a
 reading at or after the moment being predicted never leaks into its features.
 
-Online rows (``compute_row``) and training rows (``learning.training``) go through the
+Online rows (``compute_row``) and training rows (``learning.training.sets``) go through the
 same code: readings are summarised into ``Windows`` (per-window counts, means, slope,
 latest value, per-sensor spread) by ``summarise_windows``, and each ``FeatureType``
 maps ``Windows`` to one column with a pure, vectorised function. Feature types are the

@@ -17,9 +17,9 @@ import numpy as np
 from config.job import JobConfiguration, ModelType
 from learning.collections import FeatureCollection
 from learning.features import default_collections
-from learning.metrics import best_achievable_auc
-from learning.pipeline import TrainedModel, split_by_location, train
-from learning.training import TrainingSet, build_training_set
+from learning.training.metrics import best_achievable_auc
+from learning.training.pipeline import TrainedModel, split_by_location, train
+from learning.training.sets import TrainingSet, build_training_set
 from messages.facts import Outcome
 from players.simulator import Savanna
 

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from learning.collections import FeatureCollection
-from learning.metrics import roc_auc
 from learning.models.artifacts import load_model
-from learning.pipeline import split_by_location
-from learning.training import build_training_set
+from learning.training.metrics import roc_auc
+from learning.training.pipeline import split_by_location
+from learning.training.sets import build_training_set
 from messages.facts import Outcome, Reading
 from players.ceiling import holdout_best_auc
 from players.simulator import Savanna

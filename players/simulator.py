@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from learning.metrics import best_achievable_auc
+from learning.training.metrics import best_achievable_auc
 from messages.codec import outcome_to_wire, reading_to_wire
 from messages.facts import Outcome, Reading
 from players.regime import MIGRATION, Regime

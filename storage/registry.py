@@ -40,7 +40,7 @@ class ModelRecord:
     artifact_sha256: str
     status_reason: str
     # JSON text: holdout ROC and precision-recall curves, holdout size and the training
-    # feature profile (see learning.candidate.evaluation_record); "{}" for older models.
+    # feature profile (see learning.training.candidate.evaluation_record); "{}" for older models.
     evaluation: str = "{}"
 
     @property

@@ -1,5 +1,6 @@
-"""Deliberately bad external trainers: the real service (``learning.trainer_service``) with its
-fit step replaced, run as a process of its own like the real one::
+"""Deliberately bad external trainers: the real service
+(``learning.training.trainer_service``) with its fit step replaced, run as a process of its
+own like the real one::
 
     python -m tests.faulty_trainer --mode slow --sleep-s 30 --port P --token T
 
@@ -35,8 +36,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.tree import DecisionTreeClassifier
 
-from learning.external import TrainingJob
-from learning.trainer_service import add_arguments, run, train_artifact
+from learning.training.external import TrainingJob
+from learning.training.trainer_service import add_arguments, run, train_artifact
 
 MODES = ("real", "slow", "error", "garbage", "disallowed", "pipeline_schema", "bomb",
          "empty_zip", "bad_classes")

@@ -24,7 +24,7 @@ from learning.models.artifacts import (
     dump_model,
     load_model,
 )
-from learning.pipeline import build_pipeline
+from learning.training.pipeline import build_pipeline
 from tests.faulty_trainer import (
     BOMB_DECLARED_BYTES,
     bomb_artifact,

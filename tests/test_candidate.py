@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from config.job import JobConfiguration, ModelType
-from learning.candidate import Candidate, ChampionRef, make_candidate
 from learning.features import default_collections
-from learning.metrics import roc_auc
 from learning.models.artifacts import load_model
 from learning.models.lineage import facts_fingerprint
-from learning.pipeline import split_by_location
 from learning.simulator import Savanna
-from learning.training import build_training_set
+from learning.training.candidate import Candidate, ChampionRef, make_candidate
+from learning.training.metrics import roc_auc
+from learning.training.pipeline import split_by_location
+from learning.training.sets import build_training_set
 from messages.facts import Outcome, Reading
 
 NOW_MS = 1_800_000_000_000

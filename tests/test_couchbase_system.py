@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from learning.triggers import Trigger
+from learning.training.triggers import Trigger
 from storage import MODELS_FILE, SYSTEM_FILE, SQLiteDeadLetters, StoreError
 from storage.couchbase.cluster import CouchbaseConnection
 from storage.couchbase.stores import OPENERS

@@ -24,7 +24,7 @@ from learning.drift.psi import (
 from learning.drift.sample import measure_drift, recent_feature_matrix
 from learning.features import default_collections
 from learning.simulator import Savanna
-from learning.triggers import DriftCheck, Trigger, judge_drift
+from learning.training.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading
 from storage import SYSTEM_FILE
 from storage.drift_log import SQLiteDriftLog

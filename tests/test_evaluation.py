@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from config.job import JobConfiguration, ModelType
-from learning.candidate import Candidate, make_candidate
 from learning.features import default_collections
-from learning.metrics import curves
-from learning.pipeline import split_by_location
 from learning.simulator import Savanna
-from learning.training import build_training_set
+from learning.training.candidate import Candidate, make_candidate
+from learning.training.metrics import curves
+from learning.training.pipeline import split_by_location
+from learning.training.sets import build_training_set
 from storage.sqlite_registry import SQLiteModelRegistry
 
 JOB = JobConfiguration(model_type=ModelType.DECISION_TREE)

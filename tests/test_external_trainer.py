@@ -1,7 +1,7 @@
 """Hybrid learning: fitting through an external trainer process, with a deadline.
 
 Unit level: the wire format, the settings' checks, and the client against
-real trainer processes — the real service (``learning.trainer_service``) and deliberately
+real trainer processes — the real service (``learning.training.trainer_service``) and deliberately
 bad ones (``tests.faulty_trainer``: slow past the deadline, failing with a 500, answering
 garbage, answering a pipeline with a type outside the allow-list, answering hostile zips).
 The service's own guards against untrusted clients: every error answer closes the
@@ -38,7 +38,10 @@ from daemon.gateway import HttpClient, send_items
 from daemon.group import free_ports
 from daemon.process import ask_root
 from learning.collections import FeatureCollection
-from learning.external import (
+from learning.features import FEATURE_TYPES
+from learning.models.artifacts import MAX_UNCOMPRESSED_BYTES
+from learning.simulator import Savanna, reading_item
+from learning.training.external import (
     BadTrainingJob,
     ExternalTrainer,
     ExternalTrainerFailed,
@@ -47,12 +50,9 @@ from learning.external import (
     encode_job,
     fit_step,
 )
-from learning.features import FEATURE_TYPES
-from learning.models.artifacts import MAX_UNCOMPRESSED_BYTES
-from learning.pipeline import fit_locally, train
-from learning.simulator import Savanna, reading_item
-from learning.trainer_service import RETRY_AFTER_S, make_server
-from learning.training import build_training_set
+from learning.training.pipeline import fit_locally, train
+from learning.training.sets import build_training_set
+from learning.training.trainer_service import RETRY_AFTER_S, make_server
 from messages.protocol import TrainRequest, TrainResult
 from storage import SYSTEM_FILE
 from storage.training_runs import SQLiteTrainingRuns, TrainingRun
@@ -130,7 +130,7 @@ def trainers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Tra
     logs = tmp_path_factory.mktemp("trainers")
     (logs / "hostile.mode").write_text("real")
     started = {
-        "real": Trainer("learning.trainer_service", logs / "real.log"),
+        "real": Trainer("learning.training.trainer_service", logs / "real.log"),
         "slow": Trainer("tests.faulty_trainer", logs / "slow.log", "--mode", "slow",
                         "--sleep-s", "60"),
         "hostile": Trainer("tests.faulty_trainer", logs / "hostile.log",

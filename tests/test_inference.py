@@ -10,7 +10,6 @@ from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
 from learning.models.artifacts import dump_model, load_model
-from learning.pipeline import build_pipeline
 from learning.serving.compiled import (
     InvalidFeatureValue,
     MissingFeature,
@@ -18,6 +17,7 @@ from learning.serving.compiled import (
     features_from_mapping,
 )
 from learning.serving.inference import ServingModel
+from learning.training.pipeline import build_pipeline
 
 NAMES = tuple(f"f{i}" for i in range(6))
 SMALL = {

@@ -11,7 +11,7 @@ import pytest
 
 from config.settings import Settings, StorageSettings
 from learning.collections import FeatureCollection, FeatureRow
-from learning.triggers import DriftCheck, Trigger
+from learning.training.triggers import DriftCheck, Trigger
 from messages.facts import Outcome, Reading
 from storage.backend import StoreBackend
 from storage.couchbase.stores import STORES

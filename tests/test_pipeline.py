@@ -9,10 +9,10 @@ from sklearn.preprocessing import StandardScaler
 from config.job import JobConfiguration, ModelType
 from learning.ceiling import holdout_ceiling
 from learning.features import default_collections
-from learning.metrics import holdout_metrics
-from learning.pipeline import TrainingError, build_pipeline, split_by_location, train
 from learning.simulator import Savanna
-from learning.training import TrainingSet, build_training_set
+from learning.training.metrics import holdout_metrics
+from learning.training.pipeline import TrainingError, build_pipeline, split_by_location, train
+from learning.training.sets import TrainingSet, build_training_set
 
 WINDOW = 6 * 3_600_000
 SMALL = {  # small ensembles keep the suite fast; the defaults are measured in the report

@@ -14,7 +14,6 @@ from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
 from learning.collections import FeatureRow
-from learning.pipeline import build_pipeline
 from learning.serving.answer import (
     NO_MODEL_YET,
     HeldRows,
@@ -26,6 +25,7 @@ from learning.serving.answer import (
     predict,
 )
 from learning.serving.inference import ServingModel
+from learning.training.pipeline import build_pipeline
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.errors import StoreUnavailable

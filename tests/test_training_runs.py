@@ -12,7 +12,7 @@ import pytest
 from config.settings import Settings
 from daemon.models_view import models_view, render_models
 from daemon.status import drift_view
-from learning.triggers import Trigger
+from learning.training.triggers import Trigger
 from storage import MODELS_FILE, SYSTEM_FILE, SQLiteDeadLetters
 from storage.sqlite_registry import SQLiteModelRegistry
 from storage.training_runs import SQLiteTrainingRuns, TrainingRun

@@ -7,7 +7,7 @@ import pytest
 
 from learning.features import compute_row, default_collections
 from learning.simulator import Savanna
-from learning.training import build_training_set
+from learning.training.sets import build_training_set
 from messages.facts import Outcome, Reading
 
 HOUR = 3_600_000

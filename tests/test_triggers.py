@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from learning.triggers import (
+from learning.training.triggers import (
     MAX_BACKOFF_S,
     NEW_OUTCOMES,
     DriftCheck,

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 #: The most an artifact may unpack to, all members together: twice the largest answer a
-#: trainer may send (``learning.external.MAX_ARTIFACT_BYTES``), as ``dump_model`` stores
+#: trainer may send (``learning.training.external.MAX_ARTIFACT_BYTES``), as ``dump_model`` stores
 #: members uncompressed (a 500-tree random forest of deep trees is ~100 MB).
 MAX_UNCOMPRESSED_BYTES = 512 * 1024 * 1024
 #: The most members an artifact may hold (a skops file has ~4 per tree: ~4,000 for the largest
@@ -42,7 +42,7 @@ MAX_MEMBERS = 20_000
 MAX_SCHEMA_BYTES = 128 * 1024 * 1024
 _DIRECTORY_ENTRY = b"PK\x01\x02"
 
-#: Every type a pipeline built by ``learning.pipeline.build_pipeline`` serialises to
+#: Every type a pipeline built by ``learning.training.pipeline.build_pipeline`` serialises to
 #: (found by fitting one pipeline of each model type and reading its schema; see tests).
 ALLOWED_TYPES: frozenset[str] = frozenset(
     {

@@ -1,13 +1,13 @@
 """The external trainer: a small HTTP service that fits a job's pipeline and answers its artifact.
 
-Run it as its own process (``python -m learning.trainer_service --port P --token T``; the
+Run it as its own process (``python -m learning.training.trainer_service --port P --token T``; the
 token may come from ``$RML_TRAINER_TOKEN`` instead, out of ``ps``), and point a daemon at it
 with ``[learning] trainer = "http://127.0.0.1:P"`` and ``trainer_token``. The token travels
 over plain HTTP with the training data: keep the service on loopback or a private network
 (or behind TLS termination).
 
-``POST /train`` (bearer token; the msgpack job of ``learning.external``) -> ``200`` with the
-fitted pipeline as skops bytes; ``400`` a malformed job, ``401`` no or a wrong token,
+``POST /train`` (bearer token; the msgpack job of ``learning.training.external``) -> ``200``
+with the fitted pipeline as skops bytes; ``400`` a malformed job, ``401`` no or a wrong token,
 ``411``/``413`` no or too large a body, ``415`` another content type, ``500`` the fit failed,
 ``503`` with ``Retry-After`` when ``max_jobs`` jobs are already running (each
 ``{"error": "..."}``). ``GET /health`` -> ``{"ok": true, "jobs": n, "running": n}`` (no token).
@@ -34,9 +34,15 @@ from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from learning.external import ARTIFACT_TYPE, JOB_TYPE, BadTrainingJob, TrainingJob, decode_job
 from learning.models.artifacts import dump_model
-from learning.pipeline import fit_locally
+from learning.training.external import (
+    ARTIFACT_TYPE,
+    JOB_TYPE,
+    BadTrainingJob,
+    TrainingJob,
+    decode_job,
+)
+from learning.training.pipeline import fit_locally
 from messages.auth import bearer_matches
 from messages.codec import MSGPACK_MEDIA_TYPES
 
@@ -273,7 +279,7 @@ def run(args: argparse.Namespace, produce: Produce = train_artifact) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m learning.trainer_service --port P --token T``."""
+    """``python -m learning.training.trainer_service --port P --token T``."""
     parser = argparse.ArgumentParser(prog="rml-trainer", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

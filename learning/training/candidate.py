@@ -18,12 +18,12 @@ import numpy as np
 from config.job import JobConfiguration
 from learning.collections import FeatureCollection
 from learning.drift.psi import profile_features
-from learning.metrics import curves, roc_auc
 from learning.models.artifacts import dump_model
 from learning.models.lineage import Lineage, code_version, facts_fingerprint
-from learning.pipeline import Fit, TrainedModel, fit_locally, train
 from learning.serving.inference import checked_compiled_form
-from learning.training import TrainingSet, build_training_set
+from learning.training.metrics import curves, roc_auc
+from learning.training.pipeline import Fit, TrainedModel, fit_locally, train
+from learning.training.sets import TrainingSet, build_training_set
 from messages.facts import Outcome, Reading
 
 __all__ = ["Candidate", "ChampionRef", "evaluation_record", "make_candidate"]

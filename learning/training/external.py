@@ -35,7 +35,7 @@ from sklearn.pipeline import Pipeline
 from config.errors import ConfigError
 from config.job import JobConfiguration
 from learning.models.artifacts import UntrustedArtifact, load_model
-from learning.pipeline import Fit, fit_locally
+from learning.training.pipeline import Fit, fit_locally
 
 __all__ = [
     "ARTIFACT_TYPE",
@@ -252,7 +252,7 @@ def _error_text(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ExternalTrainer:
-    """A fit step (``learning.pipeline.Fit``) that ships the rows to the trainer at ``url``
+    """A fit step (``learning.training.pipeline.Fit``) that ships the rows to the trainer at ``url``
     and waits at most ``timeout_s``; raises ``ExternalTrainerTimeout`` or
     ``ExternalTrainerFailed`` (an untrusted artifact included) instead of a model, and never
     any other exception for anything the trainer sent (so the learner's handler does not

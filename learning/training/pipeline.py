@@ -17,8 +17,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from config.job import JobConfiguration, ModelType
-from learning.metrics import holdout_metrics
-from learning.training import TrainingSet
+from learning.training.metrics import holdout_metrics
+from learning.training.sets import TrainingSet
 
 __all__ = [
     "Fit",
