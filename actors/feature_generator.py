@@ -23,13 +23,13 @@ from typing import Any
 from actors import metrics
 from actors.base import Worker
 from actors.row_feed import RowFeed
-from learning.collections import (
+from learning.features.batch import compute_batch
+from learning.features.collections import (
     CrashStreaks,
     FeatureCollection,
     valid_collection,
 )
-from learning.feature_batch import compute_batch
-from learning.features import (
+from learning.features.compute import (
     register_collections,
 )
 from messages.protocol import (

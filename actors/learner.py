@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 from actors import metrics
 from actors.base import Worker
 from config.job import JobConfiguration
-from learning.collections import FeatureCollection, usable_collection_ids, valid_collection
 from learning.drift.sample import measure_drift
-from learning.features import (
+from learning.features.collections import FeatureCollection, usable_collection_ids, valid_collection
+from learning.features.compute import (
     FeatureCrashed,
     register_collections,
 )

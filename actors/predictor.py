@@ -30,7 +30,7 @@ from actors.base import EdgeWorker
 from actors.counters import Counters
 from actors.edge import Request, Response, Route
 from config.settings import PredictSettings
-from learning.collections import FeatureRow, usable_collection_ids, valid_collection
+from learning.features.collections import FeatureRow, usable_collection_ids, valid_collection
 from learning.serving.answer import (
     NO_MODEL_YET,
     HeldRows,

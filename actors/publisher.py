@@ -21,7 +21,7 @@ from typing import Any
 
 from actors import metrics
 from actors.base import Worker
-from learning.collections import usable_collection_ids
+from learning.features.collections import usable_collection_ids
 from learning.models.gate import judge_candidate
 from learning.models.lineage import feature_names_of
 from learning.models.rollback import rollback_reason, rollback_refusal

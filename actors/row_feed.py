@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from messages.protocol import FeatureRows
 
 __all__ = ["RowFeed"]

@@ -197,7 +197,7 @@ def load_floor_model(config: str | Path) -> tuple[FloorModel, str]:
     """The daemon's champion and its collection's latest rows, read once from the stores
     named by ``config`` (read-only, while the daemon runs); and a note on what was loaded."""
     from config.settings import load_settings
-    from learning.collections import valid_collection
+    from learning.features.collections import valid_collection
     from learning.models.artifacts import load_model
     from learning.models.lineage import feature_names_of
     from storage.backend import StoreBackend

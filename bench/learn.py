@@ -31,7 +31,7 @@ from _daemon import bench_daemon  # noqa: E402
 
 from config.job import JobConfiguration, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from learning.features import default_collections  # noqa: E402
+from learning.features.compute import default_collections  # noqa: E402
 from learning.training.pipeline import split_by_location, train  # noqa: E402
 from learning.training.sets import build_training_set  # noqa: E402
 from learning.training.triggers import DriftCheck  # noqa: E402

@@ -107,7 +107,7 @@ def _shadow_view(backend: Any, registry: Any) -> list[dict[str, Any]]:
 def _feature_view(features: Any) -> dict[str, Any]:
     """The active collection, every collection, invalid features (first verdict each, with its
     reason) and the history of switches."""
-    from learning.collections import usable_collection_ids
+    from learning.features.collections import usable_collection_ids
 
     collections = features.collections()
     invalid = features.invalid_features()

@@ -1,5 +1,6 @@
 """Learning: pure machine-learning code, no actors and no I/O of its own.
 
+    features/   feature types (built-in and plugins'), computing rows, collections
     training/   training sets, pipelines, holdout metrics, candidates, triggers,
                 the external trainer
     models/     what a registered model is made of and when it may serve: its
@@ -17,6 +18,9 @@ from runtime.moved import keep_old_names
 
 #: Old module name -> where it lives now.
 MOVED: dict[str, str] = {
+    "learning._feature_registry": "learning.features.registry",
+    "learning.collections": "learning.features.collections",
+    "learning.feature_batch": "learning.features.batch",
     "learning.candidate": "learning.training.candidate",
     "learning.external": "learning.training.external",
     "learning.metrics": "learning.training.metrics",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from config.job import JobConfiguration, ModelType
-from learning.collections import FeatureCollection
-from learning.features import default_collections
+from learning.features.collections import FeatureCollection
+from learning.features.compute import default_collections
 from learning.training.metrics import best_achievable_auc
 from learning.training.pipeline import TrainedModel, split_by_location, train
 from learning.training.sets import TrainingSet, build_training_set

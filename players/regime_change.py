@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from learning.collections import FeatureCollection
+from learning.features.collections import FeatureCollection
 from learning.models.artifacts import load_model
 from learning.training.metrics import roc_auc
 from learning.training.pipeline import split_by_location

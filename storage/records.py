@@ -3,7 +3,7 @@ rows (``FeatureStore``), why a training run started (``Trigger``, kept with each
 ``TrainingRun``) and drift checks (``DriftLog``).
 
 They live here, below ``learning``, so that the stores never import the layer above them;
-the rules that make and judge them stay in ``learning``, and ``learning.collections`` and
+the rules that make and judge them stay in ``learning``, and ``learning.features.collections`` and
 ``learning.training.triggers`` re-export these names, where code and plugins have always found them.
 The stores keep their fields (SQL columns, JSON documents), never the pickled classes.
 """

@@ -25,7 +25,6 @@ from config.errors import ConfigError
 from config.settings import ConfiguredCollection, load_settings
 from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
-from learning.collections import FeatureCollection, valid_collection
 from learning.features import (
     FIXED_ID_CREATED_AT,
     ORIGINAL_FEATURES,
@@ -33,6 +32,7 @@ from learning.features import (
     register_configured_collections,
     register_declared_collections,
 )
+from learning.features.collections import FeatureCollection, valid_collection
 from learning.simulator import Savanna, reading_item
 from storage import FEATURES_FILE, open_sqlite_stores
 from storage.sqlite_features import SQLiteFeatureStore

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from config.settings import CouchbaseSettings
-from learning.collections import FeatureCollection, FeatureRow
+from learning.features.collections import FeatureCollection, FeatureRow
 from storage.couchbase.cluster import CouchbaseConnection, connect
 from storage.couchbase.features import CouchbaseFeatureStore
 from storage.errors import StoreError, StoreTimeout

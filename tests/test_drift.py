@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from learning.collections import FeatureRow
 from learning.drift.psi import (
     FeatureProfile,
     drift_scores,
@@ -23,6 +22,7 @@ from learning.drift.psi import (
 )
 from learning.drift.sample import measure_drift, recent_feature_matrix
 from learning.features import default_collections
+from learning.features.collections import FeatureRow
 from learning.simulator import Savanna
 from learning.training.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading

@@ -37,8 +37,8 @@ from daemon.demo import last_midnight_ms
 from daemon.gateway import HttpClient, send_items
 from daemon.group import free_ports
 from daemon.process import ask_root
-from learning.collections import FeatureCollection
 from learning.features import FEATURE_TYPES
+from learning.features.collections import FeatureCollection
 from learning.models.artifacts import MAX_UNCOMPRESSED_BYTES
 from learning.simulator import Savanna, reading_item
 from learning.training.external import (

@@ -1,4 +1,4 @@
-"""A batch of new facts -> rows and verdicts (``learning.feature_batch``), without an actor."""
+"""A batch of new facts -> rows and verdicts (``learning.features.batch``), without an actor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from learning.collections import CrashStreaks, FeatureCollection
-from learning.feature_batch import compute_batch
 from learning.features import (
     ORIGINAL_FEATURES,
     FeatureType,
@@ -15,6 +13,8 @@ from learning.features import (
     default_collections,
     register_feature_type,
 )
+from learning.features.batch import compute_batch
+from learning.features.collections import CrashStreaks, FeatureCollection
 from messages.facts import Reading
 from tests.test_features import DAY0, HOUR, WINDOW, reading
 

@@ -7,13 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from learning.collections import FALLBACK_COLLECTION_ID, FeatureCollection, valid_collection
 from learning.features import (
     FEATURE_TYPES,
     ORIGINAL_FEATURES,
     compute_row,
     default_collections,
     validate_values,
+)
+from learning.features.collections import (
+    FALLBACK_COLLECTION_ID,
+    FeatureCollection,
+    valid_collection,
 )
 from messages.facts import Reading
 
@@ -240,7 +244,7 @@ def test_compute_matrix_names_the_feature_that_crashed() -> None:
 
 
 def test_crash_streaks_judge_after_the_limit_in_a_row_and_reset_on_success() -> None:
-    from learning.collections import CrashStreaks
+    from learning.features.collections import CrashStreaks
 
     streaks = CrashStreaks(limit=3)
     assert [streaks.crashed("f"), streaks.crashed("f")] == [False, False]
@@ -251,7 +255,7 @@ def test_crash_streaks_judge_after_the_limit_in_a_row_and_reset_on_success() -> 
 
 
 def test_usable_collections_are_the_valid_ones_else_the_fallback_alone() -> None:
-    from learning.collections import usable_collection_ids
+    from learning.features.collections import usable_collection_ids
 
     c0, c1 = default_collections(DAY0)
     c2 = FeatureCollection(2, DAY0 + 1, ("animal_estimate", "trend"))
@@ -262,8 +266,8 @@ def test_usable_collections_are_the_valid_ones_else_the_fallback_alone() -> None
 
 
 def test_newly_invalid_names_crashed_and_out_of_rule_features_once() -> None:
-    from learning.collections import FeatureCollection, FeatureRow
     from learning.features import newly_invalid
+    from learning.features.collections import FeatureCollection, FeatureRow
 
     collection = FeatureCollection(7, 0, ("zebra_share", "reading_count"))
     rows = [FeatureRow(7, 1, 10, (5.0, 3.0), 10)]  # a share of 5 breaks its [0, 1] range

@@ -274,7 +274,7 @@ def test_importing_the_client_loads_no_module_of_the_project() -> None:
 
 
 def test_the_checker_sees_an_import_up_the_layers_and_a_cycle() -> None:
-    up = Imported("storage.features", "learning.collections", 1, True)
+    up = Imported("storage.features", "learning.features.collections", 1, True)
     assert layer_violations([up])
     assert layer_violations([Imported("actors.base", "supervision.spec", 1, False)])
     assert not layer_violations([Imported("supervision.root", "actors.base", 1, True)])
@@ -314,7 +314,7 @@ def test_a_player_is_still_found_where_it_was(old: str, new: str) -> None:
 
 
 @pytest.mark.parametrize(("old", "new", "names"), [
-    ("learning.collections", "storage.records", ("FeatureCollection", "FeatureRow")),
+    ("learning.features.collections", "storage.records", ("FeatureCollection", "FeatureRow")),
     ("learning.training.triggers", "storage.records",
      ("Trigger", "DriftCheck", "KINDS", "NEW_OUTCOMES", "SCHEDULE", "DRIFT", "COLLECTION",
       "REQUEST")),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings, StorageSettings
-from learning.collections import FeatureCollection, FeatureRow
+from learning.features.collections import FeatureCollection, FeatureRow
 from learning.training.triggers import DriftCheck, Trigger
 from messages.facts import Outcome, Reading
 from storage.backend import StoreBackend

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from learning.serving.answer import LoadedModel, ServingSnapshot, predict
 from messages.codec import BodyError, PredictQuery, decode_predict_query
 from messages.protocol import Prediction, PredictionError, PredictRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from actors.row_feed import RowFeed
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from learning.serving.row_table import RowTable
 from storage.errors import StoreError
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sklearn.pipeline import Pipeline
 
 from config.job import JobConfiguration, ModelType
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from learning.serving.answer import (
     NO_MODEL_YET,
     HeldRows,

@@ -15,7 +15,7 @@ from actors.edge import Request, Response
 from actors.predictor import Predictor
 from actors.publisher import Publisher
 from config.settings import Settings
-from learning.collections import FeatureCollection, FeatureRow
+from learning.features.collections import FeatureCollection, FeatureRow
 from learning.serving.answer import (
     LoadedModel,
     RowLookup,

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import CouchbaseSettings
-from learning.collections import FeatureCollection, FeatureRow
+from learning.features.collections import FeatureCollection, FeatureRow
 from messages.facts import Outcome, Reading
 from storage import (
     FACTS_FILE,

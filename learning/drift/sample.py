@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.collections import FeatureCollection, FeatureRow
 from learning.drift.psi import drift_scores, profiles_from_mapping
-from learning.feature_batch import ReadLocation
-from learning.features import compute_matrix, reading_arrays, summarise_windows
+from learning.features.batch import ReadLocation
+from learning.features.collections import FeatureCollection, FeatureRow
+from learning.features.compute import compute_matrix, reading_arrays, summarise_windows
 from messages.facts import Reading
 from storage.registry import ModelRecord
 

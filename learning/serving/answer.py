@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from learning.collections import FALLBACK_COLLECTION_ID, FeatureRow
+from learning.features.collections import FALLBACK_COLLECTION_ID, FeatureRow
 from learning.models.lineage import feature_names_of
 from learning.serving.compiled import (
     CompiledFormError,

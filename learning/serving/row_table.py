@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from storage.errors import StoreError
 
 __all__ = ["RowLookup", "RowTable", "TableReader"]

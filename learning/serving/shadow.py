@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from learning.collections import FeatureRow
+from learning.features.collections import FeatureRow
 from learning.serving.answer import LoadedModel, RowLookup, ServingSnapshot, feature_values, predict
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from config.job import JobConfiguration
-from learning.collections import FeatureCollection
 from learning.drift.psi import profile_features
+from learning.features.collections import FeatureCollection
 from learning.models.artifacts import dump_model
 from learning.models.lineage import Lineage, code_version, facts_fingerprint
 from learning.serving.inference import checked_compiled_form

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.collections import FeatureCollection
-from learning.features import compute_matrix, reading_arrays, summarise_windows
+from learning.features.collections import FeatureCollection
+from learning.features.compute import compute_matrix, reading_arrays, summarise_windows
 from messages.facts import Outcome, Reading
 
 __all__ = ["TrainingSet", "build_training_set"]

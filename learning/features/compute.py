@@ -9,7 +9,7 @@ same code: readings are summarised into ``Windows`` (per-window counts, means, s
 latest value, per-sensor spread) by ``summarise_windows``, and each ``FeatureType``
 maps ``Windows`` to one column with a pure, vectorised function. Feature types are the
 built-in ones plus those plugins register (``register_feature_type``,
-``declare_collection``, ``load_plugins``; see ``learning._feature_registry``).
+``declare_collection``, ``load_plugins``; see ``learning.features.registry``).
 
 An empty window gives NaN for every value-type feature (estimates, width, share, trend,
 disagreement, latest) and 0 for ``reading_count``; pipelines impute NaN (median).
@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from config.settings import ConfiguredCollection, FeatureSettings
-from learning._feature_registry import (
+from learning.features.collections import FeatureCollection, FeatureRow
+from learning.features.registry import (
     FEATURE_TYPES,
     ORIGINAL_FEATURES,
     FeatureCrashed,
@@ -36,7 +37,6 @@ from learning._feature_registry import (
     load_plugins,
     register_feature_type,
 )
-from learning.collections import FeatureCollection, FeatureRow
 from messages.facts import Reading
 
 __all__ = [

@@ -13,8 +13,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from learning.collections import CrashStreaks, FeatureCollection, FeatureRow, usable_collection_ids
-from learning.features import compute_rows, newly_invalid
+from learning.features.collections import (
+    CrashStreaks,
+    FeatureCollection,
+    FeatureRow,
+    usable_collection_ids,
+)
+from learning.features.compute import compute_rows, newly_invalid
 from messages.facts import Reading
 
 __all__ = ["Crash", "FeatureBatch", "compute_batch"]

@@ -1,6 +1,6 @@
 """Feature types and where they come from: the built-in savanna features and plugins.
 
-``learning.features`` is the public surface; this module holds the registry behind it.
+``learning.features.compute`` is the public surface; this module holds the registry behind it.
 A plugin is a module named in ``[features] plugins``; every actor that computes features
 imports it at start, and importing it calls ``register_feature_type`` and
 ``declare_collection``. Registrations are process-global and idempotent, so the same
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learning.collections import FALLBACK_COLLECTION_ID, FeatureCollection
+from learning.features.collections import FALLBACK_COLLECTION_ID, FeatureCollection
 
 __all__ = [
     "FEATURE_TYPES",
