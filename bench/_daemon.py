@@ -13,8 +13,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from config.settings import Settings, load_settings
-from daemon.group import free_ports
 from daemon.process import start, stop
+from runtime.group import free_ports
 
 __all__ = ["bench_daemon"]
 

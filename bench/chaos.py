@@ -50,8 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _daemon import bench_daemon  # noqa: E402
 
 from config.settings import Settings, load_settings  # noqa: E402
-from daemon.group import free_ports  # noqa: E402
 from players.chaos import ChaosReport, run_chaos  # noqa: E402
+from runtime.group import free_ports  # noqa: E402
 
 LEARNING_TOML = "[learning]\nmin_outcomes = 100\nretrain_every_outcomes = 100000\n"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.settings import Settings, load_settings  # noqa: E402
-from daemon.group import end_group, free_ports  # noqa: E402
 from daemon.process import RootClient, read_record, start, stop  # noqa: E402
 from messages.protocol import StatusReport, StatusRequest  # noqa: E402
+from runtime.group import end_group, free_ports  # noqa: E402
 
 MEMBER_SLOTS = {"collector-1@b", "collector-2@b", "predictor-1@b", "predictor-2@b"}
 

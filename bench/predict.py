@@ -70,10 +70,10 @@ from _floor import running_floor  # noqa: E402
 
 from config.job import HYPERPARAMETERS, ModelType  # noqa: E402
 from config.settings import Settings  # noqa: E402
-from daemon.group import free_ports  # noqa: E402
 from players.demo import last_midnight_ms  # noqa: E402
 from players.gateway import HttpClient  # noqa: E402
 from rml_client import GatewayClient, HttpStatusError, PredictionClient  # noqa: E402
+from runtime.group import free_ports  # noqa: E402
 
 TOKEN = "predict-bench-token-0123"
 HOST = "127.0.0.1"

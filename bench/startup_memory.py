@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _daemon import bench_daemon  # noqa: E402
 
-from daemon.group import group_members, process_name  # noqa: E402
 from daemon.process import read_record, start  # noqa: E402
+from runtime.group import group_members, process_name  # noqa: E402
 
 GOAL_START_S = 1.5
 GOAL_PSS_MB = 250.0

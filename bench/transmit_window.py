@@ -26,8 +26,8 @@ os.environ.pop("THESPIAN_MAX_PENDING_TRANSMITS", None)  # Thespian's default: 20
 
 from thespian.actors import ActorSystem  # noqa: E402
 
-import daemon.loopback  # noqa: E402,F401  (Thespian on loopback only)
-from daemon.group import free_ports  # noqa: E402
+import runtime.loopback  # noqa: E402,F401  (Thespian on loopback only)
+from runtime.group import free_ports  # noqa: E402
 
 
 def run(windowed: bool, busy_s: float) -> tuple[float, int]:

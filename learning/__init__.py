@@ -37,6 +37,10 @@ MOVED: dict[str, str] = {
     "learning.shadow": "learning.serving.shadow",
     "learning.drift_sample": "learning.drift.sample",
     "learning._plot": "learning.report.plot",
+    # players: they drive the daemon from outside (see ``players/__init__.py``)
+    "learning.ceiling": "players.ceiling",
+    "learning.regime": "players.regime",
+    "learning.simulator": "players.simulator",
     "learning._report_evaluation": "learning.report.evaluation",
     "learning._report_lineage": "learning.report.lineage_row",
 }

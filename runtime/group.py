@@ -1,7 +1,7 @@
 """Processes and ports: what the daemon owns on this machine, seen from outside.
 
 Used by the daemon and by actors and supervisors (process names, descendants), so it sits
-below them; ``daemon.group`` re-exports it.
+below them; its old name ``daemon.group`` still imports it (``daemon.MOVED``).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ Every process of the daemon (admin, supervisors, actors) appends to
 processes do not interleave within a line. A foreground keeper echoes the file
 to its own stdout (``LogEcho``); no actor ever writes to that pipe.
 
-Every process configures it (keeper, supervisors, actors), so it sits below them;
-``daemon.logs`` re-exports it.
+Every process configures it (keeper, supervisors, actors), so it sits below them; its old
+name ``daemon.logs`` still imports it (``daemon.MOVED``).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ bind address is the advertised one. Actor processes are forked from the
 process that applied the patch, so they inherit it; importing this module
 applies it again where that is not so (``actors.base`` imports it, so every
 actor and supervisor process has it). The launcher and ``rml_client``'s Thespian
-client call ``bind_thespian_to``. ``daemon.loopback`` re-exports it; importing that
-applies the patch as importing this does.
+client call ``bind_thespian_to``. Its old name ``daemon.loopback`` still imports it
+(``daemon.MOVED``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.gateway import HttpClient
+from players.gateway import HttpClient
 from tests.couchbase_standin import StandinCluster
 from tests.e2e_support import TOKEN, RunningDaemon
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from config.settings import Settings, load_settings
-from daemon.group import end_group, free_ports, group_members, port_accepts
+from runtime.group import end_group, free_ports, group_members, port_accepts
 from storage import Stores
 from storage.backend import StoreBackend
 from storage.registry import ModelRecord

@@ -1,11 +1,11 @@
-"""The MQTT tests' broker: ``daemon.broker`` (a real Mosquitto on the project's own config,
+"""The MQTT tests' broker: ``players.broker`` (a real Mosquitto on the project's own config,
 on a free loopback port). Without a ``mosquitto`` binary the tests skip and say why."""
 
 from __future__ import annotations
 
 import pytest
 
-from daemon.broker import Broker, mosquitto_binary, running_broker
+from players.broker import Broker, mosquitto_binary, running_broker
 
 __all__ = ["NEEDS_BROKER", "Broker", "running_broker"]
 

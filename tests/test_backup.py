@@ -21,11 +21,11 @@ import pytest
 
 from config.settings import Settings, load_settings
 from daemon.backup import MANIFEST_NAME, STORE_FILES, BackupError, backup, restore
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
 from daemon.process import RunRecord
-from learning.simulator import Savanna
 from messages.facts import Reading
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from run_system import main
 from storage.backend import StoreBackend
 from storage.sqlite_facts import SQLITE_LOG, SQLiteFactStore

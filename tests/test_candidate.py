@@ -11,12 +11,12 @@ from config.job import JobConfiguration, ModelType
 from learning.features import default_collections
 from learning.models.artifacts import load_model
 from learning.models.lineage import facts_fingerprint
-from learning.simulator import Savanna
 from learning.training.candidate import Candidate, ChampionRef, make_candidate
 from learning.training.metrics import roc_auc
 from learning.training.pipeline import split_by_location
 from learning.training.sets import build_training_set
 from messages.facts import Outcome, Reading
+from players.simulator import Savanna
 
 NOW_MS = 1_800_000_000_000
 JOB = JobConfiguration(model_type=ModelType.DECISION_TREE)

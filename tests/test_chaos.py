@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from config.settings import load_settings
-from daemon.chaos import run_chaos
-from daemon.group import port_accepts
+from players.chaos import run_chaos
+from runtime.group import port_accepts
 from tests.e2e_support import write_config
 
 pytestmark = pytest.mark.e2e

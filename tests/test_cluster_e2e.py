@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 
 from config.settings import load_settings
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from daemon.group import group_members
-from learning.simulator import Savanna
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
+from runtime.group import group_members
 from tests.e2e_support import (
     BACKENDS,
     TOKEN,

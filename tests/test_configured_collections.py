@@ -23,8 +23,6 @@ import pytest
 
 from config.errors import ConfigError
 from config.settings import ConfiguredCollection, load_settings
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
 from learning.features import (
     FIXED_ID_CREATED_AT,
     ORIGINAL_FEATURES,
@@ -33,7 +31,9 @@ from learning.features import (
     register_declared_collections,
 )
 from learning.features.collections import FeatureCollection, valid_collection
-from learning.simulator import Savanna, reading_item
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna, reading_item
 from storage import FEATURES_FILE, open_sqlite_stores
 from storage.sqlite_features import SQLiteFeatureStore
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import load_settings
-from daemon.group import end_group, free_ports, group_members, port_accepts
+from runtime.group import end_group, free_ports, group_members, port_accepts
 from tests.e2e_support import RunningDaemon, _env, running_daemon, wait_for, write_config
 
 pytestmark = pytest.mark.e2e

@@ -23,9 +23,9 @@ from learning.drift.psi import (
 from learning.drift.sample import measure_drift, recent_feature_matrix
 from learning.features import default_collections
 from learning.features.collections import FeatureRow
-from learning.simulator import Savanna
 from learning.training.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading
+from players.simulator import Savanna
 from storage import SYSTEM_FILE
 from storage.drift_log import SQLiteDriftLog
 from storage.registry import ModelRecord

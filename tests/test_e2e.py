@@ -23,15 +23,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from daemon.group import group_members, port_accepts
 from daemon.process import ask_root
-from learning.ceiling import holdout_best_auc
 from learning.models.lineage import facts_fingerprint
 from learning.serving.answer import load_serving_model
-from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest
+from players.ceiling import holdout_best_auc
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna, reading_item
+from runtime.group import group_members, port_accepts
 from storage.facts import FactCursor
 from tests.e2e_support import (
     BACKENDS,

@@ -11,11 +11,11 @@ import pytest
 
 from config.job import JobConfiguration, ModelType
 from learning.features import default_collections
-from learning.simulator import Savanna
 from learning.training.candidate import Candidate, make_candidate
 from learning.training.metrics import curves
 from learning.training.pipeline import split_by_location
 from learning.training.sets import build_training_set
+from players.simulator import Savanna
 from storage.sqlite_registry import SQLiteModelRegistry
 
 JOB = JobConfiguration(model_type=ModelType.DECISION_TREE)

@@ -33,14 +33,10 @@ import pytest
 from config.errors import ConfigError
 from config.job import JobConfiguration, ModelType
 from config.settings import load_settings
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from daemon.group import free_ports
 from daemon.process import ask_root
 from learning.features import FEATURE_TYPES
 from learning.features.collections import FeatureCollection
 from learning.models.artifacts import MAX_UNCOMPRESSED_BYTES
-from learning.simulator import Savanna, reading_item
 from learning.training.external import (
     BadTrainingJob,
     ExternalTrainer,
@@ -54,6 +50,10 @@ from learning.training.pipeline import fit_locally, train
 from learning.training.sets import build_training_set
 from learning.training.trainer_service import RETRY_AFTER_S, make_server
 from messages.protocol import TrainRequest, TrainResult
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna, reading_item
+from runtime.group import free_ports
 from storage import SYSTEM_FILE
 from storage.training_runs import SQLiteTrainingRuns, TrainingRun
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for

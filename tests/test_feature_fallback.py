@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
 from daemon.process import ask_root
-from learning.simulator import Savanna, reading_item
 from messages.protocol import Prediction, PredictRequest, TrainRequest, TrainResult
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna, reading_item
 from storage import open_sqlite_stores
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 

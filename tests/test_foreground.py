@@ -30,8 +30,8 @@ import pytest
 from actors.listeners import listeners_path
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
-from daemon.group import end_group, group_members, port_accepts
 from daemon.process import DRAIN_TIMEOUT_S, node_ports, read_record
+from runtime.group import end_group, group_members, port_accepts
 from tests.e2e_support import TOKEN, _env, scrape, total, wait_for, write_config
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,10 +18,12 @@ messages and the loopback patch its Thespian client needs. ``tests/``, ``bench/`
 nothing inside the layers imports them.
 
 The players drive the daemon from outside, as gateways and operators would: they may import
-every layer, and nothing in the layers imports them, save each moved module's old name
-(``daemon.demo``, ``learning.simulator`` ...: ``SHIMS``), which re-exports its player and
-imports nothing else. The CLI reaches the demo from ``run_system.py`` (outside the layers),
-never from a ``daemon`` module.
+every layer, and nothing in the layers imports them. The CLI reaches the demo from
+``run_system.py`` (outside the layers), never from a ``daemon`` module.
+
+A module that moved keeps its old name through its package's ``MOVED`` table
+(``runtime.moved``): importing ``daemon.demo`` gives ``players.demo``. A table is strings,
+not imports, so it runs no layer up; no file of the project imports an old name.
 """
 
 from __future__ import annotations
@@ -58,15 +60,6 @@ OUTSIDE = ("tests", "bench", "run_system", "dev", "docs")
 #: Same-layer imports allowed, (importer's package, imported package): supervisors start
 #: actors and are ``ReactiveActor``s themselves; an actor never knows its supervisor's code.
 SIDEWAYS = {("supervision", "actors")}
-#: Old name -> player: a module moved to ``players`` that still answers where it was. It may
-#: import its player (whatever its layer) and nothing else of the project.
-SHIMS: dict[str, str] = {
-    "daemon.broker": "players.broker", "daemon.chaos": "players.chaos",
-    "daemon.demo": "players.demo", "daemon.gateway": "players.gateway",
-    "daemon.regime_change": "players.regime_change",
-    "learning.ceiling": "players.ceiling", "learning.regime": "players.regime",
-    "learning.simulator": "players.simulator",
-}
 #: Known exceptions, (importer module, imported module) -> why. Keep it empty.
 ALLOWED: dict[tuple[str, str], str] = {}
 #: What ``rml_client`` may import inside functions (its Thespian client, made on demand).
@@ -151,8 +144,6 @@ def layer_violations(imports: list[Imported]) -> list[str]:
         source, target = _top(found.importer), _top(found.target)
         if source == target or (found.importer, found.target) in ALLOWED:
             continue
-        if SHIMS.get(found.importer) == found.target:
-            continue  # an old name re-exporting its player
         where = f"{found.importer} (line {found.line}) imports {found.target}"
         if target in OUTSIDE:
             bad.append(f"{where}: {target} is outside the layers")
@@ -284,33 +275,14 @@ def test_the_checker_sees_an_import_up_the_layers_and_a_cycle() -> None:
                                     "actors._http_connection"]]
 
 
-def test_a_shim_imports_its_player_and_nothing_else_of_the_project() -> None:
-    modules = project_modules()
-    assert set(SHIMS) <= set(modules) and set(SHIMS.values()) <= set(modules)
+def test_nothing_in_the_layers_imports_a_player() -> None:
     bad = [f"{found.importer} (line {found.line}) imports {found.target}"
            for found in all_imports()
-           if found.importer in SHIMS and _top(found.target) in (*LAYERS, *OUTSIDE)
-           and found.target != SHIMS[found.importer]]
-    assert not bad, "a shim imports more than its player:\n" + "\n".join(bad)
-
-
-def test_nothing_in_the_layers_imports_a_player_but_a_shim() -> None:
-    bad = [f"{found.importer} (line {found.line}) imports {found.target}"
-           for found in all_imports()
-           if _top(found.target) == "players" and _top(found.importer) != "players"
-           and found.importer not in SHIMS]
+           if _top(found.target) == "players" and _top(found.importer) != "players"]
     assert not bad, "players are imported from outside the layers only:\n" + "\n".join(bad)
     # The checker itself: a daemon module importing a player is an import up the layers.
     assert layer_violations([Imported("daemon.status", "players.demo", 1, False)])
-    assert not layer_violations([Imported("daemon.demo", "players.demo", 1, True)])
-
-
-@pytest.mark.parametrize(("old", "new"), sorted(SHIMS.items()))
-def test_a_player_is_still_found_where_it_was(old: str, new: str) -> None:
-    before, after = importlib.import_module(old), importlib.import_module(new)
-    assert set(after.__all__) <= set(before.__all__)
-    for name in before.__all__:
-        assert getattr(before, name) is getattr(after, name), name
+    assert not layer_violations([Imported("players.demo", "daemon.status", 1, True)])
 
 
 @pytest.mark.parametrize(("old", "new", "names"), [
@@ -318,16 +290,29 @@ def test_a_player_is_still_found_where_it_was(old: str, new: str) -> None:
     ("learning.training.triggers", "storage.records",
      ("Trigger", "DriftCheck", "KINDS", "NEW_OUTCOMES", "SCHEDULE", "DRIFT", "COLLECTION",
       "REQUEST")),
-    ("daemon.group", "runtime.group", ("NODE_ENV", "group_members", "set_process_name")),
-    ("daemon.logs", "runtime.logs", ("LogEcho", "configure_logging", "get_logger")),
-    ("daemon.loopback", "runtime.loopback", ("bind_thespian_to",)),
 ])
-def test_a_moved_name_is_still_found_where_it_was(old: str, new: str,
-                                                  names: tuple[str, ...]) -> None:
+def test_a_value_the_stores_keep_is_still_found_where_learning_had_it(
+        old: str, new: str, names: tuple[str, ...]) -> None:
     before, after = importlib.import_module(old), importlib.import_module(new)
     for name in names:
         assert getattr(before, name) is getattr(after, name), name
         assert name in before.__all__
+
+
+@pytest.mark.parametrize(("package", "module"), [
+    ("learning.features", "learning.features.compute"),
+    ("learning.training", "learning.training.sets"),
+    ("learning.serving", "learning.serving.answer"),
+    ("learning.drift", "learning.drift.psi"),
+    ("learning.report", "learning.report.page"),
+])
+def test_a_module_that_became_a_package_keeps_every_name(package: str, module: str) -> None:
+    """``learning.features`` is the feature plugins' interface; it and the other modules that
+    became packages keep every name they had (now defined in ``module``)."""
+    before, after = importlib.import_module(package), importlib.import_module(module)
+    assert sorted(before.__all__) == sorted(after.__all__)
+    for name in after.__all__:
+        assert getattr(before, name) is getattr(after, name), name
 
 
 def _moved() -> dict[str, str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from config.job import JobConfiguration, ModelType
 from learning.models.lineage import Lineage, code_version, facts_fingerprint
-from learning.simulator import Savanna
+from players.simulator import Savanna
 
 
 def facts() -> tuple[list, list]:

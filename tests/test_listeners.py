@@ -28,8 +28,8 @@ from actors.listeners import (
     release_listeners,
 )
 from config.settings import Settings
-from daemon.group import free_ports, port_accepts
-from daemon.logs import get_logger
+from runtime.group import free_ports, port_accepts
+from runtime.logs import get_logger
 
 HOST = "127.0.0.1"
 

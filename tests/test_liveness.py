@@ -23,7 +23,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.settings import Settings, load_settings
-from daemon.group import group_members
+from runtime.group import group_members
 from supervision.spec import ChildSpec, SupervisorSpec, system_tree
 from tests.e2e_support import running_daemon, stopped
 from tests.e2e_support import wait_for as wait_for_daemon

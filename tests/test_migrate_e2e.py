@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from learning.simulator import Savanna
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from tests.e2e_support import (
     NEEDS_CLUSTER,
     TOKEN,

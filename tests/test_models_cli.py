@@ -14,8 +14,8 @@ import pytest
 
 from config.errors import ConfigError
 from config.job import ModelType
-from daemon.group import free_ports
 from daemon.registry_cli import load_job_file
+from runtime.group import free_ports
 from storage.shadow import ShadowCounts
 from storage.sqlite_registry import SQLiteModelRegistry
 from storage.sqlite_shadow import SQLiteShadowTrials

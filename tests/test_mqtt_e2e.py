@@ -22,9 +22,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient
-from learning.simulator import Savanna
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient
+from players.simulator import Savanna
 from tests.e2e_support import (
     BACKENDS,
     TOKEN,

@@ -7,12 +7,12 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 from config.job import JobConfiguration, ModelType
-from learning.ceiling import holdout_ceiling
 from learning.features import default_collections
-from learning.simulator import Savanna
 from learning.training.metrics import holdout_metrics
 from learning.training.pipeline import TrainingError, build_pipeline, split_by_location, train
 from learning.training.sets import TrainingSet, build_training_set
+from players.ceiling import holdout_ceiling
+from players.simulator import Savanna
 
 WINDOW = 6 * 3_600_000
 SMALL = {  # small ensembles keep the suite fast; the defaults are measured in the report

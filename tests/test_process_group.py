@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.group import end_group, group_members, kill_group, port_accepts, port_bindable
+from runtime.group import end_group, group_members, kill_group, port_accepts, port_bindable
 
 # A grandchild that ignores SIGTERM, then blocks on the stdin it shares with its parent.
 GRANDCHILD = (

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import last_midnight_ms
-from learning.simulator import outcome_item, reading_item
+from players.demo import last_midnight_ms
 from players.gateway import HttpClient, send_items
 from players.regime_change import RegimeChange, holdout_auc
+from players.simulator import outcome_item, reading_item
 from storage import open_sqlite_stores
 from tests.e2e_support import RunningDaemon, running_daemon, scrape, total, wait_for
 

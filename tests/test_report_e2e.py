@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from learning.simulator import Savanna
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from storage import open_sqlite_stores
 from storage.registry import CANDIDATE, CHAMPION
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for

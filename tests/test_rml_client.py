@@ -469,8 +469,8 @@ def test_gateway_readings_are_stored_resent_ones_are_duplicates_bad_ones_named(
 
 @pytest.mark.e2e
 def test_predictions_over_http_json_msgpack_and_thespian_agree(daemon: Any) -> None:
-    from daemon.demo import last_midnight_ms
-    from learning.simulator import Savanna
+    from players.demo import last_midnight_ms
+    from players.simulator import Savanna
     from tests.e2e_support import TOKEN, wait_for
 
     savanna = Savanna(seed=7, end_ms=last_midnight_ms())

@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 
 from config.job import JobConfiguration
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
 from daemon.registry_cli import ask_with_progress
 from learning.models.rollback import rollback_reason, rollback_refusal
-from learning.simulator import Savanna
 from messages.protocol import TrainRequest, TrainResult
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from storage import MODELS_FILE, open_sqlite_stores
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from daemon.gateway import HttpClient
 from learning.models.lineage import facts_fingerprint
 from messages.facts import Reading
+from players.gateway import HttpClient
 from storage.facts import FactCursor, InsertResult
 from storage.sqlite_facts import SQLiteFactStore
 from tests.e2e_support import TOKEN, running_daemon, wait_for

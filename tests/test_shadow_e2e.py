@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from learning.simulator import Savanna
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from storage import MODELS_FILE, open_sqlite_stores
 from storage.sqlite_shadow import SQLiteShadowTrials
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, scrape, total, wait_for

@@ -27,7 +27,7 @@ import pytest
 
 from actors.listeners import listeners_path
 from config.settings import load_settings
-from daemon.group import port_accepts, process_alive
+from runtime.group import port_accepts, process_alive
 from tests.e2e_support import (
     RunningDaemon,
     _env,

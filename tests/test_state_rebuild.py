@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from actors.feature_generator import CURSOR
-from daemon.demo import last_midnight_ms
-from daemon.gateway import HttpClient, send_items
-from learning.simulator import Savanna, outcome_item, reading_item
+from players.demo import last_midnight_ms
+from players.gateway import HttpClient, send_items
+from players.simulator import Savanna, outcome_item, reading_item
 from storage import open_sqlite_stores
 from storage.facts import FactCursor
 from storage.sqlite_facts import SQLITE_LOG

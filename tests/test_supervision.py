@@ -27,10 +27,10 @@ import pytest
 from thespian.actors import ActorSystem, PoisonMessage
 
 from config.settings import Settings
-from daemon.group import port_accepts
-from daemon.logs import thespian_log_defs
-from daemon.loopback import bind_thespian_to
 from messages.protocol import ActorInfo, ChildUp, Init, Ping, Pong, Ready
+from runtime.group import port_accepts
+from runtime.logs import thespian_log_defs
+from runtime.loopback import bind_thespian_to
 from storage.deadletters import DeadLetter, SQLiteDeadLetters
 from supervision.spec import SUPERVISOR_CLASS, SupervisorSpec
 from tests.e2e_support import wait_for as e2e_wait_for

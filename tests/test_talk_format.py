@@ -11,11 +11,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from learning.simulator import Savanna
 from messages.codec import decode_outcomes, decode_readings
 from messages.facts import Reading
 from players.demo import last_midnight_ms
 from players.gateway import HttpClient, send_items
+from players.simulator import Savanna
 from storage.facts import InsertResult
 from storage.sqlite_facts import SQLiteFactStore
 from tests.e2e_support import TOKEN, running_daemon, wait_for

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from learning.features import compute_row, default_collections
-from learning.simulator import Savanna
 from learning.training.sets import build_training_set
 from messages.facts import Outcome, Reading
+from players.simulator import Savanna
 
 HOUR = 3_600_000
 WINDOW = 6 * HOUR
