@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from messages.facts import Reading  # noqa: E402
-from storage.sqlite_facts import SQLiteFactStore  # noqa: E402
+from storage.sqlite.facts import SQLiteFactStore  # noqa: E402
 
 _CLUSTER_VARIABLES = ("RML_COUCHBASE_URL", "RML_COUCHBASE_USERNAME", "RML_COUCHBASE_PASSWORD")
 

@@ -72,7 +72,7 @@ class BackupFile:
     name: str
     size: int
     sha256: str
-    schema_version: int  # the file's PRAGMA user_version (storage/_sqlite.py migrations)
+    schema_version: int  # the file's PRAGMA user_version (storage/sqlite/connection.py migrations)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,14 +186,14 @@ def _fsync(path: Path) -> None:
 
 def _known_schema(name: str) -> int | None:
     """The newest schema version this release writes for a store file (None: unknown)."""
-    from storage._sqlite import schema_version
-    from storage.deadletters import SQLiteDeadLetters
-    from storage.drift_log import SQLiteDriftLog
-    from storage.sqlite_facts import SQLiteFactStore
-    from storage.sqlite_features import SQLiteFeatureStore
-    from storage.sqlite_registry import SQLiteModelRegistry
-    from storage.sqlite_shadow import SQLiteShadowTrials
-    from storage.training_runs import SQLiteTrainingRuns
+    from storage.sqlite.connection import schema_version
+    from storage.sqlite.deadletters import SQLiteDeadLetters
+    from storage.sqlite.drift_log import SQLiteDriftLog
+    from storage.sqlite.facts import SQLiteFactStore
+    from storage.sqlite.features import SQLiteFeatureStore
+    from storage.sqlite.registry import SQLiteModelRegistry
+    from storage.sqlite.shadow import SQLiteShadowTrials
+    from storage.sqlite.training_runs import SQLiteTrainingRuns
 
     classes: dict[str, tuple[Any, ...]] = {
         FACTS_FILE: (SQLiteFactStore,), FEATURES_FILE: (SQLiteFeatureStore,),
@@ -240,8 +240,8 @@ def _summary(files: dict[str, Path]) -> dict[str, int | None]:
     """Fact counts and the champion, read from the copies with the stores' own classes
     (None where a store does not have them yet)."""
     from storage.errors import StoreError
-    from storage.sqlite_facts import SQLiteFactStore
-    from storage.sqlite_registry import SQLiteModelRegistry
+    from storage.sqlite.facts import SQLiteFactStore
+    from storage.sqlite.registry import SQLiteModelRegistry
 
     summary: dict[str, int | None] = {"readings": None, "outcomes": None, "champion": None}
     if FACTS_FILE in files:

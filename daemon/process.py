@@ -288,9 +288,9 @@ def _migrate_sqlite(settings: Settings, out: Any) -> None:
     import sqlite3
 
     from storage import FACTS_FILE
-    from storage._sqlite import schema_version
     from storage.errors import StoreError
-    from storage.sqlite_facts import SQLiteFactStore
+    from storage.sqlite.connection import schema_version
+    from storage.sqlite.facts import SQLiteFactStore
 
     path = settings.data_path / FACTS_FILE
     if not path.exists():

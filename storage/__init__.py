@@ -1,9 +1,15 @@
 """Storage: facts, features, models and system records behind narrow protocols.
 
+The protocols and the values they keep are the modules here (``facts``, ``features``,
+``registry``, ``shadow``, ``deadletters``, ``drift_log``, ``training_runs``, ``records``);
+each backend has its own folder: ``sqlite/`` (the embedded default) and ``couchbase/``.
+``backend`` opens the stores on the configured one; ``migrate`` copies one into another.
+
 ``open_sqlite_stores`` opens the embedded default: one SQLite file per hot
 writer (facts, features, models, system) in the data directory, so writers of
 different kinds never queue on one lock. Each process opens its own ``Stores``;
-a CLI process may open them ``read_only`` while the daemon writes.
+a CLI process may open them ``read_only`` while the daemon writes. Modules that moved
+keep their old names (``MOVED``).
 """
 
 from __future__ import annotations
@@ -13,14 +19,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from storage.deadletters import DeadLetter, DeadLetterStore, SQLiteDeadLetters
+from runtime.moved import keep_old_names
+from storage.deadletters import DeadLetter, DeadLetterStore
 from storage.errors import StoreError, StoreTimeout, StoreUnavailable
 from storage.facts import FactCounts, FactStore, InsertResult
 from storage.features import CollectionSwitch, FeatureStore, InvalidFeature
 from storage.registry import ChampionChange, ModelRecord, ModelRegistry, StatusChange
-from storage.sqlite_facts import SQLiteFactStore
-from storage.sqlite_features import SQLiteFeatureStore
-from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite.deadletters import SQLiteDeadLetters
+from storage.sqlite.facts import SQLiteFactStore
+from storage.sqlite.features import SQLiteFeatureStore
+from storage.sqlite.registry import SQLiteModelRegistry
+
+#: Old module name -> where it lives now.
+MOVED: dict[str, str] = {
+    "storage._sqlite": "storage.sqlite.connection",
+    "storage.sqlite_facts": "storage.sqlite.facts",
+    "storage.sqlite_features": "storage.sqlite.features",
+    "storage.sqlite_registry": "storage.sqlite.registry",
+    "storage.sqlite_shadow": "storage.sqlite.shadow",
+}
+
+keep_old_names(MOVED)
 
 __all__ = [
     "FACTS_FILE", "FEATURES_FILE", "MODELS_FILE", "SYSTEM_FILE",

@@ -118,28 +118,28 @@ class StoreBackend:
     def facts(self) -> FactStore:
         """A fact store."""
         from storage import FACTS_FILE
-        from storage.sqlite_facts import SQLiteFactStore
+        from storage.sqlite.facts import SQLiteFactStore
 
         return self._open("facts", lambda: self._sqlite(SQLiteFactStore, FACTS_FILE))
 
     def features(self) -> FeatureStore:
         """A feature store."""
         from storage import FEATURES_FILE
-        from storage.sqlite_features import SQLiteFeatureStore
+        from storage.sqlite.features import SQLiteFeatureStore
 
         return self._open("features", lambda: self._sqlite(SQLiteFeatureStore, FEATURES_FILE))
 
     def registry(self) -> ModelRegistry:
         """A model registry."""
         from storage import MODELS_FILE
-        from storage.sqlite_registry import SQLiteModelRegistry
+        from storage.sqlite.registry import SQLiteModelRegistry
 
         return self._open("registry", lambda: self._sqlite(SQLiteModelRegistry, MODELS_FILE))
 
     def shadow_trials(self) -> ShadowTrials:
         """The shadow trials' store."""
         from storage import MODELS_FILE
-        from storage.sqlite_shadow import SQLiteShadowTrials
+        from storage.sqlite.shadow import SQLiteShadowTrials
 
         return self._open("shadow_trials",
                           lambda: self._sqlite(SQLiteShadowTrials, MODELS_FILE))
@@ -147,21 +147,22 @@ class StoreBackend:
     def deadletters(self) -> DeadLetterStore:
         """The dead-letter store."""
         from storage import SYSTEM_FILE
-        from storage.deadletters import SQLiteDeadLetters
+        from storage.sqlite.deadletters import SQLiteDeadLetters
 
         return self._open("deadletters", lambda: self._sqlite(SQLiteDeadLetters, SYSTEM_FILE))
 
     def training_runs(self) -> TrainingRuns:
         """The training-run log."""
         from storage import SYSTEM_FILE
-        from storage.training_runs import SQLiteTrainingRuns
+        from storage.sqlite.training_runs import SQLiteTrainingRuns
 
         return self._open("training_runs",
                           lambda: self._sqlite(SQLiteTrainingRuns, SYSTEM_FILE))
 
     def drift_log(self) -> DriftLog:
         """The drift-check log."""
-        from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+        from storage.drift_log import DRIFT_FILE
+        from storage.sqlite.drift_log import SQLiteDriftLog
 
         return self._open("drift_log", lambda: self._sqlite(SQLiteDriftLog, DRIFT_FILE))
 

@@ -69,7 +69,7 @@ def _facts(source: StoreBackend, dest: StoreBackend, counts: MigrationCounts,
 
 def _features(source: StoreBackend, dest: StoreBackend, counts: MigrationCounts,
               progress: Progress) -> None:
-    from storage.sqlite_features import SQLiteFeatureStore
+    from storage.sqlite.features import SQLiteFeatureStore
 
     src, dst = source.features(), dest.features()
     collections = src.collections()

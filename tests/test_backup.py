@@ -28,8 +28,8 @@ from players.gateway import HttpClient, send_items
 from players.simulator import Savanna
 from run_system import main
 from storage.backend import StoreBackend
-from storage.sqlite_facts import SQLITE_LOG, SQLiteFactStore
-from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite.facts import SQLITE_LOG, SQLiteFactStore
+from storage.sqlite.registry import SQLiteModelRegistry
 from tests.e2e_support import TOKEN, _env, running_daemon, wait_for, write_config
 from tests.test_migrate import fill, snapshot
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage.deadletters import SQLiteDeadLetters
+from storage.sqlite.deadletters import SQLiteDeadLetters
 
 
 def _rml(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

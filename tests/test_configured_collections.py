@@ -35,7 +35,7 @@ from players.demo import last_midnight_ms
 from players.gateway import HttpClient, send_items
 from players.simulator import Savanna, reading_item
 from storage import FEATURES_FILE, open_sqlite_stores
-from storage.sqlite_features import SQLiteFeatureStore
+from storage.sqlite.features import SQLiteFeatureStore
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,10 +19,11 @@ from learning.training.triggers import Trigger
 from storage import MODELS_FILE, SYSTEM_FILE, SQLiteDeadLetters, StoreError
 from storage.couchbase.cluster import CouchbaseConnection
 from storage.couchbase.stores import OPENERS
-from storage.drift_log import DRIFT_FILE, SQLiteDriftLog
+from storage.drift_log import DRIFT_FILE
 from storage.shadow import ShadowCounts
-from storage.sqlite_shadow import SQLiteShadowTrials
-from storage.training_runs import SQLiteTrainingRuns
+from storage.sqlite.drift_log import SQLiteDriftLog
+from storage.sqlite.shadow import SQLiteShadowTrials
+from storage.sqlite.training_runs import SQLiteTrainingRuns
 from tests.couchbase_standin import StandinCluster
 from tests.test_drift import _check
 from tests.test_store_contract import (

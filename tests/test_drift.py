@@ -27,9 +27,10 @@ from learning.training.triggers import DriftCheck, Trigger, judge_drift
 from messages.facts import Reading
 from players.simulator import Savanna
 from storage import SYSTEM_FILE
-from storage.drift_log import SQLiteDriftLog
 from storage.registry import ModelRecord
-from storage.training_runs import SQLiteTrainingRuns, TrainingRun
+from storage.sqlite.drift_log import SQLiteDriftLog
+from storage.sqlite.training_runs import SQLiteTrainingRuns
+from storage.training_runs import TrainingRun
 
 H = 3_600_000
 

@@ -16,7 +16,7 @@ from learning.training.metrics import curves
 from learning.training.pipeline import split_by_location
 from learning.training.sets import build_training_set
 from players.simulator import Savanna
-from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite.registry import SQLiteModelRegistry
 
 JOB = JobConfiguration(model_type=ModelType.DECISION_TREE)
 _, EVERY_FEATURE = default_collections(1_000)

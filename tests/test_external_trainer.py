@@ -55,7 +55,8 @@ from players.gateway import HttpClient, send_items
 from players.simulator import Savanna, reading_item
 from runtime.group import free_ports
 from storage import SYSTEM_FILE
-from storage.training_runs import SQLiteTrainingRuns, TrainingRun
+from storage.sqlite.training_runs import SQLiteTrainingRuns
+from storage.training_runs import TrainingRun
 from tests.e2e_support import RunningDaemon, running_daemon, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

@@ -369,3 +369,21 @@ def test_an_old_name_runs_as_a_script_and_an_unknown_one_is_not_found() -> None:
     assert out.startswith("usage: ") and "--port" in out
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("learning.no_such_module")
+
+
+@pytest.mark.parametrize(("old", "new", "name"), [
+    ("storage.deadletters", "storage.sqlite.deadletters", "SQLiteDeadLetters"),
+    ("storage.drift_log", "storage.sqlite.drift_log", "SQLiteDriftLog"),
+    ("storage.training_runs", "storage.sqlite.training_runs", "SQLiteTrainingRuns"),
+])
+def test_a_backend_class_moved_out_of_its_protocol_module_keeps_its_old_name(
+        old: str, new: str, name: str) -> None:
+    """The SQLite stores moved to ``storage/sqlite/``, beside the protocols; the protocol
+    modules no longer import a backend, yet their old names still give the class."""
+    before = importlib.import_module(old)
+    assert getattr(before, name) is getattr(importlib.import_module(new), name)
+    assert name not in before.__all__
+    with pytest.raises(AttributeError):
+        before.NoSuchName  # noqa: B018
+    assert not [found for found in all_imports()
+                if found.importer == old and found.module_level and found.target == new]

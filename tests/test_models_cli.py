@@ -17,8 +17,8 @@ from config.job import ModelType
 from daemon.registry_cli import load_job_file
 from runtime.group import free_ports
 from storage.shadow import ShadowCounts
-from storage.sqlite_registry import SQLiteModelRegistry
-from storage.sqlite_shadow import SQLiteShadowTrials
+from storage.sqlite.registry import SQLiteModelRegistry
+from storage.sqlite.shadow import SQLiteShadowTrials
 
 
 def _rml(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from config.settings import MqttSettings
 from messages.facts import Reading
 from storage.errors import StoreUnavailable
 from storage.facts import InsertResult
-from storage.sqlite_facts import SQLiteFactStore
+from storage.sqlite.facts import SQLiteFactStore
 from tests.e2e_support import wait_for
 from tests.mqtt_support import NEEDS_BROKER, Broker, running_broker
 

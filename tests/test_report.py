@@ -18,7 +18,7 @@ from learning.report.evaluation import parse_evaluation
 from learning.report.page import MAX_PLOTTED_VERSIONS, RegistrySnapshot, is_rollback, render_report
 from learning.report.plot import FRAME
 from storage.registry import ChampionChange, ModelRecord, StatusChange
-from storage.sqlite_registry import SQLiteModelRegistry
+from storage.sqlite.registry import SQLiteModelRegistry
 
 HASH = "b899080fa64c20253b9ffe2ad72f4bbc54dbab91d281be279574654cbf5229b1"
 T0 = 1_795_782_141_916  # 2026-11-27 09:02:21 UTC

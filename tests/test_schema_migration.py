@@ -21,7 +21,7 @@ from learning.models.lineage import facts_fingerprint
 from messages.facts import Reading
 from players.gateway import HttpClient
 from storage.facts import FactCursor, InsertResult
-from storage.sqlite_facts import SQLiteFactStore
+from storage.sqlite.facts import SQLiteFactStore
 from tests.e2e_support import TOKEN, running_daemon, wait_for
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data-before-schema-1.tar.gz"

@@ -36,9 +36,9 @@ from messages.protocol import Prediction, ShadowServed
 from storage import FEATURES_FILE, MODELS_FILE, StoreError
 from storage.backend import StoreBackend
 from storage.shadow import ShadowCounts, ShadowTrial
-from storage.sqlite_features import SQLiteFeatureStore
-from storage.sqlite_registry import SQLiteModelRegistry
-from storage.sqlite_shadow import SQLiteShadowTrials
+from storage.sqlite.features import SQLiteFeatureStore
+from storage.sqlite.registry import SQLiteModelRegistry
+from storage.sqlite.shadow import SQLiteShadowTrials
 
 FEATURES = ("animal_estimate", "zebra_share")
 

@@ -20,7 +20,7 @@ from players.demo import last_midnight_ms
 from players.gateway import HttpClient, send_items
 from players.simulator import Savanna
 from storage import MODELS_FILE, open_sqlite_stores
-from storage.sqlite_shadow import SQLiteShadowTrials
+from storage.sqlite.shadow import SQLiteShadowTrials
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, scrape, total, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -28,7 +28,7 @@ from players.gateway import HttpClient, send_items
 from players.simulator import Savanna, outcome_item, reading_item
 from storage import open_sqlite_stores
 from storage.facts import FactCursor
-from storage.sqlite_facts import SQLITE_LOG
+from storage.sqlite.facts import SQLITE_LOG
 from tests.e2e_support import TOKEN, RunningDaemon, running_daemon, wait_for
 
 pytestmark = pytest.mark.e2e

@@ -41,8 +41,8 @@ from storage import (
 from storage.couchbase.cluster import CouchbaseConnection, connect
 from storage.couchbase.stores import OPENERS, STORES
 from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
-from storage.sqlite_facts import SQLITE_LOG
-from storage.sqlite_features import SQLiteFeatureStore
+from storage.sqlite.facts import SQLITE_LOG
+from storage.sqlite.features import SQLiteFeatureStore
 from tests.couchbase_standin import StandinCluster
 
 REPO = Path(__file__).resolve().parents[1]

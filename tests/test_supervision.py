@@ -31,7 +31,8 @@ from messages.protocol import ActorInfo, ChildUp, Init, Ping, Pong, Ready
 from runtime.group import port_accepts
 from runtime.logs import thespian_log_defs
 from runtime.loopback import bind_thespian_to
-from storage.deadletters import DeadLetter, SQLiteDeadLetters
+from storage.deadletters import DeadLetter
+from storage.sqlite.deadletters import SQLiteDeadLetters
 from supervision.spec import SUPERVISOR_CLASS, SupervisorSpec
 from tests.e2e_support import wait_for as e2e_wait_for
 from tests.supervision_actors import (

@@ -17,7 +17,7 @@ from players.demo import last_midnight_ms
 from players.gateway import HttpClient, send_items
 from players.simulator import Savanna
 from storage.facts import InsertResult
-from storage.sqlite_facts import SQLiteFactStore
+from storage.sqlite.facts import SQLiteFactStore
 from tests.e2e_support import TOKEN, running_daemon, wait_for
 
 NOW_MS = 1_700_000_000_000

@@ -14,8 +14,9 @@ from daemon.models_view import models_view, render_models
 from daemon.status import drift_view
 from learning.training.triggers import Trigger
 from storage import MODELS_FILE, SYSTEM_FILE, SQLiteDeadLetters
-from storage.sqlite_registry import SQLiteModelRegistry
-from storage.training_runs import SQLiteTrainingRuns, TrainingRun
+from storage.sqlite.registry import SQLiteModelRegistry
+from storage.sqlite.training_runs import SQLiteTrainingRuns
+from storage.training_runs import TrainingRun
 
 URL = "http://127.0.0.1:8480"
 

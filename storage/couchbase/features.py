@@ -59,7 +59,7 @@ from storage.errors import StoreError
 from storage.facts import FactCursor
 from storage.features import CollectionSwitch, InvalidFeature
 from storage.records import FeatureCollection, FeatureRow
-from storage.sqlite_features import decode_values, encode_values
+from storage.sqlite.features import decode_values, encode_values
 
 __all__ = ["CouchbaseFeatureStore"]
 

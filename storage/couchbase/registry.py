@@ -64,7 +64,7 @@ from storage.registry import (
     ModelRecord,
     StatusChange,
 )
-from storage.sqlite_registry import _check_status, _json, _record, _verified
+from storage.sqlite.registry import _check_status, _json, _record, _verified
 
 __all__ = ["CHUNK_BYTES", "CouchbaseModelRegistry", "chunk_key"]
 

@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from storage._sqlite import SQLiteBacked
 from storage.errors import StoreError
 from storage.registry import (
     CANDIDATE,
@@ -25,6 +24,7 @@ from storage.registry import (
     ModelRecord,
     StatusChange,
 )
+from storage.sqlite.connection import SQLiteBacked
 
 __all__ = ["SQLiteModelRegistry"]
 

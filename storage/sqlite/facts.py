@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from operator import attrgetter
 
 from messages.facts import Outcome, Reading
-from storage._sqlite import Migration, SQLiteBacked
 from storage.facts import FactCounts, FactCursor, FactPage, InsertResult
+from storage.sqlite.connection import Migration, SQLiteBacked
 
 __all__ = ["SQLITE_LOG", "SQLiteFactStore"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from storage._sqlite import SQLiteBacked
 from storage.shadow import ShadowCounts, ShadowTrial
+from storage.sqlite.connection import SQLiteBacked
 
 __all__ = ["SQLiteShadowTrials"]
 

@@ -11,11 +11,11 @@ import sqlite3
 import struct
 from collections.abc import Sequence
 
-from storage._sqlite import SQLiteBacked
 from storage.facts import FactCursor
 from storage.features import CollectionSwitch, InvalidFeature
 from storage.records import FeatureCollection, FeatureRow
-from storage.sqlite_facts import SQLITE_LOG
+from storage.sqlite.connection import SQLiteBacked
+from storage.sqlite.facts import SQLITE_LOG
 
 __all__ = ["SQLiteFeatureStore", "decode_values", "encode_values"]
 
