@@ -387,3 +387,29 @@ def test_a_backend_class_moved_out_of_its_protocol_module_keeps_its_old_name(
         before.NoSuchName  # noqa: B018
     assert not [found for found in all_imports()
                 if found.importer == old and found.module_level and found.target == new]
+
+
+def test_every_module_says_what_it_owns_and_every_actor_keeps_its_header() -> None:
+    """A module's docstring says what it owns; an actor's (a module of ``actors/``, beside
+    ``actors.base``, defining a ``Worker`` or an ``EdgeWorker``) also says what it Owns,
+    Receives and Sends."""
+    missing, headless = [], []
+    for module, path in project_modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        doc = ast.get_docstring(tree)
+        if not doc:
+            missing.append(module)
+            continue
+        is_actor = _top(module) == "actors" and module != "actors.base" and any(
+            isinstance(node, ast.ClassDef)
+            and any(getattr(base, "id", None) in ("Worker", "EdgeWorker")
+                    for base in node.bases)
+            for node in tree.body)
+        if is_actor and not all(f"\n{word}:" in f"\n{doc}" for word in
+                                ("Owns", "Receives", "Sends")):
+            headless.append(module)
+    assert not missing, f"modules without a docstring: {missing}"
+    assert not headless, f"actors without Owns/Receives/Sends: {headless}"
+    actors = [m for m, path in project_modules().items()
+              if _top(m) == "actors" and m != "actors.base" and "Worker):" in path.read_text()]
+    assert len(actors) >= 5, actors  # the collector, generator, learner, publisher, predictor
