@@ -199,16 +199,19 @@ def test_a_feature_type_nobody_registers_is_reported_naming_the_collection(
         plugins = register_declared_collections(["tests.no_such_plugin"],
                                                 store.register_collection)
         assert list(plugins) == ["plugin tests.no_such_plugin"]
+        # Collections other tests' plugins declared in this process are registered too: the
+        # configured one takes the next id.
+        before = [c.id for c in store.collections()]
         specs = (ConfiguredCollection(("animal_estimate", "trend"), "fine"),
                  ConfiguredCollection(("animal_estimate", "plugin_only_feature"), "old"))
         found, problems = register_configured_collections(
             specs, store.collections, store.register_collection, 1_000)
         assert [(what, c.id) for what, c in found.items()] == [
-            ("features.collections[0] (fine)", 2)]
+            ("features.collections[0] (fine)", max(before) + 1)]
         assert problems == {"features.collections[1] (old)":
                             "unknown feature type 'plugin_only_feature': neither built in nor "
                             "registered by a plugin in [features] plugins"}
-        assert [c.id for c in store.collections()] == [0, 1, 2]
+        assert [c.id for c in store.collections()] == [*before, max(before) + 1]
     finally:
         store.close()
 
