@@ -42,6 +42,7 @@ from learning.serving.answer import (
 )
 from learning.serving.row_table import RowLookup, RowTable
 from learning.serving.shadow import ShadowPrediction, ShadowRunner
+from messages._build import builder
 from messages.codec import (
     BodyError,
     PredictQuery,
@@ -88,6 +89,10 @@ def _served(snapshot: ServingSnapshot) -> ServingChoice:
                          fallback.version if fallback else None, snapshot.stand_in,
                          snapshot.reason if first is None or snapshot.stand_in else "",
                          shadow.version if shadow else None)
+
+# The hot path's Response(200, body) (see messages._build).
+_json_response = builder(Response)
+_JSON = "application/json"
 
 
 class Predictor(EdgeWorker):
@@ -350,7 +355,7 @@ class Predictor(EdgeWorker):
         if isinstance(answer, Prediction):
             self._count(answer, snapshot)
             if content_type is None or content_type == "application/json":  # the usual case
-                return Response(200, encode_prediction_json(answer))
+                return _json_response(200, encode_prediction_json(answer), _JSON, ())
             if wire_format(content_type) == "msgpack":
                 return Response(200, encode(prediction_to_wire(answer), "msgpack"),
                                 content_type="application/msgpack")

@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 import msgpack
 import orjson
 
+from messages._build import builder
 from messages._wire_fields import (
     MAX_ID_CHARS,
     MAX_LOCATION,
@@ -98,6 +99,9 @@ class PredictQuery:
     location_id: int | None
     features: tuple[tuple[str, float], ...] | None
     deadline_ms: float | None = None
+
+
+_query = builder(PredictQuery)  # the hot path's PredictQuery(...), see messages._build
 
 
 # --- decoding ----------------------------------------------------------------------------------
@@ -236,7 +240,7 @@ def _features_only(body: bytes) -> PredictQuery | None:
             return None
         pairs.append((name, value))
     pairs.sort()
-    return PredictQuery(None, tuple(pairs), None)
+    return _query(None, tuple(pairs), None)
 
 
 def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
@@ -247,7 +251,7 @@ def decode_predict_query(body: bytes, content_type: str | None) -> PredictQuery:
         if match is not None:
             location = int(match[1])
             if location <= MAX_LOCATION:
-                return PredictQuery(location, None, None)
+                return _query(location, None, None)
         query = _features_only(body)
         if query is not None:
             return query

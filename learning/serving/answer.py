@@ -31,6 +31,7 @@ from learning.serving.compiled import (
     features_from_mapping,
 )
 from learning.serving.row_table import RowLookup
+from messages._build import builder
 from messages.codec import PredictQuery
 from messages.protocol import Prediction, PredictionError
 from storage.errors import StoreError
@@ -82,6 +83,7 @@ class HeldRows:
 _SERVABLE = frozenset({CHAMPION, RETIRED})
 _MAX_PREPARED = 1_000_000  # locations' inputs kept per model, at most
 NO_MODEL_YET = "no model has been published yet"
+_prediction = builder(Prediction)  # the hot path's Prediction(...), see messages._build
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +237,8 @@ def _answer(model: LoadedModel, query: PredictQuery, lookup: RowLookup, correlat
         probability = float(walk(x))
     else:
         probability = float(model.predict_one(values))
-    return Prediction(correlation_id, probability >= 0.5, probability, model.version,
-                      model.feature_collection_id, fallback)
+    return _prediction(correlation_id, probability >= 0.5, probability, model.version,
+                       model.feature_collection_id, fallback)
 
 
 def predict(snapshot: ServingSnapshot, query: PredictQuery, lookup: RowLookup,
