@@ -413,3 +413,15 @@ def test_every_module_says_what_it_owns_and_every_actor_keeps_its_header() -> No
     actors = [m for m, path in project_modules().items()
               if _top(m) == "actors" and m != "actors.base" and "Worker):" in path.read_text()]
     assert len(actors) >= 5, actors  # the collector, generator, learner, publisher, predictor
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """``pyproject.toml`` lists packages by name: a new folder missing there would be left
+    out of the wheel (and the container) while every test here still passed."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+                 ["packages"])
+    found = {".".join(path.relative_to(REPO).parent.parts)
+             for package in LAYERS for path in (REPO / package).rglob("__init__.py")}
+    assert found == listed
