@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import json.encoder
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
+
+from messages._build import builder
 
 __all__ = [
     "Handler",
@@ -89,10 +91,6 @@ class Request:
     peer: str
 
 
-_REQUEST_FIELDS = ("method", "path", "query", "headers", "body", "peer")
-_RESPONSE_FIELDS = ("status", "body", "content_type", "headers")
-
-
 @dataclass(frozen=True, slots=True)
 class Response:
     """What a handler answers; the edge adds Content-Length (and Connection when it closes)."""
@@ -108,12 +106,7 @@ class Response:
         body = _dumps(payload).encode()
         if cls is not Response:
             return cls(status, body)
-        response = _new(Response)
-        _set_status(response, status)
-        _set_body(response, body)
-        _set_content_type(response, "application/json")
-        _set_headers(response, ())
-        return response
+        return _response(status, body, "application/json", ())
 
     @classmethod
     def error(cls, status: int, message: str) -> Response:
@@ -123,34 +116,11 @@ class Response:
 
 Handler = Callable[[Request], Response]
 
-# A frozen dataclass's __init__ pays object.__setattr__ per field (1.5 us for a Request here);
-# setting the slots through their descriptors builds the very same object in a third of that.
-if (
-    tuple(f.name for f in fields(Request)) != _REQUEST_FIELDS
-    or tuple(f.name for f in fields(Response)) != _RESPONSE_FIELDS
-):  # pragma: no cover - guards the unrolled builders below
-    raise ImportError("Request/Response fields changed: update make_request and Response.json")
-_new = object.__new__
-_set_method, _set_path, _set_query, _set_request_headers, _set_request_body, _set_peer = (
-    Request.__dict__[name].__set__ for name in _REQUEST_FIELDS
-)
-_set_status, _set_body, _set_content_type, _set_headers = (
-    Response.__dict__[name].__set__ for name in _RESPONSE_FIELDS
-)
-
-
-def make_request(
-    method: str, path: str, query: str, headers: Mapping[str, str], body: bytes, peer: str
-) -> Request:
-    """`Request(method, path, query, headers, body, peer)`, built faster (the edge's hot path)."""
-    request: Request = _new(Request)
-    _set_method(request, method)
-    _set_path(request, path)
-    _set_query(request, query)
-    _set_request_headers(request, headers)
-    _set_request_body(request, body)
-    _set_peer(request, peer)
-    return request
+# The edge's hot path builds these through their slots (messages._build): a frozen
+# dataclass's __init__ pays object.__setattr__ per field (1.5 us for a Request here).
+_response = builder(Response)
+#: ``Request(method, path, query, headers, body, peer)``, built faster.
+make_request: Callable[[str, str, str, Mapping[str, str], bytes, str], Request] = builder(Request)
 
 
 @dataclass(frozen=True, slots=True)
