@@ -367,6 +367,15 @@ def test_an_old_name_runs_as_a_script_and_an_unknown_one_is_not_found() -> None:
     out = subprocess.run([sys.executable, "-m", "learning.trainer_service", "--help"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.startswith("usage: ") and "--port" in out
+    # In a fresh process, the old name imported first (as a plugin written for the old
+    # layout would) brings in the new module once.
+    code = ("import sys, learning.collections as old, daemon.demo as demo; "
+            "import learning.features.collections as new, players.demo as player; "
+            "print(old is new, demo is player, old.__spec__.name, "
+            "sum(m.__name__ == new.__name__ for m in set(sys.modules.values())))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["True", "True", "learning.features.collections", "1"]
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("learning.no_such_module")
 
