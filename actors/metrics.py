@@ -304,6 +304,26 @@ class _Derived:
         return [age]
 
 
+class _ProcessFiles(MultiProcessCollector):
+    """Every process's files merged, as prometheus-client does, but for a file a starting
+    process has created and not yet sized: it holds no value yet, and reading it raised
+    ``struct.error`` (a scrape answered 500 in a test run, while an actor restarted)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(None, path)
+        self._directory = path
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self._directory, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:  # sized once, it only grows
+                    files.append(name)
+            except OSError:  # gone meanwhile (a dead process's file, forgotten)
+                continue
+        return self.merge(files, accumulate=True)
+
+
 def render() -> bytes:
     """The node's metrics in Prometheus text format: every process of the daemon (from the
     multiprocess files), or this process's own when there are none."""
@@ -311,7 +331,8 @@ def render() -> bytes:
     if path and os.path.isdir(path):
         _forget_dead(path)
         registry = CollectorRegistry(auto_describe=False)
-        collector = MultiProcessCollector(registry, path)
+        collector = _ProcessFiles(path)
+        registry.register(collector)
         registry.register(_Derived(collector.collect))
         return generate_latest(registry)
     registry = CollectorRegistry(auto_describe=False)

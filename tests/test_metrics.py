@@ -83,3 +83,24 @@ def test_processes_are_summed_and_the_dead_keep_their_counts(tmp_path: Path) -> 
     assert not any(line.startswith("rml_champion_version ") and not line.endswith(" 0.0")
                    for line in lines)
     assert "rml_champion_roc_auc 0.54" in lines
+
+
+_STARTING = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from actors import metrics
+    directory = Path(sys.argv[1])
+    metrics.use_directory(directory)
+    metrics.PREDICTIONS.labels("ok").inc(5)
+    # What a process that is starting leaves for an instant: its file, not yet sized.
+    (directory / "counter_999999.db").touch()
+    sys.stdout.write(metrics.render().decode())
+""")
+
+
+def test_a_scrape_while_a_process_starts_skips_its_empty_file(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", _STARTING, str(tmp_path / "metrics")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert 'rml_predictions_total{outcome="ok"} 5.0' in done.stdout.splitlines()
