@@ -39,8 +39,9 @@ from thespian.actors import (
 
 import runtime.loopback  # noqa: F401  (keeps Thespian on loopback in this process)
 from actors import metrics
+from actors.accept_board import AcceptBoard
 from actors.edge import HttpEdge, Request, Route
-from actors.listeners import borrow_listener, listeners_path
+from actors.listeners import borrow_edge, listeners_path
 from config.settings import IngestSettings, PredictSettings, Settings
 from messages.protocol import (
     Activate,
@@ -366,23 +367,24 @@ class EdgeWorker(Worker):
     def on_serve(self) -> None:
         assert self.edge is not None
         if not self.edge.port:
-            self.edge.listen(self._borrow_listener())
+            self.edge.listen(*self._borrow_listener())
 
-    def _borrow_listener(self) -> socket.socket | None:
-        """The node's listener for the edge's port, lent by the keeper; None (the edge binds
-        its own, with SO_REUSEPORT, and we say so) where no keeper lends one."""
+    def _borrow_listener(self) -> tuple[socket.socket | None, AcceptBoard | None]:
+        """The node's listener for the edge's port and its accept board, lent by the
+        keeper; None (the edge binds its own, with SO_REUSEPORT, and we say so) where no
+        keeper lends one."""
         assert self.settings is not None
         section = self.edge_settings()
         if not section.port:
-            return None  # a fresh port for each replica: nothing to share
+            return None, None  # a fresh port for each replica: nothing to share
         path = listeners_path(self.settings)
         try:
-            return borrow_listener(path, section.host, section.port)
+            return borrow_edge(path, section.host, section.port)
         except FileNotFoundError:  # no daemon's keeper here (actors run on their own)
             self.log.info("edge_binds_own_listener", reason=f"no {path}")
         except OSError as exc:
             self.log.warning("edge_binds_own_listener", reason=str(exc) or repr(exc))
-        return None
+        return None, None
 
     def flush_metrics(self) -> None:
         if self.tally is not None:

@@ -16,8 +16,10 @@ routes, authorises (with `_authorized`) and answers its own requests; the values
 The listener is usually not the edge's own: in a daemon, the node's keeper binds each edge
 port once and every replica accepts from a duplicate of that socket (`actors.listeners`),
 so a replica that is stopped leaves new connections to the others, and one that dies
-leaves its queued connections to them. Without a keeper (an edge on its own, a test), the
-edge binds its own listener with SO_REUSEPORT.
+leaves its queued connections to them. The keeper lends the port's accept board with it
+(`actors.accept_board`): a replica holding more connections than another leaves the next to
+it, for a moment. Without a keeper (an edge on its own, a test), the edge binds its own
+listener with SO_REUSEPORT.
 
 Stopping drains, so nothing a handler acknowledged is lost: the listener closes first,
 which closes only this edge's copy of a shared one (new and queued connections are
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import logging
 import queue
@@ -43,6 +46,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from actors._http_connection import Connection
 from actors._http_message import Handler, Request, Response, Route, encode_response
+from actors.accept_board import DEFER_S, AcceptBoard
 from actors.listeners import bind_listener
 from actors.metrics import Tally
 from actors.waker import Waker
@@ -53,23 +57,12 @@ __all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker"]
 _log = logging.getLogger(__name__)
 
 _INTERNAL = Response.error(500, "internal error")
+# accept() failures that pass: the process is out of descriptors or memory (accepting resumes
+# after _ACCEPT_RETRY_S, the backlog holding the clients meanwhile).
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_RETRY_S = 1.0
 # What stop() keeps of its timeout, after the drain, to abort the rest and join the threads.
 _STOP_MARGIN_S = 0.25
-
-
-class _OnePerTurn(socket.socket):
-    """A listening socket its edge accepts from one connection per turn of the loop.
-
-    asyncio accepts as many queued connections per wakeup as `create_server`'s backlog;
-    from a socket several replicas share, that lets whichever wakes first take a whole
-    burst, and keep-alive clients stay where they landed (measured: of 8 connections opened
-    at once to 2 idle replicas, all went to one 35-42% of the time; one per turn, 1-3%, as
-    with a listener per replica). `listen` does nothing: the socket listens already, and
-    one replica's start must not change the backlog they all share.
-    """
-
-    def listen(self, backlog: int = 0) -> None:  # noqa: ARG002 (socket's signature)
-        """Already listening (see the class docstring)."""
 
 
 class HttpEdge:
@@ -136,7 +129,10 @@ class HttpEdge:
         self._jobs: queue.SimpleQueue[tuple[Connection, Route, Request, bool, float] | None]
         self._jobs = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.Server | None = None
+        # The listening socket (the loop's thread only) and, when it is shared, its board.
+        self._listener: socket.socket | None = None
+        self._board: AcceptBoard | None = None
+        self._deferred: asyncio.TimerHandle | None = None  # a connection left to another
         self._thread: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self._lifecycle = threading.Lock()
@@ -146,6 +142,7 @@ class HttpEdge:
         self._draining = False  # read by connections; set in the loop
         self._drained: asyncio.Event | None = None  # set when the last connection has gone
         self._tasks: set[asyncio.Task[None]] = set()
+        self._accepting = 0  # accepted, not yet a Connection
 
     @property
     def port(self) -> int:
@@ -166,34 +163,37 @@ class HttpEdge:
             self.stop(timeout_s)
             raise
 
-    def listen(self, sock: socket.socket | None = None) -> None:
+    def listen(self, sock: socket.socket | None = None,
+               board: AcceptBoard | None = None) -> None:
         """Accept from `sock`, a listening socket shared with other processes (this edge's
         copy: its own to close), or else bind and listen now, in the caller's thread (an
         OSError is raised here); the prepared loop accepts from the next turn on (until then
-        the kernel queues clients).
+        the kernel queues clients). `board` (its own to close) is the shared listener's
+        `AcceptBoard`: then this edge leaves a new connection to a replica holding fewer.
 
         Cheap on purpose: a standby actor prepares its edge while it waits and only
         listens when promoted, so that taking a dead replica's place costs a borrowed
         listener (or a bind).
         """
         loop = self._loop
-        if loop is None or self._stopped:
+        if loop is None or self._stopped or self._port:
             if sock is not None:
                 sock.close()
+            if board is not None:
+                board.close()
+            if self._port:
+                return  # listening already (a handler retried after a later failure)
             raise RuntimeError(f"{self._name} is not prepared, or stopped")
-        if self._port:
-            if sock is not None:
-                sock.close()
-            return  # listening already (a handler retried after a later failure)
         if sock is None:
             sock = bind_listener(self._host, self._requested_port, reuse_port=self._reuse_port)
-        sock = _OnePerTurn(fileno=sock.detach())
         sock.setblocking(False)
         self._port = sock.getsockname()[1]
         try:
-            loop.call_soon_threadsafe(self._open, sock)
+            loop.call_soon_threadsafe(self._open, sock, board)
         except RuntimeError:  # the loop ended meanwhile (stopped)
             sock.close()
+            if board is not None:
+                board.close()
             raise
 
     def prepare(self, timeout_s: float = 5.0) -> None:
@@ -246,29 +246,112 @@ class HttpEdge:
             if thread is not None:
                 thread.join(max(0.0, self._stop_deadline - time.monotonic()))
 
-    def _open(self, sock: socket.socket) -> None:
-        """In the loop: serve the listening `sock` (closed instead if we are stopping)."""
+    def _open(self, sock: socket.socket, board: AcceptBoard | None) -> None:
+        """In the loop: accept from the listening `sock` (closed instead if we are stopping)."""
         if self._draining:
             sock.close()
+            if board is not None:
+                board.close()
             return
+        if board is not None:
+            board.holding(len(self._connections))
+            if not board.claim():
+                _log.warning("%s: every slot of the accept board is held; accepting "
+                             "without it", self._name)
+                board.close()
+                board = None
+        self._listener, self._board = sock, board
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+
+    # Accepting: one connection per turn of the loop. asyncio's own server accepts a whole
+    # burst per wakeup, so from a listener several replicas share, whichever ran first took
+    # every connection of a client's pool (all 8 went to one of 2 replicas 35-42% of the
+    # time), one per turn in about 1 run in 6 under load; with the board
+    # (`actors.accept_board`), 4 and 4 in 18 of 20 runs of wrk, 5 and 3 in the others.
+
+    def _readable(self) -> None:
+        """In the loop: the listener has a connection queued; take it, or leave it to a
+        replica holding fewer (for `DEFER_S`, see `_deferral_over`)."""
+        board = self._board
+        if board is not None:
+            other = board.less_loaded()
+            if other is not None:
+                assert self._listener is not None
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(self._listener.fileno())
+                self._deferred = loop.call_later(DEFER_S, self._deferral_over, *other)
+                return
+        self._accept()
+
+    def _deferral_over(self, slot: int, accepts: int) -> None:
+        """In the loop: the connection left to the replica in `slot` (which had accepted
+        `accepts`) is still queued if it did not take one: then take it, and note that
+        replica's miss (see `AcceptBoard.missed`)."""
+        self._deferred = None
+        listener, board = self._listener, self._board
+        if listener is None or board is None:
+            return  # drained meanwhile
+        if board.accepts(slot) == accepts and self._accept():
+            board.missed(slot, accepts)
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._readable)
+
+    def _accept(self) -> bool:
+        """In the loop: accept one queued connection, if any; True when one was."""
+        listener = self._listener
+        assert listener is not None
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return False  # another replica took it, or the client gave up
+        except OSError as exc:
+            if exc.errno not in _OUT_OF_RESOURCES:
+                _log.error("%s: accept failed: %s", self._name, exc)
+                return False
+            _log.error("%s: accept failed, retrying in %s s: %s", self._name,
+                       _ACCEPT_RETRY_S, exc)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(listener.fileno())
+            self._deferred = loop.call_later(_ACCEPT_RETRY_S, self._resume_accepting)
+            return False
+        conn.setblocking(False)
+        if self._board is not None:
+            self._board.accepted()
+        self._accepting += 1
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._opened(loop, sock))
+        task = loop.create_task(self._connect(loop, conn))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
-    async def _opened(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    def _resume_accepting(self) -> None:
+        self._deferred = None
+        if self._listener is not None:
+            asyncio.get_running_loop().add_reader(self._listener.fileno(), self._readable)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        """Serve the accepted `conn` as a `Connection`."""
         try:
-            # backlog=1: asyncio accepts up to `backlog` connections per wakeup (see
-            # _OnePerTurn); the kernel's backlog stays as bound.
-            server = await loop.create_server(lambda: Connection(self, loop), sock=sock,
-                                              backlog=1)
-        except Exception:
-            sock.close()
-            _log.exception("%s: cannot serve the listening socket", self._name)
-            return
-        self._server = server
-        if self._draining:  # stop() came while the server was being set up
-            server.close()
+            await loop.connect_accepted_socket(lambda: Connection(self, loop), conn)
+        except Exception as exc:  # the client went away before we could serve it
+            conn.close()
+            _log.debug("%s: accepted connection not served: %r", self._name, exc)
+        finally:
+            self._accepting -= 1
+            if self._board is not None:
+                self._board.holding(len(self._connections) + self._accepting)
+
+    def _stop_accepting(self) -> None:
+        """In the loop: close the listener (this edge's copy) and leave the board."""
+        if self._deferred is not None:
+            self._deferred.cancel()
+            self._deferred = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+            listener.close()
+        board, self._board = self._board, None
+        if board is not None:
+            board.close()
 
     def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
@@ -295,8 +378,7 @@ class HttpEdge:
         if self._draining:
             return
         self._draining = True
-        if self._server is not None:
-            self._server.close()  # closes the listening socket now
+        self._stop_accepting()
         for connection in list(self._connections):
             connection.drain()
         # Queued after every job the loop handed over (none are handed over from now on):
@@ -328,6 +410,8 @@ class HttpEdge:
 
     def _connection_gone(self, connection: Connection) -> None:
         self._connections.discard(connection)
+        if self._board is not None:
+            self._board.holding(len(self._connections) + self._accepting)
         if self._draining and not self._connections and self._drained is not None:
             self._drained.set()
 

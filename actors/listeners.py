@@ -8,6 +8,8 @@ hang) just does not accept, and the others take every new connection; a replica 
 closes only its duplicate, so the connections queued in the socket's accept backlog wait
 for another replica instead of being reset by the kernel (with SO_REUSEPORT, each replica
 had a listener and a backlog of its own, and the kernel handed a stopped one its share).
+With each listener goes the port's accept board (``actors.accept_board``, a shared memory
+file the keeper creates), on which the replicas share out new connections.
 
 The Unix socket hands out listening sockets: it is ``0600`` in a directory only the
 daemon's user can write, and the keeper also checks each peer's uid (``SO_PEERCRED``).
@@ -29,6 +31,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from actors.accept_board import AcceptBoard
+
 if TYPE_CHECKING:
     from config.settings import Settings
 
@@ -37,6 +41,7 @@ __all__ = [
     "EdgeListeners",
     "ListenerUnavailable",
     "bind_listener",
+    "borrow_edge",
     "borrow_listener",
     "edge_ports",
     "listeners_path",
@@ -82,7 +87,18 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = True) -> socket.so
 
 def borrow_listener(path: Path, host: str, port: int,
                     timeout_s: float = _TIMEOUT_S) -> socket.socket:
-    """A duplicate of the listener the keeper at ``path`` holds for ``host:port``.
+    """A duplicate of the listener the keeper at ``path`` holds for ``host:port`` (see
+    `borrow_edge`, which also gives its accept board)."""
+    sock, board = borrow_edge(path, host, port, timeout_s)
+    if board is not None:
+        board.close()
+    return sock
+
+
+def borrow_edge(path: Path, host: str, port: int, timeout_s: float = _TIMEOUT_S,
+                ) -> tuple[socket.socket, AcceptBoard | None]:
+    """A duplicate of the listener the keeper at ``path`` holds for ``host:port``, and the
+    port's `AcceptBoard` (None where the keeper has none: no shared memory files here).
 
     Raises ``FileNotFoundError`` where no keeper lends listeners (no daemon here),
     ``ListenerUnavailable`` when it holds none for that address, another ``OSError``
@@ -93,19 +109,26 @@ def borrow_listener(path: Path, host: str, port: int,
         with _unix_address(path) as address:
             conn.connect(address)
         conn.sendall(f"lend {host} {port}\n".encode())
-        answer, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 1)
+        answer, fds, _, _ = socket.recv_fds(conn, _MAX_REQUEST, 2)
+    for fd in fds:
+        os.set_inheritable(fd, False)
     if not fds:
         raise ListenerUnavailable(answer.decode(errors="replace").strip() or "no answer")
-    os.set_inheritable(fds[0], False)
     sock = socket.socket(fileno=fds[0])
+    board: AcceptBoard | None = None
     try:
         if (sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port
                 or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             raise ListenerUnavailable(f"the keeper lent something else than {host}:{port}")
+        if len(fds) > 1:
+            board = AcceptBoard(fds[1])
     except BaseException:
         sock.close()
+        for fd in fds[1:]:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         raise
-    return sock
+    return sock, board
 
 
 def release_listeners(path: Path, timeout_s: float = _TIMEOUT_S) -> bool:
@@ -130,6 +153,9 @@ class EdgeListeners:
                  log: Any) -> None:
         self._path = path
         self._listeners = listeners  # the lending thread's alone once it runs
+        # Each listener's accept board (a shared memory file's descriptor), where the
+        # system has them.
+        self._boards: dict[tuple[str, int], int] = {}
         self._log = log
         self._server: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -150,6 +176,8 @@ class EdgeListeners:
                     reason = ("is in use by another process" if exc.errno == errno.EADDRINUSE
                               else f"cannot be bound: {exc.strerror or exc}")
                     raise OSError(exc.errno, f"{key}: {host}:{port} {reason}") from exc
+                with contextlib.suppress(AttributeError, OSError):  # no memfd: no board
+                    holder._boards[(host, port)] = AcceptBoard.create()
             holder._serve()
         except BaseException:
             holder.close()
@@ -183,6 +211,10 @@ class EdgeListeners:
         for sock in self._listeners.values():
             sock.close()
         self._listeners.clear()
+        for fd in self._boards.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._boards.clear()
 
     def _serve(self) -> None:
         """Create the Unix socket (``0600``, in a private directory) and start lending."""
@@ -247,7 +279,9 @@ class EdgeListeners:
         if listener is None:
             conn.sendall(f"no: the keeper holds no listener on {words[1]}:{words[2]}".encode())
             return
-        socket.send_fds(conn, [b"ok"], [listener.fileno()])
+        board = self._boards.get((words[1], int(words[2])))
+        socket.send_fds(conn, [b"ok"], [listener.fileno(), *([board] if board is not None
+                                                              else [])])
 
     def _forget_in_child(self) -> None:
         """In a fork of the keeper: close the inherited copies, touch nothing shared."""
