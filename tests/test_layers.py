@@ -373,9 +373,9 @@ def test_an_old_name_runs_as_a_script_and_an_unknown_one_is_not_found() -> None:
             "import learning.features.collections as new, players.demo as player; "
             "print(old is new, demo is player, old.__spec__.name, "
             "sum(m.__name__ == new.__name__ for m in set(sys.modules.values())))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.split()
-    assert out == ["True", "True", "learning.features.collections", "1"]
+    words = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert words == ["True", "True", "learning.features.collections", "1"]
     with pytest.raises(ModuleNotFoundError):
         importlib.import_module("learning.no_such_module")
 
