@@ -6,9 +6,12 @@ import http.client
 import json
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httptools
@@ -689,3 +692,55 @@ def test_waker_is_safe_from_many_threads_and_after_close() -> None:
     waker.close()
     waker.notify()
     waker.drain()
+
+
+# An edge in a process with almost no file descriptors left: it prints its port, then serves
+# until its stdin closes.
+_SHORT_OF_DESCRIPTORS = """
+import os, resource, sys
+from actors.edge import HttpEdge, Request, Response, Route
+edge = HttpEdge(host="127.0.0.1", port=0, tokens=[],
+                routes=[Route("GET", "/who", lambda r: Response.json(200, {}), public=True)])
+edge.start()
+opened = len(os.listdir("/proc/self/fd")) - 1  # not the listing's own
+resource.setrlimit(resource.RLIMIT_NOFILE, (opened + 2, resource.getrlimit(
+    resource.RLIMIT_NOFILE)[1]))
+print(edge.port, flush=True)
+sys.stdin.read()
+edge.stop()
+"""
+
+
+def test_out_of_descriptors_the_edge_waits_and_accepts_again() -> None:
+    child = subprocess.Popen([sys.executable, "-c", _SHORT_OF_DESCRIPTORS],
+                             cwd=Path(__file__).resolve().parent.parent, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    connections: list[http.client.HTTPConnection] = []
+    try:
+        port = int(child.stdout.readline())
+        for _ in range(2):  # what the descriptors left allow (kept open)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            connections.append(connection)
+            connection.request("GET", "/who")
+            assert connection.getresponse().read() == b"{}"
+        # Accepting the next fails (EMFILE): the client waits in the backlog, not refused.
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connections.append(waiting)
+        waiting.request("GET", "/who")
+        assert child.stderr is not None
+        ready, _, _ = select.select([child.stderr], [], [], 30)
+        assert ready, "the edge said nothing"
+        assert "accept failed, retrying in 1.0 s" in child.stderr.readline()
+        assert child.poll() is None
+        connections.pop(0).close()  # a descriptor comes free
+        answer = waiting.getresponse()
+        assert (answer.status, answer.read()) == (200, b"{}")
+        child.stdin.close()
+        assert child.wait(30) == 0
+    finally:
+        for connection in connections:
+            connection.close()
+        child.kill()
+        child.wait(10)
