@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -50,6 +51,41 @@ def test_a_flushed_tally_shows_what_direct_counting_shows() -> None:
     tally.flush()  # nothing new: nothing added
     assert _without_created(generate_latest(tallied)) == _without_created(
         generate_latest(direct))
+
+
+def test_a_tally_recorded_from_threads_while_it_flushes_loses_nothing() -> None:
+    tallied, families = _families()
+    tally = Tally(families)
+    per_thread, seconds = 20_000, 0.0003
+    go = threading.Barrier(3)
+
+    def record() -> None:
+        go.wait()
+        for _ in range(per_thread):
+            tally.record("/model", 200, seconds)
+
+    threads = [threading.Thread(target=record) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    flushes = 0
+    while any(thread.is_alive() for thread in threads):
+        tally.flush()  # between the threads' records: each flush adds only what is new
+        flushes += 1
+    for thread in threads:
+        thread.join()
+    tally.flush()
+    assert flushes > 1
+    total = 2 * per_thread
+    assert tallied.get_sample_value("t_requests_total", {"route": "/model",
+                                                         "status": "200"}) == total
+    assert tallied.get_sample_value("t_seconds_count", {"route": "/model"}) == total
+    assert tallied.get_sample_value("t_seconds_bucket", {"route": "/model",
+                                                         "le": "0.00025"}) == 0
+    assert tallied.get_sample_value("t_seconds_bucket", {"route": "/model",
+                                                         "le": "0.0005"}) == total
+    summed = tallied.get_sample_value("t_seconds_sum", {"route": "/model"})
+    assert summed is not None and abs(summed - total * seconds) < 1e-6
 
 
 _CHILDREN = textwrap.dedent("""
