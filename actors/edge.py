@@ -337,8 +337,7 @@ class HttpEdge:
             _log.debug("%s: accepted connection not served: %r", self._name, exc)
         finally:
             self._accepting -= 1
-            if self._board is not None:
-                self._board.holding(len(self._connections) + self._accepting)
+            self._held_changed()
 
     def _stop_accepting(self) -> None:
         """In the loop: close the listener (this edge's copy) and leave the board."""
@@ -392,7 +391,8 @@ class HttpEdge:
         """Wait for the drained connections to go, abort what is left at the deadline, stop."""
         loop = asyncio.get_running_loop()
         assert self._drained is not None
-        while self._connections and loop.time() < self._drain_deadline:
+        # A connection accepted just before the close is served (and drained) too.
+        while (self._connections or self._accepting) and loop.time() < self._drain_deadline:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self._drain_deadline - loop.time())
@@ -410,9 +410,14 @@ class HttpEdge:
 
     def _connection_gone(self, connection: Connection) -> None:
         self._connections.discard(connection)
+        self._held_changed()
+
+    def _held_changed(self) -> None:
+        """In the loop: a connection came or went; say so on the board, and to the drain."""
         if self._board is not None:
             self._board.holding(len(self._connections) + self._accepting)
-        if self._draining and not self._connections and self._drained is not None:
+        if (self._draining and not self._connections and not self._accepting
+                and self._drained is not None):
             self._drained.set()
 
     async def _sweep(self) -> None:
