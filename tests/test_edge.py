@@ -148,6 +148,19 @@ def test_protected_route_refuses_missing_or_wrong_token_with_401(make_edge: Edge
     assert (status, payload) == (200, {"path": "/ping", "query": "a=1"})
 
 
+def test_each_request_on_a_keep_alive_connection_is_authorised_on_its_own(
+        make_edge: EdgeFactory) -> None:
+    # The connection remembers the header it proved (to skip the constant-time check when
+    # the same one comes again): a different one, or none, is still refused.
+    edge = make_edge()
+    conn = client(edge)
+    for headers, status in ((AUTH, 200), ({"Authorization": "Bearer wrong"}, 401), ({}, 401),
+                            ({"Authorization": f"Bearer {TOKEN}x"}, 401), (AUTH, 200),
+                            ({"Authorization": f"bearer  {TOKEN} "}, 200), (AUTH, 200),
+                            ({"Authorization": f"Bearer {TOKEN}"[:-1]}, 401)):
+        assert call(conn, "GET", "/ping", headers=headers)[0] == status, headers
+
+
 def test_public_route_is_open_without_token(make_edge: EdgeFactory) -> None:
     edge = make_edge([Route("GET", "/health", ping, public=True)])
     status, _, payload = call(client(edge), "GET", "/health")
