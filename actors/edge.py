@@ -267,7 +267,7 @@ class HttpEdge:
     # burst per wakeup, so from a listener several replicas share, whichever ran first took
     # every connection of a client's pool (all 8 went to one of 2 replicas 35-42% of the
     # time), one per turn in about 1 run in 6 under load; with the board
-    # (`actors.accept_board`), 4 and 4 in 18 of 20 runs of wrk, 5 and 3 in the others.
+    # (`actors.accept_board`), 4 and 4 in 9 of 10 runs of wrk, 5 and 3 in the other.
 
     def _readable(self) -> None:
         """In the loop: the listener has a connection queued; take it, or leave it to a
