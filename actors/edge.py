@@ -10,8 +10,9 @@ and refuses overload (413, 431, 503) instead of buffering it.
 and the tokens, the single worker thread for blocking handlers, the sweeper that enforces
 deadlines, and the drain at `stop`. Each socket is an `_http_connection.Connection`, which
 routes, authorises (with `_authorized`) and answers its own requests; the values handlers see
-(`Request`, `Response`, `Route`) live in `_http_message`, below both; `Waker` lives in
-`actors.waker`. All are re-exported here, the one module callers import.
+(`Request`, `Response` and its fast `make_response`, `Route`) live in `_http_message`, below
+both; `Waker` lives in `actors.waker`. All are re-exported here, the one module callers
+import.
 
 The listener is usually not the edge's own: in a daemon, the node's keeper binds each edge
 port once and every replica accepts from a duplicate of that socket (`actors.listeners`),
@@ -45,14 +46,21 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from actors._http_connection import Connection
-from actors._http_message import Handler, Request, Response, Route, encode_response
+from actors._http_message import (
+    Handler,
+    Request,
+    Response,
+    Route,
+    encode_response,
+    make_response,
+)
 from actors.accept_board import DEFER_S, AcceptBoard
 from actors.listeners import bind_listener
 from actors.metrics import Tally
 from actors.waker import Waker
 from messages.auth import bearer_matches
 
-__all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker"]
+__all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker", "make_response"]
 
 _log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from typing import Any
 from actors import metrics
 from actors.base import EdgeWorker
 from actors.counters import Counters
-from actors.edge import Request, Response, Route
+from actors.edge import Request, Response, Route, make_response
 from config.settings import PredictSettings
 from learning.features.collections import FeatureRow, usable_collection_ids, valid_collection
 from learning.serving.answer import (
@@ -42,7 +42,6 @@ from learning.serving.answer import (
 )
 from learning.serving.row_table import RowLookup, RowTable
 from learning.serving.shadow import ShadowPrediction, ShadowRunner
-from messages._build import builder
 from messages.codec import (
     BodyError,
     PredictQuery,
@@ -90,8 +89,7 @@ def _served(snapshot: ServingSnapshot) -> ServingChoice:
                          snapshot.reason if first is None or snapshot.stand_in else "",
                          shadow.version if shadow else None)
 
-# The hot path's Response(200, body) (see messages._build).
-_json_response = builder(Response)
+
 _JSON = "application/json"
 
 
@@ -355,7 +353,7 @@ class Predictor(EdgeWorker):
         if isinstance(answer, Prediction):
             self._count(answer, snapshot)
             if content_type is None or content_type == "application/json":  # the usual case
-                return _json_response(200, encode_prediction_json(answer), _JSON, ())
+                return make_response(200, encode_prediction_json(answer), _JSON, ())
             if wire_format(content_type) == "msgpack":
                 return Response(200, encode(prediction_to_wire(answer), "msgpack"),
                                 content_type="application/msgpack")
