@@ -116,13 +116,10 @@ class AcceptBoard:
             os.close(self._fd)
 
     def accepted(self) -> None:
-        """This replica accepted a connection."""
+        """This replica accepted a connection (its count held follows, by `holding`)."""
         self._accepts += 1
-        self._open += 1
         if self._slot >= 0:
-            base = self._slot * _WORDS
-            self._words[base + _ACCEPTS] = self._accepts
-            self._words[base + _OPEN] = self._open
+            self._words[self._slot * _WORDS + _ACCEPTS] = self._accepts
 
     def holding(self, count: int) -> None:
         """This replica holds ``count`` connections (accepted and not yet closed)."""

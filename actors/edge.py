@@ -325,6 +325,7 @@ class HttpEdge:
         if self._board is not None:
             self._board.accepted()
         self._accepting += 1
+        self._held_changed()
         loop = asyncio.get_running_loop()
         task = loop.create_task(self._connect(loop, conn))
         self._tasks.add(task)

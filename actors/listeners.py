@@ -279,9 +279,11 @@ class EdgeListeners:
         if listener is None:
             conn.sendall(f"no: the keeper holds no listener on {words[1]}:{words[2]}".encode())
             return
+        fds = [listener.fileno()]
         board = self._boards.get((words[1], int(words[2])))
-        socket.send_fds(conn, [b"ok"], [listener.fileno(), *([board] if board is not None
-                                                              else [])])
+        if board is not None:
+            fds.append(board)
+        socket.send_fds(conn, [b"ok"], fds)
 
     def _forget_in_child(self) -> None:
         """In a fork of the keeper: close the inherited copies, touch nothing shared."""
