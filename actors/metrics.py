@@ -237,7 +237,7 @@ class Tally:
                     requests.labels(route, str(status)).inc(added)
             for route, row in latency.items():
                 before = book.flushed_latency.get(route) or [0.0] * len(row)
-                if row[-1] == before[-1] and row[:-1] == before[:-1]:
+                if row == before:
                     continue
                 # prometheus-client has no bulk observe: add to its bucket and sum values
                 # directly (tests/test_metrics.py checks this gives what observe() gives).
