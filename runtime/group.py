@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import random
 import signal
 import socket
 import time
@@ -124,9 +125,27 @@ def end_group(pgid: int, timeout_s: float = 10.0) -> bool:
     return True
 
 
+# Where free_ports looks first: below the kernel's ephemeral range, so that no socket bound
+# to port 0 meanwhile (an actor of another daemon, a client's source port) can take a port
+# between the moment it is chosen and the moment its daemon binds it.
+_FIXED_PORTS_FROM = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """``n`` distinct ports that were free on ``host`` a moment ago (for tests and benches)."""
-    sockets = [socket.socket() for _ in range(n)]
+    """``n`` distinct ports that were free on ``host`` a moment ago (for tests and benches),
+    chosen outside the kernel's ephemeral range where it leaves room for them."""
+    try:
+        ephemeral_low = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 0
+    chosen: list[int] = []
+    if ephemeral_low - _FIXED_PORTS_FROM >= 1000:
+        candidates = random.sample(range(_FIXED_PORTS_FROM, ephemeral_low), 64 + n)
+        chosen = [port for port in candidates if port_bindable(host, port)][:n]
+    if len(chosen) == n:
+        return chosen
+    sockets = [socket.socket() for _ in range(n)]  # let the kernel choose
     try:
         for s in sockets:
             s.bind((host, 0))

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from runtime.group import end_group, group_members, kill_group, port_accepts, port_bindable
+from runtime.group import (
+    end_group,
+    free_ports,
+    group_members,
+    kill_group,
+    port_accepts,
+    port_bindable,
+)
 
 # A grandchild that ignores SIGTERM, then blocks on the stdin it shares with its parent.
 GRANDCHILD = (
@@ -131,3 +138,14 @@ def test_a_closed_port_is_bindable_and_does_not_accept() -> None:
     # Freed: nothing accepts there, and a fresh listener could take it.
     assert not port_accepts("127.0.0.1", port)
     assert port_bindable("127.0.0.1", port)
+
+
+def test_free_ports_are_bindable_and_outside_the_ephemeral_range() -> None:
+    # A port from the ephemeral range could be taken by any socket bound to port 0 (another
+    # daemon's actor, a client's source port) before its daemon binds it.
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    assert all(port_bindable("127.0.0.1", port) for port in ports)
+    if low - 10_000 >= 1000:
+        assert not any(low <= port <= high for port in ports), (ports, low, high)
