@@ -8,14 +8,14 @@ they landed: 8 connections opened at once to 2 idle replicas all went to one in 
 in 6, and that run served a fifth fewer requests. With the board, a replica that holds more
 connections than a live one lets it take the next (see `HttpEdge`): it waits `DEFER_S`, and
 accepts anyway if that one did not, so a replica that is stopped or busy only delays a
-connection; one that lets `PASS_OVER_MISSES` in a row wait is passed over until it accepts
-again (or for `PASS_OVER_S`).
+connection; one that lets `PASS_OVER_MISSES` in a row wait is passed over until it wakes for
+the listener again (or for `PASS_OVER_S`).
 
 The board is a small shared memory file the node's keeper creates for each port it lends
 (`actors.listeners`) and hands out with the listener. Each replica claims a slot by locking
 its bytes (``lockf``), so the kernel frees a slot whose replica dies however it dies, and
-writes its pid, its open connections and its accepts there. Only the holder writes its slot;
-readers see whole 8-byte words.
+writes its pid, its open connections, its accepts and its wakeups for the listener there.
+Only the holder writes its slot; readers see whole 8-byte words.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ __all__ = ["DEFER_S", "AcceptBoard"]
 DEFER_S = 0.001
 #: A replica that let this many connections in a row wait (accepting none meanwhile) ...
 PASS_OVER_MISSES = 3
-#: ... is passed over for this long, or until it accepts one.
+#: ... is passed over for this long, or until it wakes for the listener again.
 PASS_OVER_S = 1.0
 #: Slots on a board: replicas of one port on one node (at most 32) and their replacements.
 SLOTS = 64
-_WORDS = 4  # a slot: pid, open connections, accepts so far, unused
+_WORDS = 4  # a slot: pid, open connections, accepts so far, looks at the listener so far
 _SLOT_BYTES = _WORDS * 8
 _SIZE = SLOTS * _SLOT_BYTES
-_PID, _OPEN, _ACCEPTS = 0, 1, 2
+_PID, _OPEN, _ACCEPTS, _LOOKS = 0, 1, 2, 3
 
 
 class AcceptBoard:
@@ -59,7 +59,8 @@ class AcceptBoard:
         self._slot = -1
         self._open = 0
         self._accepts = 0
-        # Slots that let connections wait: slot -> (its accepts then, how many in a row,
+        self._looks = 0
+        # Slots that let connections wait: slot -> (its looks then, how many in a row,
         # until when it is passed over once that is PASS_OVER_MISSES).
         self._missed: dict[int, tuple[int, int, float]] = {}
 
@@ -91,6 +92,7 @@ class AcceptBoard:
                 base = slot * _WORDS
                 words[base + _OPEN] = self._open
                 words[base + _ACCEPTS] = self._accepts
+                words[base + _LOOKS] = self._looks
                 words[base + _PID] = pid
                 self._slot = slot
                 return True
@@ -121,6 +123,12 @@ class AcceptBoard:
         if self._slot >= 0:
             self._words[self._slot * _WORDS + _ACCEPTS] = self._accepts
 
+    def looked(self) -> None:
+        """This replica woke for a queued connection (it runs: see `missed`)."""
+        self._looks += 1
+        if self._slot >= 0:
+            self._words[self._slot * _WORDS + _LOOKS] = self._looks
+
     def holding(self, count: int) -> None:
         """This replica holds ``count`` connections (accepted and not yet closed)."""
         self._open = count
@@ -142,9 +150,9 @@ class AcceptBoard:
                 if pid and opens[slot] < fewest and slot != self._slot:
                     missed = self._missed.get(slot)
                     if missed is not None:
-                        accepts, misses, until = missed
-                        if words[slot * _WORDS + _ACCEPTS] != accepts:
-                            del self._missed[slot]  # it accepts again
+                        looks, misses, until = missed
+                        if words[slot * _WORDS + _LOOKS] != looks:
+                            del self._missed[slot]  # it runs again
                         elif misses >= PASS_OVER_MISSES and time.monotonic() < until:
                             continue
                     best, fewest = slot, opens[slot]
@@ -158,13 +166,15 @@ class AcceptBoard:
         """The accepts so far of the replica in ``slot``."""
         return self._words[slot * _WORDS + _ACCEPTS]
 
-    def missed(self, slot: int, accepts: int) -> None:
-        """The replica in ``slot`` let a connection wait (it had accepted ``accepts``, and
-        still has): after `PASS_OVER_MISSES` in a row, `less_loaded` leaves it out until it
-        accepts again, or for `PASS_OVER_S` (then one more miss passes it over again)."""
-        seen, misses, _ = self._missed.get(slot, (accepts, 0, 0.0))
-        misses = misses + 1 if seen == accepts else 1
-        self._missed[slot] = (accepts, misses, time.monotonic() + PASS_OVER_S)
+    def missed(self, slot: int) -> None:
+        """The replica in ``slot`` let a connection wait: after `PASS_OVER_MISSES` in a row
+        (it did not even wake for the listener in between), `less_loaded` leaves it out
+        until it wakes for one again (`looked`: a replica stopped or hung does not), or for
+        `PASS_OVER_S` (then one more miss passes it over again)."""
+        looks = self._words[slot * _WORDS + _LOOKS]
+        seen, misses, _ = self._missed.get(slot, (looks, 0, 0.0))
+        misses = misses + 1 if seen == looks else 1
+        self._missed[slot] = (looks, misses, time.monotonic() + PASS_OVER_S)
 
     def _lock(self, slot: int) -> bool:
         try:

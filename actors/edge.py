@@ -282,6 +282,7 @@ class HttpEdge:
         replica holding fewer (for `DEFER_S`, see `_deferral_over`)."""
         board = self._board
         if board is not None:
+            board.looked()
             other = board.less_loaded()
             if other is not None:
                 assert self._listener is not None
@@ -300,7 +301,7 @@ class HttpEdge:
         if listener is None or board is None:
             return  # drained meanwhile
         if board.accepts(slot) == accepts and self._accept():
-            board.missed(slot, accepts)
+            board.missed(slot)
         asyncio.get_running_loop().add_reader(listener.fileno(), self._readable)
 
     def _accept(self) -> bool:

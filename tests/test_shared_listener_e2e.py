@@ -113,22 +113,49 @@ def test_every_new_connection_is_answered_while_a_predictor_is_stopped(
     assert answers == [(200, "predictor-2")] * 40
 
 
+def keep_open(stack: contextlib.ExitStack, port: int, count: int) -> collections.Counter[str]:
+    """``count`` new keep-alive connections, one after another, left open: how many each
+    predictor answered."""
+    served: collections.Counter[str] = collections.Counter()
+    for _ in range(count):
+        connection = stack.enter_context(contextlib.closing(
+            http.client.HTTPConnection(HOST, port, timeout=HUNG_S)))
+        connection.request("GET", "/health")
+        answer = connection.getresponse()
+        assert answer.status == 200
+        served[json.loads(answer.read())["actor"]] += 1
+    return served
+
+
 def test_keep_alive_connections_opened_one_by_one_are_shared_by_the_predictors(
         daemon: RunningDaemon) -> None:
     port = daemon.settings.predict.port
     predictor_pids(daemon)
     with contextlib.ExitStack() as stack:
-        served: collections.Counter[str] = collections.Counter()
-        for _ in range(8):  # as a client's pool, each kept open
-            connection = stack.enter_context(contextlib.closing(
-                http.client.HTTPConnection(HOST, port, timeout=HUNG_S)))
-            connection.request("GET", "/health")
-            answer = connection.getresponse()
-            assert answer.status == 200
-            served[json.loads(answer.read())["actor"]] += 1
+        served = keep_open(stack, port, 8)  # as a client's pool
     # The predictor holding more leaves each new connection to the other (the accept
     # board, actors.accept_board); without it, 4 and 4 in about 1 run in 4.
     assert served == dict.fromkeys(PREDICTORS, 4)
+
+
+def test_a_predictor_resumed_after_a_stop_takes_its_share_again_at_once(
+        daemon: RunningDaemon) -> None:
+    port = daemon.settings.predict.port
+    pids = predictor_pids(daemon)
+    victim = pids["predictor-1"]
+    with contextlib.ExitStack() as stack:
+        os.kill(victim, signal.SIGSTOP)
+        try:
+            wait_for("predictor-1 to be stopped", lambda: stopped(victim), 10.0)
+            # Each after the first is left to the stopped one, which lets it wait: after 3
+            # such misses predictor-2 passes it over.
+            assert keep_open(stack, port, 4) == {"predictor-2": 4}
+        finally:
+            os.kill(victim, signal.SIGCONT)
+        # Resumed, it wakes for the next connection: passed over no longer, it takes new
+        # ones until both hold 6 (within the second it would otherwise be passed over).
+        served = keep_open(stack, port, 8)
+    assert served == {"predictor-1": 6, "predictor-2": 2}
 
 
 def test_requests_queued_while_every_predictor_is_stopped_survive_the_kill_of_one(
