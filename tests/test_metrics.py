@@ -6,6 +6,7 @@ is tested on a real daemon in tests/test_e2e.py and tests/test_shadow_e2e.py.
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
+from actors.counters import Counters
 from actors.metrics import LATENCY_BUCKETS, EdgeFamilies, Tally
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +88,35 @@ def test_a_tally_recorded_from_threads_while_it_flushes_loses_nothing() -> None:
                                                          "le": "0.0005"}) == total
     summed = tallied.get_sample_value("t_seconds_sum", {"route": "/model"})
     assert summed is not None and abs(summed - total * seconds) < 1e-6
+
+
+def test_counters_bumped_from_threads_while_read_lose_nothing() -> None:
+    counters = Counters(("ok", "fallback"))
+    per_thread = 20_000
+    go = threading.Barrier(3)
+
+    def bump() -> None:
+        go.wait()
+        for i in range(per_thread):
+            counters.bump("ok")
+            if i % 4 == 0:
+                counters.bump("fallback", 2)
+
+    threads = [threading.Thread(target=bump) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    seen = [counters.snapshot()]
+    while any(thread.is_alive() for thread in threads):
+        seen.append(counters.snapshot())  # read while the threads bump
+    for thread in threads:
+        thread.join()
+    assert len(seen) > 1
+    for earlier, later in itertools.pairwise(seen):  # never goes back
+        assert later["ok"] >= earlier["ok"] and later["fallback"] >= earlier["fallback"]
+    assert counters.snapshot() == {"ok": 2 * per_thread, "fallback": 2 * 2 * per_thread // 4}
+    counters.bump("ok", 3)  # this thread's own book, counted with the others
+    assert counters.snapshot()["ok"] == 2 * per_thread + 3
 
 
 _CHILDREN = textwrap.dedent("""
