@@ -10,7 +10,9 @@ satisfies, so this module does not import `actors.edge` (which imports it).
 
 The hot path: a request that completes while the connection is free (nothing running, nothing
 queued, the client reading) is answered inside `on_message_complete`, one `transport.write`,
-with no queue and no clock read; everything else goes through `_queue` and `_advance`.
+with no queue and no clock read; everything else goes through `_queue` and `_advance`. A
+route with a fast lane (`Route.fast`, the predictor's ``POST /model``) is asked first there,
+with the body and Content-Type alone: no `Request` or `Response` is built for what it answers.
 """
 
 from __future__ import annotations
@@ -22,11 +24,23 @@ from collections import deque
 from collections.abc import Mapping
 from queue import SimpleQueue
 from types import MappingProxyType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httptools
 
-from actors._http_message import Request, Response, Route, encode_response, make_request, with_close
+from actors._http_message import (
+    Request,
+    Response,
+    Route,
+    encode_json,
+    encode_response,
+    make_request,
+    with_close,
+)
+
+if TYPE_CHECKING:
+    from actors._http_message import FastJson
+    from actors.metrics import Tally
 
 __all__ = ["Connection", "EdgeState"]
 
@@ -51,6 +65,7 @@ _NOT_FOUND = Response.error(404, "not found")
 _HEAD_TOO_LARGE = Response.error(431, "request header fields too large")
 _BODY_TOO_LARGE = Response.error(413, "request body too large")
 _MALFORMED = Response.error(400, "malformed request")
+_INTERNAL = Response.error(500, "internal error")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -66,6 +81,8 @@ class EdgeState(Protocol):
     """The edge's state a connection reads and updates (in the loop's thread): `HttpEdge`."""
 
     _routes: dict[str, dict[str, Route]]
+    _fast: dict[bytes, tuple[bytes, Route, FastJson]]
+    _tally: Tally | None
     _allow: dict[str, Response]
     _connections: set[Connection]
     _jobs: SimpleQueue[tuple[Connection, Route, Request, bool, float] | None]
@@ -87,6 +104,8 @@ class EdgeState(Protocol):
              began: float | None = None) -> bytes: ...
 
     def _refused(self, path: str, status: int) -> None: ...
+
+    def _report(self, error: BaseException, request: Request | None) -> None: ...
 
 
 class Connection(asyncio.Protocol):
@@ -270,6 +289,18 @@ class Connection(asyncio.Protocol):
         self._in_message = False
         self._arriving_held = 0  # now held by the parsed request, until it is answered
         url = self._url
+        chunks = self._body
+        if chunks:
+            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._body = []
+        else:
+            body = b""
+        parser = self._parser
+        fast = self._edge._fast.get(url)
+        if (fast is not None and parser.get_method() == fast[0] and not self._busy
+                and not self._queue and not self._write_paused and not self._draining
+                and not self._closed and self._answer_fast(fast[1], fast[2], body)):
+            return
         if url[:1] == b"/":
             path, _, query = url.partition(b"?")
         else:  # absolute-form or `*`
@@ -278,13 +309,6 @@ class Connection(asyncio.Protocol):
                 path, query = parsed.path or b"/", parsed.query or b""
             except httptools.HttpParserInvalidURLError:
                 path, query = url, b""
-        chunks = self._body
-        if chunks:
-            body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            self._body = []
-        else:
-            body = b""
-        parser = self._parser
         raw_method = parser.get_method()
         method = _METHODS.get(raw_method)
         if method is None:
@@ -307,6 +331,40 @@ class Connection(asyncio.Protocol):
         self._answer(request, headers, keep_alive)
 
     # answering
+
+    def _answer_fast(self, route: Route, fast: FastJson, body: bytes) -> bool:
+        """Answer through the route's fast lane (see `Route.fast`), if it takes the request
+        (and the client holds a token, unless the route is public); False: it did not."""
+        headers = self._headers
+        if not route.public and not self._authorized(headers.get("authorization")):
+            return False  # the whole path says why
+        edge = self._edge
+        tally = edge._tally
+        began = time.perf_counter() if tally is not None else 0.0
+        parser = self._parser
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        try:
+            answer = fast(body, headers.get("content-type"))
+        except Exception as error:
+            edge._report(error, self._request(body))
+            status, data = 500, encode_response(_INTERNAL, keep_alive)
+        else:
+            if answer is None:
+                return False
+            status, data = answer[0], encode_json(answer[0], answer[1], keep_alive)
+        if tally is not None:
+            tally.record(route.path, status, time.perf_counter() - began)
+        self._release(len(body))
+        self._send(data, keep_alive)
+        return True
+
+    def _request(self, body: bytes) -> Request:
+        """The request just parsed, whole (for a report: the fast lane builds none)."""
+        url = self._url
+        path, _, query = url.partition(b"?")
+        return make_request(self._parser.get_method().decode("ascii"), path.decode("latin-1"),
+                            query.decode("latin-1"), MappingProxyType(self._headers), body,
+                            self._peer)
 
     def _answer(self, request: Request, headers: Mapping[str, str], keep_alive: bool) -> None:
         """Route, authorise and run (or hand to the worker) one request, in its turn."""

@@ -47,6 +47,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from actors._http_connection import Connection
 from actors._http_message import (
+    FastJson,
     Handler,
     Request,
     Response,
@@ -60,7 +61,8 @@ from actors.metrics import Tally
 from actors.waker import Waker
 from messages.auth import bearer_matches
 
-__all__ = ["Handler", "HttpEdge", "Request", "Response", "Route", "Waker", "make_response"]
+__all__ = ["FastJson", "Handler", "HttpEdge", "Request", "Response", "Route", "Waker",
+           "make_response"]
 
 _log = logging.getLogger(__name__)
 
@@ -98,11 +100,19 @@ class HttpEdge:
         tally: Tally | None = None,
     ) -> None:
         self._routes: dict[str, dict[str, Route]] = {}
+        # Routes with a fast lane, by their path as sent: (method as llhttp reports it, route).
+        self._fast: dict[bytes, tuple[bytes, Route, FastJson]] = {}
         for route in routes:
             methods = self._routes.setdefault(route.path, {})
             if route.method.upper() in methods:
                 raise ValueError(f"duplicate route {route.method} {route.path}")
             methods[route.method.upper()] = route
+            if route.fast is not None:
+                if route.blocking:
+                    raise ValueError(f"route {route.method} {route.path}: a fast lane "
+                                     "answers inline, its route cannot be blocking")
+                self._fast[route.path.encode("latin-1")] = (
+                    route.method.upper().encode(), route, route.fast)
         not_allowed = Response.error(405, "method not allowed").body
         self._allow = {
             path: Response(405, not_allowed, headers=(("Allow", ", ".join(sorted(methods))),))

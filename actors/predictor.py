@@ -60,6 +60,7 @@ from messages.protocol import (
     Init,
     ModelPublished,
     Prediction,
+    PredictionError,
     PredictRequest,
     ShadowServed,
     ShadowStarted,
@@ -142,7 +143,7 @@ class Predictor(EdgeWorker):
 
     def edge_routes(self) -> list[Route]:
         return [
-            Route("POST", "/model", self._post_model),
+            Route("POST", "/model", self._post_model, fast=self._post_model_json),
             Route("GET", "/health", self._health, public=True),
             # The node's whole view (every process), the metrics port's: blocking, as it
             # reads the metrics files of every process.
@@ -307,16 +308,7 @@ class Predictor(EdgeWorker):
         assert self.features is not None
         assert self.settings is not None
         query = PredictQuery(request.location_id, request.features, request.deadline_ms)
-        snapshot = self.snapshot
-        answer = self.shadow.answer(snapshot, query, self._actor_lookup(),
-                                    request.correlation_id,
-                                    deadline_ms=self.settings.predict.deadline_ms,
-                                    on_fallback=_fallback_used)
-        if isinstance(answer, Prediction):
-            self._count(answer, snapshot)
-        else:
-            self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
-        self.send(msg.reply_to, answer)
+        self.send(msg.reply_to, self._answer(query, self._actor_lookup(), request.correlation_id))
 
     def _actor_lookup(self) -> RowLookup:
         """The actor thread's reader of the row table (its store: the actor's own)."""
@@ -339,27 +331,53 @@ class Predictor(EdgeWorker):
 
     def _post_model(self, request: Request) -> Response:
         content_type = request.headers.get("content-type")
+        usual = self._post_model_json(request.body, content_type)
+        if usual is not None:
+            return make_response(usual[0], usual[1], _JSON, ())
         try:
             query = decode_predict_query(request.body, content_type)
         except BodyError as exc:  # a body unusable as a whole: said in JSON, as ingest does
             self.counters.bump("bad_request")
             return Response.error(exc.status, str(exc))
-        assert self.settings is not None
-        lookup = self._edge_rows or self._edge_lookup()
-        snapshot = self.snapshot
-        answer = self.shadow.answer(snapshot, query, lookup,
-                                    deadline_ms=self.settings.predict.deadline_ms,
-                                    on_fallback=_fallback_used)
+        answer = self._answer(query, self._edge_rows or self._edge_lookup())
         if isinstance(answer, Prediction):
-            self._count(answer, snapshot)
-            if content_type is None or content_type == "application/json":  # the usual case
-                return make_response(200, encode_prediction_json(answer), _JSON, ())
             if wire_format(content_type) == "msgpack":
                 return Response(200, encode(prediction_to_wire(answer), "msgpack"),
                                 content_type="application/msgpack")
             return Response(200, encode_prediction_json(answer))
-        self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
-        return Response.json(answer.status, {"error": answer.reason})  # errors: JSON
+        return Response.error(answer.status, answer.reason)  # errors: JSON
+
+    def _post_model_json(self, body: bytes, content_type: str | None,
+                         ) -> tuple[int, bytes] | None:
+        """``POST /model`` as it usually comes, a query in JSON (``Content-Type`` absent or
+        ``application/json``) the codec takes: the answer's status and JSON body. The edge
+        asks this first (the route's fast lane); None, for any other request, before doing
+        anything: `_post_model` answers it."""
+        if content_type is not None and content_type != "application/json":
+            return None
+        try:
+            query = decode_predict_query(body, content_type)
+        except BodyError:
+            return None
+        answer = self._answer(query, self._edge_rows or self._edge_lookup())
+        if isinstance(answer, Prediction):
+            return 200, encode_prediction_json(answer)
+        return answer.status, Response.error(answer.status, answer.reason).body
+
+    def _answer(self, query: PredictQuery, lookup: RowLookup,
+                correlation_id: str = "") -> Prediction | PredictionError:
+        """The query's answer (the champion's, or its fallback's, or why neither), counted;
+        rows through ``lookup``, the calling thread's."""
+        assert self.settings is not None
+        snapshot = self.snapshot
+        answer = self.shadow.answer(snapshot, query, lookup, correlation_id,
+                                    deadline_ms=self.settings.predict.deadline_ms,
+                                    on_fallback=_fallback_used)
+        if isinstance(answer, Prediction):
+            self._count(answer, snapshot)
+        else:
+            self.counters.bump("unavailable" if answer.status == 503 else "bad_request")
+        return answer
 
     def _count(self, answer: Prediction, snapshot: ServingSnapshot) -> None:
         if not answer.fallback:

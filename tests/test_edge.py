@@ -16,8 +16,10 @@ from typing import Any
 
 import httptools
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from actors.edge import HttpEdge, Request, Response, Route, Waker
+from actors.metrics import LATENCY_BUCKETS, EdgeFamilies, Tally
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -652,6 +654,113 @@ def test_stop_returns_within_its_timeout_when_a_handler_never_finishes(
         assert_port_free(edge.port)
     finally:
         release.set()
+
+
+# a route's fast lane
+
+
+class _Lane:
+    """A fast lane that takes bodies starting with ``{`` (its answers say so), and a handler
+    that answers every request the same way, saying it was the handler."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[bytes, str | None]] = []
+
+    def fast(self, body: bytes, content_type: str | None) -> tuple[int, bytes] | None:
+        self.asked.append((body, content_type))
+        if body == b"{boom}":
+            raise RuntimeError("fast lane exploded")
+        if not body.startswith(b"{"):
+            return None
+        return 201, json.dumps({"by": "fast", "body": body.decode()}).encode()
+
+    @staticmethod
+    def handler(request: Request) -> Response:
+        return Response.json(201, {"by": "handler", "body": request.body.decode()})
+
+
+def _post(path: str, body: bytes, *, close: bool = False, auth: bool = True) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Content-Type: application/json",
+            f"Content-Length: {len(body)}"]
+    if auth:
+        head.append(f"Authorization: Bearer {TOKEN}")
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def test_a_fast_lane_answers_its_usual_requests_and_leaves_the_rest_to_the_handler(
+    make_edge: EdgeFactory,
+) -> None:
+    registry = CollectorRegistry()
+    tally = Tally(EdgeFamilies(
+        Counter("t_requests", "requests", ("route", "status"), registry=registry),
+        Histogram("t_seconds", "latency", ("route",), buckets=LATENCY_BUCKETS,
+                  registry=registry)))
+    lane = _Lane()
+    errors: list[tuple[BaseException, Request | None]] = []
+    edge = make_edge([Route("POST", "/echo", lane.handler, fast=lane.fast)], tally=tally,
+                     on_error=lambda error, request: errors.append((error, request)))
+    with raw(edge) as sock:  # no token on a new connection: 401, the lane never asked
+        sock.sendall(_post("/echo", b'{"z":0}', auth=False))
+        assert [status for status, _, _ in read_responses(sock, 1)] == [401]
+    with raw(edge) as sock:
+        for body in (b'{"a":1}', b"plain", b"{boom}", b'{"b":2}'):
+            sock.sendall(_post("/echo", body))
+            [(status, headers, answer)] = read_responses(sock, 1)
+            assert headers["content-type"] == "application/json"
+            if body == b"{boom}":  # raised: a 500, reported, and the connection goes on
+                assert (status, json.loads(answer)) == (500, {"error": "internal error"})
+                continue
+            by = "fast" if body.startswith(b"{") else "handler"
+            assert (status, json.loads(answer)) == (201, {"by": by, "body": body.decode()})
+        # A query string, or no token: the whole path (the token's 401 from the edge).
+        sock.sendall(_post("/echo?x=1", b'{"c":3}') + _post("/echo", b'{"d":4}', auth=False))
+        [(first, _, with_query), (second, _, _)] = read_responses(sock, 2)
+        assert (first, json.loads(with_query)["by"], second) == (201, "handler", 401)
+    assert [body for body, _ in lane.asked] == [b'{"a":1}', b"plain", b"{boom}", b'{"b":2}']
+    assert {content_type for _, content_type in lane.asked} == {"application/json"}
+    [(error, request)] = errors
+    assert str(error) == "fast lane exploded"
+    assert request is not None and (request.method, request.path, request.body) == (
+        "POST", "/echo", b"{boom}")
+    tally.flush()
+    for code, n in (("201", 4), ("500", 1), ("401", 2)):
+        assert registry.get_sample_value("t_requests_total",
+                                         {"route": "/echo", "status": code}) == n
+    assert registry.get_sample_value("t_seconds_count", {"route": "/echo"}) == 5
+    assert edge.requests_served == 7
+
+
+def test_a_fast_lane_closes_when_asked_and_waits_its_turn_behind_a_blocking_request(
+    make_edge: EdgeFactory,
+) -> None:
+    lane = _Lane()
+    release = threading.Event()
+
+    def slow(request: Request) -> Response:
+        release.wait(DEADLINE_S)
+        return Response.json(200, {"by": "slow"})
+
+    edge = make_edge([Route("POST", "/echo", lane.handler, fast=lane.fast),
+                      Route("GET", "/slow", slow, blocking=True, public=True)])
+    with raw(edge) as sock:
+        # Pipelined behind a blocking request: queued, so the handler answers, in order.
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + _post("/echo", b'{"e":5}'))
+        release.set()
+        answers = read_responses(sock, 2)
+        assert [json.loads(body)["by"] for _, _, body in answers] == ["slow", "handler"]
+        sock.sendall(_post("/echo", b'{"f":6}', close=True))
+        [(status, headers, body)] = read_responses(sock, 1)
+        assert (status, headers["connection"], json.loads(body)["by"]) == (201, "close", "fast")
+        assert closed_by_peer(sock)
+    assert [body for body, _ in lane.asked] == [b'{"f":6}']
+
+
+def test_a_blocking_route_cannot_have_a_fast_lane() -> None:
+    with pytest.raises(ValueError, match="fast lane"):
+        HttpEdge(host="127.0.0.1", port=0, tokens=[TOKEN],
+                 routes=[Route("POST", "/x", _Lane.handler, blocking=True, fast=_Lane().fast)])
 
 
 # waker
