@@ -36,7 +36,10 @@ Printed: each run as it comes; per body, each server's medians over rounds and t
 project's ratios to the floor against the goals; the project's features / location_id
 ratios (p50 at 1 connection, requests/s at 8: the goal is the same speed); the rows'
 confirmed age (p50, p99, max over the samples), the share of rows from memory and the
-readings sent. wrk runs on the same 2 cores as the servers (for both alike).
+readings sent. wrk runs on the same 2 cores as the servers (for both alike). Each 8-connection
+run also says how many rescheduling interrupts the machine sent per 1,000 requests (Linux's
+``RES`` count: wakeups across CPUs): the runs in which wrk's threads and a server came to
+share a CPU have few, and are the fast ones, for either server.
 
 Exit 2 if wrk is not installed (``apt-get install -y wrk``); 1 if a server answered
 anything but 200 under load; else 0 (the goals are reported, not enforced).
@@ -496,14 +499,19 @@ def main() -> int:
                     for name in order:
                         with watch.active() if name == "project" else contextlib.nullcontext():
                             one = run_wrk(scripts[kind], servers[name], 1, 1, args.seconds)
+                            before = rescheduling_interrupts()
                             eight = run_wrk(scripts[kind], servers[name], 8, 2, args.seconds)
+                            after = rescheduling_interrupts()
                         figures[kind, name].one.append(one)
                         figures[kind, name].eight.append(eight)
                         problems = "; ".join(p for p in (one.errors, eight.errors) if p)
                         bad = bad or bool(problems)
+                        wakeups = ("" if before is None or after is None or not eight.rate else
+                                   f", {(after - before) / (eight.rate * args.seconds) * 1000:.0f}"
+                                   " cross-CPU wakeups/1000 req")
                         print(f"round {r + 1} {kind:<8} {name:<8} 1 conn: p50 {_us(one.p50_s)}"
                               f", p99 {_us(one.p99_s)}, {one.rate:,.0f} req/s | 8 conns: "
-                              f"{eight.rate:,.0f} req/s, p99 {_us(eight.p99_s)}"
+                              f"{eight.rate:,.0f} req/s, p99 {_us(eight.p99_s)}{wakeups}"
                               + (f"  ERRORS: {problems}" if problems else ""), flush=True)
     medians = {key: f.medians() for key, f in figures.items()}
     for kind in kinds:
@@ -532,6 +540,22 @@ def main() -> int:
     for line in watch.report():
         print(line)
     return 1 if bad else 0
+
+
+def rescheduling_interrupts() -> int | None:
+    """The machine's rescheduling interrupts so far (``RES`` in ``/proc/interrupts``, all
+    CPUs): one is sent when a task is woken on another CPU. None where there is no such
+    line. At 8 connections a server and wrk's threads wake each other for every request;
+    the rounds in which they came to share CPUs (few of these) are the fast ones."""
+    try:
+        with open("/proc/interrupts") as lines:
+            for line in lines:
+                name, _, rest = line.strip().partition(":")
+                if name == "RES":
+                    return sum(int(field) for field in rest.split() if field.isdigit())
+    except OSError:
+        return None
+    return None
 
 
 def _mark(met: bool) -> str:
