@@ -9,6 +9,8 @@ the champion's collection, as a predictor reads it; missing values imputed, roun
 float32); the champion's fitted scikit-learn trees walked (one tree in pure Python over
 flat lists, a forest or boosting with numpy, over all its trees at once); the answer in the
 project's shape. Nothing else: no limits, no timeouts, no drain, no counters, no model refresh.
+With ``--loop uvloop`` the workers run uvloop's event loop, as the project's edges do;
+asyncio's own by default (the floor as the predictions issue defines it).
 
 Imported by ``bench/predict.py`` (``running_floor``: a process group of its own, always
 stopped), or run alone against a daemon's configuration::
@@ -344,7 +346,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _worker(model: FloorModel, port: int, token: str, ready: Any) -> None:
+def _worker(model: FloorModel, port: int, token: str, ready: Any, loop_name: str) -> None:
     _die_with_parent()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us
@@ -355,7 +357,13 @@ def _worker(model: FloorModel, port: int, token: str, ready: Any) -> None:
     sock.listen(1024)
     sock.setblocking(False)
     app = _App(model, token)
-    loop = asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop
+    if loop_name == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     loop.run_until_complete(loop.create_server(lambda: _Connection(app), sock=sock,
                                                backlog=1024))
     ready.set()
@@ -363,7 +371,7 @@ def _worker(model: FloorModel, port: int, token: str, ready: Any) -> None:
 
 
 def serve(model: FloorModel, port: int, token: str, workers: int = 2,
-          on_ready: Callable[[], None] | None = None) -> int:
+          on_ready: Callable[[], None] | None = None, loop_name: str = "asyncio") -> int:
     """Serve ``model`` on ``127.0.0.1:port`` from ``workers`` forked processes until SIGTERM
     or SIGINT (or a worker dies: then 1); the workers are always stopped."""
     context = multiprocessing.get_context("fork")
@@ -378,7 +386,7 @@ def serve(model: FloorModel, port: int, token: str, workers: int = 2,
     try:
         for i in range(workers):
             ready = context.Event()
-            process = context.Process(target=_worker, args=(model, port, token, ready),
+            process = context.Process(target=_worker, args=(model, port, token, ready, loop_name),
                                       name=f"floor-{i + 1}", daemon=True)
             process.start()
             processes.append(process)
@@ -407,13 +415,14 @@ def serve(model: FloorModel, port: int, token: str, workers: int = 2,
 
 @contextlib.contextmanager
 def running_floor(config: str | Path, port: int, token: str, workers: int = 2,
-                  timeout_s: float = 120.0) -> Iterator[str]:
+                  timeout_s: float = 120.0, loop_name: str = "asyncio") -> Iterator[str]:
     """Run ``bench/_floor.py`` for the daemon of ``config`` in a process group of its own;
     yield its ``ready`` line once every worker listens. Always stopped (SIGTERM to the
     group, then SIGKILL)."""
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--config", str(config),
-         "--port", str(port), "--token", token, "--workers", str(workers)],
+         "--port", str(port), "--token", token, "--workers", str(workers),
+         "--loop", loop_name],
         stdout=subprocess.PIPE, start_new_session=True)
     try:
         assert process.stdout is not None
@@ -453,13 +462,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--token", required=True)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio",
+                        help="the workers' event loop: asyncio's own (the floor as defined), "
+                             "or uvloop's (as the project's edges)")
     args = parser.parse_args(argv)
     model, note = load_floor_model(args.config)
 
     def ready() -> None:
-        print(f"floor ready on {HOST}:{args.port}, {args.workers} workers: {note}", flush=True)
+        print(f"floor ready on {HOST}:{args.port}, {args.workers} workers on {args.loop}: "
+              f"{note}", flush=True)
 
-    return serve(model, args.port, args.token, args.workers, ready)
+    return serve(model, args.port, args.token, args.workers, ready, args.loop)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ or boosting has 100 trees) from the simulator's data (``Savanna(seed=3, n_locati
 hours=48)``, as the chaos bench seeds it; 120 hours for boosting, whose 48-hour model the
 publish gate rejects: ``--hours``). Once ``POST /model {"location_id": 7}`` answers
 200, the floor (``bench/_floor.py``: asyncio + httptools in 2 processes on one port with
-SO_REUSEPORT, the same champion and rows in memory) starts on another free port; both
-must give the same answers for locations 1..10 (a warning is printed if not).
+SO_REUSEPORT, the same champion and rows in memory; on asyncio's own event loop, or with
+``--floor-loop uvloop`` on uvloop's, as the project's edges) starts on another free port;
+both must give the same answers for locations 1..10 (a warning is printed if not).
 
 Two request bodies (``--body``, default ``both``): ``{"location_id": n}`` and
 ``{"features": {name: value, ...}}`` with location n's latest feature row on the
@@ -428,6 +429,9 @@ def main() -> int:
                         help="keep the temporary directory (its logs) and print where it is")
     parser.add_argument("--body", choices=["location", "features", "both"], default="both",
                         help="the request bodies measured")
+    parser.add_argument("--floor-loop", choices=["asyncio", "uvloop"], default="asyncio",
+                        help="the floor's event loop: asyncio's own (the floor as defined, "
+                             "the default), or uvloop's (as the project's edges)")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -461,7 +465,7 @@ def main() -> int:
                 print("no location has a features body: only location_id is measured")
                 kinds.remove("features")
         floor_port = free_ports(1)[0]
-        with running_floor(config, floor_port, TOKEN) as ready:
+        with running_floor(config, floor_port, TOKEN, loop_name=args.floor_loop) as ready:
             print(ready)
             servers = {"project": settings.predict.port, "floor": floor_port}
             got = {(name, kind): answers(port, bodies[kind])
