@@ -47,6 +47,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
+from types import ModuleType
 
 from actors._http_connection import Connection
 from actors._http_message import (
@@ -63,6 +64,12 @@ from actors.listeners import bind_listener
 from actors.metrics import Tally
 from actors.waker import Waker
 from messages.auth import bearer_matches
+
+_uvloop: ModuleType | None
+try:  # imported here, not at the first loop: the keeper's processes share one copy (forked)
+    import uvloop as _uvloop
+except ImportError:  # a platform without uvloop (a dependency everywhere else)
+    _uvloop = None
 
 __all__ = ["FastJson", "Handler", "HttpEdge", "Request", "Response", "Route", "Waker",
            "make_response", "new_event_loop"]
@@ -82,11 +89,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """The edge's event loop: uvloop's (libuv, its transports in C) where it is installed,
     else asyncio's own. Measured on the predictor's hot path: 12% more requests a second
     with 8 connections (docs/benchmarks.md)."""
-    try:
-        import uvloop
-    except ImportError:  # a platform without uvloop (it is a dependency on the others)
+    if _uvloop is None:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    loop: asyncio.AbstractEventLoop = _uvloop.new_event_loop()
+    return loop
 
 
 class HttpEdge:
