@@ -66,7 +66,7 @@ from actors.waker import Waker
 from messages.auth import bearer_matches
 
 _uvloop: ModuleType | None
-try:  # imported here, not at the first loop: the keeper's processes share one copy (forked)
+try:  # with this module, which supervisors preload before they fork: one copy for all edges
     import uvloop as _uvloop
 except ImportError:  # a platform without uvloop (a dependency everywhere else)
     _uvloop = None
