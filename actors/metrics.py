@@ -32,7 +32,6 @@ import bisect
 import glob
 import os
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -42,6 +41,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, valu
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+
+from actors.counters import ThreadBooks
 
 __all__ = [
     "CONTENT_TYPE",
@@ -192,27 +193,22 @@ class Tally:
     """Requests by (route, status), and latencies by route, counted in memory by an edge's
     threads; ``flush`` (one thread: the actor's) adds what came since into the families.
 
-    No lock on the request path (it was a fifth of the edge's cost per request, measured):
-    each recording thread counts in a book of its own, cumulative, and ``flush`` copies each
-    book (a dict's ``copy`` and a list's slice are atomic under the GIL) and adds the
-    difference from its last copy.
+    No lock on the request path: each recording thread counts in a book of its own
+    (`ThreadBooks`), cumulative, and ``flush`` copies each book and adds the difference from
+    its last copy.
     """
 
     def __init__(self, families: EdgeFamilies) -> None:
         self._families = families
         self._bounds = tuple(families.latency._upper_bounds)  # noqa: SLF001
-        self._local = threading.local()
-        self._books: list[_Book] = []
-        self._books_lock = threading.Lock()  # taken once per recording thread, and by flush
+        self._books: ThreadBooks[_Book] = ThreadBooks(_Book)
 
     def record(self, route: str, status: int, seconds: float | None = None) -> None:
         """One request answered; ``seconds`` its latency (None: counted, not timed)."""
         try:
-            book: _Book = self._local.book
+            book: _Book = self._books.local.book
         except AttributeError:
-            book = self._local.book = _Book()
-            with self._books_lock:
-                self._books.append(book)
+            book = self._books.add()
         requests = book.requests
         key = (route, status)
         requests[key] = requests.get(key, 0) + 1
@@ -225,8 +221,7 @@ class Tally:
 
     def flush(self) -> None:
         """Add the counts since the last flush to the Prometheus families."""
-        with self._books_lock:
-            books = list(self._books)
+        books = self._books.all()
         requests, histogram = self._families.requests, self._families.latency
         for book in books:
             counts = book.requests.copy()
