@@ -51,12 +51,23 @@ def test_decoded_tree_compares_like_sklearn_at_the_exact_split_values() -> None:
                                   pipeline.predict_proba(X)[:, 1])
 
 
-def test_wrong_length_or_infinite_values_are_refused() -> None:
-    form = CompiledModel.from_bytes(compiled_bytes(ModelType.LOGISTIC_REGRESSION))
+@pytest.mark.parametrize("model_type", [ModelType.LOGISTIC_REGRESSION,
+                                        ModelType.DECISION_TREE])
+def test_wrong_length_or_infinite_values_are_refused(model_type: ModelType) -> None:
+    form = CompiledModel.from_bytes(compiled_bytes(model_type))
     with pytest.raises(ValueError):
         form.predict_one([1.0, 2.0])
-    with pytest.raises(ValueError):
-        form.predict_one([math.inf, 0, 0, 0, 0, 0])
+    for row in ([math.inf, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, -math.inf],
+                [math.inf, math.nan, 0, 0, 0, 0], [math.inf, -math.inf, 0, 0, 0, 0],
+                [math.nan, -math.inf, math.nan, 0, 0, 0]):
+        with pytest.raises(ValueError):
+            form.predict_one(row)
+    if form.float32_inputs:  # finite, but past float32: infinite as the tree would see it
+        with pytest.raises(ValueError):
+            form.predict_one([1e300, 0, 0, 0, 0, 0])
+    # NaN alone is "missing": imputed, answered as the row with the imputed value.
+    imputed = form.predict_one([math.nan, 0, 0, 0, 0, 0])
+    assert imputed == form.predict_one([form.statistics[0], 0, 0, 0, 0, 0])
 
 
 def tree_form(left: list[int], right: list[int], feature: list[int]) -> bytes:

@@ -151,6 +151,14 @@ def test_missing_explicit_features_are_a_400_naming_them(champion: LoadedModel) 
     assert "animal_estimate" in answer.reason and "hour_of_day" in answer.reason
 
 
+def test_no_explicit_features_are_a_400_naming_every_one(champion: LoadedModel) -> None:
+    answer = predict(ServingSnapshot(champion), PredictQuery(None, ()), no_lookup, "c-7")
+    assert isinstance(answer, PredictionError)
+    assert answer.status == 400
+    assert answer.reason.startswith("missing_feature: ")
+    assert all(name in answer.reason for name in champion.feature_names)
+
+
 def test_unknown_explicit_features_are_a_400_naming_them(champion: LoadedModel) -> None:
     query = by_features(animal_estimate=1.0, zebra_share=0.5, hour_of_day=3.0, moon=1.0, wind=2.0)
     answer = predict(ServingSnapshot(champion), query, no_lookup, "c-6")

@@ -16,6 +16,7 @@ takes; only when there is none, or it fails too, is the request refused (503).
 
 from __future__ import annotations
 
+import operator
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -102,16 +103,19 @@ class LoadedModel:
     # entry (one assignment); an entry is used only for the very same values object.
     prepared: dict[int, tuple[Sequence[float], Any]] = field(default_factory=dict, repr=False,
                                                              compare=False)
-    # The feature names sorted, as a query's features come; for each feature in the model's
-    # order, its place among them.
+    # The feature names sorted, as a query's features come; and what takes values given in
+    # that order into the model's.
     sorted_names: tuple[str, ...] = field(init=False, repr=False, compare=False)
-    sorted_order: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    in_model_order: Callable[[tuple[float, ...]], tuple[float, ...]] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         ordered = sorted(self.feature_names)
         place = {name: i for i, name in enumerate(ordered)}
+        order = [place[n] for n in self.feature_names]
         object.__setattr__(self, "sorted_names", tuple(ordered))
-        object.__setattr__(self, "sorted_order", tuple(place[n] for n in self.feature_names))
+        object.__setattr__(self, "in_model_order",
+                           operator.itemgetter(*order) if len(order) > 1 else tuple)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +205,9 @@ def feature_values(model: LoadedModel, query: PredictQuery, lookup: RowLookup,
     if given is not None:
         # The usual case: exactly the model's names (the codec sorts them and checked every
         # value is a finite number), taken in the model's order without a mapping.
-        if tuple([pair[0] for pair in given]) == model.sorted_names:
-            return tuple([given[i][1] for i in model.sorted_order])
+        names, values = zip(*given, strict=True) if given else ((), ())
+        if names == model.sorted_names:
+            return model.in_model_order(values)
         try:
             return features_from_mapping(model.feature_names, dict(given))
         except MissingFeature as exc:

@@ -300,9 +300,12 @@ class CompiledModel:
         """
         if len(values) != len(self.statistics):
             raise ValueError(f"expected {len(self.statistics)} values, got {len(values)}")
-        raw = array("f", values) if self.float32_inputs else values
-        x = [v if v == v else s for v, s in zip(raw, self.statistics, strict=True)]
-        if not math.isfinite(sum(x)):
+        x = array("f", values).tolist() if self.float32_inputs else list(values)
+        total = sum(x)
+        if total != total:  # a NaN among them (or infinities of both signs): imputed
+            x = [v if v == v else s for v, s in zip(x, self.statistics, strict=True)]
+            total = sum(x)
+        if not math.isfinite(total):
             raise ValueError("feature values must be finite numbers or NaN")
         if type(self.walk) is EnsembleWalk:  # walked with numpy: kept as the array it takes
             return np.asarray(x, dtype=np.float64)
