@@ -1,8 +1,9 @@
 """FeatureGenerator: turns facts past its cursor into online feature rows.
 
 Owns: its fact cursor (in the feature store), the active feature collection, and
-how many times in a row each feature has crashed (in memory: the verdict is
-in the store, a restart only costs a few more crashes before it).
+how many times in a row each feature has crashed and its latest rows' NaN counts (in
+memory: the verdict is in the store, a restart only costs a few more crashes or rows
+before it).
 Receives: ``FactsRecorded`` hints (and a timer, in case a hint was lost);
 ``FeatureRowsNoted`` (a predictor took a push).
 Sends: ``CollectionSwitched`` to the learner and the predictors; ``FeatureRows``
@@ -27,6 +28,7 @@ from learning.features.batch import compute_batch
 from learning.features.collections import (
     CrashStreaks,
     FeatureCollection,
+    NanRates,
     valid_collection,
 )
 from learning.features.compute import (
@@ -72,6 +74,7 @@ class FeatureGenerator(Worker):
         self.features: FeatureStore | None = None
         self.active: FeatureCollection | None = None
         self.crashes = CrashStreaks(limit=3)
+        self.nan_rates = NanRates(min_rows=100)
         self.cursor = FactCursor()
         self._more_scheduled = False
         self.feed: RowFeed | None = None  # this incarnation's pushes to the predictors
@@ -83,6 +86,7 @@ class FeatureGenerator(Worker):
         self.facts = self.backend.facts()
         self.features = self.backend.features()
         self.crashes = CrashStreaks(limit=init.settings.features.max_crashes)
+        self.nan_rates = NanRates(min_rows=init.settings.features.nan_rate_rows)
         _, problems = register_collections(init.settings.features, self.features, _now_ms())
         for what, error in problems.items():
             self.log.error("feature_collection_refused", what=what, error=error)
@@ -169,7 +173,8 @@ class FeatureGenerator(Worker):
             self.wakeupAfter(0.0, payload="more")
         result = compute_batch(page.items,
                                self.facts.readings_for_location, self.features.collections(),
-                               self.features.invalid_features(), window, _now_ms(), self.crashes)
+                               self.features.invalid_features(), window, _now_ms(), self.crashes,
+                               self.nan_rates)
         for crash in result.crashes:
             self.log.warning("feature_crashed", feature=crash.feature,
                              location_id=crash.location_id, error=crash.error,

@@ -262,9 +262,9 @@ class Watch:
 
     The readings are stamped on the simulated data's clock (``end_ms`` when the watch is
     made, then running): stamped with today's time, hours past the data's end, their
-    feature windows would hold one sensor and one reading, so trend and
-    sensor_disagreement would be NaN for every location and judged invalid, and the daemon
-    would switch to its fallback collection."""
+    feature windows would hold one sensor, so sensor_disagreement would be NaN for every
+    location, judged invalid once ``[features] nan_rate_rows`` rows had come, and the
+    daemon would switch to its fallback collection."""
 
     def __init__(self, settings: Settings, end_ms: int) -> None:
         self.settings = settings

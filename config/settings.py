@@ -219,6 +219,9 @@ class FeatureSettings:
                "(`learning.features.register_feature_type`, `declare_collection`)"})
     max_crashes: int = field(default=3, metadata={
         "doc": "crashes in a row before a feature is marked invalid"})
+    nan_rate_rows: int = field(default=100, metadata={
+        "doc": "rows a feature's NaN rate is judged over, at least: its latest batches' "
+               "(a smaller batch waits for the next; 1: each batch alone)"})
     # ``[[features.collections]]``: collections declared in configuration, oldest first.
     collections: tuple[ConfiguredCollection, ...] = field(default=(), metadata={
         "doc": "collections declared in configuration, oldest first: an array of tables "
@@ -619,6 +622,8 @@ def _validate(s: Settings) -> Settings:
         raise ConfigError("predict.row_freshness_s", "must be in [0.05, 3600] seconds")
     if s.features.max_crashes < 1:
         raise ConfigError("features.max_crashes", "must be at least 1")
+    if s.features.nan_rate_rows < 1:
+        raise ConfigError("features.nan_rate_rows", "must be at least 1")
     for module in s.features.plugins:
         if not all(part.isidentifier() for part in module.split(".")):
             raise ConfigError("features.plugins", f"{module!r} is not a module name")

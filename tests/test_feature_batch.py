@@ -14,7 +14,7 @@ from learning.features import (
     register_feature_type,
 )
 from learning.features.batch import compute_batch
-from learning.features.collections import CrashStreaks, FeatureCollection
+from learning.features.collections import CrashStreaks, FeatureCollection, NanRates
 from messages.facts import Reading
 from tests.test_features import DAY0, HOUR, WINDOW, reading
 
@@ -68,3 +68,53 @@ def test_invalid_features_are_not_computed_at_all() -> None:
     batch = compute_batch(READINGS, read_location, COLLECTIONS, frozenset({"batch_test_crash"}),
                           WINDOW, DAY0, CrashStreaks(limit=2))
     assert not batch.crashes and "batch_test_crash" not in batch.invalid
+
+
+# After a quiet spell longer than the window: each location's window holds its one new
+# reading, from one sensor, so trend and sensor_disagreement are NaN in every row.
+QUIET = DAY0 + 3 * HOUR + 2 * WINDOW
+SPARSE = [reading(QUIET + i, 4, 10, sensor="a", location=location)
+          for i, location in enumerate((1, 2, 3))]
+LATER = [reading(QUIET + h * HOUR + i, 4 + h, 10 + h, sensor=sensor, location=location)
+         for h in (1, 2) for i, location in enumerate((1, 2, 3)) for sensor in ("a", "b")]
+
+
+def read_all(location_id: int, start: int, end: int) -> Sequence[Reading]:
+    return [r for r in (*READINGS, *SPARSE, *LATER)
+            if r.location_id == location_id and start <= r.timestamp < end]
+
+
+def test_one_sparse_batch_does_not_judge_a_nan_rate_but_enough_rows_do() -> None:
+    collections = COLLECTIONS[:2]
+    judged_alone = compute_batch(SPARSE, read_all, collections, frozenset(), WINDOW, DAY0,
+                                 CrashStreaks(limit=3))  # no tally: the batch's own rate
+    assert {"trend", "sensor_disagreement"} <= judged_alone.invalid.keys()
+
+    rates = NanRates(min_rows=6)
+    sparse = compute_batch(SPARSE, read_all, collections, frozenset(), WINDOW, DAY0,
+                           CrashStreaks(limit=3), rates)
+    assert not sparse.invalid  # 3 rows of collection 1: not enough to judge
+    assert {r.collection_id for r in sparse.rows} == {0, 1}  # its rows are kept (NaN: missing)
+    later = compute_batch(LATER, read_all, collections, frozenset(), WINDOW, DAY0,
+                          CrashStreaks(limit=3), rates)
+    assert not later.invalid  # 3 of 6 rows NaN over both batches: within trend's 0.8
+
+    # A feature NaN in row after row is still judged, once enough rows have come.
+    rates = NanRates(min_rows=6)
+    first = compute_batch(SPARSE, read_all, collections, frozenset(), WINDOW, DAY0,
+                          CrashStreaks(limit=3), rates)
+    second = compute_batch(SPARSE, read_all, collections, frozenset(), WINDOW, DAY0,
+                           CrashStreaks(limit=3), rates)
+    assert not first.invalid
+    assert second.invalid["sensor_disagreement"] == "NaN rate 1.000 above 0.8 (over 6 rows)"
+    assert "trend" in second.invalid
+
+
+def test_nan_rates_are_taken_over_the_latest_batches_holding_enough_rows() -> None:
+    rates = NanRates(min_rows=10)
+    assert rates.rate(1, "trend", 4, 4) is None
+    assert rates.rate(1, "trend", 4, 0) is None
+    assert rates.rate(1, "trend", 4, 0) == (4 / 12, 12)
+    assert rates.rate(1, "trend", 4, 0) == (0.0, 12)  # the first batch is no longer needed
+    assert rates.rate(1, "trend", 50, 25) == (0.5, 50)  # a large batch alone
+    assert rates.rate(2, "trend", 4, 4) is None  # per collection

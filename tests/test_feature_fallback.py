@@ -10,6 +10,7 @@ collections, and ``rml status --json`` shows all of it. The tests run in order.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,3 +148,34 @@ def test_a_missed_deadline_gives_the_fallback_models_answer_marked_fallback(
     # With the default deadline the champion answers itself.
     status, answer = predictor.post("/model", {"location_id": 1})
     assert status == 200 and answer["fallback"] is False
+
+
+def test_one_sparse_batch_judges_no_nan_rate(daemon: RunningDaemon, ingest: HttpClient) -> None:
+    """A reading alone in its window (a gateway's late backlog, or the first reading after a
+    quiet spell longer than the window): ``trend`` and ``sensor_disagreement`` are NaN in
+    every row of that batch. One such batch does not judge their NaN rates: both stay
+    valid, the collection stays active, and the rows are written (NaN: missing)."""
+    window = daemon.settings.learning.feature_window_ms
+    alone = SAVANNA.start_ms - 2 * window  # nothing else within a window of it
+    locations = range(1, 13)
+    items = [{"sensor_id": "late-gateway", "location_id": loc, "reading_id": f"alone-{loc}",
+              "timestamp": alone + loc, "animals_lower": 4, "animals_upper": 9,
+              "percent_zebras": 0.5} for loc in locations]
+    status, answer = ingest.post("/readings", {"readings": items})
+    assert status == 200 and answer["accepted"] == len(items), answer
+
+    def rows_as_of_alone(collection_id: int) -> list[Any]:
+        with open_sqlite_stores(daemon.settings.data_path, read_only=True) as stores:
+            rows = [stores.features.row_as_of(collection_id, loc, alone + loc + 1)
+                    for loc in locations]
+        return [r for r, loc in zip(rows, locations, strict=True)
+                if r is not None and r.as_of_ms == alone + loc + 1]
+
+    # Collection 0 (no trend, no sensor_disagreement) is written whatever the verdict.
+    wait_for("the batch computed", lambda: len(rows_as_of_alone(0)) == len(items), 30.0, 0.2)
+    view = features_view(daemon)
+    assert view["invalid_features"] == sorted(BROKEN) and view["active"] == 1
+    rows = rows_as_of_alone(1)
+    assert len(rows) == len(items)
+    names = next(c for c in view["collections"] if c["id"] == 1)["features"]
+    assert all(math.isnan(row.values[names.index("trend")]) for row in rows)

@@ -5,7 +5,8 @@ location with new readings, one row per usable collection as of its newest readi
 feature whose compute crashes costs only the rows of the collections naming it, and once
 it has crashed ``CrashStreaks.limit`` times in a row it is judged invalid and no longer
 computed for the rest of the batch; values breaking a feature type's rules make it invalid
-too (``newly_invalid``). Rows naming a newly invalid feature are not kept.
+too (``newly_invalid``; a NaN rate over ``NanRates.min_rows`` rows at least, from this and
+earlier batches). Rows naming a newly invalid feature are not kept.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from learning.features.collections import (
     CrashStreaks,
     FeatureCollection,
     FeatureRow,
+    NanRates,
     usable_collection_ids,
 )
 from learning.features.compute import compute_rows, newly_invalid
@@ -50,9 +52,11 @@ class FeatureBatch:
 
 def compute_batch(readings: Iterable[Reading], read_location: ReadLocation,
                   collections: Sequence[FeatureCollection], invalid: frozenset[str],
-                  window_ms: int, computed_at_ms: int, streaks: CrashStreaks) -> FeatureBatch:
+                  window_ms: int, computed_at_ms: int, streaks: CrashStreaks,
+                  nan_rates: NanRates | None = None) -> FeatureBatch:
     """The rows and verdicts of a batch of new ``readings`` (see the module docstring);
-    ``streaks`` is the caller's, carried from batch to batch."""
+    ``streaks`` and ``nan_rates`` are the caller's, carried from batch to batch (without
+    ``nan_rates``, NaN rates are this batch's own)."""
     newest: dict[int, int] = {}
     for reading in readings:
         newest[reading.location_id] = max(newest.get(reading.location_id, 0),
@@ -79,6 +83,6 @@ def compute_batch(readings: Iterable[Reading], read_location: ReadLocation,
         if over:  # judged: not computed for the rest of the batch
             crashed.update(over)
             live = tuple(c for c in live if not over.keys() & features_of[c.id])
-    found = newly_invalid(live, rows, invalid, crashed)
+    found = newly_invalid(live, rows, invalid, crashed, nan_rates)
     kept = tuple(r for r in rows if not found.keys() & features_of.get(r.collection_id, set()))
     return FeatureBatch(kept, found, tuple(events), len(newest))

@@ -6,6 +6,7 @@ keeps them, and storage sits below learning) and re-exported here.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ __all__ = [
     "CrashStreaks",
     "FeatureCollection",
     "FeatureRow",
+    "NanRates",
     "usable_collection_ids",
     "valid_collection",
 ]
@@ -83,3 +85,35 @@ class CrashStreaks:
     def streak(self, feature: str) -> int:
         """Crashes in a row so far."""
         return self._streaks.get(feature, 0)
+
+
+@dataclass(slots=True)
+class NanRates:
+    """Each feature's NaN rate over its latest rows, judged once there are ``min_rows``.
+
+    A batch of new facts may hold a row or two per feature, and its NaNs may say nothing
+    about the feature: after a quiet spell longer than the feature window, each location's
+    window holds one reading, so ``trend`` (a slope) and ``sensor_disagreement`` (a spread
+    between sensors) are NaN in every row of that batch. So a rate is taken over the latest
+    batches that together hold at least ``min_rows`` rows of the feature (a larger batch
+    alone), per collection. Actor-local, like ``CrashStreaks``: a restarted generator counts
+    again from zero; a verdict, once given, is in the store.
+    """
+
+    min_rows: int
+    _batches: dict[tuple[int, str], deque[tuple[int, int]]] = field(default_factory=dict)
+
+    def rate(self, collection_id: int, feature: str, rows: int, nans: int,
+             ) -> tuple[float, int] | None:
+        """Count a batch's ``rows`` of ``feature`` in collection ``collection_id``, ``nans``
+        of them NaN: the NaN rate over the latest batches holding at least ``min_rows`` rows
+        and how many rows that is, or None while fewer have been seen."""
+        batches = self._batches.setdefault((collection_id, feature), deque())
+        batches.append((rows, nans))
+        total = sum(n for n, _ in batches)
+        while len(batches) > 1 and total - batches[0][0] >= self.min_rows:
+            # the oldest is not needed
+            total -= batches.popleft()[0]
+        if total < self.min_rows or total == 0:
+            return None
+        return sum(k for _, k in batches) / total, total

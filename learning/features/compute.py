@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 
 from config.settings import ConfiguredCollection, FeatureSettings
-from learning.features.collections import FeatureCollection, FeatureRow
+from learning.features.collections import FeatureCollection, FeatureRow, NanRates
 from learning.features.registry import (
     FEATURE_TYPES,
     ORIGINAL_FEATURES,
@@ -247,13 +247,16 @@ def compute_rows(
 
 
 def validate_values(
-    collection: FeatureCollection, rows: Iterable[FeatureRow] | np.ndarray
+    collection: FeatureCollection, rows: Iterable[FeatureRow] | np.ndarray,
+    nan_rates: NanRates | None = None,
 ) -> dict[str, str]:
     """Feature name -> why its values break its type's rules (range, NaN rate, infinities).
 
     ``rows`` are feature rows of ``collection`` or a matrix in its feature order. No rows,
     no verdict: an empty input gives an empty dict. A feature with no registered type is
-    reported as unknown.
+    reported as unknown. The NaN rate is the rows' own, or with ``nan_rates`` (the feature
+    generator's, from batch to batch) the rate over the feature's latest rows, none until
+    there are enough of them.
     """
     if isinstance(rows, np.ndarray):
         matrix = rows.astype(np.float64, copy=False).reshape(-1, len(collection.features))
@@ -272,11 +275,16 @@ def validate_values(
         nan = np.isnan(column)
         infinite = np.isinf(column)
         finite = column[~nan & ~infinite]
-        nan_rate = float(nan.mean())
+        nans = int(nan.sum())
+        if nan_rates is None:
+            nan_rate: tuple[float, int] | None = nans / column.size, column.size
+        else:
+            nan_rate = nan_rates.rate(collection.id, name, column.size, nans)
         if infinite.any():
             problems[name] = f"{int(infinite.sum())} non-finite values"
-        elif nan_rate > ftype.max_nan_rate:
-            problems[name] = f"NaN rate {nan_rate:.3f} above {ftype.max_nan_rate}"
+        elif nan_rate is not None and nan_rate[0] > ftype.max_nan_rate:
+            problems[name] = (f"NaN rate {nan_rate[0]:.3f} above {ftype.max_nan_rate} "
+                              f"(over {nan_rate[1]} rows)")
         elif finite.size and (finite.min() < ftype.minimum or finite.max() > ftype.maximum):
             problems[name] = (
                 f"values in [{finite.min():g}, {finite.max():g}] outside "
@@ -287,16 +295,17 @@ def validate_values(
 
 def newly_invalid(
     collections: Iterable[FeatureCollection], rows: Iterable[FeatureRow],
-    already: frozenset[str], crashed: Mapping[str, str],
+    already: frozenset[str], crashed: Mapping[str, str], nan_rates: NanRates | None = None,
 ) -> dict[str, str]:
     """Feature -> why it is invalid now, for features not already invalid: those that
     crashed too often (``crashed``), then those whose values in ``rows`` break their
-    type's rules, judged per collection."""
+    type's rules, judged per collection (NaN rates over ``nan_rates``, see
+    ``validate_values``)."""
     rows = tuple(rows)
     found = {name: reason for name, reason in crashed.items() if name not in already}
     for collection in collections:
         own = [r for r in rows if r.collection_id == collection.id]
-        for name, reason in validate_values(collection, own).items():
+        for name, reason in validate_values(collection, own, nan_rates).items():
             if name not in already and name not in found:
                 found[name] = reason
     return found
