@@ -10,9 +10,12 @@ port, or any predictor's ``GET /metrics``) merges all of them. That gives:
 - counters that never go backwards when a replica is killed and restarted: a dead
   process's files stay and keep being summed (its last flushed values), the new one adds
   its own. (A whole daemon restart starts from zero, as any Prometheus target does.)
+  Once ``FOLD_AFTER`` dead processes' files have gathered, a scrape folds them into one
+  file per kind (``fold_dead``), under a lock every scrape shares, so restarts do not slow
+  scrapes for good.
 
 Gauges say how they merge: ``livemax``/``livemostrecent`` count live processes only (a
-scrape removes the files of dead ones, ``mark_process_dead``), ``mostrecent`` keeps the
+scrape removes the files of dead ones), ``mostrecent`` keeps the
 last value written by any process (a champion's AUC outlives the publisher that set it).
 
 Hot paths do not write the files per request. The HTTP edges count requests and latencies
@@ -29,6 +32,8 @@ this process's memory and ``render`` shows them.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import glob
 import os
 import shutil
@@ -40,7 +45,8 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from actors.counters import ThreadBooks
 
@@ -298,12 +304,73 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _forget_dead(path: str) -> None:
-    """Remove the ``live*`` gauge files of processes that are gone."""
+    """Remove the ``live*`` gauge files of processes that are gone (what prometheus-client's
+    ``mark_process_dead`` does, but a file another scrape removed first is no error)."""
     for name in glob.glob(os.path.join(path, "gauge_live*_*.db")):
         stem = os.path.basename(name)[:-3]
         pid = stem.rsplit("_", 1)[-1]
         if pid.isdigit() and not _pid_alive(int(pid)):
-            mark_process_dead(int(pid), path)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(name)
+
+
+#: The kinds of file whose dead processes' values are kept (summed, or the latest written),
+#: and so folded into one file per kind once ``FOLD_AFTER`` of them have gathered.
+_FOLDED_KINDS = ("counter", "histogram", "gauge_mostrecent")
+FOLD_AFTER = 32
+_FOLDED = "folded"  # the folded file's "pid": counter_folded.db
+_LOCK = ".scrape.lock"
+
+
+def _dead_files(path: str) -> dict[str, list[str]]:
+    """Kind -> the files of that kind whose process is gone."""
+    dead: dict[str, list[str]] = {}
+    for name in glob.glob(os.path.join(path, "*.db")):
+        kind, _, pid = os.path.basename(name)[:-3].rpartition("_")
+        if kind in _FOLDED_KINDS and pid.isdigit() and not _pid_alive(int(pid)):
+            dead.setdefault(kind, []).append(name)
+    return dead
+
+
+def fold_dead(path: str) -> int:
+    """Fold the files of processes that are gone into one file per kind (``counter_folded.db``
+    ...): counters and histograms summed, a ``mostrecent`` gauge's latest value kept, so a
+    scrape shows the same figures from fewer files. The caller holds the directory's lock
+    exclusively (``render`` does), so no scrape reads the folded file beside the files it
+    came from. Returns how many files were folded. (A process given a dead one's pid in the
+    instant between the check and the fold would write on in a file no longer read: its
+    counts would stop rising, never go back.)"""
+    folded = 0
+    for kind, files in _dead_files(path).items():
+        target = os.path.join(path, f"{kind}_{_FOLDED}.db")
+        merged: dict[str, tuple[float, float]] = {}
+        taken = []
+        for name in ([target] if os.path.exists(target) else []) + sorted(files):
+            if os.path.getsize(name) == 0:  # never written: nothing to keep
+                taken.append(name)
+                continue
+            for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(name):
+                if kind == "gauge_mostrecent":
+                    if key not in merged or timestamp >= merged[key][1]:
+                        merged[key] = (value, timestamp)
+                else:
+                    merged[key] = (merged.get(key, (0.0, 0.0))[0] + value, 0.0)
+            taken.append(name)
+        staged = target + ".new"  # not *.db: no scrape reads it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        out = MmapedDict(staged)
+        try:
+            for key, (value, timestamp) in merged.items():
+                out.write_value(key, value, timestamp)
+        finally:
+            out.close()
+        os.replace(staged, target)
+        for name in taken:
+            if name != target:
+                os.unlink(name)
+                folded += 1
+    return folded
 
 
 class _Derived:
@@ -357,11 +424,19 @@ def render() -> bytes:
     path = os.environ.get(_ENV)
     if path and os.path.isdir(path):
         _forget_dead(path)
-        registry = CollectorRegistry(auto_describe=False)
-        collector = _ProcessFiles(path)
-        registry.register(collector)
-        registry.register(_Derived(collector.collect))
-        return generate_latest(registry)
+        with open(os.path.join(path, _LOCK), "a") as lock:
+            if sum(map(len, _dead_files(path).values())) >= FOLD_AFTER:
+                # Another scrape reading: it folds next time (a restarted actor leaves its
+                # files behind, and thousands of them would slow every scrape).
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fold_dead(path)
+            fcntl.flock(lock, fcntl.LOCK_SH)  # from exclusive: shared, never unlocked between
+            registry = CollectorRegistry(auto_describe=False)
+            collector = _ProcessFiles(path)
+            registry.register(collector)
+            registry.register(_Derived(collector.collect))
+            return generate_latest(registry)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())
     return generate_latest(registry)

@@ -7,6 +7,7 @@ is tested on a real daemon in tests/test_e2e.py and tests/test_shadow_e2e.py.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 
+from actors import metrics
 from actors.counters import Counters
 from actors.metrics import LATENCY_BUCKETS, EdgeFamilies, Tally
 
@@ -171,3 +173,125 @@ def test_a_scrape_while_a_process_starts_skips_its_empty_file(tmp_path: Path) ->
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
     assert 'rml_predictions_total{outcome="ok"} 5.0' in done.stdout.splitlines()
+
+
+_FOLDING = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from actors import metrics
+    directory = Path(sys.argv[1])
+    metrics.use_directory(directory)
+
+    def die_after_counting(n):
+        pid = os.fork()
+        if pid == 0:
+            metrics.PREDICTIONS.labels("ok").inc(n)
+            metrics.INGEST_BATCH.labels("readings").observe(n)
+            metrics.CHAMPION_AUC.set(n / 1000)
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+    def figures():
+        lines = metrics.render().decode().splitlines()
+        return sorted(l for l in lines if l.startswith(("rml_predictions_total{",
+                      "rml_ingest_batch_items", "rml_champion_roc_auc ")))
+
+    def files():
+        return sorted(p.name for p in directory.glob("*.db"))
+
+    for n in range(1, metrics.FOLD_AFTER // 3 + 1):  # not enough dead files to fold yet
+        die_after_counting(n)
+    before, unfolded = figures(), files()
+    folded = metrics.fold_dead(str(directory))
+    after, left = figures(), files()
+    for n in range(100, 100 + metrics.FOLD_AFTER):  # enough: the scrape folds them
+        die_after_counting(n)
+    scraped, finally_left = figures(), files()
+    json.dump({"before": before, "after": after, "unfolded": unfolded, "folded": folded,
+               "left": left, "scraped": scraped, "finally_left": finally_left}, sys.stdout)
+""")
+
+
+def test_dead_processes_files_fold_into_one_per_kind_with_the_same_figures(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", _FOLDING, str(tmp_path / "metrics")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    fold_after = metrics.FOLD_AFTER
+    dead = fold_after // 3
+    assert len(seen["unfolded"]) >= 3 * dead  # a counter, a histogram, a gauge file each
+    own = {name for name in seen["left"] if not name.endswith("_folded.db")}  # the scraper's
+    assert seen["folded"] == 3 * dead  # each one's counter, histogram and gauge
+    assert set(seen["left"]) - own == {"counter_folded.db", "histogram_folded.db",
+                                       "gauge_mostrecent_folded.db"}
+    assert len(seen["unfolded"]) == 3 * dead + len(own)
+    assert seen["after"] == seen["before"]  # the same figures from 3 files
+    total = sum(range(1, dead + 1))
+    assert f'rml_predictions_total{{outcome="ok"}} {float(total)}' in seen["before"]
+    assert f"rml_champion_roc_auc {dead / 1000}" in seen["before"]  # the last one written
+    later = total + sum(range(100, 100 + fold_after))
+    assert f'rml_predictions_total{{outcome="ok"}} {float(later)}' in seen["scraped"]
+    assert f'rml_ingest_batch_items_count{{kind="readings"}} {float(dead + fold_after)}' \
+        in seen["scraped"]
+    assert f"rml_champion_roc_auc {(100 + fold_after - 1) / 1000}" in seen["scraped"]
+    assert set(seen["finally_left"]) == set(seen["left"])  # folded again by the scrape
+
+
+_SCRAPING = textwrap.dedent("""
+    import os, sys, threading
+    from pathlib import Path
+    from actors import metrics
+    directory = Path(sys.argv[1])
+    metrics.use_directory(directory)
+    dying = 3 * metrics.FOLD_AFTER
+    done = threading.Event()
+
+    def keep_dying():
+        for _ in range(dying):
+            pid = os.fork()
+            if pid == 0:
+                metrics.PREDICTIONS.labels("ok").inc()
+                os._exit(0)
+            os.waitpid(pid, 0)
+        done.set()
+
+    def ok():
+        for line in metrics.render().decode().splitlines():
+            if line.startswith('rml_predictions_total{outcome="ok"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    def scrape_until_all_counted():
+        seen = [ok()]
+        while seen[-1] < dying:
+            seen.append(ok())
+            if seen[-1] < seen[-2]:
+                print("went back:", seen[-2], "->", seen[-1], flush=True)
+                return 1
+        return 0
+
+    scrapers = []  # scrapes from other processes, as the daemon's are
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(scrape_until_all_counted())
+        scrapers.append(pid)
+    thread = threading.Thread(target=keep_dying)
+    thread.start()
+    thread.join()
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in scrapers]
+    print(codes, ok(), len(list(directory.glob("*.db"))))
+""")
+
+
+def test_scrapes_while_dead_files_fold_never_see_a_counter_go_back(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", _SCRAPING, str(tmp_path / "metrics")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    codes, total, files = done.stdout.strip().rsplit("\n", 1)[-1].rsplit(" ", 2)
+    assert codes == "[0, 0]", done.stdout
+    assert float(total) == 3 * metrics.FOLD_AFTER
+    assert int(files) < metrics.FOLD_AFTER + 3  # folded along the way
