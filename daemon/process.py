@@ -47,7 +47,7 @@ from runtime.group import (
     set_process_name,
     wait_until,
 )
-from runtime.loopback import bind_thespian_to
+from runtime.loopback import NoAdmin, bind_thespian_to, connect_only
 from supervision.preload import module_of, preload
 from supervision.spec import ROOT_NAME, SUPERVISOR_CLASS
 
@@ -159,7 +159,13 @@ def connect(settings: Settings, leader: bool = False) -> Any:
     capabilities: dict[str, Any] = {"Admin Port": port}
     if joined is not None:
         capabilities["Convention Address.IPv4"] = joined
-    return ActorSystem("multiprocTCPBase", capabilities, logDefs=None, transientUnique=True)
+    try:
+        with connect_only():  # stopped since the probe: no admin of our own
+            return ActorSystem("multiprocTCPBase", capabilities, logDefs=None,
+                               transientUnique=True)
+    except NoAdmin:
+        raise DaemonError(f"no daemon answers on {host}:{port} (it stopped as we "
+                          f"connected)") from None
 
 
 def ask_root(settings: Settings, message: Any, timeout_s: float = 10.0) -> Any:

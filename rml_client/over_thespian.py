@@ -68,10 +68,11 @@ class ThespianPredictionClient:
         self.host, self.admin_port = host, admin_port
         self.timeout_s, self.retries, self.deadline_s = timeout_s, retries, deadline_s
         from messages import codec, protocol
-        from runtime.loopback import bind_thespian_to
+        from runtime.loopback import bind_thespian_to, connect_only
 
         bind_thespian_to(host)  # before any actor system of this process binds a socket
         self._protocol, self._codec = protocol, codec
+        self._connect_only = connect_only
         self._asys: Any = None
         self._root: Any = None
         self._lock = threading.Lock()
@@ -80,7 +81,8 @@ class ThespianPredictionClient:
 
     def _connect(self) -> None:
         """A Thespian client of the admin, and the root's address. The admin is probed
-        first: Thespian would otherwise start an admin of its own in this process."""
+        first, for a clear error, and Thespian is kept from starting an admin of its own in
+        this process if the daemon stops between the probe and the connection."""
         try:
             socket.create_connection((self.host, self.admin_port), timeout=2.0).close()
         except OSError as exc:
@@ -89,8 +91,9 @@ class ThespianPredictionClient:
         from thespian.actors import ActorSystem
 
         try:
-            asys = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
-                               logDefs=None, transientUnique=True)
+            with self._connect_only():  # a daemon stopped since the probe: no admin here
+                asys = ActorSystem("multiprocTCPBase", {"Admin Port": self.admin_port},
+                                   logDefs=None, transientUnique=True)
             try:
                 root = asys.createActor(ROOT_CLASS, globalName=ROOT_NAME)
             except BaseException:

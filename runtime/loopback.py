@@ -10,14 +10,22 @@ applies it again where that is not so (``actors.base`` imports it, so every
 actor and supervisor process has it). The launcher and ``rml_client``'s Thespian
 client call ``bind_thespian_to``. Its old name ``daemon.loopback`` still imports it
 (``daemon.MOVED``).
+
+``connect_only`` is the other patch clients need: when no admin answers on its port,
+``ActorSystem(...)`` starts one in the calling process. A client probes the port first,
+but a daemon stopping between the probe and the connection would leave the client's
+process running an admin of its own; within ``connect_only`` that is ``NoAdmin`` instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["bind_thespian_to"]
+__all__ = ["NoAdmin", "bind_thespian_to", "connect_only"]
 
 _ENV = "RML_THESPIAN_BIND"
 _patched = False
@@ -43,6 +51,38 @@ def bind_thespian_to(host: str = "127.0.0.1") -> None:
 
     IPBase.IPActorAddress.__init__ = init
     _patched = True
+
+
+class NoAdmin(ConnectionError):
+    """No Thespian admin answered where a client expected one (``connect_only``)."""
+
+
+_connecting = threading.local()
+_start_patched = False
+
+
+@contextlib.contextmanager
+def connect_only() -> Iterator[None]:
+    """Within: an ``ActorSystem(...)`` made by this thread connects to a running admin or
+    raises ``NoAdmin``; it never starts an admin of its own."""
+    global _start_patched
+    if not _start_patched:
+        from thespian.system.multiprocCommon import multiprocessCommon
+
+        original = multiprocessCommon._startAdmin  # noqa: SLF001
+
+        def start_admin(self: Any, admin_address: Any, *args: Any, **kwargs: Any) -> None:
+            if getattr(_connecting, "on", False):
+                raise NoAdmin(f"no Thespian admin at {admin_address}")
+            original(self, admin_address, *args, **kwargs)
+
+        multiprocessCommon._startAdmin = start_admin  # noqa: SLF001
+        _start_patched = True
+    _connecting.on = True
+    try:
+        yield
+    finally:
+        _connecting.on = False
 
 
 if os.environ.get(_ENV):
