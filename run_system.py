@@ -188,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(settings, args))
     except ConfigError as exc:
         print(f"rml: invalid configuration: {exc}", file=sys.stderr)
+        if getattr(args, "foreground", False):  # stdout carries JSON lines: the failure too
+            print(json.dumps({"event": "start_failed", "error": f"invalid configuration: {exc}",
+                              "key": exc.key, "level": "error"}), flush=True)
         return 2
     except DaemonError as exc:
         print(f"rml: {exc}", file=sys.stderr)

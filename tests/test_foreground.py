@@ -395,6 +395,10 @@ def test_foreground_start_on_an_invalid_config_exits_2_naming_the_key(tmp_path: 
                           timeout=STOP_S, env=_env(), cwd=ROOT)
     assert done.returncode == 2, done.stdout
     assert "invalid configuration: predict.replicas" in done.stderr
+    # stdout is JSON lines, the failure too (`rml start --foreground | jq` reads it).
+    [failed] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert failed["event"] == "start_failed" and failed["key"] == "predict.replicas"
+    assert failed["error"].startswith("invalid configuration: predict.replicas")
 
 
 # --- what ships: the unit file, the container ------------------------------------------------
